@@ -1,0 +1,1 @@
+//! trustdev device models.

@@ -1,0 +1,471 @@
+//! The DMA map table and device access to client (guest) memory.
+//!
+//! [`GuestMemory`] is shared by the connection thread (which adds and removes
+//! windows on DMA_MAP/DMA_UNMAP) and device worker threads (which read and
+//! write through it). Windows with an fd are mmapped and accessed directly;
+//! windows without one are reached by DMA_READ/DMA_WRITE messages, which only
+//! worker threads may send. An unmap waits for copies in flight on the window
+//! and no copy starts on a withdrawn one.
+
+mod region;
+mod remote;
+
+pub use region::GuestSlice;
+
+pub(crate) use remote::Requester;
+
+use crate::protocol::{DmaMapRequest, DmaProt};
+use region::{Backing, DmaRegion};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, RwLock};
+use thiserror::Error;
+
+/// Page size the server requires DMA windows to be aligned to.
+pub const DMA_PAGE_SIZE: u64 = 4096;
+
+/// Errors of DMA map management and guest-memory access.
+#[derive(Debug, Error)]
+pub enum DmaError {
+    /// The window overlaps an existing one.
+    #[error("DMA window {iova:#x}+{len:#x} overlaps an existing mapping")]
+    Overlap {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Address, size or offset not page aligned.
+    #[error("DMA window {iova:#x}+{len:#x} (fd offset {offset:#x}) is not 4 KiB aligned")]
+    Unaligned {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+        /// fd offset.
+        offset: u64,
+    },
+    /// More windows than max_dma_maps.
+    #[error("too many DMA windows (limit {0})")]
+    TooManyMaps(u32),
+    /// No window matches an unmap request exactly.
+    #[error("no DMA window is exactly {iova:#x}+{len:#x}")]
+    NoSuchMapping {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The fd range is past the end of the file.
+    #[error("fd range {offset:#x}+{len:#x} is past the end of the {file_len}-byte file")]
+    BeyondFile {
+        /// fd offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// File size.
+        file_len: u64,
+    },
+    /// The fd cannot be mapped.
+    #[error("the fd cannot be mapped")]
+    NotMappable,
+    /// mmap failed.
+    #[error("mmap: {0}")]
+    Map(std::io::Error),
+    /// An access falls outside every window (or spans a gap).
+    #[error("DMA access {iova:#x}+{len} is outside mapped client memory")]
+    OutOfBounds {
+        /// Start.
+        iova: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Write to a read-only window (or read from a write-only one).
+    #[error("DMA access violates the window's permissions")]
+    ReadOnly,
+    /// The window has no fd, so no direct slice exists.
+    #[error("DMA window at {0:#x} has no fd; use read/write (messages)")]
+    NotDirect(u64),
+    /// DMA messages requested on the connection thread.
+    #[error("DMA by message from the connection thread would deadlock the client")]
+    WouldDeadlock,
+    /// No client is connected.
+    #[error("no client connected")]
+    Disconnected,
+    /// The client did not answer in time.
+    #[error("client did not answer a DMA message in time")]
+    Timeout,
+    /// The client answered with an error.
+    #[error("client failed the DMA message: errno {0}")]
+    Client(i32),
+    /// The client's answer was malformed.
+    #[error("malformed DMA reply: {0}")]
+    BadReply(String),
+    /// Sending failed.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl DmaError {
+    /// The errno a DMA_MAP/UNMAP failure is reported with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DmaError::Overlap { .. } => libc::EEXIST,
+            DmaError::TooManyMaps(_) => libc::ENOSPC,
+            DmaError::NoSuchMapping { .. } => libc::ENOENT,
+            DmaError::Map(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// Direction of a device access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The device reads client memory.
+    Read,
+    /// The device writes client memory.
+    Write,
+}
+
+/// Client memory as the device sees it.
+#[derive(Debug)]
+pub struct GuestMemory {
+    table: RwLock<BTreeMap<u64, Arc<DmaRegion>>>,
+    requester: Mutex<Option<Arc<Requester>>>,
+    max_maps: u32,
+}
+
+impl GuestMemory {
+    /// An empty table accepting up to `max_maps` windows.
+    pub fn new(max_maps: u32) -> Self {
+        GuestMemory {
+            table: RwLock::new(BTreeMap::new()),
+            requester: Mutex::new(None),
+            max_maps,
+        }
+    }
+
+    pub(crate) fn set_requester(&self, r: Option<Arc<Requester>>) {
+        *self.requester.lock().unwrap_or_else(|p| p.into_inner()) = r;
+    }
+
+    pub(crate) fn requester(&self) -> Option<Arc<Requester>> {
+        self.requester
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adds a window (DMA_MAP).
+    pub fn map(&self, req: &DmaMapRequest, fd: Option<OwnedFd>) -> Result<(), DmaError> {
+        let offset = if fd.is_some() { req.offset } else { 0 };
+        if req.address % DMA_PAGE_SIZE != 0
+            || req.size % DMA_PAGE_SIZE != 0
+            || offset % DMA_PAGE_SIZE != 0
+        {
+            return Err(DmaError::Unaligned {
+                iova: req.address,
+                len: req.size,
+                offset: req.offset,
+            });
+        }
+        {
+            let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+            check_free(&t, req.address, req.size, self.max_maps)?;
+        }
+        let region = DmaRegion::new(req.address, req.size, req.prot, fd, offset)?;
+        let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+        check_free(&t, req.address, req.size, self.max_maps)?;
+        t.insert(req.address, Arc::new(region));
+        Ok(())
+    }
+
+    /// Removes exactly the window `iova+len` (DMA_UNMAP), waiting for copies
+    /// in flight on it.
+    pub fn unmap(&self, iova: u64, len: u64) -> Result<(), DmaError> {
+        let removed = {
+            let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
+            match t.get(&iova) {
+                Some(r) if r.len == len => t.remove(&iova),
+                _ => None,
+            }
+        };
+        let region = removed.ok_or(DmaError::NoSuchMapping { iova, len })?;
+        retire(&region);
+        Ok(())
+    }
+
+    /// Removes every window (unmap-all, and on disconnect).
+    pub fn unmap_all(&self) {
+        let all = std::mem::take(&mut *self.table.write().unwrap_or_else(|p| p.into_inner()));
+        for r in all.values() {
+            retire(r);
+        }
+    }
+
+    /// Number of windows.
+    pub fn map_count(&self) -> usize {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn find(&self, iova: u64) -> Option<Arc<DmaRegion>> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        t.range(..=iova)
+            .next_back()
+            .filter(|(_, r)| iova < r.end())
+            .map(|(_, r)| Arc::clone(r))
+    }
+
+    /// Runs `f` on a direct view of `len` bytes at `iova`. The range must lie
+    /// in one fd-backed window that allows `access`. The window cannot be
+    /// unmapped while `f` runs (an unmap waits for it).
+    pub fn with_slice<R>(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Access,
+        f: impl FnOnce(GuestSlice<'_>) -> R,
+    ) -> Result<R, DmaError> {
+        let oob = DmaError::OutOfBounds {
+            iova,
+            len: len as u64,
+        };
+        let region = self.find(iova).ok_or(oob)?;
+        let end = iova.checked_add(len as u64);
+        if end.is_none_or(|e| e > region.end()) {
+            return Err(DmaError::OutOfBounds {
+                iova,
+                len: len as u64,
+            });
+        }
+        check_prot(region.prot, access)?;
+        let live = region.live.read().unwrap_or_else(|p| p.into_inner());
+        if !*live {
+            return Err(DmaError::OutOfBounds {
+                iova,
+                len: len as u64,
+            });
+        }
+        let Backing::Mapped(map) = &region.backing else {
+            return Err(DmaError::NotDirect(region.iova));
+        };
+        let off = (iova - region.iova) as usize;
+        // SAFETY: off + len <= region.len == map.len() (checked above); the
+        // mapping stays alive while we hold `live` (unmap waits for the guard
+        // before the Arc, and so the mapping, can go).
+        let slice = unsafe { GuestSlice::new(map.as_mut_ptr().add(off), len, region.prot.write) };
+        let r = f(slice);
+        drop(live);
+        Ok(r)
+    }
+
+    /// Copies client memory at `iova` into `buf`, across adjacent windows and
+    /// through DMA_READ messages where a window has no fd.
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let addr = iova.checked_add(done as u64).ok_or(DmaError::OutOfBounds {
+                iova,
+                len: buf.len() as u64,
+            })?;
+            let region = self.find(addr).ok_or(DmaError::OutOfBounds {
+                iova,
+                len: buf.len() as u64,
+            })?;
+            check_prot(region.prot, Access::Read)?;
+            let n = ((region.end() - addr) as usize).min(buf.len() - done);
+            let part = &mut buf[done..done + n];
+            match region.backing {
+                Backing::Mapped(_) => {
+                    self.with_slice(addr, n, Access::Read, |s| s.copy_to(0, part))??
+                }
+                Backing::Remote => self.remote()?.read(addr, part)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` into client memory at `iova` (see [`GuestMemory::read`]).
+    pub fn write(&self, iova: u64, buf: &[u8]) -> Result<(), DmaError> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let addr = iova.checked_add(done as u64).ok_or(DmaError::OutOfBounds {
+                iova,
+                len: buf.len() as u64,
+            })?;
+            let region = self.find(addr).ok_or(DmaError::OutOfBounds {
+                iova,
+                len: buf.len() as u64,
+            })?;
+            check_prot(region.prot, Access::Write)?;
+            let n = ((region.end() - addr) as usize).min(buf.len() - done);
+            let part = &buf[done..done + n];
+            match region.backing {
+                Backing::Mapped(_) => {
+                    self.with_slice(addr, n, Access::Write, |s| s.copy_from(0, part))??
+                }
+                Backing::Remote => self.remote()?.write(addr, part)?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads a little-endian u32.
+    pub fn read_u32(&self, iova: u64) -> Result<u32, DmaError> {
+        let mut b = [0u8; 4];
+        self.read(iova, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian u64.
+    pub fn read_u64(&self, iova: u64) -> Result<u64, DmaError> {
+        let mut b = [0u8; 8];
+        self.read(iova, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Writes a little-endian u32.
+    pub fn write_u32(&self, iova: u64, v: u32) -> Result<(), DmaError> {
+        self.write(iova, &v.to_le_bytes())
+    }
+
+    /// Writes a little-endian u64.
+    pub fn write_u64(&self, iova: u64, v: u64) -> Result<(), DmaError> {
+        self.write(iova, &v.to_le_bytes())
+    }
+
+    fn remote(&self) -> Result<Arc<Requester>, DmaError> {
+        self.requester().ok_or(DmaError::Disconnected)
+    }
+}
+
+fn check_prot(prot: DmaProt, access: Access) -> Result<(), DmaError> {
+    let ok = match access {
+        Access::Read => prot.read,
+        Access::Write => prot.write,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DmaError::ReadOnly)
+    }
+}
+
+fn check_free(
+    t: &BTreeMap<u64, Arc<DmaRegion>>,
+    iova: u64,
+    len: u64,
+    max: u32,
+) -> Result<(), DmaError> {
+    if t.len() >= max as usize {
+        return Err(DmaError::TooManyMaps(max));
+    }
+    let before = t.range(..iova.saturating_add(len)).next_back();
+    if before.is_some_and(|(_, r)| r.overlaps(iova, len)) {
+        return Err(DmaError::Overlap { iova, len });
+    }
+    Ok(())
+}
+
+/// Marks a removed window dead, waiting for copies in flight.
+fn retire(region: &DmaRegion) {
+    *region.live.write().unwrap_or_else(|p| p.into_inner()) = false;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn memfd(len: u64) -> OwnedFd {
+        let fd =
+            nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
+        let f = std::fs::File::from(fd);
+        f.set_len(len).unwrap();
+        f.into()
+    }
+
+    fn req(address: u64, size: u64) -> DmaMapRequest {
+        DmaMapRequest {
+            prot: DmaProt {
+                read: true,
+                write: true,
+            },
+            offset: 0,
+            address,
+            size,
+        }
+    }
+
+    #[test]
+    fn map_access_unmap() {
+        let mem = GuestMemory::new(8);
+        mem.map(&req(0x10000, 0x2000), Some(memfd(0x2000))).unwrap();
+        mem.write(0x10ffe, &[1, 2, 3, 4]).unwrap();
+        let mut b = [0u8; 4];
+        mem.read(0x10ffe, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert!(mem.read(0x11ffe, &mut b).is_err(), "crosses end of window");
+        assert!(matches!(
+            mem.map(&req(0x11000, 0x2000), Some(memfd(0x2000))),
+            Err(DmaError::Overlap { .. })
+        ));
+        assert!(matches!(
+            mem.map(&req(0x100, 0x1000), None),
+            Err(DmaError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            mem.unmap(0x10000, 0x1000),
+            Err(DmaError::NoSuchMapping { .. })
+        ));
+        mem.unmap(0x10000, 0x2000).unwrap();
+        assert!(mem.read(0x10ffe, &mut b).is_err());
+    }
+
+    #[test]
+    fn adjacent_windows_and_file_bounds() {
+        let mem = GuestMemory::new(8);
+        mem.map(&req(0, 0x1000), Some(memfd(0x1000))).unwrap();
+        mem.map(&req(0x1000, 0x1000), Some(memfd(0x1000))).unwrap();
+        mem.write(0xffc, &[9; 8]).unwrap();
+        assert_eq!(mem.read_u64(0xffc).unwrap(), 0x0909090909090909);
+        assert!(matches!(
+            mem.map(&req(0x4000, 0x2000), Some(memfd(0x1000))),
+            Err(DmaError::BeyondFile { .. })
+        ));
+    }
+
+    #[test]
+    fn read_only_and_remote_without_client() {
+        let mem = GuestMemory::new(8);
+        let mut r = req(0, 0x1000);
+        r.prot.write = false;
+        let fd = memfd(0x1000);
+        let mut f = std::fs::File::from(fd.try_clone().unwrap());
+        f.write_all(b"abcd").unwrap();
+        mem.map(&r, Some(fd)).unwrap();
+        assert!(matches!(mem.write(0, b"x"), Err(DmaError::ReadOnly)));
+        assert_eq!(mem.read_u32(0).unwrap(), u32::from_le_bytes(*b"abcd"));
+        mem.map(&req(0x2000, 0x1000), None).unwrap();
+        assert!(matches!(mem.read_u32(0x2000), Err(DmaError::Disconnected)));
+        assert!(matches!(
+            mem.with_slice(0x2000, 4, Access::Read, |_| ()),
+            Err(DmaError::NotDirect(_))
+        ));
+    }
+
+    #[test]
+    fn map_limit() {
+        let mem = GuestMemory::new(1);
+        mem.map(&req(0, 0x1000), None).unwrap();
+        assert!(matches!(
+            mem.map(&req(0x1000, 0x1000), None),
+            Err(DmaError::TooManyMaps(1))
+        ));
+        mem.unmap_all();
+        assert_eq!(mem.map_count(), 0);
+    }
+}

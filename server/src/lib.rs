@@ -1,0 +1,30 @@
+//! # vfio-user-server
+//!
+//! A vfio-user protocol server library for emulating PCI devices out of
+//! process. QEMU's `vfio-user-pci` (and any spec-conforming client) connects
+//! to a UNIX socket; a [`Device`] model answers configuration and BAR
+//! accesses, reaches client memory through [`dma::GuestMemory`], and raises
+//! interrupts through [`irq::Interrupts`].
+//!
+//! Layers, each in its own module:
+//! - [`protocol`]: wire structures, decode/encode with typed errors;
+//! - [`transport`]: socket, SCM_RIGHTS, framing;
+//! - [`dma`]: the DMA map table and guest-memory access;
+//! - [`pci`]: configuration space, capability builder, BARs;
+//! - [`irq`]: eventfd-backed interrupts;
+//! - [`device`]: the trait device models implement;
+//! - [`server`]: the request loop;
+//! - [`client`]: a client for tests, benchmarks and tools.
+
+pub mod client;
+pub mod device;
+pub mod dma;
+pub mod irq;
+pub mod pci;
+pub mod protocol;
+pub mod server;
+pub mod stats;
+pub mod transport;
+
+pub use device::{Device, DeviceContext, DeviceError, RegionMmap};
+pub use server::{RequestError, Server, ServerError, StopHandle};

@@ -1,0 +1,661 @@
+//! The server core: accepts one client at a time on a UNIX socket, decodes
+//! its messages, dispatches them to the device, and answers.
+
+use crate::device::{Device, DeviceError};
+use crate::dma::{DmaError, Requester};
+use crate::irq::IrqError;
+use crate::pci::{BarKind, CONFIG_SPACE_SIZE};
+use crate::protocol::{
+    decode_write_multi, encode_device_info, encode_irq_info, encode_region_info, region,
+    ClientCaps, Command, DmaMapRequest, DmaUnmapKind, DmaUnmapRequest, Header, InfoRequest,
+    IrqData, MessageType, ProtocolError, RegionAccess, ServerCaps, SetIrqsRequest, SparseArea,
+    VersionRequest, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_FLAG_MMAP, REGION_FLAG_READ,
+    REGION_FLAG_WRITE,
+};
+use crate::stats::Stats;
+use crate::transport::{recv_message, Listener, Message, Sender, TransportError};
+use log::{debug, error, info, warn};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why a request failed; each maps to the errno of the error reply.
+#[derive(Debug, Error)]
+pub enum RequestError {
+    /// Malformed or unacceptable message.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// DMA map management failed.
+    #[error(transparent)]
+    Dma(#[from] DmaError),
+    /// SET_IRQS failed.
+    #[error(transparent)]
+    Irq(#[from] IrqError),
+    /// The device refused a region access.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A command before VERSION, or a second VERSION.
+    #[error("{0}")]
+    Sequence(&'static str),
+    /// A region index that does not exist or is empty.
+    #[error("region {0} does not exist")]
+    NoSuchRegion(u32),
+    /// A region access outside the region.
+    #[error("region {region}: access {offset:#x}+{count} is outside its {size} bytes")]
+    OutOfRange {
+        /// Region.
+        region: u32,
+        /// Offset.
+        offset: u64,
+        /// Count.
+        count: u32,
+        /// Region size.
+        size: u64,
+    },
+    /// Access kind not allowed on the region.
+    #[error("region {0} does not allow this access")]
+    Permission(u32),
+    /// Sending a reply failed.
+    #[error("reply: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl RequestError {
+    /// errno for the error reply.
+    pub fn errno(&self) -> i32 {
+        match self {
+            RequestError::Protocol(e) => e.errno(),
+            RequestError::Dma(e) => e.errno(),
+            RequestError::Device(e) => e.errno(),
+            RequestError::Permission(_) => libc::EPERM,
+            RequestError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+/// Errors that end serving.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Socket setup or accept failed.
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Stops a running server from another thread.
+#[derive(Clone, Debug)]
+pub struct StopHandle(Arc<EventFd>);
+
+impl StopHandle {
+    /// Asks the server to close its client (if any) and return from `run`.
+    pub fn stop(&self) {
+        let _ = self.0.write(1);
+    }
+}
+
+/// A successful reply: payload and fds to attach.
+struct Reply {
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Reply {
+    fn empty() -> Self {
+        Reply {
+            payload: Vec::new(),
+            fds: Vec::new(),
+        }
+    }
+    fn data(payload: Vec<u8>) -> Self {
+        Reply {
+            payload,
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// Per-connection state.
+struct Session {
+    sender: Arc<Sender>,
+    requester: Arc<Requester>,
+    client: Option<ClientCaps>,
+}
+
+/// Number of standard IRQ indexes reported.
+const NUM_IRQS: u32 = crate::protocol::irq_index::COUNT;
+
+/// A vfio-user server for one device.
+pub struct Server<D: Device> {
+    device: D,
+    listener: Listener,
+    caps: ServerCaps,
+    stop: Arc<EventFd>,
+    stats: Arc<Stats>,
+}
+
+impl<D: Device> std::fmt::Debug for Server<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("socket", &self.listener.path())
+            .finish()
+    }
+}
+
+enum Flow {
+    Continue,
+    Disconnect,
+}
+
+impl<D: Device> Server<D> {
+    /// Binds `path` (mode 0600) for `device`.
+    pub fn new(device: D, path: &Path) -> Result<Self, ServerError> {
+        Ok(Server {
+            device,
+            listener: Listener::bind(path)?,
+            caps: ServerCaps::default(),
+            stop: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// Overrides the advertised capabilities (limits).
+    pub fn with_caps(mut self, caps: ServerCaps) -> Self {
+        self.caps = caps;
+        self
+    }
+
+    /// A handle that stops [`Server::run`] from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(Arc::clone(&self.stop))
+    }
+
+    /// Message counters (shared, live).
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The device.
+    pub fn device(&mut self) -> &mut D {
+        &mut self.device
+    }
+
+    /// Serves clients one after another until stopped.
+    pub fn run(&mut self) -> Result<(), ServerError> {
+        info!("listening on {}", self.listener.path().display());
+        loop {
+            match self.wait_client()? {
+                Some(stream) => {
+                    self.serve(stream);
+                    if self.stopped() {
+                        return Ok(());
+                    }
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        // The eventfd stays readable once written: we never consume it.
+        let mut p = [PollFd::new(stop_fd(&self.stop), PollFlags::POLLIN)];
+        matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    fn wait_client(&self) -> Result<Option<UnixStream>, ServerError> {
+        loop {
+            let l = self.listener.as_listener();
+            let mut fds = [
+                PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop_fd(&self.stop), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e).into()),
+                Ok(_) => {}
+            }
+            if fds[1].any().unwrap_or(false) {
+                return Ok(None);
+            }
+            if fds[0].any().unwrap_or(false) {
+                let (s, _) = l.accept()?;
+                return Ok(Some(s));
+            }
+        }
+    }
+
+    /// Serves one connected client until it disconnects or the server stops,
+    /// then resets the device and drops the client's memory and eventfds.
+    pub fn serve(&mut self, stream: UnixStream) {
+        info!("client connected");
+        let sender = match stream.try_clone() {
+            Ok(s) => Arc::new(Sender::new(s)),
+            Err(e) => {
+                error!("cannot clone client socket: {e}");
+                return;
+            }
+        };
+        let requester = Arc::new(Requester::new(
+            Arc::clone(&sender),
+            std::thread::current().id(),
+            crate::protocol::ClientCaps::default().max_data_xfer_size,
+        ));
+        let mut sess = Session {
+            sender,
+            requester,
+            client: None,
+        };
+        let max_payload = self.caps.max_data_xfer_size as usize + 4096;
+        loop {
+            let l = self.listener.as_listener();
+            let mut fds = [
+                PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop_fd(&self.stop), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => {
+                    error!("poll: {e}");
+                    break;
+                }
+                Ok(_) => {}
+            }
+            if fds[2].any().unwrap_or(false) {
+                info!("server stopping; closing the client connection");
+                break;
+            }
+            if fds[1].any().unwrap_or(false) {
+                if let Ok((extra, _)) = l.accept() {
+                    warn!("refusing a second client: this device already has one");
+                    drop(extra);
+                }
+            }
+            if !fds[0].any().unwrap_or(false) {
+                continue;
+            }
+            let msg = match recv_message(&stream, max_payload) {
+                Ok(m) => m,
+                Err(TransportError::Closed) => {
+                    info!("client disconnected");
+                    break;
+                }
+                Err(TransportError::Oversized {
+                    header,
+                    size,
+                    limit,
+                }) => {
+                    warn!(
+                        "message {} ({} bytes) exceeds the {limit}-byte limit",
+                        header.msg_id, size
+                    );
+                    self.stats.count_error();
+                    if header.kind == MessageType::Command && !header.no_reply {
+                        let _ = sess.sender.send(&header.error_reply(libc::E2BIG), &[], &[]);
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    warn!("dropping the client: {e}");
+                    break;
+                }
+            };
+            match self.handle(&mut sess, msg) {
+                Flow::Continue => {}
+                Flow::Disconnect => break,
+            }
+        }
+        self.disconnect(&sess);
+    }
+
+    fn disconnect(&mut self, sess: &Session) {
+        sess.sender.shutdown();
+        let ctx = self.device.context().clone();
+        ctx.memory.set_requester(None);
+        self.device.config().reset();
+        self.device.reset();
+        ctx.memory.unmap_all();
+        ctx.irqs.clear();
+        info!(
+            "client gone: device reset, DMA windows and eventfds dropped ({})",
+            self.stats.summary()
+        );
+    }
+
+    fn handle(&mut self, sess: &mut Session, msg: Message) -> Flow {
+        let h = msg.header;
+        if h.kind == MessageType::Reply {
+            // A reply to one of our DMA_READ/WRITE requests.
+            if !sess.requester.complete(h, msg.payload) {
+                warn!(
+                    "dropping an unsolicited reply (id {}, command {})",
+                    h.msg_id, h.command
+                );
+                self.stats.count_error();
+            }
+            return Flow::Continue;
+        }
+        if h.error.is_some() {
+            return self.answer(
+                sess,
+                &h,
+                Err(ProtocolError::BadFlags {
+                    what: "command header",
+                    flags: crate::protocol::FLAG_ERROR,
+                }
+                .into()),
+            );
+        }
+        self.stats.count(h.command);
+        let result = self.dispatch(sess, &h, msg);
+        let is_version = h.command == Command::Version as u16;
+        let failed_version = is_version && result.is_err() && sess.client.is_none();
+        let flow = self.answer(sess, &h, result);
+        if failed_version {
+            // The spec: the server closes the connection if it cannot support
+            // the client's version.
+            return Flow::Disconnect;
+        }
+        flow
+    }
+
+    fn answer(&mut self, sess: &Session, h: &Header, result: Result<Reply, RequestError>) -> Flow {
+        match result {
+            Ok(reply) => {
+                if h.no_reply {
+                    return Flow::Continue;
+                }
+                let fds: Vec<RawFd> = reply.fds.iter().map(|f| f.as_raw_fd()).collect();
+                if let Err(e) =
+                    sess.sender
+                        .send(&h.reply(reply.payload.len()), &reply.payload, &fds)
+                {
+                    warn!("cannot send reply: {e}");
+                    return Flow::Disconnect;
+                }
+            }
+            Err(e) => {
+                self.stats.count_error();
+                let name = Command::from_raw(h.command)
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_else(|| format!("command {}", h.command));
+                warn!("{name} (id {}) failed: {e}", h.msg_id);
+                if !h.no_reply {
+                    if let Err(e) = sess.sender.send(&h.error_reply(e.errno()), &[], &[]) {
+                        warn!("cannot send error reply: {e}");
+                        return Flow::Disconnect;
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn dispatch(
+        &mut self,
+        sess: &mut Session,
+        h: &Header,
+        msg: Message,
+    ) -> Result<Reply, RequestError> {
+        let Some(cmd) = Command::from_raw(h.command) else {
+            return Err(ProtocolError::UnknownCommand(h.command).into());
+        };
+        if msg.fds_truncated {
+            return Err(ProtocolError::BadFdCount {
+                what: "message",
+                got: crate::transport::MAX_RECV_FDS + 1,
+                expected: "at most max_msg_fds",
+            }
+            .into());
+        }
+        let fd_limit = match cmd {
+            Command::DmaMap => 1,
+            Command::DeviceSetIrqs => self.caps.max_msg_fds as usize,
+            _ => 0,
+        };
+        if msg.fds.len() > fd_limit {
+            return Err(ProtocolError::BadFdCount {
+                what: "message",
+                got: msg.fds.len(),
+                expected: if fd_limit == 0 {
+                    "none"
+                } else {
+                    "at most max_msg_fds"
+                },
+            }
+            .into());
+        }
+        if cmd == Command::Version {
+            if sess.client.is_some() {
+                return Err(RequestError::Sequence("VERSION was already negotiated"));
+            }
+            let req = VersionRequest::decode(&msg.payload)?;
+            if req.major != 0 {
+                return Err(ProtocolError::UnsupportedMajor(req.major).into());
+            }
+            let reply = self.caps.reply_payload(&req);
+            info!(
+                "client speaks vfio-user {}.{}; negotiated 0.0 (client max_msg_fds {}, max_data_xfer_size {})",
+                req.major, req.minor, req.caps.max_msg_fds, req.caps.max_data_xfer_size
+            );
+            sess.requester = Arc::new(Requester::new(
+                Arc::clone(&sess.sender),
+                std::thread::current().id(),
+                req.caps.max_data_xfer_size,
+            ));
+            self.device
+                .context()
+                .memory
+                .set_requester(Some(Arc::clone(&sess.requester)));
+            sess.client = Some(req.caps);
+            return Ok(Reply::data(reply));
+        }
+        if sess.client.is_none() {
+            return Err(RequestError::Sequence("VERSION must be the first message"));
+        }
+        let max_xfer = self.caps.max_data_xfer_size;
+        let p = &msg.payload;
+        match cmd {
+            Command::Version => Err(RequestError::Sequence("VERSION was already negotiated")),
+            Command::DmaMap => {
+                let req = DmaMapRequest::decode(p)?;
+                let fd = msg.fds.into_iter().next();
+                debug!(
+                    "DMA_MAP {:#x}+{:#x} {} fd offset {:#x}",
+                    req.address,
+                    req.size,
+                    if fd.is_some() { "with" } else { "without" },
+                    req.offset
+                );
+                self.device.context().memory.map(&req, fd)?;
+                Ok(Reply::empty())
+            }
+            Command::DmaUnmap => {
+                let req = DmaUnmapRequest::decode(p)?;
+                let mem = &self.device.context().memory;
+                match req.kind {
+                    DmaUnmapKind::Range { address, size } => mem.unmap(address, size)?,
+                    DmaUnmapKind::All => mem.unmap_all(),
+                }
+                Ok(Reply::data(req.encode()))
+            }
+            Command::DeviceGetInfo => {
+                InfoRequest::decode_device_info(p)?;
+                Ok(Reply::data(encode_device_info(
+                    DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
+                    region::COUNT,
+                    NUM_IRQS,
+                )))
+            }
+            Command::DeviceGetRegionInfo => {
+                let req = InfoRequest::decode_region_info(p)?;
+                self.region_info(req)
+            }
+            Command::DeviceGetRegionIoFds => {
+                let req = InfoRequest::decode_region_io_fds(p)?;
+                if req.index >= region::COUNT {
+                    return Err(RequestError::NoSuchRegion(req.index));
+                }
+                Err(ProtocolError::Unsupported(cmd).into())
+            }
+            Command::DeviceGetIrqInfo => {
+                let req = InfoRequest::decode_irq_info(p)?;
+                let infos = self.device.context().irqs.infos();
+                let info = infos
+                    .get(req.index as usize)
+                    .ok_or(IrqError::BadIndex(req.index))?;
+                Ok(Reply::data(encode_irq_info(
+                    info.flags, req.index, info.count,
+                )))
+            }
+            Command::DeviceSetIrqs => {
+                let req = SetIrqsRequest::decode(p)?;
+                if req.data != IrqData::Eventfd && !msg.fds.is_empty() {
+                    return Err(ProtocolError::BadFdCount {
+                        what: "DEVICE_SET_IRQS",
+                        got: msg.fds.len(),
+                        expected: "none without DATA_EVENTFD",
+                    }
+                    .into());
+                }
+                debug!("SET_IRQS {:?} with {} fds", req, msg.fds.len());
+                self.device.context().irqs.set_irqs(&req, msg.fds)?;
+                Ok(Reply::empty())
+            }
+            Command::RegionRead => {
+                let a = RegionAccess::decode_read(p, max_xfer)?;
+                let mut data = vec![0u8; a.count as usize];
+                self.region_access(a, Access::Read(&mut data))?;
+                Ok(Reply::data(a.encode(&data)))
+            }
+            Command::RegionWrite => {
+                let (a, data) = RegionAccess::decode_write(p, max_xfer)?;
+                self.region_access(a, Access::Write(data))?;
+                Ok(Reply::data(a.encode(&[])))
+            }
+            Command::RegionWriteMulti => {
+                let writes = decode_write_multi(p)?;
+                let n = writes.len() as u64;
+                for w in writes {
+                    self.region_access(
+                        w.access,
+                        Access::Write(&w.data[..w.access.count as usize]),
+                    )?;
+                }
+                Ok(Reply::data(n.to_le_bytes().to_vec()))
+            }
+            Command::DeviceReset => {
+                if !p.is_empty() {
+                    return Err(ProtocolError::PayloadSizeMismatch {
+                        what: "DEVICE_RESET",
+                        got: p.len(),
+                        expected: 0,
+                    }
+                    .into());
+                }
+                info!("device reset requested by the client");
+                self.device.config().reset();
+                self.device.reset();
+                Ok(Reply::empty())
+            }
+            Command::DmaRead | Command::DmaWrite => Err(ProtocolError::WrongDirection(cmd).into()),
+            Command::DirtyPages
+            | Command::DeviceFeature
+            | Command::MigDataRead
+            | Command::MigDataWrite => Err(ProtocolError::Unsupported(cmd).into()),
+        }
+    }
+
+    fn region_size(&mut self, index: u32) -> u64 {
+        match index {
+            region::CONFIG => CONFIG_SPACE_SIZE as u64,
+            0..=6 => self
+                .device
+                .config()
+                .bar(index as usize)
+                .map_or(0, |b| b.size),
+            _ => 0,
+        }
+    }
+
+    fn region_info(&mut self, req: InfoRequest) -> Result<Reply, RequestError> {
+        if req.index >= region::COUNT {
+            return Err(RequestError::NoSuchRegion(req.index));
+        }
+        let size = self.region_size(req.index);
+        let mut flags = if size > 0 {
+            REGION_FLAG_READ | REGION_FLAG_WRITE
+        } else {
+            0
+        };
+        if req.index == region::ROM {
+            flags &= !REGION_FLAG_WRITE;
+        }
+        let mut fds = Vec::new();
+        let mut mmap_offset = 0;
+        let mut sparse: Vec<SparseArea> = Vec::new();
+        if size > 0 && req.index < region::ROM {
+            let io_bar = matches!(
+                self.device.config().bar(req.index as usize).map(|b| b.kind),
+                Some(BarKind::Io)
+            );
+            if let (false, Some(m)) = (io_bar, self.device.region_mmap(req.index)) {
+                let fd = m.fd.try_clone_to_owned()?;
+                flags |= REGION_FLAG_MMAP;
+                mmap_offset = m.offset;
+                sparse = m.areas;
+                fds.push(fd);
+            }
+        }
+        Ok(Reply {
+            payload: encode_region_info(req.argsz, req.index, flags, size, mmap_offset, &sparse),
+            fds,
+        })
+    }
+
+    fn region_access(&mut self, a: RegionAccess, access: Access<'_>) -> Result<(), RequestError> {
+        let size = self.region_size(a.region);
+        if a.region >= region::COUNT || size == 0 {
+            return Err(RequestError::NoSuchRegion(a.region));
+        }
+        let end = a.offset.checked_add(u64::from(a.count));
+        if end.is_none_or(|e| e > size) {
+            return Err(RequestError::OutOfRange {
+                region: a.region,
+                offset: a.offset,
+                count: a.count,
+                size,
+            });
+        }
+        match (a.region, access) {
+            (region::CONFIG, Access::Read(buf)) => {
+                self.device.config().read(a.offset, buf);
+            }
+            (region::CONFIG, Access::Write(data)) => {
+                let ev = self.device.config().write(a.offset, data);
+                if ev != Default::default() {
+                    self.device.config_written(ev);
+                }
+            }
+            (region::ROM, Access::Write(_)) => return Err(RequestError::Permission(a.region)),
+            (r, Access::Read(buf)) => self.device.region_read(r, a.offset, buf)?,
+            (r, Access::Write(data)) => self.device.region_write(r, a.offset, data)?,
+        }
+        Ok(())
+    }
+}
+
+/// Borrows the stop eventfd for poll (vmm-sys-util's EventFd has no AsFd).
+fn stop_fd(e: &EventFd) -> std::os::fd::BorrowedFd<'_> {
+    // SAFETY: the fd belongs to `e`, which outlives the returned borrow.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(e.as_raw_fd()) }
+}
+
+enum Access<'a> {
+    Read(&'a mut [u8]),
+    Write(&'a [u8]),
+}
