@@ -15,7 +15,10 @@
 #  5. powers off (poweroff -f: QEMU exits; with -no-reboot a panic exits too).
 #
 # Other command-line switches: trustdev.noload=1 (load no modules),
-# trustdev.quiet=1 (no init progress lines).
+# trustdev.quiet=1 (no init progress lines), trustdev.debugexit=PORT: after
+# the script, write its status byte to I/O port PORT (QEMU
+# -device isa-debug-exit,iobase=0xf4,iosize=0x04 + trustdev.debugexit=0xf4):
+# QEMU then exits with (status << 1) | 1 instead of powering off with 0.
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TERM="${TERM:-vt100}"
@@ -33,13 +36,14 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
 ip link set lo up 2>/dev/null || true
 
 CMDLINE=$(cat /proc/cmdline)
-QUIET=0 NOLOAD=0 SHELL_AFTER=0 SCRIPT=''
+QUIET=0 NOLOAD=0 SHELL_AFTER=0 SCRIPT='' DEBUGEXIT='' RC=''
 for arg in $CMDLINE; do
     case $arg in
         trustdev.script=*) SCRIPT=${arg#*=} ;;
         trustdev.shell=1) SHELL_AFTER=1 ;;
         trustdev.noload=1) NOLOAD=1 ;;
         trustdev.quiet=1) QUIET=1 ;;
+        trustdev.debugexit=*) DEBUGEXIT=${arg#*=} ;;
     esac
 done
 
@@ -97,11 +101,12 @@ if [ -n "$SCRIPT" ]; then
         else
             TRUSTDEV_MODULES_FAILED=$LOAD_FAILED sh "$SCRIPT"
         fi
-        echo "TRUSTDEV-EXIT=$?"
+        RC=$?
     else
         echo "trustdev-init: script $SCRIPT not found" >&2
-        echo "TRUSTDEV-EXIT=127"
+        RC=127
     fi
+    echo "TRUSTDEV-EXIT=$RC"
 else
     say "no guest script (trustdev.script=, fw_cfg opt/trustdev/test.sh, /test.sh)"
 fi
@@ -112,6 +117,11 @@ if [ "$SHELL_AFTER" = 1 ]; then
 fi
 
 sync
+if [ -n "$DEBUGEXIT" ] && [ -n "$RC" ]; then
+    # shellcheck disable=SC2059 # the format is the octal escape of the status byte
+    printf "\\$(printf '%03o' "$((RC & 255))")" |
+        dd of=/dev/port bs=1 seek="$((DEBUGEXIT))" count=1 2>/dev/null
+fi
 say "powering off"
 poweroff -f
 # Not reached; if it were, PID 1 exiting panics and -no-reboot ends QEMU.
