@@ -65,7 +65,7 @@ flock 9
 # ---------------------------------------------------------------- fast path
 # The stamp records what was provisioned; if it satisfies the request, print
 # the versions and stop without touching the network.
-stamp_value() { sed -n "s/^$1=//p" "$STAMP" 2>/dev/null | head -n1; }
+stamp_value() { [[ -f $STAMP ]] && awk -v k="$1" 'index($0, k "=") == 1 { print substr($0, length(k) + 2); exit }' "$STAMP"; }
 
 print_summary() {
     # shellcheck disable=SC1090
@@ -191,9 +191,17 @@ have_version "$KMETA" "$KERNEL_PKG_VERSION" ||
 
 # The metapackage depends on linux-image-<release> (= version); <release> is
 # what `uname -r` prints in the guest, e.g. 7.3.4+deb13-amd64.
-KERNEL_RELEASE=$(apt-cache show "$KMETA=$KERNEL_PKG_VERSION" |
-    sed -n 's/^Depends: //p' | head -n1 | tr ',' '\n' |
-    sed -n "s/^ *linux-image-\(.*-$FLAVOUR\) (= .*/\1/p" | head -n1)
+# (awk reads everything: no early pipe close, no SIGPIPE under pipefail)
+KERNEL_RELEASE=$(apt-cache show "$KMETA=$KERNEL_PKG_VERSION" | awk -v fl="-$FLAVOUR" '
+    /^Depends: / && !found {
+        n = split(substr($0, 10), deps, /, */)
+        for (i = 1; i <= n; i++) {
+            split(deps[i], w, " ")
+            if (w[1] ~ /^linux-image-/ && substr(w[1], length(w[1]) - length(fl) + 1) == fl) {
+                print substr(w[1], 13); found = 1; break
+            }
+        }
+    }')
 [[ -n $KERNEL_RELEASE ]] || die "cannot find the kernel release in the dependencies of $KMETA=$KERNEL_PKG_VERSION"
 
 # 7.x splits the payload into linux-binary/linux-modules/linux-base; older

@@ -1,1 +1,274 @@
-fn main() {}
+//! `trustdev`: serve trustdev devices over vfio-user, boot guests against
+//! them, and show what the guest kernel does with them.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use trustdev_devices::example::DmaCopy;
+use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
+use vfio_user_server::pci::PortType;
+use vfio_user_server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "trustdev",
+    version,
+    about = "Trusted PCIe devices as vfio-user servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
+    Serve {
+        /// Device model: dma-copy.
+        kind: String,
+        /// Socket path (created 0600).
+        #[arg(long)]
+        socket: PathBuf,
+        /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
+        #[arg(long)]
+        rciep: bool,
+    },
+    /// Boot a guest in QEMU against device servers and run a script in it.
+    Vm(VmArgs),
+    /// Boot a guest with trustdev devices and explain what its kernel did.
+    Demo {
+        /// Echo the guest console.
+        #[arg(long)]
+        verbose: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct VmArgs {
+    /// Device to attach: KIND[:rciep] (repeatable). dma-copy sits behind a
+    /// pcie-root-port unless `:rciep` puts it on pcie.0.
+    #[arg(long = "device", short = 'd')]
+    devices: Vec<DeviceSpec>,
+    /// Guest script to run (its exit status is the verdict).
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Interactive console instead of a script (exit the shell to power off).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Kernel image (default: the provisioned Debian kernel).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initrd (default: trustdev's busybox initramfs with trustdev-guest).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command-line words.
+    #[arg(long)]
+    append: Vec<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Guest vCPUs.
+    #[arg(long, default_value_t = 1)]
+    smp: u32,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 512)]
+    mem: u32,
+    /// Add an intel-iommu (scalable mode) to the machine.
+    #[arg(long)]
+    iommu: bool,
+    /// Keep the serial console log here.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Echo the guest console while it runs.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Extra guest kernel modules (with dependencies).
+    #[arg(long)]
+    module: Vec<String>,
+    /// Extra program to copy into the guest (/usr/local/bin).
+    #[arg(long)]
+    bin: Vec<PathBuf>,
+    /// Extra QEMU argument (repeatable, one word each).
+    #[arg(long = "qemu-arg", allow_hyphen_values = true)]
+    qemu_args: Vec<String>,
+}
+
+fn serve(kind: &str, socket: &PathBuf, rciep: bool) -> Result<(), String> {
+    let port = if rciep {
+        PortType::RcIntegratedEndpoint
+    } else {
+        PortType::Endpoint
+    };
+    let dev = match kind {
+        "dma-copy" => DmaCopy::new(port).map_err(|e| format!("cannot create the device: {e}"))?,
+        other => return Err(format!("unknown device kind {other:?} (known: dma-copy)")),
+    };
+    let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let stop = server.stop_handle();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| format!("signals: {e}"))?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: stopping");
+            stop.stop();
+        }
+    });
+    server.run().map_err(|e| e.to_string())
+}
+
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
+    }
+    flag
+}
+
+fn vm_spec(a: VmArgs) -> VmSpec {
+    VmSpec {
+        devices: a.devices,
+        kernel: a.kernel,
+        initrd: a.initrd,
+        append: a.append,
+        script: a.script,
+        interactive: a.interactive,
+        timeout: Duration::from_secs(a.timeout),
+        smp: a.smp,
+        mem_mb: a.mem,
+        iommu: a.iommu,
+        qemu_args: a.qemu_args,
+        serial_log: a.serial_log,
+        echo: a.verbose,
+        modules: a.module,
+        bins: a.bin,
+    }
+}
+
+fn report_failure(e: &VmError) -> ExitCode {
+    eprintln!("trustdev vm: error: {e}");
+    ExitCode::from(3)
+}
+
+fn run_vm(a: VmArgs) -> ExitCode {
+    let spec = vm_spec(a);
+    match vm::run(&spec, stop_flag()) {
+        Ok(out) => {
+            println!("trustdev vm: {}", out.versions);
+            println!(
+                "trustdev vm: guest finished in {:.1} s; script exit status {}",
+                out.elapsed.as_secs_f64(),
+                out.guest_status
+            );
+            let mut ok = out.guest_status == 0;
+            for (name, alive) in &out.servers_survived {
+                if *alive {
+                    println!("trustdev vm: server {name} survived the guest's poweroff and accepted a new client");
+                } else {
+                    println!("trustdev vm: server {name} did NOT survive the guest's poweroff");
+                    ok = false;
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else if out.guest_status != 0 {
+                ExitCode::from(out.guest_status.clamp(1, 255) as u8)
+            } else {
+                ExitCode::from(4)
+            }
+        }
+        Err(e) => report_failure(&e),
+    }
+}
+
+/// The demo's guest script: what the guest kernel made of each device.
+const DEMO_SCRIPT: &str = include_str!("../../qemu-configs/guest/demo.sh");
+
+fn demo(verbose: bool) -> ExitCode {
+    println!("trustdev demo: booting a Debian guest kernel under QEMU with two DMA-copy devices:");
+    println!("  - one behind a PCIe root port (an Endpoint), one on pcie.0 (an RCiEP)");
+    let script = std::env::temp_dir().join(format!("trustdev-demo-{}.sh", std::process::id()));
+    if let Err(e) = std::fs::write(&script, DEMO_SCRIPT) {
+        eprintln!("trustdev demo: {}: {e}", script.display());
+        return ExitCode::from(3);
+    }
+    let spec = VmSpec {
+        devices: vec![
+            "dma-copy".parse().unwrap_or_else(|_| unreachable!()),
+            "dma-copy:rciep".parse().unwrap_or_else(|_| unreachable!()),
+        ],
+        script: Some(script.clone()),
+        echo: verbose,
+        timeout: Duration::from_secs(300),
+        ..VmSpec::default()
+    };
+    let r = vm::run(&spec, stop_flag());
+    let _ = std::fs::remove_file(&script);
+    match r {
+        Ok(out) => {
+            println!("trustdev demo: {}", out.versions);
+            println!(
+                "trustdev demo: guest ran for {:.1} s. What the guest saw and did:\n",
+                out.elapsed.as_secs_f64()
+            );
+            let mut inside = false;
+            for l in out.serial.lines() {
+                let l = l.trim_end_matches('\r');
+                if l.starts_with("TRUSTDEV-BEGIN") {
+                    inside = true;
+                    continue;
+                }
+                if l.starts_with("TRUSTDEV-EXIT=") {
+                    break;
+                }
+                if inside {
+                    println!("  {l}");
+                }
+            }
+            println!();
+            for (name, alive) in &out.servers_survived {
+                println!(
+                    "trustdev demo: server {name} {} the guest's poweroff",
+                    if *alive {
+                        "survived"
+                    } else {
+                        "did NOT survive"
+                    }
+                );
+            }
+            if out.guest_status == 0 {
+                println!("trustdev demo: all checks in the guest passed");
+                ExitCode::SUCCESS
+            } else {
+                println!(
+                    "trustdev demo: the guest reported a failure (status {})",
+                    out.guest_status
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => report_failure(&e),
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Serve {
+            kind,
+            socket,
+            rciep,
+        } => match serve(&kind, &socket, rciep) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trustdev serve: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::Vm(a) => run_vm(a),
+        Cmd::Demo { verbose } => demo(verbose),
+    }
+}

@@ -89,6 +89,13 @@ impl Client {
     /// Connects and negotiates the version (QEMU's capability proposal).
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let mut c = Client::connect_raw(path)?;
+        c.negotiate()?;
+        Ok(c)
+    }
+
+    /// Sends VERSION with QEMU 11.1's capability proposal and checks the reply.
+    pub fn negotiate(&mut self) -> Result<(), ClientError> {
+        let c = self;
         let json = r#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#;
         let mut p = vec![0, 0, 0, 0];
         p.extend_from_slice(json.as_bytes());
@@ -101,7 +108,7 @@ impl Client {
         }
         let rest = rd.rest();
         c.server_caps = String::from_utf8_lossy(rest.strip_suffix(&[0]).unwrap_or(rest)).into();
-        Ok(c)
+        Ok(())
     }
 
     /// Connects without negotiating (for protocol tests).

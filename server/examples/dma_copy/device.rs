@@ -207,7 +207,7 @@ pub fn config_space(port_type: PortType) -> ConfigSpace {
             // Vendor-specific: VSEC ID 1, rev 1, length 16; one RW scratch dword.
             id: ext_cap_id::VSEC,
             version: 1,
-            body: [0x0001_1001u32 | (16 << 20), 0, 0]
+            body: [0x0101_0001u32, 0, 0]
                 .iter()
                 .flat_map(|d| d.to_le_bytes())
                 .collect(),

@@ -361,7 +361,10 @@ pub fn encode_region_info(
     };
     let full = REGION_INFO_SIZE + cap_len;
     let include_caps = cap_len > 0 && client_argsz >= full;
-    let flags = if cap_len > 0 {
+    // Linux sets FLAG_CAPS with cap_offset 0 when the caps do not fit, but
+    // QEMU's vfio-user client rejects CAPS with an out-of-range cap_offset:
+    // announce the capabilities only when they are included.
+    let flags = if include_caps {
         flags | REGION_FLAG_CAPS
     } else {
         flags

@@ -1,0 +1,204 @@
+//! `trustdev vm`: boots a guest kernel in QEMU against trustdev device
+//! servers, runs a guest script, and returns the guest's verdict. Servers and
+//! QEMU are child processes that die with the runner, whatever happens.
+
+pub mod initramfs;
+mod process;
+pub mod qemu;
+pub mod runner;
+pub mod toolchain;
+
+use std::path::PathBuf;
+use std::time::Duration;
+use thiserror::Error;
+
+pub use runner::{run, VmOutcome};
+
+/// Errors of the VM runner. Each carries enough context to act on.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// QEMU / kernel not provisioned.
+    #[error("guest toolchain not provisioned: {0}")]
+    NotProvisioned(String),
+    /// The initramfs could not be built.
+    #[error("initramfs: {0}")]
+    Initramfs(String),
+    /// A device server failed to start.
+    #[error("device server {name} failed to start: {why}\n{log}")]
+    ServerStart {
+        /// Server name.
+        name: String,
+        /// Why.
+        why: String,
+        /// Tail of its log.
+        log: String,
+    },
+    /// A device server died while the guest ran.
+    #[error("device server {name} died while the guest was running ({status})\n{logs}")]
+    ServerDied {
+        /// Server name.
+        name: String,
+        /// Exit status.
+        status: String,
+        /// Log tails.
+        logs: String,
+    },
+    /// QEMU could not be started or exited with an error.
+    #[error("QEMU failed ({status})\n{logs}")]
+    Qemu {
+        /// Exit status or spawn error.
+        status: String,
+        /// Log tails.
+        logs: String,
+    },
+    /// The guest did not finish in time.
+    #[error("guest did not finish within {secs} s (hung?)\n{logs}")]
+    Timeout {
+        /// The timeout.
+        secs: u64,
+        /// Log tails.
+        logs: String,
+    },
+    /// The guest powered off without reporting the script's verdict.
+    #[error("guest stopped without reporting its script's result (kernel panic or init failure?)\n{logs}")]
+    NoVerdict {
+        /// Log tails.
+        logs: String,
+    },
+    /// Interrupted by a signal.
+    #[error("interrupted; QEMU and the servers were stopped")]
+    Interrupted,
+    /// Other I/O failure.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where a device sits in the guest's PCIe topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Endpoint behind its own pcie-root-port.
+    RootPort,
+    /// Root Complex Integrated Endpoint on q35's pcie.0.
+    RootBus,
+}
+
+/// A device model to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The DMA-copy example device.
+    DmaCopy,
+}
+
+impl DeviceKind {
+    /// Name used on the command line and for `trustdev serve`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::DmaCopy => "dma-copy",
+        }
+    }
+}
+
+/// One device of the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// Model.
+    pub kind: DeviceKind,
+    /// Topology.
+    pub placement: Placement,
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
+        let kind = match kind {
+            "dma-copy" => DeviceKind::DmaCopy,
+            other => return Err(format!("unknown device kind {other:?} (known: dma-copy)")),
+        };
+        let mut placement = Placement::RootPort;
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            match o {
+                "rciep" | "pcie.0" => placement = Placement::RootBus,
+                "root-port" => placement = Placement::RootPort,
+                other => {
+                    return Err(format!(
+                        "unknown device option {other:?} (rciep, root-port)"
+                    ))
+                }
+            }
+        }
+        Ok(DeviceSpec { kind, placement })
+    }
+}
+
+/// Everything a VM run needs.
+#[derive(Clone, Debug)]
+pub struct VmSpec {
+    /// Devices, in slot order.
+    pub devices: Vec<DeviceSpec>,
+    /// Kernel image (default: the provisioned one).
+    pub kernel: Option<PathBuf>,
+    /// Initrd (default: trustdev's busybox initramfs with the guest tools).
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command line.
+    pub append: Vec<String>,
+    /// Guest script to run (delivered as /test.sh and via fw_cfg).
+    pub script: Option<PathBuf>,
+    /// Interactive console instead of a script run.
+    pub interactive: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// vCPUs.
+    pub smp: u32,
+    /// Guest RAM in MiB.
+    pub mem_mb: u32,
+    /// Add an intel-iommu in scalable mode.
+    pub iommu: bool,
+    /// Extra QEMU arguments.
+    pub qemu_args: Vec<String>,
+    /// Where to keep the serial log (default: in the work directory).
+    pub serial_log: Option<PathBuf>,
+    /// Echo the guest console while it runs.
+    pub echo: bool,
+    /// Extra guest kernel modules.
+    pub modules: Vec<String>,
+    /// Guest programs to put into the initramfs (besides trustdev-guest).
+    pub bins: Vec<PathBuf>,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            devices: Vec::new(),
+            kernel: None,
+            initrd: None,
+            append: Vec::new(),
+            script: None,
+            interactive: false,
+            timeout: Duration::from_secs(300),
+            smp: 1,
+            mem_mb: 512,
+            iommu: false,
+            qemu_args: Vec::new(),
+            serial_log: None,
+            echo: false,
+            modules: Vec::new(),
+            bins: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_spec_parsing() {
+        let d: DeviceSpec = "dma-copy:rciep".parse().unwrap();
+        assert_eq!(d.placement, Placement::RootBus);
+        assert!("nvme".parse::<DeviceSpec>().is_err());
+        assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
+    }
+}

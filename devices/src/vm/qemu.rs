@@ -1,0 +1,179 @@
+//! The QEMU command line: q35, memfd `share=on` guest RAM (so servers map it),
+//! each vfio-user device behind its own pcie-root-port or on pcie.0, an
+//! optional intel-iommu in scalable mode, the serial console to a log file.
+
+use super::{Placement, VmSpec};
+use std::path::{Path, PathBuf};
+
+/// A vfio-user device as QEMU should attach it.
+#[derive(Clone, Debug)]
+pub struct QemuDevice {
+    /// Server socket.
+    pub socket: PathBuf,
+    /// Topology.
+    pub placement: Placement,
+}
+
+/// Whether KVM can run a guest here (the CPU advertises VMX/SVM and /dev/kvm
+/// exists). Without both, TCG is used.
+pub fn kvm_usable() -> bool {
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let virt = flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    virt && Path::new("/dev/kvm").exists() && std::env::var_os("TRUSTDEV_NO_KVM").is_none()
+}
+
+/// Minimal JSON string quoting (paths are the only strings we embed).
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Builds QEMU's arguments (without the program).
+pub fn args(
+    spec: &VmSpec,
+    kernel: &Path,
+    initrd: &Path,
+    devices: &[QemuDevice],
+    serial_log: &Path,
+    script: Option<&Path>,
+) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |s: &str| a.push(s.to_string());
+    let accel = if kvm_usable() { "kvm" } else { "tcg" };
+    push("-machine");
+    push(&format!("q35,accel={accel},memory-backend=mem"));
+    push("-m");
+    push(&format!("{}M", spec.mem_mb));
+    push("-object");
+    push(&format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        spec.mem_mb
+    ));
+    push("-cpu");
+    push(if spec.iommu { "max,la57=off" } else { "max" });
+    push("-smp");
+    push(&spec.smp.to_string());
+    push("-display");
+    push("none");
+    push("-no-reboot");
+    push("-nodefaults");
+    if spec.interactive {
+        push("-chardev");
+        push(&format!(
+            "stdio,id=con0,mux=on,signal=off,logfile={}",
+            serial_log.display()
+        ));
+        push("-serial");
+        push("chardev:con0");
+        push("-mon");
+        push("chardev=con0");
+    } else {
+        push("-monitor");
+        push("none");
+        push("-chardev");
+        push(&format!("file,id=con0,path={}", serial_log.display()));
+        push("-serial");
+        push("chardev:con0");
+    }
+    if spec.iommu {
+        push("-device");
+        push("intel-iommu,scalable-mode=on,fsts=on,pasid-bits=20,device-iotlb=on,caching-mode=on");
+    }
+    push("-kernel");
+    push(&kernel.display().to_string());
+    push("-initrd");
+    push(&initrd.display().to_string());
+    let mut cmdline = vec![
+        "console=ttyS0".to_string(),
+        "panic=-1".into(),
+        "oops=panic".into(),
+        "loglevel=6".into(),
+        "vfio.enable_unsafe_noiommu_mode=1".into(),
+        "pci=pcie_bus_perf".into(),
+    ];
+    if spec.iommu {
+        cmdline.push("intel_iommu=on,sm_on".into());
+    }
+    if spec.interactive {
+        cmdline.push("trustdev.shell=1".into());
+    }
+    cmdline.extend(spec.append.iter().cloned());
+    push("-append");
+    push(&cmdline.join(" "));
+    if let Some(s) = script {
+        push("-fw_cfg");
+        push(&format!("name=opt/trustdev/test.sh,file={}", s.display()));
+    }
+    let mut port = 0;
+    for (i, d) in devices.iter().enumerate() {
+        let sock = json_str(&d.socket.display().to_string());
+        match d.placement {
+            Placement::RootPort => {
+                port += 1;
+                push("-device");
+                push(&format!(
+                    "pcie-root-port,id=rp{port},chassis={port},slot={port},bus=pcie.0"
+                ));
+                push("-device");
+                push(&format!(
+                    r#"{{"driver":"vfio-user-pci","id":"dev{i}","socket":{{"path":{sock},"type":"unix"}},"bus":"rp{port}"}}"#
+                ));
+            }
+            Placement::RootBus => {
+                push("-device");
+                push(&format!(
+                    r#"{{"driver":"vfio-user-pci","id":"dev{i}","socket":{{"path":{sock},"type":"unix"}},"bus":"pcie.0","addr":"{:#x}"}}"#,
+                    0x10 + i
+                ));
+            }
+        }
+    }
+    a.extend(spec.qemu_args.iter().cloned());
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_memfd_and_devices() {
+        let spec = VmSpec::default();
+        let devs = vec![
+            QemuDevice {
+                socket: "/tmp/a \"b\".sock".into(),
+                placement: Placement::RootPort,
+            },
+            QemuDevice {
+                socket: "/tmp/c.sock".into(),
+                placement: Placement::RootBus,
+            },
+        ];
+        let a = args(
+            &spec,
+            Path::new("/k"),
+            Path::new("/i"),
+            &devs,
+            Path::new("/log"),
+            None,
+        );
+        let s = a.join(" ");
+        assert!(s.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(s.contains(r#""path":"/tmp/a \"b\".sock""#));
+        assert!(s.contains(r#""bus":"rp1""#));
+        assert!(s.contains(r#""bus":"pcie.0","addr":"0x11""#));
+    }
+}
