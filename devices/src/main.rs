@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use trustdev_devices::example::DmaCopy;
-use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
+use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
 
@@ -188,7 +188,8 @@ const DEMO_SCRIPT: &str = include_str!("../../qemu-configs/guest/demo.sh");
 
 fn demo(verbose: bool) -> ExitCode {
     println!("trustdev demo: booting a Debian guest kernel under QEMU with two DMA-copy devices:");
-    println!("  - one behind a PCIe root port (an Endpoint), one on pcie.0 (an RCiEP)");
+    println!("  - one behind a PCIe root port (an Endpoint), one on pcie.0 (an RCiEP),");
+    println!("  - with a virtual Intel IOMMU so guest user space can drive them through vfio-pci");
     let script = std::env::temp_dir().join(format!("trustdev-demo-{}.sh", std::process::id()));
     if let Err(e) = std::fs::write(&script, DEMO_SCRIPT) {
         eprintln!("trustdev demo: {}: {e}", script.display());
@@ -196,10 +197,17 @@ fn demo(verbose: bool) -> ExitCode {
     }
     let spec = VmSpec {
         devices: vec![
-            "dma-copy".parse().unwrap_or_else(|_| unreachable!()),
-            "dma-copy:rciep".parse().unwrap_or_else(|_| unreachable!()),
+            DeviceSpec {
+                kind: DeviceKind::DmaCopy,
+                placement: Placement::RootPort,
+            },
+            DeviceSpec {
+                kind: DeviceKind::DmaCopy,
+                placement: Placement::RootBus,
+            },
         ],
         script: Some(script.clone()),
+        iommu: true,
         echo: verbose,
         timeout: Duration::from_secs(300),
         ..VmSpec::default()

@@ -12,7 +12,7 @@ for d in /sys/bus/pci/devices/*; do
     echo
     echo "=== DMA-copy device $bdf ==="
     trustdev-guest lspci "$bdf" || rc=1
-    echo "--- driving it through vfio-pci (no-IOMMU mode) ---"
+    echo "--- driving it from guest user space through vfio-pci and the virtual IOMMU ---"
     trustdev-guest dma-copy --bdf "$bdf" --count 8 || rc=1
     drv=$(readlink "$d/driver" 2>/dev/null)
     echo "bound driver afterwards: ${drv##*/}"

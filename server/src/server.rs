@@ -9,8 +9,8 @@ use crate::protocol::{
     decode_write_multi, encode_device_info, encode_irq_info, encode_region_info, region,
     ClientCaps, Command, DmaMapRequest, DmaUnmapKind, DmaUnmapRequest, Header, InfoRequest,
     IrqData, MessageType, ProtocolError, RegionAccess, ServerCaps, SetIrqsRequest, SparseArea,
-    VersionRequest, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, REGION_FLAG_MMAP, REGION_FLAG_READ,
-    REGION_FLAG_WRITE,
+    VersionRequest, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, FLAG_NO_REPLY, HEADER_SIZE,
+    REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use crate::stats::Stats;
 use crate::transport::{recv_message, Listener, Message, Sender, TransportError};
@@ -269,13 +269,17 @@ impl<D: Device> Server<D> {
                 info!("server stopping; closing the client connection");
                 break;
             }
-            if fds[1].any().unwrap_or(false) {
+            // The attached client goes first: when it has just gone away (its
+            // EOF is pending) a client connecting right after it must be served
+            // next, not refused as a second one.
+            let client_ready = fds[0].any().unwrap_or(false);
+            if fds[1].any().unwrap_or(false) && !client_ready {
                 if let Ok((extra, _)) = l.accept() {
                     warn!("refusing a second client: this device already has one");
                     drop(extra);
                 }
             }
-            if !fds[0].any().unwrap_or(false) {
+            if !client_ready {
                 continue;
             }
             let msg = match recv_message(&stream, max_payload) {
@@ -299,6 +303,29 @@ impl<D: Device> Server<D> {
                     }
                     continue;
                 }
+                Err(TransportError::BadHeader {
+                    msg_id,
+                    command,
+                    flags,
+                    error,
+                }) => {
+                    warn!("message {msg_id}: {error}");
+                    self.stats.count_error();
+                    // Answer anything but a reply or a message that asks for none.
+                    let is_reply = flags & 0xf == 1;
+                    if !is_reply && flags & FLAG_NO_REPLY == 0 {
+                        let h = Header {
+                            msg_id,
+                            command,
+                            msg_size: HEADER_SIZE as u32,
+                            kind: MessageType::Reply,
+                            no_reply: false,
+                            error: Some(error.errno() as u32),
+                        };
+                        let _ = sess.sender.send(&h, &[], &[]);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     warn!("dropping the client: {e}");
                     break;
@@ -316,6 +343,9 @@ impl<D: Device> Server<D> {
         sess.sender.shutdown();
         let ctx = self.device.context().clone();
         ctx.memory.set_requester(None);
+        // Workers waiting for a DMA reply fail now rather than after the
+        // timeout (the device reset below waits for them).
+        sess.requester.cancel_all();
         self.device.config().reset();
         self.device.reset();
         ctx.memory.unmap_all();
@@ -442,10 +472,13 @@ impl<D: Device> Server<D> {
                 "client speaks vfio-user {}.{}; negotiated 0.0 (client max_msg_fds {}, max_data_xfer_size {})",
                 req.major, req.minor, req.caps.max_msg_fds, req.caps.max_data_xfer_size
             );
+            // Our DMA_READ replies must also fit what we accept ourselves.
             sess.requester = Arc::new(Requester::new(
                 Arc::clone(&sess.sender),
                 std::thread::current().id(),
-                req.caps.max_data_xfer_size,
+                req.caps
+                    .max_data_xfer_size
+                    .min(self.caps.max_data_xfer_size),
             ));
             self.device
                 .context()
@@ -478,7 +511,10 @@ impl<D: Device> Server<D> {
                 let req = DmaUnmapRequest::decode(p)?;
                 let mem = &self.device.context().memory;
                 match req.kind {
-                    DmaUnmapKind::Range { address, size } => mem.unmap(address, size)?,
+                    DmaUnmapKind::Range { address, size } => {
+                        let n = mem.unmap(address, size)?;
+                        debug!("DMA_UNMAP {address:#x}+{size:#x}: {n} window(s) removed");
+                    }
                     DmaUnmapKind::All => mem.unmap_all(),
                 }
                 Ok(Reply::data(req.encode()))

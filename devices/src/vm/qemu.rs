@@ -90,7 +90,7 @@ pub fn args(
     }
     if spec.iommu {
         push("-device");
-        push("intel-iommu,scalable-mode=on,fsts=on,pasid-bits=20,device-iotlb=on,caching-mode=on");
+        push("intel-iommu,scalable-mode=on,caching-mode=on");
     }
     push("-kernel");
     push(&kernel.display().to_string());

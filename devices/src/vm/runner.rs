@@ -237,6 +237,11 @@ fn run_in(
             let guest_tool = exe.with_file_name("trustdev-guest");
             if guest_tool.exists() {
                 bins.push(guest_tool);
+            } else {
+                log::warn!(
+                    "{} not found: the guest gets no trustdev-guest (build it with `cargo build --workspace --bins`)",
+                    guest_tool.display()
+                );
             }
             initramfs::assemble(tc, &base, &bins, script.as_deref(), dir)?
         }

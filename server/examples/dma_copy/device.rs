@@ -469,6 +469,13 @@ impl Device for DmaCopy {
                         if clear & status::ERROR != 0 {
                             r.error.store(0, Ordering::SeqCst);
                         }
+                        // INTx is level-triggered: with nothing left to
+                        // report the device stops asserting it, so an
+                        // UNMASK does not fire it again.
+                        let left = r.status.load(Ordering::SeqCst);
+                        if left & (status::DONE | status::ERROR) == 0 {
+                            self.ctx.irqs.deassert(0, 0);
+                        }
                     }
                     reg::VECTOR => r.vector.store(v as u32, Ordering::SeqCst),
                     reg::SCRATCH => r.scratch.store(v as u32, Ordering::SeqCst),

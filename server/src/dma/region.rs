@@ -8,7 +8,7 @@ use std::fs::File;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
-use std::sync::RwLock;
+use std::sync::{Condvar, Mutex};
 
 /// How the server reaches a window's memory.
 #[derive(Debug)]
@@ -26,10 +26,72 @@ pub(crate) struct DmaRegion {
     pub len: u64,
     pub prot: DmaProt,
     pub backing: Backing,
-    /// `true` while mapped. Accessors hold a read guard for the duration of a
-    /// copy; unmap takes the write guard, so it waits for in-flight copies
-    /// and no copy starts on a withdrawn window.
-    pub live: RwLock<bool>,
+    /// Mapped or withdrawn, and the copies in flight. Accessors hold a
+    /// [`LiveGuard`] for the duration of a copy; unmap retires the window, so
+    /// it waits for in-flight copies and no copy starts on a withdrawn window.
+    pub live: Liveness,
+}
+
+/// Whether a window is still mapped, and how many accessors are inside it.
+///
+/// Unlike a read-write lock, entering never blocks: one thread may enter the
+/// same window twice (a copy whose source and destination share a window)
+/// while an unmap waits, without deadlocking against it.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    state: Mutex<LiveState>,
+    idle: Condvar,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    live: bool,
+    inside: usize,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Liveness {
+            state: Mutex::new(LiveState {
+                live: true,
+                inside: 0,
+            }),
+            idle: Condvar::new(),
+        }
+    }
+
+    /// Enters the window; `None` once it was retired.
+    pub fn enter(&self) -> Option<LiveGuard<'_>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.live {
+            return None;
+        }
+        s.inside += 1;
+        Some(LiveGuard(self))
+    }
+
+    /// Marks the window withdrawn and waits until every accessor has left.
+    pub fn retire(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.live = false;
+        while s.inside > 0 {
+            s = self.idle.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// An accessor inside a live window (see [`Liveness::enter`]).
+#[derive(Debug)]
+pub(crate) struct LiveGuard<'a>(&'a Liveness);
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.inside -= 1;
+        if s.inside == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 impl DmaRegion {
@@ -75,7 +137,7 @@ impl DmaRegion {
             len,
             prot,
             backing,
-            live: RwLock::new(true),
+            live: Liveness::new(),
         })
     }
 

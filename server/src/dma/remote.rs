@@ -85,6 +85,15 @@ impl Requester {
         }
     }
 
+    /// Fails every request waiting for a reply (the client is gone): their
+    /// workers see [`DmaError::Disconnected`] at once instead of timing out.
+    pub fn cancel_all(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     fn forget(&self, id: u16) {
         self.pending
             .lock()

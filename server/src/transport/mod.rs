@@ -48,6 +48,20 @@ pub enum TransportError {
     /// The header cannot be trusted: message boundaries are lost.
     #[error("framing lost: {0}")]
     Framing(#[from] ProtocolError),
+    /// The header's flags are invalid (unknown message type, reserved bits)
+    /// but its size is usable: the payload was drained, so the stream is
+    /// still in frame and an error reply can be sent.
+    #[error("malformed header of message {msg_id} (drained): {error}")]
+    BadHeader {
+        /// Message id.
+        msg_id: u16,
+        /// Raw command number.
+        command: u16,
+        /// Raw header flags.
+        flags: u32,
+        /// What is wrong.
+        error: ProtocolError,
+    },
     /// The message is larger than we accept; its payload was drained, so the
     /// stream is still in frame and an error reply can be sent.
     #[error("message of {size} bytes exceeds the {limit}-byte limit (drained)")]
@@ -127,7 +141,26 @@ pub fn recv_message(stream: &UnixStream, max_payload: usize) -> Result<Message, 
             want: HEADER_SIZE,
         });
     }
-    let header = Header::decode(&hdr)?;
+    let header = match Header::decode(&hdr) {
+        Ok(h) => h,
+        Err(e @ ProtocolError::MessageTooShort(_)) => return Err(e.into()),
+        Err(error) => {
+            // The size field passed its check: skip the payload and stay in frame.
+            let size = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
+            drain(
+                fd,
+                size.saturating_sub(HEADER_SIZE),
+                &mut fds,
+                &mut truncated,
+            )?;
+            return Err(TransportError::BadHeader {
+                msg_id: u16::from_le_bytes([hdr[0], hdr[1]]),
+                command: u16::from_le_bytes([hdr[2], hdr[3]]),
+                flags: u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
+                error,
+            });
+        }
+    };
     let len = header.payload_len();
     if len > max_payload {
         drain(fd, len, &mut fds, &mut truncated)?;

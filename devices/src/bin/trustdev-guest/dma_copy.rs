@@ -1,0 +1,969 @@
+//! `trustdev-guest dma-copy`: drives the DMA-copy example device (vfio-user
+//! server example `dma_copy`, 7d0c:d3a0) from guest user space through
+//! vfio-pci: no-IOMMU mode with physical addresses from /proc/self/pagemap,
+//! or a type1 container with IOVA maps when the guest has a vIOMMU.
+
+use crate::sysfs;
+use crate::vfio::{self, Container, Device, EventFd, Group};
+use serde_json::json;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Vendor and device ID of the example device.
+pub const VENDOR_ID: u16 = 0x7d0c;
+pub const DEVICE_ID: u16 = 0xd3a0;
+const ID_VALUE: u32 = 0x7d0c_d3a0;
+
+/// BAR0 registers (server/examples/dma_copy/device.rs).
+mod reg {
+    pub const ID: u64 = 0x00;
+    pub const VERSION: u64 = 0x04;
+    pub const SRC: u64 = 0x08;
+    pub const DST: u64 = 0x10;
+    pub const LEN: u64 = 0x18;
+    pub const CTRL: u64 = 0x1c;
+    pub const DOORBELL: u64 = 0x20;
+    pub const STATUS: u64 = 0x24;
+    pub const ERROR: u64 = 0x28;
+    pub const VECTOR: u64 = 0x2c;
+    pub const COMPLETED: u64 = 0x30;
+    pub const BYTES: u64 = 0x38;
+    pub const SCRATCH: u64 = 0x40;
+    /// Registers up to and including SCRATCH.
+    pub const SPAN: u64 = 0x44;
+}
+
+const STATUS_BUSY: u32 = 1 << 0;
+const STATUS_DONE: u32 = 1 << 1;
+const STATUS_ERROR: u32 = 1 << 2;
+
+fn error_name(code: u32) -> &'static str {
+    match code {
+        0 => "none",
+        1 => "source fault",
+        2 => "destination fault",
+        3 => "bad length",
+        4 => "doorbell while busy",
+        _ => "unknown error code",
+    }
+}
+
+const PAGE: usize = 4096;
+const PCI_COMMAND: u64 = 0x04;
+const PCI_COMMAND_MEMORY: u16 = 0x2;
+const PCI_COMMAND_MASTER: u16 = 0x4;
+
+const NOIOMMU_PARAM: &str = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";
+const VFIO_PCI_DRIVER: &str = "/sys/bus/pci/drivers/vfio-pci";
+const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
+/// IOVAs used in type1 mode (below the x86 MSI window, above legacy areas).
+const IOVA_SRC: u64 = 0x10_0000;
+const IOVA_DST: u64 = 0x10_1000;
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bdf: String,
+    pub size: usize,
+    pub count: u32,
+    pub vector: u32,
+    pub timeout: Duration,
+    pub poll: bool,
+    pub reset: bool,
+    pub json: bool,
+}
+
+/// Prints progress lines unless JSON output was asked for.
+struct Log {
+    prefix: String,
+    quiet: bool,
+}
+
+impl Log {
+    fn say(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            println!("{}: {}", self.prefix, msg.as_ref());
+        }
+    }
+}
+
+/// Result of a successful run.
+#[derive(Debug, Default)]
+struct Outcome {
+    copies: u32,
+    interrupts: u64,
+    mode: &'static str,
+    group: String,
+    previous_driver: Option<String>,
+}
+
+/// Runs the subcommand; prints the result. `Err` carries the failure message.
+pub fn run(opts: &Options) -> Result<(), String> {
+    let bdf = sysfs::normalize_bdf(&opts.bdf).ok_or_else(|| {
+        format!(
+            "'{}' is not a PCI address (expected [DDDD:]BB:DD.F)",
+            opts.bdf
+        )
+    })?;
+    let log = Log {
+        prefix: format!("dma-copy {bdf}"),
+        quiet: opts.json,
+    };
+    let result = run_inner(&bdf, opts, &log);
+    match (&result, opts.json) {
+        (Ok(o), false) => {
+            let irq = if opts.poll {
+                "completion polled, interrupts off".to_string()
+            } else {
+                format!(
+                    "{} MSI-X interrupt{} received (vector {})",
+                    o.interrupts,
+                    if o.interrupts == 1 { "" } else { "s" },
+                    opts.vector
+                )
+            };
+            println!(
+                "dma-copy {bdf}: {} cop{} of {} byte{} verified, {irq}",
+                o.copies,
+                if o.copies == 1 { "y" } else { "ies" },
+                opts.size,
+                if opts.size == 1 { "" } else { "s" }
+            );
+        }
+        (Ok(o), true) => {
+            let v = json!({
+                "bdf": bdf, "ok": true, "copies": o.copies, "size": opts.size,
+                "interrupts": o.interrupts, "vector": opts.vector, "polled": opts.poll,
+                "mode": o.mode, "group": o.group, "previous_driver": o.previous_driver,
+            });
+            println!("{v}");
+        }
+        (Err(e), true) => {
+            let v = json!({"bdf": bdf, "ok": false, "error": e});
+            println!("{v}");
+        }
+        (Err(_), false) => {}
+    }
+    result
+        .map(|_| ())
+        .map_err(|e| format!("dma-copy {bdf}: FAILED: {e}"))
+}
+
+fn module_loaded(name: &str) -> bool {
+    Path::new("/sys/module").join(name).exists()
+}
+
+/// Tries `modprobe NAME ARGS...`; returns a description of the failure.
+fn modprobe(name: &str, args: &[&str]) -> Result<(), String> {
+    match std::process::Command::new("modprobe")
+        .arg(name)
+        .args(args)
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "modprobe {name} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run modprobe: {e}")),
+    }
+}
+
+const MODULE_HINT: &str = "load, in this order: insmod vfio.ko enable_unsafe_noiommu_mode=1; \
+     insmod vfio_iommu_type1.ko; insmod irqbypass.ko; insmod vfio-pci-core.ko; insmod vfio-pci.ko";
+
+/// Makes sure vfio + vfio-pci are present and no-IOMMU mode is allowed.
+fn ensure_modules(log: &Log, want_noiommu: bool) -> Result<(), String> {
+    if !module_loaded("vfio") {
+        modprobe("vfio", &["enable_unsafe_noiommu_mode=1"]).map_err(|e| {
+            format!("kernel module vfio is not loaded (and not built in); {e}; {MODULE_HINT}")
+        })?;
+        log.say("loaded vfio with modprobe");
+    }
+    if !Path::new(VFIO_PCI_DRIVER).exists() {
+        let missing: Vec<&str> = [
+            "vfio",
+            "vfio_iommu_type1",
+            "irqbypass",
+            "vfio_pci_core",
+            "vfio_pci",
+        ]
+        .into_iter()
+        .filter(|m| !module_loaded(m))
+        .collect();
+        modprobe("vfio-pci", &[]).map_err(|e| {
+            format!(
+                "driver vfio-pci is not registered ({VFIO_PCI_DRIVER} missing; modules not \
+                 loaded: {}); {e}; {MODULE_HINT}",
+                if missing.is_empty() {
+                    "none".to_string()
+                } else {
+                    missing.join(" ")
+                }
+            )
+        })?;
+        log.say("loaded vfio-pci with modprobe");
+    }
+    if want_noiommu {
+        let p = Path::new(NOIOMMU_PARAM);
+        let cur = sysfs::read_str(p).ok_or_else(|| {
+            format!(
+                "the device has no IOMMU group and {NOIOMMU_PARAM} does not exist: this \
+                 kernel's vfio was built without CONFIG_VFIO_NOIOMMU (Debian's is), so \
+                 no-IOMMU mode is impossible; give the guest a vIOMMU instead (QEMU \
+                 -device intel-iommu,caching-mode=on and kernel parameter intel_iommu=on) \
+                 so that vfio-pci uses type1 DMA maps"
+            )
+        })?;
+        if cur != "Y" && cur != "1" {
+            sysfs::write_attr(p, "Y")?;
+            log.say("enabled vfio no-IOMMU mode (enable_unsafe_noiommu_mode=Y; taints the kernel)");
+        }
+    }
+    if !Path::new(VFIO_CONTAINER).exists() {
+        return Err(format!(
+            "{VFIO_CONTAINER} does not exist (vfio is loaded; is devtmpfs mounted on /dev? \
+             does the kernel have CONFIG_VFIO_CONTAINER?)"
+        ));
+    }
+    Ok(())
+}
+
+fn iommu_group(bdf: &str) -> Option<String> {
+    sysfs::link_name(&sysfs::dev_dir(bdf).join("iommu_group"))
+}
+
+/// Binds the function to vfio-pci; returns the driver it had before.
+fn bind_vfio(bdf: &str, log: &Log, noiommu_wanted: bool) -> Result<Option<String>, String> {
+    let dir = sysfs::dev_dir(bdf);
+    let before = sysfs::link_name(&dir.join("driver"));
+    if before.as_deref() == Some("vfio-pci") && (iommu_group(bdf).is_some() || !noiommu_wanted) {
+        log.say("already bound to vfio-pci");
+        return Ok(before);
+    }
+    if let Some(drv) = &before {
+        // Bound elsewhere, or bound to vfio-pci before no-IOMMU mode was on
+        // (then it has no group): unbind first.
+        sysfs::write_attr(&dir.join("driver").join("unbind"), bdf)
+            .map_err(|e| format!("cannot unbind from {drv}: {e}"))?;
+    }
+    sysfs::write_attr(&dir.join("driver_override"), "vfio-pci")?;
+    let bind = Path::new(VFIO_PCI_DRIVER).join("bind");
+    if let Err(e) = sysfs::write_attr(&bind, bdf) {
+        // drivers_probe honours driver_override too; try it before giving up.
+        let _ = sysfs::write_attr(Path::new("/sys/bus/pci/drivers_probe"), bdf);
+        if sysfs::link_name(&dir.join("driver")).as_deref() != Some("vfio-pci") {
+            return Err(format!(
+                "binding to vfio-pci failed: {e} (see dmesg: vfio-pci refuses devices \
+                 without an IOMMU group unless no-IOMMU mode is on)"
+            ));
+        }
+    }
+    let now = sysfs::link_name(&dir.join("driver"));
+    if now.as_deref() != Some("vfio-pci") {
+        return Err(format!(
+            "after bind the device's driver is {}, not vfio-pci",
+            now.as_deref().unwrap_or("(none)")
+        ));
+    }
+    log.say(format!(
+        "bound to vfio-pci (was: {})",
+        before.as_deref().unwrap_or("no driver")
+    ));
+    Ok(before)
+}
+
+/// Waits for a device node (devtmpfs creates it asynchronously to us).
+fn wait_path(p: &Path, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while !p.exists() {
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// A locked, page-aligned anonymous page.
+struct DmaPage {
+    ptr: *mut u8,
+}
+
+impl DmaPage {
+    fn new() -> Result<Self, String> {
+        // SAFETY: anonymous private mapping with no address hint; the result
+        // is checked against MAP_FAILED before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap of a DMA buffer failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let page = DmaPage { ptr: p.cast() };
+        // SAFETY: `p` is a mapping of PAGE bytes that we own.
+        if unsafe { libc::mlock(p, PAGE) } != 0 {
+            return Err(format!(
+                "mlock of a DMA buffer failed: {} (RLIMIT_MEMLOCK?)",
+                std::io::Error::last_os_error()
+            ));
+        }
+        page.fill(|_| 0);
+        Ok(page)
+    }
+
+    fn addr(&self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// Writes every byte through volatile stores (the device reads them).
+    fn fill(&self, f: impl Fn(usize) -> u8) {
+        for i in 0..PAGE {
+            // SAFETY: `i < PAGE`, inside our live, writable mapping.
+            unsafe { std::ptr::write_volatile(self.ptr.add(i), f(i)) };
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads the page through volatile loads (the device wrote it).
+    fn snapshot(&self) -> Vec<u8> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        (0..PAGE)
+            // SAFETY: `i < PAGE`, inside our live, readable mapping.
+            .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
+            .collect()
+    }
+}
+
+impl Drop for DmaPage {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in `new`; nothing
+        // references it after drop.
+        unsafe {
+            libc::munmap(self.ptr.cast(), PAGE);
+        }
+    }
+}
+
+/// Physical address of a user virtual address, from /proc/self/pagemap.
+fn phys_addr(pagemap: &File, vaddr: u64) -> Result<u64, String> {
+    let mut b = [0u8; 8];
+    pagemap
+        .read_exact_at(&mut b, (vaddr / PAGE as u64) * 8)
+        .map_err(|e| format!("reading /proc/self/pagemap: {e}"))?;
+    let e = u64::from_le_bytes(b);
+    if e & (1 << 63) == 0 {
+        return Err(format!(
+            "page at {vaddr:#x} not present in pagemap (entry {e:#x})"
+        ));
+    }
+    let pfn = e & ((1u64 << 55) - 1);
+    if pfn == 0 {
+        return Err("pagemap shows PFN 0: physical addresses are hidden \
+                    (needs root with CAP_SYS_ADMIN)"
+            .into());
+    }
+    Ok(pfn * PAGE as u64 + (vaddr % PAGE as u64))
+}
+
+/// Deterministic per-iteration pattern (xorshift64*).
+fn pattern(iter: u32, size: usize) -> Vec<u8> {
+    let mut x =
+        0x9e37_79b9_7f4a_7c15u64 ^ (u64::from(iter) + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        for b in v.to_le_bytes() {
+            if out.len() < size {
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// BAR0 access through the vfio device fd.
+struct Regs<'a> {
+    dev: &'a Device,
+    base: u64,
+}
+
+impl Regs<'_> {
+    fn rd(&self, r: u64) -> Result<u32, String> {
+        self.dev
+            .read32(self.base + r)
+            .map_err(|e| format!("reading BAR0 register {r:#x}: {e}"))
+    }
+
+    fn wr(&self, r: u64, v: u32) -> Result<(), String> {
+        self.dev
+            .write32(self.base + r, v)
+            .map_err(|e| format!("writing {v:#x} to BAR0 register {r:#x}: {e}"))
+    }
+
+    fn wr64(&self, r: u64, v: u64) -> Result<(), String> {
+        self.wr(r, v as u32)?;
+        self.wr(r + 4, (v >> 32) as u32)
+    }
+
+    fn rd64(&self, r: u64) -> Result<u64, String> {
+        let lo = self.rd(r)?;
+        let hi = self.rd(r + 4)?;
+        Ok(u64::from(lo) | (u64::from(hi) << 32))
+    }
+
+    fn state(&self) -> String {
+        let g = |r| {
+            self.rd(r)
+                .map(|v| format!("{v:#x}"))
+                .unwrap_or_else(|_| "?".into())
+        };
+        format!(
+            "STATUS={} ERROR={} COMPLETED={}",
+            g(reg::STATUS),
+            g(reg::ERROR),
+            g(reg::COMPLETED)
+        )
+    }
+}
+
+fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
+    if opts.size == 0 || opts.size > PAGE {
+        return Err(format!("--size must be 1..={PAGE} (got {})", opts.size));
+    }
+    if opts.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let dir = sysfs::dev_dir(bdf);
+    if !dir.exists() {
+        let present = sysfs::list_bdfs().unwrap_or_default().join(" ");
+        return Err(format!("no such PCI device (present: {present})"));
+    }
+    match sysfs::ids(bdf) {
+        Some((VENDOR_ID, DEVICE_ID)) => {}
+        Some((v, d)) => {
+            return Err(format!(
+            "device is {v:04x}:{d:04x}, not the DMA-copy example {VENDOR_ID:04x}:{DEVICE_ID:04x}"
+        ))
+        }
+        None => return Err("cannot read vendor/device from sysfs".into()),
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("must run as root (sysfs binding, /dev/vfio, /proc/self/pagemap)".into());
+    }
+
+    // An IOMMU group before binding means a real (v)IOMMU: use type1.
+    let has_iommu = iommu_group(bdf).is_some_and(|g| {
+        let name = Path::new("/sys/kernel/iommu_groups").join(g).join("name");
+        sysfs::read_str(&name).as_deref() != Some("vfio-noiommu")
+    });
+    ensure_modules(log, !has_iommu)?;
+    let previous_driver = bind_vfio(bdf, log, !has_iommu)?;
+
+    let group_id = iommu_group(bdf).ok_or_else(|| {
+        format!(
+            "no IOMMU group after binding to vfio-pci ({}/iommu_group missing)",
+            dir.display()
+        )
+    })?;
+    let noiommu_node = PathBuf::from(format!("/dev/vfio/noiommu-{group_id}"));
+    let iommu_node = PathBuf::from(format!("/dev/vfio/{group_id}"));
+    let t = Duration::from_secs(2);
+    let (group_path, noiommu) = if wait_path(&noiommu_node, t) {
+        (noiommu_node, true)
+    } else if iommu_node.exists() {
+        (iommu_node, false)
+    } else {
+        return Err(format!(
+            "neither {} nor {} exists for IOMMU group {group_id}",
+            noiommu_node.display(),
+            iommu_node.display()
+        ));
+    };
+    let mode = if noiommu { "no-IOMMU" } else { "type1" };
+
+    let container = Container::open(Path::new(VFIO_CONTAINER))
+        .map_err(|e| format!("open {VFIO_CONTAINER}: {e}"))?;
+    let api = container
+        .api_version()
+        .map_err(|e| format!("VFIO_GET_API_VERSION: {e}"))?;
+    if api != vfio::VFIO_API_VERSION {
+        return Err(format!(
+            "VFIO API version {api}, expected {}",
+            vfio::VFIO_API_VERSION
+        ));
+    }
+    let iommu_type = if noiommu {
+        vfio::VFIO_NOIOMMU_IOMMU
+    } else if container
+        .check_extension(vfio::VFIO_TYPE1V2_IOMMU)
+        .unwrap_or(0)
+        > 0
+    {
+        vfio::VFIO_TYPE1V2_IOMMU
+    } else {
+        vfio::VFIO_TYPE1_IOMMU
+    };
+    let ext = container
+        .check_extension(iommu_type)
+        .map_err(|e| format!("VFIO_CHECK_EXTENSION({iommu_type}): {e}"))?;
+    if ext <= 0 {
+        return Err(if noiommu {
+            "the VFIO container does not offer VFIO_NOIOMMU_IOMMU (is \
+             enable_unsafe_noiommu_mode=Y?)"
+                .to_string()
+        } else {
+            format!(
+                "the VFIO container does not offer IOMMU type {iommu_type} \
+                 (is vfio_iommu_type1 loaded?)"
+            )
+        });
+    }
+
+    let group =
+        Group::open(&group_path).map_err(|e| format!("open {}: {e}", group_path.display()))?;
+    let st = group
+        .status()
+        .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
+    if st & vfio::VFIO_GROUP_FLAGS_VIABLE == 0 {
+        return Err(format!(
+            "IOMMU group {group_id} is not viable: every device in \
+             /sys/kernel/iommu_groups/{group_id}/devices must be bound to vfio-pci or unbound"
+        ));
+    }
+    group
+        .set_container(&container)
+        .map_err(|e| format!("VFIO_GROUP_SET_CONTAINER: {e}"))?;
+    let st = group
+        .status()
+        .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
+    if st & vfio::VFIO_GROUP_FLAGS_CONTAINER_SET == 0 {
+        return Err(format!(
+            "group status {st:#x} lacks CONTAINER_SET after VFIO_GROUP_SET_CONTAINER"
+        ));
+    }
+    container
+        .set_iommu(iommu_type)
+        .map_err(|e| format!("VFIO_SET_IOMMU({iommu_type}): {e}"))?;
+    let dev = group
+        .device(bdf)
+        .map_err(|e| format!("VFIO_GROUP_GET_DEVICE_FD({bdf}): {e}"))?;
+    if dev.info.flags & vfio::VFIO_DEVICE_FLAGS_PCI == 0
+        || dev.info.num_regions <= vfio::VFIO_PCI_CONFIG_REGION_INDEX
+        || dev.info.num_irqs <= vfio::VFIO_PCI_MSIX_IRQ_INDEX
+    {
+        return Err(format!(
+            "unexpected VFIO device info: flags {:#x}, {} regions, {} irqs",
+            dev.info.flags, dev.info.num_regions, dev.info.num_irqs
+        ));
+    }
+
+    let bar0 = dev
+        .region_info(vfio::VFIO_PCI_BAR0_REGION_INDEX)
+        .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(BAR0): {e}"))?;
+    let rw = vfio::VFIO_REGION_INFO_FLAG_READ | vfio::VFIO_REGION_INFO_FLAG_WRITE;
+    if bar0.size < reg::SPAN || bar0.flags & rw != rw {
+        return Err(format!(
+            "BAR0 region is {} bytes with flags {:#x}; need >= {} bytes, read+write",
+            bar0.size,
+            bar0.flags,
+            reg::SPAN
+        ));
+    }
+    let cfg = dev
+        .region_info(vfio::VFIO_PCI_CONFIG_REGION_INDEX)
+        .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(config): {e}"))?;
+
+    // Memory decoding and bus mastering: vfio-pci enables the device
+    // (memory decode) but leaves bus mastering to the user; without it
+    // QEMU drops the device's MSI-X writes.
+    let cmd_off = cfg.offset + PCI_COMMAND;
+    let cmd = dev
+        .read16(cmd_off)
+        .map_err(|e| format!("reading the command register: {e}"))?;
+    let want = cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+    if want != cmd {
+        dev.write16(cmd_off, want)
+            .map_err(|e| format!("writing the command register: {e}"))?;
+        log.say(format!(
+            "command register {cmd:#06x} -> {want:#06x} (memory decode + bus master)"
+        ));
+    }
+    let cmd2 = dev
+        .read16(cmd_off)
+        .map_err(|e| format!("reading the command register: {e}"))?;
+    if cmd2 & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER) != PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER {
+        return Err(format!(
+            "command register reads {cmd2:#06x} after writing {want:#06x}: memory decode / \
+             bus master did not stick"
+        ));
+    }
+
+    let regs = Regs {
+        dev: &dev,
+        base: bar0.offset,
+    };
+    if opts.reset {
+        if dev.info.flags & vfio::VFIO_DEVICE_FLAGS_RESET == 0 {
+            return Err("--reset: the device does not support VFIO_DEVICE_RESET".into());
+        }
+        regs.wr(reg::SCRATCH, 0xdead_beef)?;
+        dev.reset().map_err(|e| format!("VFIO_DEVICE_RESET: {e}"))?;
+        let (scratch, completed) = (regs.rd(reg::SCRATCH)?, regs.rd(reg::COMPLETED)?);
+        if scratch != 0 || completed != 0 {
+            return Err(format!(
+                "after VFIO_DEVICE_RESET SCRATCH={scratch:#x} COMPLETED={completed}: \
+                 registers not cleared"
+            ));
+        }
+        // The reset restores the command register: enable again.
+        dev.write16(cmd_off, want)
+            .map_err(|e| format!("writing the command register: {e}"))?;
+        log.say("VFIO_DEVICE_RESET done: registers cleared");
+    }
+    let id = regs.rd(reg::ID)?;
+    if id != ID_VALUE {
+        return Err(format!(
+            "ID register reads {id:#010x}, expected {ID_VALUE:#010x} (BAR0 not reaching the device?)"
+        ));
+    }
+    let version = regs.rd(reg::VERSION)?;
+    // SCRATCH round trip: proves BAR writes reach the device.
+    let probe = 0x5a5a_0000 | (std::process::id() & 0xffff);
+    regs.wr(reg::SCRATCH, probe)?;
+    let back = regs.rd(reg::SCRATCH)?;
+    if back != probe {
+        return Err(format!(
+            "SCRATCH register reads {back:#010x} after writing {probe:#010x}"
+        ));
+    }
+
+    // MSI-X eventfds for vectors 0..=vector.
+    let mut fds: Vec<EventFd> = Vec::new();
+    let mut msix_count = 0;
+    let mut noresize = false;
+    if !opts.poll {
+        let irq = dev
+            .irq_info(vfio::VFIO_PCI_MSIX_IRQ_INDEX)
+            .map_err(|e| format!("VFIO_DEVICE_GET_IRQ_INFO(MSI-X): {e}"))?;
+        msix_count = irq.count;
+        if irq.count == 0 || irq.flags & vfio::VFIO_IRQ_INFO_EVENTFD == 0 {
+            return Err(format!(
+                "device offers no MSI-X eventfds (count {}, flags {:#x})",
+                irq.count, irq.flags
+            ));
+        }
+        noresize = irq.flags & vfio::VFIO_IRQ_INFO_NORESIZE != 0;
+        if opts.vector >= irq.count {
+            return Err(format!(
+                "--vector {} out of range: the device has {} MSI-X vectors",
+                opts.vector, irq.count
+            ));
+        }
+        for _ in 0..=opts.vector {
+            fds.push(EventFd::new().map_err(|e| format!("eventfd: {e}"))?);
+        }
+        let raw: Vec<i32> = fds.iter().map(EventFd::raw).collect();
+        dev.set_irq_eventfds(vfio::VFIO_PCI_MSIX_IRQ_INDEX, 0, &raw)
+            .map_err(|e| format!("VFIO_DEVICE_SET_IRQS(MSI-X, {} eventfds): {e}", raw.len()))?;
+    }
+    log.say(format!(
+        "{mode} via {}, BAR0 {} bytes at fd offset {:#x}{}, ID {id:#010x} version \
+         {version:#010x}, {}",
+        group_path.display(),
+        bar0.size,
+        bar0.offset,
+        if bar0.flags & vfio::VFIO_REGION_INFO_FLAG_MMAP != 0 {
+            " (mmappable)"
+        } else {
+            ""
+        },
+        if opts.poll {
+            "polling (no interrupts)".to_string()
+        } else {
+            format!(
+                "MSI-X {msix_count} vectors{}, using vector {}",
+                if noresize { " (noresize)" } else { "" },
+                opts.vector
+            )
+        }
+    ));
+
+    let result = copy_loop(&regs, &container, noiommu, &fds, opts, log);
+    if !opts.poll {
+        if let Err(e) = dev.disable_irq(vfio::VFIO_PCI_MSIX_IRQ_INDEX) {
+            log.say(format!("warning: disabling MSI-X failed: {e}"));
+        }
+    }
+    let interrupts = result?;
+    let _ = group.unset_container();
+    Ok(Outcome {
+        copies: opts.count,
+        interrupts,
+        mode,
+        group: group_path.display().to_string(),
+        previous_driver,
+    })
+}
+
+/// Programs and checks `opts.count` copies; returns interrupts received.
+fn copy_loop(
+    regs: &Regs,
+    container: &Container,
+    noiommu: bool,
+    fds: &[EventFd],
+    opts: &Options,
+    log: &Log,
+) -> Result<u64, String> {
+    let src = DmaPage::new()?;
+    let dst = DmaPage::new()?;
+    let pagemap = if noiommu {
+        Some(
+            File::open("/proc/self/pagemap")
+                .map_err(|e| format!("open /proc/self/pagemap: {e}"))?,
+        )
+    } else {
+        container
+            .map_dma(src.addr(), IOVA_SRC, PAGE as u64)
+            .map_err(|e| format!("VFIO_IOMMU_MAP_DMA(src at IOVA {IOVA_SRC:#x}): {e}"))?;
+        container
+            .map_dma(dst.addr(), IOVA_DST, PAGE as u64)
+            .map_err(|e| format!("VFIO_IOMMU_MAP_DMA(dst at IOVA {IOVA_DST:#x}): {e}"))?;
+        None
+    };
+    let r = (|| {
+        let mut interrupts = 0u64;
+        let mut first = true;
+        for iter in 0..opts.count {
+            let (src_dma, dst_dma) = match &pagemap {
+                // Re-resolved every time: mlock pins pages in memory but
+                // does not strictly forbid migration.
+                Some(pm) => (phys_addr(pm, src.addr())?, phys_addr(pm, dst.addr())?),
+                None => (IOVA_SRC, IOVA_DST),
+            };
+            if first {
+                log.say(format!(
+                    "buffers: source {src_dma:#x}, destination {dst_dma:#x} ({})",
+                    if noiommu { "physical" } else { "IOVA" }
+                ));
+                first = false;
+            }
+            interrupts += one_copy(regs, fds, opts, iter, &src, &dst, src_dma, dst_dma)
+                .map_err(|e| format!("copy {}/{}: {e}", iter + 1, opts.count))?;
+        }
+        Ok(interrupts)
+    })();
+    if !noiommu {
+        let _ = container.unmap_dma(IOVA_SRC, PAGE as u64);
+        let _ = container.unmap_dma(IOVA_DST, PAGE as u64);
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_copy(
+    regs: &Regs,
+    fds: &[EventFd],
+    opts: &Options,
+    iter: u32,
+    src: &DmaPage,
+    dst: &DmaPage,
+    src_dma: u64,
+    dst_dma: u64,
+) -> Result<u64, String> {
+    let size = opts.size;
+    let expect = pattern(iter, PAGE);
+    src.fill(|i| expect[i]);
+    // Poison: the complement of what must arrive, so every byte has to change.
+    dst.fill(|i| !expect[i]);
+
+    let completed0 = regs.rd(reg::COMPLETED)?;
+    let bytes0 = regs.rd64(reg::BYTES)?;
+    let st0 = regs.rd(reg::STATUS)?;
+    if st0 & STATUS_BUSY != 0 {
+        return Err(format!("device busy before the copy ({})", regs.state()));
+    }
+    regs.wr(reg::STATUS, STATUS_DONE | STATUS_ERROR)?;
+    regs.wr64(reg::SRC, src_dma)?;
+    regs.wr64(reg::DST, dst_dma)?;
+    regs.wr(reg::LEN, size as u32)?;
+    regs.wr(reg::CTRL, u32::from(!opts.poll))?;
+    regs.wr(reg::VECTOR, opts.vector)?;
+    // Read back what we programmed (also flushes posted writes).
+    let (s, d, l) = (
+        regs.rd64(reg::SRC)?,
+        regs.rd64(reg::DST)?,
+        regs.rd(reg::LEN)?,
+    );
+    if (s, d, l) != (src_dma, dst_dma, size as u32) {
+        return Err(format!(
+            "registers read back SRC={s:#x} DST={d:#x} LEN={l} after writing \
+             {src_dma:#x}/{dst_dma:#x}/{size}"
+        ));
+    }
+    for f in fds {
+        f.take().map_err(|e| format!("eventfd read: {e}"))?;
+    }
+
+    regs.wr(reg::DOORBELL, 1)?;
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    if opts.poll {
+        loop {
+            let st = regs.rd(reg::STATUS)?;
+            if st & STATUS_BUSY == 0 && st & (STATUS_DONE | STATUS_ERROR) != 0 {
+                break;
+            }
+            if t0.elapsed() > opts.timeout {
+                return Err(format!(
+                    "no completion within {:.1} s ({})",
+                    opts.timeout.as_secs_f64(),
+                    regs.state()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    } else {
+        let fd = &fds[opts.vector as usize];
+        let ms = i32::try_from(opts.timeout.as_millis()).unwrap_or(i32::MAX);
+        let fired = fd
+            .wait(ms)
+            .map_err(|e| format!("poll on the eventfd: {e}"))?;
+        if !fired {
+            let others: Vec<String> = fds
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| match f.take() {
+                    Ok(n) if n > 0 => Some(format!("vector {i} fired {n}x")),
+                    _ => None,
+                })
+                .collect();
+            return Err(format!(
+                "no MSI-X interrupt on vector {} within {:.1} s ({}{})",
+                opts.vector,
+                opts.timeout.as_secs_f64(),
+                regs.state(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!("; but {}", others.join(", "))
+                }
+            ));
+        }
+        got = fd.take().map_err(|e| format!("eventfd read: {e}"))?;
+        for (i, f) in fds.iter().enumerate() {
+            if i != opts.vector as usize {
+                let n = f.take().map_err(|e| format!("eventfd read: {e}"))?;
+                if n > 0 {
+                    return Err(format!(
+                        "MSI-X vector {i} fired {n}x; only vector {} was programmed",
+                        opts.vector
+                    ));
+                }
+            }
+        }
+    }
+
+    let st = regs.rd(reg::STATUS)?;
+    if st & STATUS_ERROR != 0 {
+        let code = regs.rd(reg::ERROR)?;
+        return Err(format!(
+            "device reports ERROR {code} ({}) ({}; src {src_dma:#x} dst {dst_dma:#x} len {size})",
+            error_name(code),
+            regs.state()
+        ));
+    }
+    if st & STATUS_BUSY != 0 || st & STATUS_DONE == 0 {
+        return Err(format!(
+            "STATUS {st:#x} after completion: expected DONE without BUSY ({})",
+            regs.state()
+        ));
+    }
+    let completed = regs.rd(reg::COMPLETED)?;
+    if completed != completed0.wrapping_add(1) {
+        return Err(format!(
+            "COMPLETED went from {completed0} to {completed}, expected +1"
+        ));
+    }
+    let bytes = regs.rd64(reg::BYTES)?;
+    if bytes != bytes0.wrapping_add(size as u64) {
+        return Err(format!(
+            "BYTES went from {bytes0} to {bytes}, expected +{size}"
+        ));
+    }
+
+    let got_data = dst.snapshot();
+    let (want, have) = (&expect[..size], &got_data[..size]);
+    if want != have {
+        let bad = want.iter().zip(have).filter(|(a, b)| a != b).count();
+        let first = want.iter().zip(have).position(|(a, b)| a != b).unwrap_or(0);
+        let untouched = have.iter().zip(want).filter(|(h, w)| **h == !**w).count();
+        return Err(format!(
+            "destination differs from source: {bad} of {size} bytes wrong, first at offset \
+             {first} (expected {:#04x}, got {:#04x}); {untouched} bytes still hold the poison; \
+             checksum expected {:#018x} got {:#018x}",
+            want[first],
+            have[first],
+            fnv1a(want),
+            fnv1a(have)
+        ));
+    }
+    if let Some(off) = (size..PAGE).find(|&i| got_data[i] != !expect[i]) {
+        return Err(format!(
+            "device wrote past LEN: destination byte {off} changed (LEN {size})"
+        ));
+    }
+    if got > 1 {
+        return Err(format!(
+            "{got} interrupts for one copy on vector {}",
+            opts.vector
+        ));
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_differ_per_iteration() {
+        let a = pattern(0, 4096);
+        let b = pattern(1, 4096);
+        assert_eq!(a.len(), 4096);
+        assert_ne!(a, b);
+        assert_eq!(a, pattern(0, 4096));
+        assert_eq!(pattern(3, 7), pattern(3, 4096)[..7]);
+        assert_ne!(fnv1a(&a), fnv1a(&b));
+    }
+
+    #[test]
+    fn dma_page_roundtrip() {
+        let p = DmaPage::new().unwrap();
+        assert_eq!(p.addr() % PAGE as u64, 0);
+        p.fill(|i| i as u8);
+        assert_eq!(p.snapshot()[..4], [0, 1, 2, 3]);
+    }
+}

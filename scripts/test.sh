@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole trustdev test suite: formatting, lints, unit and integration
+# tests, and the end-to-end tests that boot a real Debian guest kernel under
+# QEMU 11.1 against our servers. It provisions QEMU and the guest kernel
+# itself (qemu-configs/provision.sh, cached under ~/.cache/trustdev).
+# .ci/run runs exactly this.
+#
+# TRUSTDEV_SKIP_E2E=1 skips the guest boots (they then say SKIPPED).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+start=$SECONDS
+
+step "Rust toolchain"
+cargo --version
+rustc --version
+
+if [[ ${TRUSTDEV_SKIP_E2E:-0} != 1 ]]; then
+    step "guest toolchain: QEMU 11.1 + Debian 7.x kernel (provision.sh)"
+    bash qemu-configs/provision.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (unit, integration, end-to-end)"
+cargo test --workspace
+
+step "done in $((SECONDS - start)) s"

@@ -1,0 +1,182 @@
+//! End-to-end failure handling of `trustdev vm`: a guest that hangs, a device
+//! server that dies, QEMU failing to start. Each must end with a clear error
+//! carrying the serial and server log tails, and leave no process behind.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+fn no_strays(run_pid: u32, what: &str) {
+    // Children die with the runner; give the kernel a moment to reap.
+    for _ in 0..100 {
+        if support::children_of(run_pid).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let strays = support::processes_mentioning(&format!("trustdev-vm-{run_pid}-"));
+    assert!(
+        strays.is_empty(),
+        "{what}: stray processes left: {strays:#?}"
+    );
+}
+
+fn script(body: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "trustdev-e2e-{}-{}.sh",
+        std::process::id(),
+        body.len()
+    ));
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    p
+}
+
+#[test]
+fn hung_guest_times_out_with_logs_and_no_strays() {
+    if support::skip() {
+        return;
+    }
+    let s = script("echo guest-is-hanging; sleep 1000");
+    let _g = support::lock();
+    let log = std::env::temp_dir().join(format!("trustdev-e2e-hang-{}.log", std::process::id()));
+    let child = support::vm_command(
+        &[
+            "-d",
+            "dma-copy",
+            "--script",
+            s.to_str().unwrap(),
+            "--timeout",
+            "25",
+        ],
+        &log,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let run = support::finish(out, &log);
+    assert_eq!(run.code, Some(3), "{}", run.dump());
+    assert!(
+        run.stderr.contains("did not finish within 25 s"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stderr.contains("guest-is-hanging"),
+        "serial tail shown: {}",
+        run.dump()
+    );
+    assert!(
+        run.stderr.contains("dma-copy0.log"),
+        "server log tail shown: {}",
+        run.dump()
+    );
+    no_strays(pid, "hang");
+}
+
+#[test]
+fn dying_server_is_reported_and_everything_is_torn_down() {
+    if support::skip() {
+        return;
+    }
+    let s = script("echo waiting-for-the-server-to-die; sleep 1000");
+    let _g = support::lock();
+    let log = std::env::temp_dir().join(format!("trustdev-e2e-die-{}.log", std::process::id()));
+    let mut child = support::vm_command(
+        &[
+            "-d",
+            "dma-copy",
+            "--script",
+            s.to_str().unwrap(),
+            "--timeout",
+            "300",
+        ],
+        &log,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id();
+    // Wait until the guest runs its script, then SIGKILL the device server.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let server = loop {
+        let serial = std::fs::read_to_string(&log).unwrap_or_default();
+        if serial.contains("waiting-for-the-server-to-die") {
+            let kids = support::children_of(pid);
+            if let Some((spid, _)) = kids.iter().find(|(_, c)| c.contains(" serve dma-copy ")) {
+                break *spid;
+            }
+        }
+        assert!(Instant::now() < deadline, "guest never started its script");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "trustdev vm ended early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let run = support::finish(out, &log);
+    assert_eq!(run.code, Some(3), "{}", run.dump());
+    assert!(
+        run.stderr.contains("device server dma-copy0 died while the guest was running (killed by signal 9 (SIGKILL))"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stderr.contains("waiting-for-the-server-to-die"),
+        "{}",
+        run.dump()
+    );
+    no_strays(pid, "server death");
+}
+
+#[test]
+fn qemu_failing_to_start_is_reported() {
+    if support::skip() {
+        return;
+    }
+    let s = script("exit 0");
+    let run = support::vm(&[
+        "-d",
+        "dma-copy",
+        "--script",
+        s.to_str().unwrap(),
+        "--qemu-arg",
+        "-no-such-qemu-option",
+    ]);
+    assert_eq!(run.code, Some(3), "{}", run.dump());
+    assert!(
+        run.stderr.contains("QEMU failed (exit code 1)"),
+        "{}",
+        run.dump()
+    );
+    assert!(
+        run.stderr.contains("no-such-qemu-option"),
+        "QEMU's own message shown: {}",
+        run.dump()
+    );
+}
+
+#[test]
+fn guest_verdict_is_the_exit_status() {
+    if support::skip() {
+        return;
+    }
+    let s = script("echo failing-on-purpose; exit 7");
+    let run = support::vm(&["-d", "dma-copy:rciep", "--script", s.to_str().unwrap()]);
+    assert_eq!(run.code, Some(7), "{}", run.dump());
+    assert!(
+        run.stdout.contains("script exit status 7"),
+        "{}",
+        run.dump()
+    );
+    assert!(run.serial.contains("failing-on-purpose"));
+}
