@@ -52,6 +52,8 @@ fn example_device_in_a_real_guest() {
             "bar2-64bit-prefetch",
             "ext-caps",
             "dsn",
+            "doe-discovery",
+            "doe-no-errors",
             "pcie-type",
             "msix-vectors",
             "dma-copy",

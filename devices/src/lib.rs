@@ -11,4 +11,5 @@
 #[path = "../../server/examples/dma_copy/device.rs"]
 pub mod example;
 
+pub mod security;
 pub mod vm;

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use trustdev_devices::example::DmaCopy;
+use trustdev_devices::security::doe::DoeMailbox;
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -103,7 +104,10 @@ fn serve(kind: &str, socket: &PathBuf, rciep: bool) -> Result<(), String> {
         PortType::Endpoint
     };
     let dev = match kind {
-        "dma-copy" => DmaCopy::new(port).map_err(|e| format!("cannot create the device: {e}"))?,
+        "dma-copy" => {
+            DmaCopy::with_capabilities(port, vec![DoeMailbox::new(Vec::new()).into_ext_cap()])
+                .map_err(|e| format!("cannot create the device: {e}"))?
+        }
         other => return Err(format!("unknown device kind {other:?} (known: dma-copy)")),
     };
     let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;

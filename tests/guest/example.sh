@@ -56,8 +56,13 @@ for bdf in $bdfs; do
         p=$(( (v >> 20) & 0xffc ))
         n=$((n + 1))
     done
-    expect ext-caps "$ext" " 0003@100 000b@10c"
+    expect ext-caps "$ext" " 0003@100 000b@10c 002e@11c"
     expect dsn "$(dw "$d" 264)$(dw "$d" 260)" 7d0c000000000001
+    # The kernel's DOE core probed the mailbox at enumeration (abort +
+    # discovery walk) without errors.
+    expect doe-discovery "$(cat "$d/doe_features/doe_discovery" 2>&1)" 0001:00
+    doe_errs=$(dmesg | grep -F "$bdf" | grep -i -E "doe|mailbox" | grep -i -E "error|timed out|fail|abort")
+    expect doe-no-errors "$doe_errs" ""
     case $bdf in
         0000:00:*) expect pcie-type "$pcie_type" 9 ;;   # RCiEP on pcie.0
         *) expect pcie-type "$pcie_type" 0 ;;           # Endpoint behind a root port

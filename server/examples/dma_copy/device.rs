@@ -167,7 +167,9 @@ impl std::fmt::Debug for DmaCopy {
 }
 
 /// Builds the example's configuration space.
-pub fn config_space(port_type: PortType) -> ConfigSpace {
+/// Builds the example's configuration space; `extra` extended capabilities
+/// (a DOE mailbox, say) follow the built-in DSN and VSEC ones.
+pub fn config_space(port_type: PortType, extra: Vec<ExtCap>) -> ConfigSpace {
     let ids = PciIds {
         vendor: VENDOR_ID,
         device: DEVICE_ID,
@@ -177,7 +179,7 @@ pub fn config_space(port_type: PortType) -> ConfigSpace {
         revision: 1,
     };
     let serial: u64 = 0x7d0c_0000_0000_0001;
-    ConfigBuilder::new(ids)
+    let mut b = ConfigBuilder::new(ids)
         .bar(0, Bar::mem32(0x1000))
         .bar(1, Bar::mem32(0x1000))
         .bar(2, Bar::mem64(BAR2_SIZE as u64, true))
@@ -216,18 +218,25 @@ pub fn config_space(port_type: PortType) -> ConfigSpace {
                 .flat_map(|d| d.to_le_bytes())
                 .collect(),
             handler: None,
-        })
-        .build()
-        .expect("the example's fixed layout is valid")
+        });
+    for cap in extra {
+        b = b.ext_capability(cap);
+    }
+    b.build().expect("the example's layout is valid")
 }
 
 impl DmaCopy {
     /// Creates the device (Endpoint behind a root port, or RCiEP on pcie.0).
     pub fn new(port_type: PortType) -> std::io::Result<Self> {
+        Self::with_capabilities(port_type, Vec::new())
+    }
+
+    /// Creates the device with additional extended capabilities.
+    pub fn with_capabilities(port_type: PortType, extra: Vec<ExtCap>) -> std::io::Result<Self> {
         let ctx = DeviceContext::new(&IrqInfo::pci(1, u32::from(MSIX_VECTORS)));
         let mut dev = DmaCopy {
             ctx,
-            config: config_space(port_type),
+            config: config_space(port_type, extra),
             regs: Arc::new(Regs::default()),
             ram: Arc::new(SharedMemory::new("dma-copy-bar2", BAR2_SIZE)?),
             jobs: None,
