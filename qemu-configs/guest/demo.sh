@@ -3,6 +3,8 @@
 # kernel enumerated, show what the kernel saw (IDs, BARs, capabilities,
 # driver) and drive it (a DMA copy verified in guest memory, MSI-X).
 rc=0
+# Keep kernel messages off the console while we print (dmesg has them all).
+echo 1 >/proc/sys/kernel/printk 2>/dev/null
 found=0
 echo "Guest kernel $(uname -r) on $(grep -c ^processor /proc/cpuinfo) vCPU(s)"
 for d in /sys/bus/pci/devices/*; do

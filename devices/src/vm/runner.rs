@@ -66,9 +66,35 @@ fn tail(path: &Path, n: usize) -> String {
     }
 }
 
+/// Removes work directories of runners that no longer exist (killed with
+/// SIGKILL, say), except those kept for their logs (failed runs).
+fn remove_stale_work_dirs(base: &Path) {
+    if std::env::var_os("TRUSTDEV_KEEP").is_some() {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("trustdev-vm-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() && !e.path().join("KEEP").exists() {
+            debug!("removing stale work directory {}", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn work_dir() -> std::io::Result<PathBuf> {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let base = std::env::var_os("TMPDIR").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
+    remove_stale_work_dirs(&base);
     let d = base.join(format!(
         "trustdev-vm-{}-{}",
         std::process::id(),
@@ -190,7 +216,10 @@ pub fn run(spec: &VmSpec, stop: Arc<AtomicBool>) -> Result<VmOutcome, VmError> {
         Ok(_) if std::env::var_os("TRUSTDEV_KEEP").is_none() => {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        _ => eprintln!("trustdev vm: logs kept in {}", dir.display()),
+        _ => {
+            let _ = std::fs::write(dir.join("KEEP"), b"logs of a failed or kept run\n");
+            eprintln!("trustdev vm: logs kept in {}", dir.display());
+        }
     }
     result
 }
