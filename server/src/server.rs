@@ -72,7 +72,8 @@ impl RequestError {
             RequestError::Protocol(e) => e.errno(),
             RequestError::Dma(e) => e.errno(),
             RequestError::Device(e) => e.errno(),
-            RequestError::Permission(_) => libc::EPERM,
+            // Linux vfio-pci answers a write to the ROM region with EINVAL.
+            RequestError::Permission(_) => libc::EINVAL,
             RequestError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
             _ => libc::EINVAL,
         }
@@ -659,7 +660,7 @@ impl<D: Device> Server<D> {
             return Err(RequestError::NoSuchRegion(a.region));
         }
         let end = a.offset.checked_add(u64::from(a.count));
-        if end.is_none_or(|e| e > size) {
+        if end.map_or(true, |e| e > size) {
             return Err(RequestError::OutOfRange {
                 region: a.region,
                 offset: a.offset,

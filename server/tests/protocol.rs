@@ -1359,3 +1359,101 @@ fn mmap_fd_of_dma_map_is_used_zero_copy() {
     assert_eq!(copy(&mut c, A, A + 0x3000, 9, false), status::DONE);
     assert_eq!(map_read(&view, 0x3000, 9), b"zero-copy");
 }
+
+// ---------------------------------------------------------------------------
+// A device with an expansion ROM and an I/O BAR
+
+mod rom_device {
+    use vfio_user_server::irq::IrqInfo;
+    use vfio_user_server::pci::{Bar, ConfigBuilder, ConfigSpace, PciIds};
+    use vfio_user_server::{Device, DeviceContext, DeviceError};
+
+    pub const ROM: [u8; 4] = [0x55, 0xaa, 0x04, 0xe9];
+
+    /// BAR0: 32 bytes of I/O space; ROM: 2 KiB starting with a PCI ROM signature.
+    pub struct RomDevice {
+        ctx: DeviceContext,
+        config: ConfigSpace,
+    }
+
+    impl RomDevice {
+        pub fn new() -> Self {
+            let ids = PciIds {
+                vendor: 0x1b36,
+                device: 0x0005,
+                subsystem_vendor: 0x1af4,
+                subsystem: 0x1100,
+                class: 0xff_00_00,
+                revision: 0,
+            };
+            RomDevice {
+                ctx: DeviceContext::new(&IrqInfo::pci(1, 1)),
+                config: ConfigBuilder::new(ids)
+                    .bar(0, Bar::io(0x20))
+                    .bar(6, Bar::rom(0x800))
+                    .build()
+                    .unwrap(),
+            }
+        }
+    }
+
+    impl Device for RomDevice {
+        fn context(&self) -> &DeviceContext {
+            &self.ctx
+        }
+        fn config(&mut self) -> &mut ConfigSpace {
+            &mut self.config
+        }
+        fn region_read(
+            &mut self,
+            region: u32,
+            offset: u64,
+            data: &mut [u8],
+        ) -> Result<(), DeviceError> {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = match region {
+                    6 => ROM.get(offset as usize + i).copied().unwrap_or(0xff),
+                    _ => 0,
+                };
+            }
+            Ok(())
+        }
+        fn region_write(&mut self, _: u32, _: u64, _: &[u8]) -> Result<(), DeviceError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+    }
+}
+
+#[test]
+fn expansion_rom_and_io_bar() {
+    let s = TestServer::start_device(rom_device::RomDevice::new());
+    let mut c = s.connect();
+    let rom = c.region_info(region::ROM).unwrap();
+    assert_eq!(
+        (rom.size, rom.flags),
+        (0x800, REGION_FLAG_READ),
+        "ROM is read-only"
+    );
+    assert!(rom.fd.is_none());
+    let io = c.region_info(0).unwrap();
+    assert_eq!(io.size, 0x20);
+    assert_eq!(
+        io.flags,
+        REGION_FLAG_READ | REGION_FLAG_WRITE,
+        "I/O BARs never mmap"
+    );
+    assert_eq!(c.region_read(region::ROM, 0, 4).unwrap(), rom_device::ROM);
+    // Writing the ROM region fails as on Linux vfio-pci: EINVAL.
+    assert_eq!(errno(c.region_write(region::ROM, 0, &[0; 4])), libc::EINVAL);
+    assert_eq!(errno(c.region_read(region::ROM, 0x7fe, 4)), libc::EINVAL);
+    // ROM BAR sizing: the size mask plus the enable bit.
+    c.write32(CONFIG, 0x30, 0xffff_ffff).unwrap();
+    assert_eq!(cfg32(&mut c, 0x30), 0xffff_f801);
+    // I/O BAR sizing keeps the I/O space indicator.
+    c.write32(CONFIG, 0x10, 0xffff_ffff).unwrap();
+    assert_eq!(cfg32(&mut c, 0x10), 0xffff_ffe1);
+    // No capabilities: the status bit is clear and the pointer is 0.
+    assert_eq!(cfg16(&mut c, 6) & 0x10, 0);
+    assert_eq!(cfg8(&mut c, 0x34), 0);
+}

@@ -467,11 +467,7 @@ impl Device for DmaCopy {
                     }
                     reg::LEN => r.len.store(v as u32, Ordering::SeqCst),
                     reg::CTRL => r.ctrl.store(v as u32 & 1, Ordering::SeqCst),
-                    reg::DOORBELL => {
-                        if v & 1 != 0 {
-                            self.doorbell();
-                        }
-                    }
+                    reg::DOORBELL if v & 1 != 0 => self.doorbell(),
                     reg::STATUS => {
                         let clear = v as u32 & (status::DONE | status::ERROR);
                         r.status.fetch_and(!clear, Ordering::SeqCst);

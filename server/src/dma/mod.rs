@@ -267,7 +267,7 @@ impl GuestMemory {
         };
         let region = self.find(iova).ok_or(oob)?;
         let end = iova.checked_add(len as u64);
-        if end.is_none_or(|e| e > region.end()) {
+        if end.map_or(true, |e| e > region.end()) {
             return Err(DmaError::OutOfBounds {
                 iova,
                 len: len as u64,

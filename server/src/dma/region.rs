@@ -110,7 +110,7 @@ impl DmaRegion {
                 let meta = file.metadata().map_err(DmaError::Map)?;
                 let ft = meta.file_type();
                 // Mapping past the end of a file would SIGBUS on access.
-                if ft.is_file() && offset.checked_add(len).is_none_or(|e| e > meta.len()) {
+                if ft.is_file() && offset.checked_add(len).map_or(true, |e| e > meta.len()) {
                     return Err(DmaError::BeyondFile {
                         offset,
                         len,

@@ -390,7 +390,7 @@ impl ConfigBuilder {
         let mut ext_off = 0x100usize;
         let count = self.ext.len();
         for (i, cap) in self.ext.into_iter().enumerate() {
-            if !cap.body.len().is_multiple_of(4) {
+            if cap.body.len() % 4 != 0 {
                 return Err(BuildError::BadCapability(
                     "extended capability body must be whole dwords",
                 ));
@@ -454,7 +454,7 @@ impl ConfigBuilder {
                     put(cfg, reg, &[0; 4], &rw.to_le_bytes(), &[]);
                 }
                 BarKind::Io => {
-                    if i == 6 || size < 4 || size > 256 {
+                    if i == 6 || !(4..=256).contains(&size) {
                         return Err(BuildError::BadBar {
                             index: i,
                             why: "I/O BARs are 4..=256 bytes",
@@ -464,7 +464,7 @@ impl ConfigBuilder {
                     put(cfg, reg, &1u32.to_le_bytes(), &rw.to_le_bytes(), &[]);
                 }
                 BarKind::Mem32 { prefetchable } => {
-                    if i == 6 || size < 16 || size > 1 << 31 {
+                    if i == 6 || !(16..=1 << 31).contains(&size) {
                         return Err(BuildError::BadBar {
                             index: i,
                             why: "32-bit BARs are 16 B..=2 GiB",

@@ -43,7 +43,10 @@ impl SharedMemory {
 
     /// Reads `buf.len()` bytes at `offset`; false when out of bounds.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
-        if offset.checked_add(buf.len()).is_none_or(|e| e > self.len()) {
+        if offset
+            .checked_add(buf.len())
+            .map_or(true, |e| e > self.len())
+        {
             return false;
         }
         // SAFETY: bounds checked; the mapping lives as long as self. The
@@ -60,7 +63,10 @@ impl SharedMemory {
 
     /// Writes `buf` at `offset`; false when out of bounds.
     pub fn write(&self, offset: usize, buf: &[u8]) -> bool {
-        if offset.checked_add(buf.len()).is_none_or(|e| e > self.len()) {
+        if offset
+            .checked_add(buf.len())
+            .map_or(true, |e| e > self.len())
+        {
             return false;
         }
         // SAFETY: bounds checked; the mapping is writable and lives as long as self.
@@ -77,7 +83,7 @@ impl SharedMemory {
     /// Reads a little-endian u32 with a single aligned load where possible
     /// (doorbell polling).
     pub fn read_u32(&self, offset: usize) -> Option<u32> {
-        if offset % 4 != 0 || offset.checked_add(4).is_none_or(|e| e > self.len()) {
+        if offset % 4 != 0 || offset.checked_add(4).map_or(true, |e| e > self.len()) {
             return None;
         }
         // SAFETY: aligned and in bounds; volatile because the client writes it.

@@ -20,7 +20,7 @@ use vfio_user_server::pci::PortType;
 use vfio_user_server::protocol::{DmaProt, Header, MessageType};
 use vfio_user_server::stats::Stats;
 use vfio_user_server::transport::TransportError;
-use vfio_user_server::{Server, StopHandle};
+use vfio_user_server::{Device, Server, StopHandle};
 use vmm_sys_util::eventfd::EventFd;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -44,12 +44,16 @@ impl TestServer {
     }
 
     pub fn start_with(port: PortType) -> TestServer {
+        Self::start_device(device::DmaCopy::new(port).unwrap())
+    }
+
+    /// Serves any device model.
+    pub fn start_device<D: Device + 'static>(dev: D) -> TestServer {
         let _ = env_logger::builder().is_test(true).try_init();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("vus-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("dev.sock");
-        let dev = device::DmaCopy::new(port).unwrap();
         let mut server = Server::new(dev, &path).unwrap();
         let stop = server.stop_handle();
         let stats = server.stats();
