@@ -127,6 +127,9 @@ struct Session {
     client: Option<ClientCaps>,
 }
 
+/// How long a client may pause in the middle of sending a message.
+const MID_MESSAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Number of standard IRQ indexes reported.
 const NUM_IRQS: u32 = crate::protocol::irq_index::COUNT;
 
@@ -233,6 +236,12 @@ impl<D: Device> Server<D> {
     /// then resets the device and drops the client's memory and eventfds.
     pub fn serve(&mut self, stream: UnixStream) {
         info!("client connected");
+        // Reads start only when poll() reports data, so this bounds only a
+        // client that stops in the middle of a message: after it, framing
+        // is lost and the client is dropped instead of blocking the device.
+        if let Err(e) = stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT)) {
+            warn!("cannot set the socket read timeout: {e}");
+        }
         let sender = match stream.try_clone() {
             Ok(s) => Arc::new(Sender::new(s)),
             Err(e) => {
@@ -595,6 +604,10 @@ impl<D: Device> Server<D> {
                     .into());
                 }
                 info!("device reset requested by the client");
+                // A reset aborts DMA in flight: fail pending DMA messages now so a
+                // worker waiting for a reply (which only this thread can route)
+                // releases the device instead of stalling the reset.
+                sess.requester.cancel_all();
                 self.device.config().reset();
                 self.device.reset();
                 Ok(Reply::empty())

@@ -202,17 +202,20 @@ impl GuestMemory {
     /// that would split a window fails (nothing is removed), and a range with
     /// no window in it is a successful no-op.
     pub fn unmap(&self, iova: u64, len: u64) -> Result<usize, DmaError> {
-        let end = iova
-            .checked_add(len)
-            .ok_or(DmaError::BadUnmapRange { iova, len })?;
+        // The range may end exactly at 2^64 (QEMU unmaps "everything above X").
+        let end = u128::from(iova) + u128::from(len);
+        if len == 0 || end > 1u128 << 64 {
+            return Err(DmaError::BadUnmapRange { iova, len });
+        }
+        let last = (end - 1) as u64;
         let removed: Vec<Arc<DmaRegion>> = {
             let mut t = self.table.write().unwrap_or_else(|p| p.into_inner());
             let mut keys = Vec::new();
-            for (&k, r) in t.range(..end).rev() {
+            for (&k, r) in t.range(..=last).rev() {
                 if r.end() <= iova {
                     break;
                 }
-                if r.iova < iova || r.end() > end {
+                if r.iova < iova || u128::from(r.end()) > end {
                     return Err(DmaError::WouldSplit {
                         iova,
                         len,
@@ -473,6 +476,10 @@ mod tests {
         // One range covering both windows removes both (QEMU vIOMMU style).
         assert_eq!(mem.unmap(0, 0x10000).unwrap(), 2);
         assert_eq!(mem.map_count(), 0);
+        // A range ending exactly at 2^64, as QEMU sends at poweroff.
+        mem.map(&req(0xfef0_0000, 0x1000), Some(memfd(0x1000))).unwrap();
+        assert_eq!(mem.unmap(0xfef0_0000, 0u64.wrapping_sub(0xfef0_0000)).unwrap(), 1);
+        assert!(mem.unmap(2, u64::MAX).is_err(), "past 2^64");
         assert!(matches!(
             mem.map(&req(0x4000, 0x2000), Some(memfd(0x1000))),
             Err(DmaError::BeyondFile { .. })

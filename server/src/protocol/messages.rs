@@ -212,7 +212,8 @@ impl DmaUnmapRequest {
         }
         let kind = match flags {
             0 => {
-                if size == 0 || address.checked_add(size).is_none() {
+                // The end may be exactly 2^64 (QEMU: "unmap everything above").
+                if size == 0 || u128::from(address) + u128::from(size) > 1u128 << 64 {
                     return Err(ProtocolError::InvalidField {
                         what,
                         detail: format!("bad range {address:#x}+{size:#x}"),

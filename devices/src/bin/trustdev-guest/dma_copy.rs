@@ -488,20 +488,22 @@ fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
             dir.display()
         )
     })?;
-    let noiommu_node = PathBuf::from(format!("/dev/vfio/noiommu-{group_id}"));
-    let iommu_node = PathBuf::from(format!("/dev/vfio/{group_id}"));
-    let t = Duration::from_secs(2);
-    let (group_path, noiommu) = if wait_path(&noiommu_node, t) {
-        (noiommu_node, true)
-    } else if iommu_node.exists() {
-        (iommu_node, false)
+    // vfio names the fake groups it creates for no-IOMMU devices.
+    let group_name = Path::new("/sys/kernel/iommu_groups")
+        .join(&group_id)
+        .join("name");
+    let noiommu = sysfs::read_str(&group_name).as_deref() == Some("vfio-noiommu");
+    let group_path = PathBuf::from(if noiommu {
+        format!("/dev/vfio/noiommu-{group_id}")
     } else {
+        format!("/dev/vfio/{group_id}")
+    });
+    if !wait_path(&group_path, Duration::from_secs(2)) {
         return Err(format!(
-            "neither {} nor {} exists for IOMMU group {group_id}",
-            noiommu_node.display(),
-            iommu_node.display()
+            "{} does not exist for IOMMU group {group_id} (devtmpfs not mounted on /dev?)",
+            group_path.display()
         ));
-    };
+    }
     let mode = if noiommu { "no-IOMMU" } else { "type1" };
 
     let container = Container::open(Path::new(VFIO_CONTAINER))
@@ -957,6 +959,19 @@ mod tests {
         assert_eq!(a, pattern(0, 4096));
         assert_eq!(pattern(3, 7), pattern(3, 4096)[..7]);
         assert_ne!(fnv1a(&a), fnv1a(&b));
+    }
+
+    #[test]
+    fn pagemap_gives_a_pfn_as_root() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // PFNs read as 0 without CAP_SYS_ADMIN
+        }
+        let p = DmaPage::new().unwrap();
+        let pm = File::open("/proc/self/pagemap").unwrap();
+        let pa = phys_addr(&pm, p.addr()).unwrap();
+        assert_eq!(pa % PAGE as u64, 0);
+        assert_ne!(pa, 0);
     }
 
     #[test]

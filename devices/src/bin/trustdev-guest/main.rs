@@ -87,7 +87,7 @@ enum Cmd {
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration, String> {
-    if s.is_finite() && s >= 0.0 && s <= 86_400.0 {
+    if (0.0..=86_400.0).contains(&s) {
         Ok(Duration::from_secs_f64(s))
     } else {
         Err(format!(

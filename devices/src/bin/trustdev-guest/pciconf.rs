@@ -287,7 +287,7 @@ fn walk_std(cfg: Cfg, w: &mut CapWalk) {
         if ptr == 0 {
             return;
         }
-        if ptr < 0x40 || ptr > 0xfc {
+        if !(0x40..=0xfc).contains(&ptr) {
             w.warnings.push(format!(
                 "capability pointer {ptr:#04x} outside 0x40..0xfc; walk stopped"
             ));
