@@ -2,7 +2,7 @@
 //! them, and show what the guest kernel does with them.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -97,7 +97,7 @@ struct VmArgs {
     qemu_args: Vec<String>,
 }
 
-fn serve(kind: &str, socket: &PathBuf, rciep: bool) -> Result<(), String> {
+fn serve(kind: &str, socket: &Path, rciep: bool) -> Result<(), String> {
     let port = if rciep {
         PortType::RcIntegratedEndpoint
     } else {

@@ -263,23 +263,23 @@ impl DoeMailbox {
 
     fn read_reg(&self, reg: u16) -> u32 {
         match reg {
-            reg::CAP => 0, // no interrupt support: Linux never enables DOE interrupts
-            reg::CTRL => {
-                if self.int_en {
-                    ctrl::INT_EN
-                } else {
-                    0
-                }
-            }
+            // CAP reads 0: no interrupt support (Linux never enables DOE interrupts).
+            reg::CTRL if self.int_en => ctrl::INT_EN,
             reg::STATUS => self.status(),
-            reg::READ => {
-                if self.ready() && !self.error {
-                    self.read[self.read_idx]
-                } else {
-                    0
-                }
-            }
+            reg::READ if self.ready() && !self.error => self.read[self.read_idx],
             _ => 0,
+        }
+    }
+
+    /// A write to the Read Data Mailbox: the dword was consumed.
+    fn ack(&mut self) {
+        if !self.ready() {
+            return;
+        }
+        self.read_idx += 1;
+        if !self.ready() {
+            self.read.clear();
+            self.read_idx = 0;
         }
     }
 
@@ -307,15 +307,7 @@ impl DoeMailbox {
                 }
                 self.write.push(value);
             }
-            reg::READ if full_dword => {
-                if self.ready() {
-                    self.read_idx += 1;
-                    if !self.ready() {
-                        self.read.clear();
-                        self.read_idx = 0;
-                    }
-                }
-            }
+            reg::READ if full_dword => self.ack(),
             reg::WRITE | reg::READ => {
                 debug!("DOE: ignoring a sub-dword mailbox access");
             }
