@@ -6,11 +6,13 @@
 //! trustdev-guest lspci [--json] [BDF]
 //! trustdev-guest dma-copy --bdf BDF [--size N] [--count K] [--vector V] [--poll] [--reset] [--json]
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
+//! trustdev-guest doe [BDF] [--bench N] [--json]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
 
 mod dma_copy;
+mod doe;
 mod lspci;
 mod pciconf;
 mod sysfs;
@@ -70,6 +72,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the DOE mailboxes of every (or one) function: discovery walk from
+    /// user space through sysfs config, optionally timing exchanges.
+    Doe {
+        /// Only this function ([DDDD:]BB:DD.F).
+        bdf: Option<String>,
+        /// Time this many discovery exchanges per mailbox.
+        #[arg(long, default_value_t = 0)]
+        bench: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev {
         /// Vendor and device ID in hex, e.g. 7d0c:d3a0.
@@ -118,6 +132,7 @@ fn run(cli: Cli) -> Result<(), String> {
             reset,
             json,
         }),
+        Cmd::Doe { bdf, bench, json } => doe::run(bdf.as_deref(), bench, json),
         Cmd::WaitDev {
             ids,
             timeout,
