@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! cargo bench -p vfio-user-server --bench regio
-//! cargo bench -p vfio-user-server --bench regio -- --external SOCKET --region 1 --offset 0x1000
+//! cargo bench -p vfio-user-server --bench regio -- --external SOCKET --region 2 --offset 0x8
 //! ```
+//! (the second line measures, e.g., libvfio-user's `samples/gpio-pci-idio-16`,
+//! whose BAR2 callback accepts any access; see docs/PERFORMANCE.md).
 //!
 //! The default run starts two servers in child processes (this binary re-executed
 //! with a hidden argument), connects to each with [`Client`] and measures, in
@@ -26,12 +28,13 @@
 //!
 //! The client and every server run pinned to one CPU (`--cpu N`, default the
 //! last CPU this process may use; an external server is found through
-//! SO_PEERCRED and pinned as well). A round trip then costs the CPU work of
-//! both sides plus two context switches, which is what differs between server
-//! implementations. Unpinned (`--no-pin`), every message also waits for the
-//! peer's CPU to wake up: on a VM whose idle vCPUs halt (cpuidle haltpoll with
-//! guest_halt_poll_ns=0) that is tens of microseconds, the same for every
-//! server, and it varies with whatever else the machine runs.
+//! SO_PEERCRED, pinned for the run and given its affinity back afterwards).
+//! A round trip then costs the CPU work of both sides plus two context
+//! switches, which is what differs between server implementations. Unpinned
+//! (`--no-pin`), a message may also wait for the peer's CPU to wake up: on a VM
+//! whose idle vCPUs halt (cpuidle haltpoll with guest_halt_poll_ns=0) that is
+//! ~60 us, and whether a round pays it depends on where the scheduler puts the
+//! two sides, not on the server (the floor server flips between 5 and 65 us).
 
 #[allow(dead_code)] // the register map is shared with the example and tests
 #[path = "../examples/dma_copy/device.rs"]
@@ -53,14 +56,19 @@ use vfio_user_server::pci::PortType;
 use vfio_user_server::protocol::{region, DmaMapRequest, DmaProt, FLAG_NO_REPLY, HEADER_SIZE};
 use vfio_user_server::Server;
 
-/// Round trips timed one by one (per round and target) for each synchronous op.
+/// Round trips timed one by one (per round and target) for each synchronous
+/// op: at most this many, and no more once the op's time budget is spent
+/// (whatever comes first, but at least `MIN_SAMPLES`).
 const READS: usize = 40_000;
 const CONFIG_READS: usize = 15_000;
 const WRITES: usize = 15_000;
 /// Posted writes per round (throughput, then one synchronous read).
 const POSTED: usize = 100_000;
+const READ_BUDGET: Duration = Duration::from_millis(400);
+const OTHER_BUDGET: Duration = Duration::from_millis(150);
+const MIN_SAMPLES: usize = 2_000;
 /// Untimed round trips before each measurement.
-const WARMUP: usize = 2_000;
+const WARMUP: usize = 1_000;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -142,19 +150,33 @@ fn default_cpu() -> Option<usize> {
         .find(|&c| set.is_set(c).unwrap_or(false))
 }
 
-/// Pins every thread of process `pid` (0: this one) to `cpu`.
-fn pin(pid: i32, cpu: usize) -> Result<(), BoxError> {
+/// Pins every thread of process `pid` (0: this one) to `cpu`; returns the
+/// affinities it had, for [`unpin`].
+fn pin(pid: i32, cpu: usize) -> Result<Vec<(Pid, CpuSet)>, BoxError> {
     let mut set = CpuSet::new();
     set.set(cpu)?;
-    if pid == 0 {
-        sched_setaffinity(Pid::from_raw(0), &set)?;
-        return Ok(());
+    let tids = if pid == 0 {
+        vec![Pid::from_raw(0)]
+    } else {
+        let mut tids = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            tids.push(Pid::from_raw(task?.file_name().to_string_lossy().parse()?));
+        }
+        tids
+    };
+    let mut old = Vec::new();
+    for tid in tids {
+        old.push((tid, sched_getaffinity(tid)?));
+        sched_setaffinity(tid, &set)?;
     }
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let tid: i32 = task?.file_name().to_string_lossy().parse()?;
-        sched_setaffinity(Pid::from_raw(tid), &set)?;
+    Ok(old)
+}
+
+/// Gives threads pinned by [`pin`] their affinity back.
+fn unpin(old: &[(Pid, CpuSet)]) {
+    for (tid, set) in old {
+        let _ = sched_setaffinity(*tid, set);
     }
-    Ok(())
 }
 
 fn parse_num(s: &str) -> Result<u64, BoxError> {
@@ -362,7 +384,11 @@ const OPS: [&str; 4] = [
     "REGION_WRITE posted",
 ];
 
-fn timed(n: usize, mut op: impl FnMut(usize) -> Result<(), BoxError>) -> Result<Lat, BoxError> {
+fn timed(
+    n: usize,
+    budget: Duration,
+    mut op: impl FnMut(usize) -> Result<(), BoxError>,
+) -> Result<Lat, BoxError> {
     for i in 0..WARMUP {
         op(i)?;
     }
@@ -374,6 +400,9 @@ fn timed(n: usize, mut op: impl FnMut(usize) -> Result<(), BoxError>) -> Result<
         let now = Instant::now();
         ns.push((now - last).as_nanos() as u64);
         last = now;
+        if i >= MIN_SAMPLES && now - start > budget {
+            break;
+        }
     }
     Ok(Lat::from_samples(ns, last - start))
 }
@@ -384,26 +413,35 @@ fn value(i: usize, size: u32) -> Vec<u8> {
 
 fn measure(c: &mut Client, t: &Target) -> Result<Round, BoxError> {
     let (r, o, s) = (t.region, t.offset, t.size);
-    let read = timed(READS, |_| {
+    let read = timed(READS, READ_BUDGET, |_| {
         black_box(c.region_read(r, o, s)?);
         Ok(())
     })?;
-    let config_read = timed(CONFIG_READS, |_| {
+    let config_read = timed(CONFIG_READS, OTHER_BUDGET, |_| {
         black_box(c.region_read(region::CONFIG, 0, 4)?);
         Ok(())
     })?;
-    let write = timed(WRITES, |i| Ok(c.region_write(r, o, &value(i, s))?))?;
+    let write = timed(WRITES, OTHER_BUDGET, |i| {
+        Ok(c.region_write(r, o, &value(i, s))?)
+    })?;
     for i in 0..WARMUP {
         c.region_write_posted(r, o, &value(i, s))?;
     }
     c.region_read(r, o, s)?;
     let start = Instant::now();
-    for i in 0..POSTED {
-        c.region_write_posted(r, o, &value(i, s))?;
+    let mut sent = 0;
+    while sent < POSTED {
+        for i in sent..sent + 1000 {
+            c.region_write_posted(r, o, &value(i, s))?;
+        }
+        sent += 1000;
+        if start.elapsed() > OTHER_BUDGET * 2 {
+            break;
+        }
     }
     // The server handles messages in order: this reply means all were processed.
     c.region_read(r, o, s)?;
-    let posted_per_s = POSTED as f64 / start.elapsed().as_secs_f64();
+    let posted_per_s = sent as f64 / start.elapsed().as_secs_f64();
     Ok(Round {
         read,
         config_read,
@@ -451,17 +489,33 @@ fn run(o: &Options) -> Result<(), BoxError> {
     if id != device::ID_VALUE {
         return Err(format!("our server answers ID {id:#x}, not the example device").into());
     }
+    let mut external_affinity = Vec::new();
     if let Some(i) = targets.iter().position(|t| t.name == "external") {
         println!("external server capabilities: {}", clients[i].server_caps);
         if let Some(cpu) = o.cpu {
             let pid = getsockopt(clients[i].stream(), PeerCredentials)?.pid();
-            pin(pid, cpu).map_err(|e| format!("pinning external server pid {pid}: {e}"))?;
-            println!("external server (pid {pid}) pinned to CPU {cpu}");
+            external_affinity =
+                pin(pid, cpu).map_err(|e| format!("pinning external server pid {pid}: {e}"))?;
+            println!("external server (pid {pid}) pinned to CPU {cpu} for the run");
         }
     }
+    let result = measure_all(o, &targets, &mut clients);
+    unpin(&external_affinity);
+    result?;
+    drop(clients);
+    if o.external.is_none() {
+        copy_bench(o.rounds.max(5))?;
+    }
+    println!();
+    println!("total time {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Alternating rounds over every target, then the table of medians.
+fn measure_all(o: &Options, targets: &[Target], clients: &mut [Client]) -> Result<(), BoxError> {
     println!();
     println!("## Region access round trips (client: vfio_user_server::client::Client)");
-    for t in &targets {
+    for t in targets {
         println!(
             "  {:<9} {}  region {} offset {:#x}, {}-byte accesses",
             t.name,
@@ -472,7 +526,11 @@ fn run(o: &Options) -> Result<(), BoxError> {
         );
     }
     println!(
-        "  per round and target: {READS} reads, {CONFIG_READS} config reads, {WRITES} sync writes, {POSTED} posted writes; {} rounds, targets alternate",
+        "  per round and target: up to {READS} reads ({} ms at most), {CONFIG_READS} config reads, {WRITES} sync writes \
+         ({} ms at most each), {POSTED} posted writes ({} ms at most); {} rounds, targets alternate",
+        READ_BUDGET.as_millis(),
+        OTHER_BUDGET.as_millis(),
+        (OTHER_BUDGET * 2).as_millis(),
         o.rounds
     );
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); targets.len()];
@@ -542,12 +600,6 @@ fn run(o: &Options) -> Result<(), BoxError> {
             println!();
         }
     }
-    drop(clients);
-    if o.external.is_none() {
-        copy_bench(o.rounds.max(5))?;
-    }
-    println!();
-    println!("total time {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
@@ -236,9 +236,10 @@ impl<D: Device> Server<D> {
     /// then resets the device and drops the client's memory and eventfds.
     pub fn serve(&mut self, stream: UnixStream) {
         info!("client connected");
-        // Reads start only when poll() reports data, so this bounds only a
-        // client that stops in the middle of a message: after it, framing
-        // is lost and the client is dropped instead of blocking the device.
+        // This bounds only a client that stops in the middle of a message:
+        // after it, framing is lost and the client is dropped instead of
+        // blocking the device. Between messages the timeout just repeats
+        // (see the `WouldBlock` arm below): an idle client is fine.
         if let Err(e) = stream.set_read_timeout(Some(MID_MESSAGE_TIMEOUT)) {
             warn!("cannot set the socket read timeout: {e}");
         }
@@ -260,44 +261,29 @@ impl<D: Device> Server<D> {
             client: None,
         };
         let max_payload = self.caps.max_data_xfer_size as usize + 4096;
+        // This thread blocks in recvmsg, with no poll per message; the watcher
+        // refuses other clients meanwhile and, on stop, shuts the socket down.
+        let watcher = match Watcher::start(&stream, self.listener.as_listener(), &self.stop) {
+            Ok(w) => w,
+            Err(e) => {
+                error!("cannot watch the client connection: {e}");
+                return;
+            }
+        };
         loop {
-            let l = self.listener.as_listener();
-            let mut fds = [
-                PollFd::new(stream.as_fd(), PollFlags::POLLIN),
-                PollFd::new(l.as_fd(), PollFlags::POLLIN),
-                PollFd::new(stop_fd(&self.stop), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => {
-                    error!("poll: {e}");
-                    break;
-                }
-                Ok(_) => {}
-            }
-            if fds[2].any().unwrap_or(false) {
-                info!("server stopping; closing the client connection");
-                break;
-            }
-            // The attached client goes first: when it has just gone away (its
-            // EOF is pending) a client connecting right after it must be served
-            // next, not refused as a second one.
-            let client_ready = fds[0].any().unwrap_or(false);
-            if fds[1].any().unwrap_or(false) && !client_ready {
-                if let Ok((extra, _)) = l.accept() {
-                    warn!("refusing a second client: this device already has one");
-                    drop(extra);
-                }
-            }
-            if !client_ready {
-                continue;
-            }
             let msg = match recv_message(&stream, max_payload) {
                 Ok(m) => m,
+                Err(TransportError::Closed) if self.stopped() => {
+                    info!("server stopping; closing the client connection");
+                    break;
+                }
                 Err(TransportError::Closed) => {
                     info!("client disconnected");
                     break;
                 }
+                // The read timeout expired before a message began (inside one,
+                // the transport reports `TimedOut`): the client is just idle.
+                Err(TransportError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(TransportError::Oversized {
                     header,
                     size,
@@ -346,6 +332,7 @@ impl<D: Device> Server<D> {
                 Flow::Disconnect => break,
             }
         }
+        watcher.finish();
         self.disconnect(&sess);
     }
 
@@ -574,13 +561,21 @@ impl<D: Device> Server<D> {
             }
             Command::RegionRead => {
                 let a = RegionAccess::decode_read(p, max_xfer)?;
-                let mut data = vec![0u8; a.count as usize];
-                self.region_access(a, Access::Read(&mut data))?;
-                Ok(Reply::data(a.encode(&data)))
+                // The reply is the request's fixed part followed by the data,
+                // read in place.
+                let mut out = Vec::with_capacity(RegionAccess::SIZE + a.count as usize);
+                out.extend_from_slice(&a.fixed());
+                out.resize(RegionAccess::SIZE + a.count as usize, 0);
+                self.region_access(a, Access::Read(&mut out[RegionAccess::SIZE..]))?;
+                Ok(Reply::data(out))
             }
             Command::RegionWrite => {
                 let (a, data) = RegionAccess::decode_write(p, max_xfer)?;
                 self.region_access(a, Access::Write(data))?;
+                if h.no_reply {
+                    // A posted write (QEMU's memory-BAR writes): nothing to encode.
+                    return Ok(Reply::empty());
+                }
                 Ok(Reply::data(a.encode(&[])))
             }
             Command::RegionWriteMulti => {
@@ -703,6 +698,79 @@ impl<D: Device> Server<D> {
 fn stop_fd(e: &EventFd) -> std::os::fd::BorrowedFd<'_> {
     // SAFETY: the fd belongs to `e`, which outlives the returned borrow.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(e.as_raw_fd()) }
+}
+
+/// Watches a connection from a second thread, so that the connection thread
+/// can block in recvmsg instead of polling before every message: it refuses
+/// clients that connect while this one is attached and, on a stop request,
+/// shuts the connection down, which wakes the blocked reader.
+struct Watcher {
+    done: Arc<EventFd>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(
+        stream: &UnixStream,
+        listener: &UnixListener,
+        stop: &Arc<EventFd>,
+    ) -> io::Result<Watcher> {
+        let (stream, listener) = (stream.try_clone()?, listener.try_clone()?);
+        let stop = Arc::clone(stop);
+        let done = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let finished = Arc::clone(&done);
+        let thread = std::thread::Builder::new()
+            .name("vfio-user-watch".into())
+            .spawn(move || watch(&stream, &listener, &stop, &finished))?;
+        Ok(Watcher { done, thread })
+    }
+
+    /// Ends the watch (the connection is over) and waits for the thread.
+    fn finish(self) {
+        let _ = self.done.write(1);
+        let _ = self.thread.join();
+    }
+}
+
+fn watch(stream: &UnixStream, listener: &UnixListener, stop: &EventFd, done: &EventFd) {
+    loop {
+        let mut fds = [
+            // Not POLLIN: the watcher must not wake for every message.
+            PollFd::new(stream.as_fd(), PollFlags::from_bits_retain(libc::POLLRDHUP)),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop_fd(stop), PollFlags::POLLIN),
+            PollFd::new(stop_fd(done), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                error!("poll: {e}");
+                return;
+            }
+            Ok(_) => {}
+        }
+        if fds[3].any().unwrap_or(false) {
+            return;
+        }
+        if fds[2].any().unwrap_or(false) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        // The attached client goes first: once it has hung up (its EOF may not
+        // be read yet), a client connecting after it must be served next, not
+        // refused as a second one. Any event on its socket means it hung up:
+        // POLLRDHUP, which nix has no name for (`any()` is then None), or
+        // POLLHUP/POLLERR.
+        if fds[0].any() != Some(false) {
+            return;
+        }
+        if fds[1].any().unwrap_or(false) {
+            if let Ok((extra, _)) = listener.accept() {
+                warn!("refusing a second client: this device already has one");
+                drop(extra);
+            }
+        }
+    }
 }
 
 enum Access<'a> {

@@ -269,31 +269,7 @@ impl GuestMemory {
             len: len as u64,
         };
         let region = self.find(iova).ok_or(oob)?;
-        let end = iova.checked_add(len as u64);
-        if end.map_or(true, |e| e > region.end()) {
-            return Err(DmaError::OutOfBounds {
-                iova,
-                len: len as u64,
-            });
-        }
-        check_prot(region.prot, access)?;
-        let Some(live) = region.live.enter() else {
-            return Err(DmaError::OutOfBounds {
-                iova,
-                len: len as u64,
-            });
-        };
-        let Backing::Mapped(map) = &region.backing else {
-            return Err(DmaError::NotDirect(region.iova));
-        };
-        let off = (iova - region.iova) as usize;
-        // SAFETY: off + len <= region.len == map.len() (checked above); the
-        // mapping stays alive while we hold `live` (unmap waits for the guard
-        // before the Arc, and so the mapping, can go).
-        let slice = unsafe { GuestSlice::new(map.as_mut_ptr().add(off), len, region.prot.write) };
-        let r = f(slice);
-        drop(live);
-        Ok(r)
+        direct(&region, iova, len, access, f)
     }
 
     /// Copies client memory at `iova` into `buf`, across adjacent windows and
@@ -314,7 +290,7 @@ impl GuestMemory {
             let part = &mut buf[done..done + n];
             match region.backing {
                 Backing::Mapped(_) => {
-                    self.with_slice(addr, n, Access::Read, |s| s.copy_to(0, part))??
+                    direct(&region, addr, n, Access::Read, |s| s.copy_to(0, part))??
                 }
                 Backing::Remote => self.remote()?.read(addr, part)?,
             }
@@ -340,7 +316,7 @@ impl GuestMemory {
             let part = &buf[done..done + n];
             match region.backing {
                 Backing::Mapped(_) => {
-                    self.with_slice(addr, n, Access::Write, |s| s.copy_from(0, part))??
+                    direct(&region, addr, n, Access::Write, |s| s.copy_from(0, part))??
                 }
                 Backing::Remote => self.remote()?.write(addr, part)?,
             }
@@ -376,6 +352,39 @@ impl GuestMemory {
     fn remote(&self) -> Result<Arc<Requester>, DmaError> {
         self.requester().ok_or(DmaError::Disconnected)
     }
+}
+
+/// Runs `f` on a view of `len` bytes at `iova` inside the fd-backed `region`
+/// (one lookup per access: callers pass the window they found).
+fn direct<R>(
+    region: &DmaRegion,
+    iova: u64,
+    len: usize,
+    access: Access,
+    f: impl FnOnce(GuestSlice<'_>) -> R,
+) -> Result<R, DmaError> {
+    let oob = || DmaError::OutOfBounds {
+        iova,
+        len: len as u64,
+    };
+    let end = iova.checked_add(len as u64).ok_or_else(oob)?;
+    if iova < region.iova || end > region.end() {
+        return Err(oob());
+    }
+    check_prot(region.prot, access)?;
+    let live = region.live.enter().ok_or_else(oob)?;
+    let Backing::Mapped(map) = &region.backing else {
+        return Err(DmaError::NotDirect(region.iova));
+    };
+    let off = (iova - region.iova) as usize;
+    // SAFETY: region.iova <= iova and iova + len <= region.end(), so
+    // off + len <= region.len == map.len(); the mapping stays alive while we
+    // hold `live` (an unmap waits for every guard before the Arc, and so the
+    // mapping, can go).
+    let slice = unsafe { GuestSlice::new(map.as_mut_ptr().add(off), len, region.prot.write) };
+    let r = f(slice);
+    drop(live);
+    Ok(r)
 }
 
 fn check_prot(prot: DmaProt, access: Access) -> Result<(), DmaError> {
@@ -477,8 +486,13 @@ mod tests {
         assert_eq!(mem.unmap(0, 0x10000).unwrap(), 2);
         assert_eq!(mem.map_count(), 0);
         // A range ending exactly at 2^64, as QEMU sends at poweroff.
-        mem.map(&req(0xfef0_0000, 0x1000), Some(memfd(0x1000))).unwrap();
-        assert_eq!(mem.unmap(0xfef0_0000, 0u64.wrapping_sub(0xfef0_0000)).unwrap(), 1);
+        mem.map(&req(0xfef0_0000, 0x1000), Some(memfd(0x1000)))
+            .unwrap();
+        assert_eq!(
+            mem.unmap(0xfef0_0000, 0u64.wrapping_sub(0xfef0_0000))
+                .unwrap(),
+            1
+        );
         assert!(mem.unmap(2, u64::MAX).is_err(), "past 2^64");
         assert!(matches!(
             mem.map(&req(0x4000, 0x2000), Some(memfd(0x1000))),

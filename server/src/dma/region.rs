@@ -8,6 +8,7 @@ use std::fs::File;
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileTypeExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
 /// How the server reaches a window's memory.
@@ -36,46 +37,58 @@ pub(crate) struct DmaRegion {
 ///
 /// Unlike a read-write lock, entering never blocks: one thread may enter the
 /// same window twice (a copy whose source and destination share a window)
-/// while an unmap waits, without deadlocking against it.
+/// while an unmap waits, without deadlocking against it. Entering and leaving
+/// are one atomic operation each (no lock on the data path); only an unmap,
+/// and the last accessor leaving a retired window, take the mutex.
 #[derive(Debug)]
 pub(crate) struct Liveness {
-    state: Mutex<LiveState>,
+    /// Accessors inside, with [`DEAD`] set once the window is retired.
+    state: AtomicUsize,
+    lock: Mutex<()>,
     idle: Condvar,
 }
 
-#[derive(Debug)]
-struct LiveState {
-    live: bool,
-    inside: usize,
-}
+/// Set in [`Liveness::state`] when the window has been withdrawn.
+const DEAD: usize = 1 << (usize::BITS - 1);
 
 impl Liveness {
     fn new() -> Self {
         Liveness {
-            state: Mutex::new(LiveState {
-                live: true,
-                inside: 0,
-            }),
+            state: AtomicUsize::new(0),
+            lock: Mutex::new(()),
             idle: Condvar::new(),
         }
     }
 
-    /// Enters the window; `None` once it was retired.
+    /// Enters the window, or `None` when it has been withdrawn.
     pub fn enter(&self) -> Option<LiveGuard<'_>> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !s.live {
-            return None;
+        let prev = self.state.fetch_add(1, Ordering::Acquire);
+        let guard = LiveGuard(self);
+        if prev & DEAD != 0 {
+            return None; // dropping the guard leaves again
         }
-        s.inside += 1;
-        Some(LiveGuard(self))
+        Some(guard)
+    }
+
+    fn leave(&self) {
+        let prev = self.state.fetch_sub(1, Ordering::Release);
+        if prev == DEAD | 1 {
+            // Last accessor out of a retired window: wake the unmap.
+            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.idle.notify_all();
+        }
     }
 
     /// Marks the window withdrawn and waits until every accessor has left.
     pub fn retire(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.live = false;
-        while s.inside > 0 {
-            s = self.idle.wait(s).unwrap_or_else(|p| p.into_inner());
+        self.state.fetch_or(DEAD, Ordering::AcqRel);
+        let mut g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.state.load(Ordering::Acquire) & !DEAD != 0 {
+            g = self
+                .idle
+                .wait_timeout(g, std::time::Duration::from_millis(10))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
@@ -86,11 +99,7 @@ pub(crate) struct LiveGuard<'a>(&'a Liveness);
 
 impl Drop for LiveGuard<'_> {
     fn drop(&mut self) {
-        let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.inside -= 1;
-        if s.inside == 0 {
-            self.0.idle.notify_all();
-        }
+        self.0.leave();
     }
 }
 

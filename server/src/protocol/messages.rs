@@ -610,6 +610,15 @@ impl RegionAccess {
         })
     }
 
+    /// The fixed part, encoded.
+    pub fn fixed(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..8].copy_from_slice(&self.offset.to_le_bytes());
+        b[8..12].copy_from_slice(&self.region.to_le_bytes());
+        b[12..16].copy_from_slice(&self.count.to_le_bytes());
+        b
+    }
+
     /// Encodes the fixed part followed by `data`.
     pub fn encode(&self, data: &[u8]) -> Vec<u8> {
         let mut w = Writer::with_capacity(Self::SIZE + data.len());

@@ -82,24 +82,44 @@ fn to_io(e: nix::Error) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
-/// Reads exactly `buf.len()` bytes, collecting fds that arrive with them.
+/// Reports a read timeout that expired after a message began as `TimedOut`:
+/// the peer stalled mid-message and framing is lost. A timeout before the
+/// first byte of a message stays `WouldBlock`: the peer is merely idle.
+fn mid_message(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stalled in the middle of a message",
+        )
+    } else {
+        e
+    }
+}
+
+/// A control-message buffer with room for [`MAX_RECV_FDS`] fds.
+fn cmsg_buffer() -> Vec<u8> {
+    nix::cmsg_space!([RawFd; MAX_RECV_FDS])
+}
+
+/// Reads exactly `buf.len()` bytes, collecting fds that arrive with them;
+/// `cmsg` (from [`cmsg_buffer`]) is scratch space, reused across calls.
 /// Returns the number of bytes read before EOF (== len on success).
 fn recv_exact(
     fd: RawFd,
     buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
     fds: &mut Vec<OwnedFd>,
     truncated: &mut bool,
 ) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
         let mut iov = [IoSliceMut::new(&mut buf[got..])];
-        let msg =
-            match recvmsg::<UnixAddr>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-                Ok(m) => m,
-                Err(nix::Error::EINTR) => continue,
-                Err(e) => return Err(to_io(e)),
-            };
+        let msg = match recvmsg::<UnixAddr>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) if got > 0 => return Err(mid_message(to_io(e))),
+            Err(e) => return Err(to_io(e)),
+        };
         if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
             *truncated = true;
         }
@@ -127,11 +147,18 @@ fn recv_exact(
 /// the caller accepts; larger messages are drained and reported as
 /// [`TransportError::Oversized`].
 pub fn recv_message(stream: &UnixStream, max_payload: usize) -> Result<Message, TransportError> {
-    let fd = stream.as_raw_fd();
+    // One control-message buffer per receiving thread, reused for every message.
+    thread_local! {
+        static CMSG: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(cmsg_buffer());
+    }
+    CMSG.with(|c| recv_with(stream.as_raw_fd(), max_payload, &mut c.borrow_mut()))
+}
+
+fn recv_with(fd: RawFd, max_payload: usize, cmsg: &mut Vec<u8>) -> Result<Message, TransportError> {
     let mut fds = Vec::new();
     let mut truncated = false;
     let mut hdr = [0u8; HEADER_SIZE];
-    let got = recv_exact(fd, &mut hdr, &mut fds, &mut truncated)?;
+    let got = recv_exact(fd, &mut hdr, cmsg, &mut fds, &mut truncated)?;
     if got == 0 {
         return Err(TransportError::Closed);
     }
@@ -171,7 +198,7 @@ pub fn recv_message(stream: &UnixStream, max_payload: usize) -> Result<Message, 
         });
     }
     let mut payload = vec![0u8; len];
-    let got = recv_exact(fd, &mut payload, &mut fds, &mut truncated)?;
+    let got = recv_exact(fd, &mut payload, cmsg, &mut fds, &mut truncated).map_err(mid_message)?;
     if got < len {
         return Err(TransportError::Truncated {
             got: got + HEADER_SIZE,
@@ -188,9 +215,10 @@ pub fn recv_message(stream: &UnixStream, max_payload: usize) -> Result<Message, 
 
 fn drain(fd: RawFd, mut len: usize, fds: &mut Vec<OwnedFd>, tr: &mut bool) -> io::Result<()> {
     let mut scratch = vec![0u8; 64 * 1024];
+    let mut cmsg = cmsg_buffer();
     while len > 0 {
         let chunk = len.min(scratch.len());
-        let got = recv_exact(fd, &mut scratch[..chunk], fds, tr)?;
+        let got = recv_exact(fd, &mut scratch[..chunk], &mut cmsg, fds, tr).map_err(mid_message)?;
         if got < chunk {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
