@@ -11,5 +11,6 @@
 #[path = "../../server/examples/dma_copy/device.rs"]
 pub mod example;
 
+pub mod nvme;
 pub mod security;
 pub mod vm;

@@ -8,7 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use trustdev_devices::example::DmaCopy;
-use trustdev_devices::security::doe::DoeMailbox;
+use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice};
+use trustdev_devices::security;
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -28,7 +29,7 @@ struct Cli {
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
     Serve {
-        /// Device model: dma-copy.
+        /// Device model: dma-copy, nvme.
         kind: String,
         /// Socket path (created 0600).
         #[arg(long)]
@@ -36,6 +37,24 @@ enum Cmd {
         /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
         #[arg(long)]
         rciep: bool,
+        #[command(flatten)]
+        nvme: NvmeArgs,
+        #[command(flatten)]
+        security: SecurityArgs,
+    },
+    /// Serve the SPDM responder alone over the spdm-emu TCP protocol on
+    /// 127.0.0.1 (for QEMU's `-device nvme,spdm_port=N`, DMTF's
+    /// spdm_requester_emu, the SPDM responder validator).
+    SpdmResponder {
+        /// TCP port (spdm-emu uses 2323).
+        #[arg(long, default_value_t = 2323)]
+        port: u16,
+        /// Identity directory (default: the nvme device's).
+        #[arg(long)]
+        identity_dir: Option<PathBuf>,
+        /// HeartbeatPeriod in seconds advertised in KEY_EXCHANGE_RSP (0: none).
+        #[arg(long, default_value_t = 0)]
+        heartbeat: u8,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -92,12 +111,43 @@ struct VmArgs {
     /// Extra program to copy into the guest (/usr/local/bin).
     #[arg(long)]
     bin: Vec<PathBuf>,
+    /// Extra file for the guest initramfs: HOST_PATH:GUEST_PATH (repeatable).
+    #[arg(long, value_parser = parse_file_arg)]
+    file: Vec<(PathBuf, String)>,
     /// Extra QEMU argument (repeatable, one word each).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
     qemu_args: Vec<String>,
 }
 
-fn serve(kind: &str, socket: &Path, rciep: bool) -> Result<(), String> {
+/// Device security options of `trustdev serve`.
+#[derive(clap::Args, Debug, Clone)]
+struct SecurityArgs {
+    /// Where the device's SPDM identity (certificate chains, keys 0600) lives;
+    /// generated on first use. Default: $TRUSTDEV_IDENTITY_DIR/KIND or
+    /// ~/.local/share/trustdev/identity/KIND.
+    #[arg(long)]
+    identity_dir: Option<PathBuf>,
+    /// A DOE mailbox with discovery only (no CMA/SPDM).
+    #[arg(long)]
+    no_spdm: bool,
+}
+
+fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
+    match s.split_once(':') {
+        Some((src, dest)) if !src.is_empty() && dest.starts_with('/') => {
+            Ok((PathBuf::from(src), dest.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected HOST_PATH:/GUEST/PATH")),
+    }
+}
+
+fn serve(
+    kind: &str,
+    socket: &Path,
+    rciep: bool,
+    nvme: &NvmeArgs,
+    security: &SecurityArgs,
+) -> Result<(), String> {
     let port = if rciep {
         PortType::RcIntegratedEndpoint
     } else {
@@ -105,11 +155,41 @@ fn serve(kind: &str, socket: &Path, rciep: bool) -> Result<(), String> {
     };
     let dev = match kind {
         "dma-copy" => {
-            DmaCopy::with_capabilities(port, vec![DoeMailbox::new(Vec::new()).into_ext_cap()])
+            use trustdev_devices::example;
+            let ids = spdm_responder::PciIds {
+                vendor: example::VENDOR_ID,
+                device: example::DEVICE_ID,
+                class_code: 0x12_00_00,
+                revision: 1,
+                subsystem_vendor: example::VENDOR_ID,
+                subsystem: 0x0001,
+            };
+            let dir = security
+                .identity_dir
+                .clone()
+                .unwrap_or_else(|| security::default_identity_dir(kind));
+            let doe = security::doe_capability(&ids, &dir, !security.no_spdm)
+                .map_err(|e| e.to_string())?;
+            // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
+            DmaCopy::with_capabilities(port, !security.no_spdm, vec![doe])
                 .map_err(|e| format!("cannot create the device: {e}"))?
         }
-        other => return Err(format!("unknown device kind {other:?} (known: dma-copy)")),
+        "nvme" => {
+            let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
+            let dev = NvmeDevice::new(cfg, port)
+                .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
+            return run_server(dev, socket);
+        }
+        other => {
+            return Err(format!(
+                "unknown device kind {other:?} (known: dma-copy, nvme)"
+            ))
+        }
     };
+    run_server(dev, socket)
+}
+
+fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
     let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
@@ -121,6 +201,25 @@ fn serve(kind: &str, socket: &Path, rciep: bool) -> Result<(), String> {
         }
     });
     server.run().map_err(|e| e.to_string())
+}
+
+fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<(), String> {
+    let ids = spdm_responder::PciIds::default();
+    let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
+    let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+    for (algo, root) in security::cma::root_certificates(&dir) {
+        eprintln!(
+            "trustdev spdm-responder: {algo} root certificate: {}",
+            root.display()
+        );
+    }
+    let cfg = spdm_responder::ResponderConfig {
+        heartbeat_period: heartbeat,
+        ..Default::default()
+    };
+    let responder = spdm_responder::Responder::new(cfg, identity);
+    eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
+    spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
 }
 
 fn stop_flag() -> Arc<AtomicBool> {
@@ -148,6 +247,7 @@ fn vm_spec(a: VmArgs) -> VmSpec {
         echo: a.verbose,
         modules: a.module,
         bins: a.bin,
+        files: a.file,
     }
 }
 
@@ -204,10 +304,12 @@ fn demo(verbose: bool) -> ExitCode {
             DeviceSpec {
                 kind: DeviceKind::DmaCopy,
                 placement: Placement::RootPort,
+                args: Vec::new(),
             },
             DeviceSpec {
                 kind: DeviceKind::DmaCopy,
                 placement: Placement::RootBus,
+                args: Vec::new(),
             },
         ],
         script: Some(script.clone()),
@@ -273,10 +375,23 @@ fn main() -> ExitCode {
             kind,
             socket,
             rciep,
-        } => match serve(&kind, &socket, rciep) {
+            nvme,
+            security,
+        } => match serve(&kind, &socket, rciep, &nvme, &security) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev serve: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Cmd::SpdmResponder {
+            port,
+            identity_dir,
+            heartbeat,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("trustdev spdm-responder: {e}");
                 ExitCode::from(1)
             }
         },

@@ -1,5 +1,42 @@
 //! Device-side PCIe security blocks shared by every trustdev device: the DOE
-//! mailbox (and, as their issues land, CMA/SPDM over it, IDE registers and
-//! key slots, TDISP interface state).
+//! mailbox, CMA/SPDM over it with the device's identity (and, as their issues
+//! land, IDE registers and key slots, TDISP interface state).
 
+pub mod cma;
 pub mod doe;
+
+use spdm_responder::{PciIds, ResponderConfig};
+use std::path::{Path, PathBuf};
+use vfio_user_server::pci::ExtCap;
+
+/// Where a device kind keeps its SPDM identity unless told otherwise:
+/// `$TRUSTDEV_IDENTITY_DIR/KIND`, else `$XDG_DATA_HOME/trustdev/identity/KIND`
+/// (`~/.local/share/trustdev/identity/KIND`).
+pub fn default_identity_dir(kind: &str) -> PathBuf {
+    if let Some(d) = std::env::var_os("TRUSTDEV_IDENTITY_DIR") {
+        return PathBuf::from(d).join(kind);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"));
+    base.join("trustdev/identity").join(kind)
+}
+
+/// The DOE mailbox capability of a device: discovery, CMA/SPDM and secured
+/// CMA/SPDM answered by an SPDM responder with the identity stored in
+/// `identity_dir` (generated on first use for `ids`). `spdm: false` gives a
+/// mailbox with discovery only.
+pub fn doe_capability(
+    ids: &PciIds,
+    identity_dir: &Path,
+    spdm: bool,
+) -> Result<ExtCap, cma::CmaError> {
+    let protocols = if spdm {
+        let identity = cma::load_identity(identity_dir, ids)?;
+        cma::doe_protocols(ResponderConfig::default(), identity)
+    } else {
+        Vec::new()
+    };
+    Ok(doe::DoeMailbox::new(protocols).into_ext_cap())
+}

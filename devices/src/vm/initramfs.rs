@@ -14,6 +14,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "vfio_iommu_type1",
     "uio_pci_generic",
     "qemu_fw_cfg",
+    "nvme",
 ];
 
 fn run(script: &Path, args: &[String]) -> Result<(), VmError> {
@@ -66,12 +67,13 @@ pub fn base(tc: &Toolchain, modules: &[String]) -> Result<PathBuf, VmError> {
     Ok(out)
 }
 
-/// Builds the overlay (guest programs + `/test.sh`) and the final initrd
+/// Builds the overlay (guest programs, extra files, `/test.sh`) and the final initrd
 /// `base + overlay` in `work`.
 pub fn assemble(
     tc: &Toolchain,
     base: &Path,
     bins: &[PathBuf],
+    files: &[(PathBuf, String)],
     script: Option<&Path>,
     work: &Path,
 ) -> Result<PathBuf, VmError> {
@@ -87,6 +89,10 @@ pub fn assemble(
     for b in bins {
         args.push("--bin".into());
         args.push(b.display().to_string());
+    }
+    for (src, dest) in files {
+        args.push("--file".into());
+        args.push(format!("{}:{dest}", src.display()));
     }
     if let Some(s) = script {
         args.push("--script".into());

@@ -87,6 +87,8 @@ pub enum Placement {
 pub enum DeviceKind {
     /// The DMA-copy example device.
     DmaCopy,
+    /// The NVMe controller.
+    Nvme,
 }
 
 impl DeviceKind {
@@ -94,6 +96,7 @@ impl DeviceKind {
     pub fn name(self) -> &'static str {
         match self {
             DeviceKind::DmaCopy => "dma-copy",
+            DeviceKind::Nvme => "nvme",
         }
     }
 }
@@ -105,31 +108,54 @@ pub struct DeviceSpec {
     pub kind: DeviceKind,
     /// Topology.
     pub placement: Placement,
+    /// Extra `trustdev serve` arguments (device options, e.g. NVMe's
+    /// `--size 64M` from `nvme:size=64M`).
+    pub args: Vec<String>,
 }
 
 impl std::str::FromStr for DeviceSpec {
     type Err = String;
 
-    /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`.
+    /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`,
+    /// `nvme:size=64M,queues=8` (NVMe options: see
+    /// [`crate::nvme::options::VM_OPTION_KEYS`]).
     fn from_str(s: &str) -> Result<Self, String> {
         let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
         let kind = match kind {
             "dma-copy" => DeviceKind::DmaCopy,
-            other => return Err(format!("unknown device kind {other:?} (known: dma-copy)")),
+            "nvme" => DeviceKind::Nvme,
+            other => {
+                return Err(format!(
+                    "unknown device kind {other:?} (known: dma-copy, nvme)"
+                ))
+            }
         };
         let mut placement = Placement::RootPort;
+        let mut args = Vec::new();
         for o in opts.split(',').filter(|o| !o.is_empty()) {
             match o {
                 "rciep" | "pcie.0" => placement = Placement::RootBus,
                 "root-port" => placement = Placement::RootPort,
-                other => {
-                    return Err(format!(
-                        "unknown device option {other:?} (rciep, root-port)"
-                    ))
-                }
+                other => match crate::nvme::options::vm_option_args(other) {
+                    Some(a) if kind == DeviceKind::Nvme => args.extend(a),
+                    _ => {
+                        return Err(format!(
+                            "unknown device option {other:?} (rciep, root-port{})",
+                            if kind == DeviceKind::Nvme {
+                                ", or NVMe KEY=VALUE: see `trustdev serve --help`"
+                            } else {
+                                ""
+                            }
+                        ))
+                    }
+                },
             }
         }
-        Ok(DeviceSpec { kind, placement })
+        Ok(DeviceSpec {
+            kind,
+            placement,
+            args,
+        })
     }
 }
 
@@ -166,6 +192,8 @@ pub struct VmSpec {
     pub modules: Vec<String>,
     /// Guest programs to put into the initramfs (besides trustdev-guest).
     pub bins: Vec<PathBuf>,
+    /// Extra files for the initramfs: (host path, guest path).
+    pub files: Vec<(PathBuf, String)>,
 }
 
 impl Default for VmSpec {
@@ -186,6 +214,7 @@ impl Default for VmSpec {
             echo: false,
             modules: Vec::new(),
             bins: Vec::new(),
+            files: Vec::new(),
         }
     }
 }
@@ -198,7 +227,18 @@ mod tests {
     fn device_spec_parsing() {
         let d: DeviceSpec = "dma-copy:rciep".parse().unwrap();
         assert_eq!(d.placement, Placement::RootBus);
-        assert!("nvme".parse::<DeviceSpec>().is_err());
+        assert!("bogus".parse::<DeviceSpec>().is_err());
+        let n: DeviceSpec = "nvme:size=64M,rciep,ns=ram:1M,no-shadow-doorbells"
+            .parse()
+            .unwrap();
+        assert_eq!(n.kind, DeviceKind::Nvme);
+        assert_eq!(n.placement, Placement::RootBus);
+        assert_eq!(
+            n.args,
+            ["--size", "64M", "--ns", "ram:1M", "--no-shadow-doorbells"]
+        );
+        assert!("nvme:bogus=1".parse::<DeviceSpec>().is_err());
+        assert!("dma-copy:size=1M".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
     }
 }

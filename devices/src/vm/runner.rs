@@ -113,6 +113,7 @@ fn start_server(
     idx: usize,
     kind: &str,
     placement: Placement,
+    extra_args: &[String],
 ) -> Result<Server, VmError> {
     let name = format!("{kind}{idx}");
     let socket = dir.join(format!("{name}.sock"));
@@ -122,6 +123,11 @@ fn start_server(
     cmd.arg("serve").arg(kind).arg("--socket").arg(&socket);
     if placement == Placement::RootBus {
         cmd.arg("--rciep");
+    }
+    cmd.args(extra_args);
+    if std::env::var_os("TRUSTDEV_IDENTITY_DIR").is_none() {
+        // Stable device identities across runs, next to the toolchain.
+        cmd.env("TRUSTDEV_IDENTITY_DIR", identity_base());
     }
     cmd.stdin(Stdio::null())
         .stdout(logf.try_clone()?)
@@ -165,6 +171,11 @@ fn start_server(
         child,
         placement,
     })
+}
+
+/// Where `trustdev vm` keeps device identities: `<cache>/identity`.
+fn identity_base() -> PathBuf {
+    super::toolchain::cache_dir().join("identity")
 }
 
 /// Echoes new bytes of the serial log to stdout.
@@ -253,6 +264,19 @@ fn run_in(
         }
         None => None,
     };
+    let kernel = spec.kernel.clone().unwrap_or_else(|| tc.kernel.clone());
+
+    let mut servers = Vec::new();
+    for (i, d) in spec.devices.iter().enumerate() {
+        servers.push(start_server(
+            &exe,
+            dir,
+            i,
+            d.kind.name(),
+            d.placement,
+            &d.args,
+        )?);
+    }
     let initrd = match &spec.initrd {
         Some(i) => i.clone(),
         None => {
@@ -272,15 +296,23 @@ fn run_in(
                     guest_tool.display()
                 );
             }
-            initramfs::assemble(tc, &base, &bins, script.as_deref(), dir)?
+            // The root certificates of the servers' SPDM identities (generated
+            // by the servers on first use), for requesters in the guest.
+            let mut files = spec.files.clone();
+            let mut kinds: Vec<&str> = spec.devices.iter().map(|d| d.kind.name()).collect();
+            kinds.sort_unstable();
+            kinds.dedup();
+            for kind in kinds {
+                let dir = std::env::var_os("TRUSTDEV_IDENTITY_DIR")
+                    .map_or_else(identity_base, PathBuf::from)
+                    .join(kind);
+                for (algo, root) in crate::security::cma::root_certificates(&dir) {
+                    files.push((root, format!("/etc/trustdev/roots/{kind}-{algo}.pem")));
+                }
+            }
+            initramfs::assemble(tc, &base, &bins, &files, script.as_deref(), dir)?
         }
     };
-    let kernel = spec.kernel.clone().unwrap_or_else(|| tc.kernel.clone());
-
-    let mut servers = Vec::new();
-    for (i, d) in spec.devices.iter().enumerate() {
-        servers.push(start_server(&exe, dir, i, d.kind.name(), d.placement)?);
-    }
     let qdevs: Vec<QemuDevice> = servers
         .iter()
         .map(|s| QemuDevice {

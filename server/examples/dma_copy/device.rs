@@ -168,8 +168,9 @@ impl std::fmt::Debug for DmaCopy {
 
 /// Builds the example's configuration space.
 /// Builds the example's configuration space; `extra` extended capabilities
-/// (a DOE mailbox, say) follow the built-in DSN and VSEC ones.
-pub fn config_space(port_type: PortType, extra: Vec<ExtCap>) -> ConfigSpace {
+/// (a DOE mailbox, say) follow the built-in DSN and VSEC ones; `tee` sets
+/// DEVCAP.TEE (the function supports TDISP).
+pub fn config_space(port_type: PortType, tee: bool, extra: Vec<ExtCap>) -> ConfigSpace {
     let ids = PciIds {
         vendor: VENDOR_ID,
         device: DEVICE_ID,
@@ -194,7 +195,7 @@ pub fn config_space(port_type: PortType, extra: Vec<ExtCap>) -> ConfigSpace {
         })
         .pcie(PcieCap {
             port_type,
-            tee: false,
+            tee,
             ee_prefix: false,
             flr: true,
         })
@@ -228,15 +229,20 @@ pub fn config_space(port_type: PortType, extra: Vec<ExtCap>) -> ConfigSpace {
 impl DmaCopy {
     /// Creates the device (Endpoint behind a root port, or RCiEP on pcie.0).
     pub fn new(port_type: PortType) -> std::io::Result<Self> {
-        Self::with_capabilities(port_type, Vec::new())
+        Self::with_capabilities(port_type, false, Vec::new())
     }
 
-    /// Creates the device with additional extended capabilities.
-    pub fn with_capabilities(port_type: PortType, extra: Vec<ExtCap>) -> std::io::Result<Self> {
+    /// Creates the device with DEVCAP.TEE as given and additional extended
+    /// capabilities.
+    pub fn with_capabilities(
+        port_type: PortType,
+        tee: bool,
+        extra: Vec<ExtCap>,
+    ) -> std::io::Result<Self> {
         let ctx = DeviceContext::new(&IrqInfo::pci(1, u32::from(MSIX_VECTORS)));
         let mut dev = DmaCopy {
             ctx,
-            config: config_space(port_type, extra),
+            config: config_space(port_type, tee, extra),
             regs: Arc::new(Regs::default()),
             ram: Arc::new(SharedMemory::new("dma-copy-bar2", BAR2_SIZE)?),
             jobs: None,

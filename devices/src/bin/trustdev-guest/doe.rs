@@ -86,8 +86,28 @@ impl Mailbox {
     }
 
     /// Sends one data object and returns the response object's payload
-    /// (the 2-dword header checked and stripped).
+    /// (the 2-dword header checked against the request and stripped).
     pub fn exchange(&mut self, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let (rv, rt, out) = self.exchange_object(vendor, ty, payload)?;
+        if (rv, rt) != (vendor, ty) {
+            return Err(format!(
+                "{}: DOE response object {rv:04x}:{rt:02x} does not match the request {vendor:04x}:{ty:02x}",
+                self.bdf
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Sends one data object and returns the response object's vendor id,
+    /// type and payload (header stripped, padding kept), whatever protocol
+    /// it names: a secured CMA/SPDM request may be answered with a plain
+    /// CMA/SPDM ERROR object.
+    pub fn exchange_object(
+        &mut self,
+        vendor: u16,
+        ty: u8,
+        payload: &[u8],
+    ) -> Result<(u16, u8, Vec<u8>), String> {
         let start = Instant::now();
         loop {
             let s = self.rd(STATUS)?;
@@ -140,13 +160,6 @@ impl Mailbox {
         self.wr(READ, 0)?;
         let h2 = self.rd(READ)?;
         self.wr(READ, 0)?;
-        if h1 != u32::from(vendor) | (u32::from(ty) << 16) {
-            let _ = self.abort();
-            return Err(format!(
-                "{}: DOE response header {h1:#010x} does not match the request",
-                self.bdf
-            ));
-        }
         let len = match h2 & 0x3ffff {
             0 => 1 << 18,
             n => n as usize,
@@ -169,7 +182,7 @@ impl Mailbox {
             out.extend_from_slice(&self.rd(READ)?.to_le_bytes());
             self.wr(READ, 0)?;
         }
-        Ok(out)
+        Ok(((h1 & 0xffff) as u16, ((h1 >> 16) & 0xff) as u8, out))
     }
 
     /// The discovery walk: (vendor, type) of every protocol, index order.

@@ -1,0 +1,26 @@
+//! SPDM 1.0-1.3 responder and requester for trustdev (DSP0274, DSP0277 secured
+//! messages, PCIe DOE/CMA binding, spdm-emu socket transport).
+//!
+//! The crate knows nothing about vfio-user: it consumes and produces byte messages.
+
+pub mod codec;
+pub mod crypto;
+pub mod error;
+pub mod identity;
+pub mod keyschedule;
+pub mod rng;
+pub mod secured;
+pub mod measurement;
+pub mod opaque;
+pub mod responder;
+pub mod vendor;
+
+pub use error::ErrorCode;
+pub use identity::{Identity, PciIds};
+pub use responder::{Responder, ResponderConfig, SecuredReply};
+pub mod requester;
+pub mod transport;
+
+pub use requester::{Message, Requester, RequesterConfig, Transport};
+pub use transport::doe::{DoeEndpoint, DoeError};
+pub use transport::tcp::serve_tcp;
