@@ -34,18 +34,57 @@ fn main() {
             iters = args.next().and_then(|v| v.parse().ok()).unwrap_or(iters);
         }
     }
-    let id = Identity::generate(&[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384], &PciIds::default(), 1, &mut OsEntropy).expect("identity");
+    let id = Identity::generate(
+        &[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384],
+        &PciIds::default(),
+        1,
+        &mut OsEntropy,
+    )
+    .expect("identity");
     let sets: [(&str, u32, u32, u16, u16); 4] = [
-        ("P-256/SHA-256/AES-256-GCM", ASYM_ECDSA_P256, HASH_SHA256, DHE_SECP256R1, AEAD_AES_256_GCM),
-        ("P-256/SHA-256/ChaCha20-Poly1305", ASYM_ECDSA_P256, HASH_SHA256, DHE_SECP256R1, AEAD_CHACHA20_POLY1305),
-        ("P-384/SHA-384/AES-256-GCM", ASYM_ECDSA_P384, HASH_SHA384, DHE_SECP384R1, AEAD_AES_256_GCM),
-        ("P-384/SHA-384/ChaCha20-Poly1305", ASYM_ECDSA_P384, HASH_SHA384, DHE_SECP384R1, AEAD_CHACHA20_POLY1305),
+        (
+            "P-256/SHA-256/AES-256-GCM",
+            ASYM_ECDSA_P256,
+            HASH_SHA256,
+            DHE_SECP256R1,
+            AEAD_AES_256_GCM,
+        ),
+        (
+            "P-256/SHA-256/ChaCha20-Poly1305",
+            ASYM_ECDSA_P256,
+            HASH_SHA256,
+            DHE_SECP256R1,
+            AEAD_CHACHA20_POLY1305,
+        ),
+        (
+            "P-384/SHA-384/AES-256-GCM",
+            ASYM_ECDSA_P384,
+            HASH_SHA384,
+            DHE_SECP384R1,
+            AEAD_AES_256_GCM,
+        ),
+        (
+            "P-384/SHA-384/ChaCha20-Poly1305",
+            ASYM_ECDSA_P384,
+            HASH_SHA384,
+            DHE_SECP384R1,
+            AEAD_CHACHA20_POLY1305,
+        ),
     ];
-    println!("{:<34} {:>4} {:>14} {:>14} {:>14}", "algorithms", "ver", "auth (ms)", "session (ms)", "secured MB/s");
+    println!(
+        "{:<34} {:>4} {:>14} {:>14} {:>14}",
+        "algorithms", "ver", "auth (ms)", "session (ms)", "secured MB/s"
+    );
     for (name, asym, hash, dhe, aead) in sets {
         for ver in [0x12u8, 0x13] {
             let mut resp = Responder::new(ResponderConfig::default(), id.clone());
-            resp.register_vendor(VendorKey { require_session: true, ..VendorKey::pcisig(0x7F) }, Box::new(Echo));
+            resp.register_vendor(
+                VendorKey {
+                    require_session: true,
+                    ..VendorKey::pcisig(0x7F)
+                },
+                Box::new(Echo),
+            );
             let cfg = RequesterConfig {
                 versions: vec![ver],
                 base_asym: asym,
@@ -74,11 +113,20 @@ fn main() {
             let t = Instant::now();
             let mut bytes = 0usize;
             while t.elapsed() < Duration::from_millis(300) {
-                let out = r.vendor_request(Some(sid), 3, &[1, 0], &payload).expect("vendor");
+                let out = r
+                    .vendor_request(Some(sid), 3, &[1, 0], &payload)
+                    .expect("vendor");
                 bytes += payload.len() + out.len();
             }
             let mbps = bytes as f64 / t.elapsed().as_secs_f64() / 1e6;
-            println!("{:<34} {:>4} {:>14.3} {:>14.3} {:>14.1}", name, format!("{}.{}", ver >> 4, ver & 0xF), auth.as_secs_f64() * 1e3, sess.as_secs_f64() * 1e3, mbps);
+            println!(
+                "{:<34} {:>4} {:>14.3} {:>14.3} {:>14.1}",
+                name,
+                format!("{}.{}", ver >> 4, ver & 0xF),
+                auth.as_secs_f64() * 1e3,
+                sess.as_secs_f64() * 1e3,
+                mbps
+            );
         }
     }
 }

@@ -17,17 +17,40 @@ use spdm_responder::{Requester, RequesterConfig};
 
 fn flow<T: Transport>(r: &mut Requester<T>) -> Result<(), Box<dyn std::error::Error>> {
     let c = r.init_connection()?.clone();
-    println!("negotiated SPDM {}.{}: {:?} {:?} dhe={:?} aead={:?} caps={:#010x}", c.version >> 4, c.version & 0xF, c.hash, c.asym, c.dhe, c.aead, c.rsp_caps);
+    println!(
+        "negotiated SPDM {}.{}: {:?} {:?} dhe={:?} aead={:?} caps={:#010x}",
+        c.version >> 4,
+        c.version & 0xF,
+        c.hash,
+        c.asym,
+        c.dhe,
+        c.aead,
+        c.rsp_caps
+    );
     let (mask, _) = r.get_digests()?;
     println!("DIGESTS: slot mask {mask:#04x}");
     let chain = r.get_certificate(0)?;
-    println!("CERTIFICATE slot 0: {} bytes, chain verified to the trusted root", chain.len());
+    println!(
+        "CERTIFICATE slot 0: {} bytes, chain verified to the trusted root",
+        chain.len()
+    );
     let ch = r.challenge(0, 0xFF)?;
-    println!("CHALLENGE_AUTH verified (summary hash {} bytes)", ch.measurement_summary_hash.len());
+    println!(
+        "CHALLENGE_AUTH verified (summary hash {} bytes)",
+        ch.measurement_summary_hash.len()
+    );
     let m = r.get_measurements(None, 0xFF, true, 0)?;
-    println!("MEASUREMENTS: {} blocks, signature verified", m.blocks.len());
+    println!(
+        "MEASUREMENTS: {} blocks, signature verified",
+        m.blocks.len()
+    );
     for b in &m.blocks {
-        println!("  index {:#04x} type {:#04x} {} bytes", b.index, b.value_type, b.value.len());
+        println!(
+            "  index {:#04x} type {:#04x} {} bytes",
+            b.index,
+            b.value_type,
+            b.value.len()
+        );
     }
     if c.version == V10 {
         return Ok(());
@@ -65,9 +88,16 @@ fn main() {
             "--port" => port = val().parse().expect("port"),
             "--root" => {
                 let data = std::fs::read(val()).expect("read root");
-                cfg.trusted_roots.extend(identity::parse_certs(&data).expect("root certificate"));
+                cfg.trusted_roots
+                    .extend(identity::parse_certs(&data).expect("root certificate"));
             }
-            "--trans" => trans = if val() == "MCTP" { TRANSPORT_MCTP } else { TRANSPORT_PCI_DOE },
+            "--trans" => {
+                trans = if val() == "MCTP" {
+                    TRANSPORT_MCTP
+                } else {
+                    TRANSPORT_PCI_DOE
+                }
+            }
             "--ver" => {
                 cfg.versions = vec![match val().as_str() {
                     "1.0" => V10,

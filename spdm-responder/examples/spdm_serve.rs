@@ -32,7 +32,11 @@ fn main() {
             "--identity-dir" => dir = val().into(),
             "--chain" => pending_chain = Some(val().into()),
             "--slot" => slot = val().parse().expect("slot"),
-            "--key" => chains.push((pending_chain.take().expect("--chain before --key"), val().into(), slot)),
+            "--key" => chains.push((
+                pending_chain.take().expect("--chain before --key"),
+                val().into(),
+                slot,
+            )),
             "--export-root" => export = Some(val().into()),
             "--heartbeat" => cfg.heartbeat_period = val().parse().expect("seconds"),
             "--data-transfer-size" => cfg.data_transfer_size = val().parse().expect("bytes"),
@@ -49,7 +53,11 @@ fn main() {
         id
     };
     if let Some(p) = export {
-        let pem: String = identity.roots_der().iter().map(|d| spdm_responder::identity::pem_encode("CERTIFICATE", d)).collect();
+        let pem: String = identity
+            .roots_der()
+            .iter()
+            .map(|d| spdm_responder::identity::pem_encode("CERTIFICATE", d))
+            .collect();
         std::fs::write(&p, pem).expect("export root");
     }
     serve_tcp(port, Responder::new(cfg, identity)).expect("serve");

@@ -84,13 +84,25 @@ impl RequestCode {
     pub fn min_version(self) -> u8 {
         use RequestCode::*;
         match self {
-            GetDigests | GetCertificate | Challenge | GetVersion | GetMeasurements | GetCapabilities
-            | NegotiateAlgorithms | VendorDefinedRequest | RespondIfReady => V10,
-            KeyExchange | Finish | PskExchange | PskFinish | Heartbeat | KeyUpdate
-            | GetEncapsulatedRequest | DeliverEncapsulatedResponse | EndSession => V11,
+            GetDigests | GetCertificate | Challenge | GetVersion | GetMeasurements
+            | GetCapabilities | NegotiateAlgorithms | VendorDefinedRequest | RespondIfReady => V10,
+            KeyExchange
+            | Finish
+            | PskExchange
+            | PskFinish
+            | Heartbeat
+            | KeyUpdate
+            | GetEncapsulatedRequest
+            | DeliverEncapsulatedResponse
+            | EndSession => V11,
             ChunkSend | ChunkGet | GetCsr | SetCertificate => V12,
-            GetEndpointInfo | GetSupportedEventTypes | GetMeasurementExtensionLog | SubscribeEventTypes
-            | SendEvent | GetKeyPairInfo | SetKeyPairInfo => V13,
+            GetEndpointInfo
+            | GetSupportedEventTypes
+            | GetMeasurementExtensionLog
+            | SubscribeEventTypes
+            | SendEvent
+            | GetKeyPairInfo
+            | SetKeyPairInfo => V13,
             SlotManagement => 0x14,
         }
     }
@@ -165,10 +177,12 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     pub fn u24(&mut self) -> Option<u32> {
-        self.take(3).map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]))
+        self.take(3)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], 0]))
     }
     pub fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     pub fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         let s = self.take(N)?;
@@ -186,7 +200,9 @@ pub struct Writer {
 
 impl Writer {
     pub fn new() -> Self {
-        Self { buf: Vec::with_capacity(64) }
+        Self {
+            buf: Vec::with_capacity(64),
+        }
     }
     pub fn header(version: u8, code: u8, p1: u8, p2: u8) -> Self {
         let mut w = Self::new();

@@ -129,7 +129,12 @@ impl HashAlgo {
         Zeroizing::new(self.hmac(salt, ikm))
     }
     /// HKDF-Expand(prk, info, len).
-    pub fn hkdf_expand(self, prk: &[u8], info: &[u8], len: usize) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn hkdf_expand(
+        self,
+        prk: &[u8],
+        info: &[u8],
+        len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let mut out = Zeroizing::new(vec![0u8; len]);
         match self {
             Self::Sha256 => hkdf::Hkdf::<sha2::Sha256>::from_prk(prk)
@@ -236,7 +241,8 @@ impl SigningKey {
     }
     /// Parse a PEM private key (PKCS#8 "PRIVATE KEY" or SEC1 "EC PRIVATE KEY").
     pub fn from_pem(pem: &str) -> Result<Self, CryptoError> {
-        let (_label, der) = der::pem::decode_vec(pem.trim().as_bytes()).map_err(|_| CryptoError::BadKey)?;
+        let (_label, der) =
+            der::pem::decode_vec(pem.trim().as_bytes()).map_err(|_| CryptoError::BadKey)?;
         let der = Zeroizing::new(der);
         Self::from_der(&der)
     }
@@ -271,11 +277,13 @@ impl SigningKey {
         use ecdsa::signature::hazmat::PrehashSigner;
         match self {
             Self::P256(k) => {
-                let s: p256::ecdsa::Signature = k.sign_prehash(digest).map_err(|_| CryptoError::Sign)?;
+                let s: p256::ecdsa::Signature =
+                    k.sign_prehash(digest).map_err(|_| CryptoError::Sign)?;
                 Ok(s.to_bytes().to_vec())
             }
             Self::P384(k) => {
-                let s: p384::ecdsa::Signature = k.sign_prehash(digest).map_err(|_| CryptoError::Sign)?;
+                let s: p384::ecdsa::Signature =
+                    k.sign_prehash(digest).map_err(|_| CryptoError::Sign)?;
                 Ok(s.to_bytes().to_vec())
             }
         }
@@ -321,12 +329,16 @@ impl VerifyingKey {
         use ecdsa::signature::hazmat::PrehashVerifier;
         match self {
             Self::P256(k) => {
-                let s = p256::ecdsa::Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
-                k.verify_prehash(digest, &s).map_err(|_| CryptoError::BadSignature)
+                let s = p256::ecdsa::Signature::from_slice(sig)
+                    .map_err(|_| CryptoError::BadSignature)?;
+                k.verify_prehash(digest, &s)
+                    .map_err(|_| CryptoError::BadSignature)
             }
             Self::P384(k) => {
-                let s = p384::ecdsa::Signature::from_slice(sig).map_err(|_| CryptoError::BadSignature)?;
-                k.verify_prehash(digest, &s).map_err(|_| CryptoError::BadSignature)
+                let s = p384::ecdsa::Signature::from_slice(sig)
+                    .map_err(|_| CryptoError::BadSignature)?;
+                k.verify_prehash(digest, &s)
+                    .map_err(|_| CryptoError::BadSignature)
             }
         }
     }
@@ -335,14 +347,20 @@ impl VerifyingKey {
         use ecdsa::signature::hazmat::PrehashVerifier;
         match self {
             Self::P256(k) => {
-                let s = p256::ecdsa::DerSignature::try_from(sig_der).map_err(|_| CryptoError::BadSignature)?;
-                let s: p256::ecdsa::Signature = s.try_into().map_err(|_| CryptoError::BadSignature)?;
-                k.verify_prehash(digest, &s).map_err(|_| CryptoError::BadSignature)
+                let s = p256::ecdsa::DerSignature::try_from(sig_der)
+                    .map_err(|_| CryptoError::BadSignature)?;
+                let s: p256::ecdsa::Signature =
+                    s.try_into().map_err(|_| CryptoError::BadSignature)?;
+                k.verify_prehash(digest, &s)
+                    .map_err(|_| CryptoError::BadSignature)
             }
             Self::P384(k) => {
-                let s = p384::ecdsa::DerSignature::try_from(sig_der).map_err(|_| CryptoError::BadSignature)?;
-                let s: p384::ecdsa::Signature = s.try_into().map_err(|_| CryptoError::BadSignature)?;
-                k.verify_prehash(digest, &s).map_err(|_| CryptoError::BadSignature)
+                let s = p384::ecdsa::DerSignature::try_from(sig_der)
+                    .map_err(|_| CryptoError::BadSignature)?;
+                let s: p384::ecdsa::Signature =
+                    s.try_into().map_err(|_| CryptoError::BadSignature)?;
+                k.verify_prehash(digest, &s)
+                    .map_err(|_| CryptoError::BadSignature)
             }
         }
     }
@@ -424,7 +442,8 @@ impl DheSecret {
                 if peer.len() != 64 {
                     return Err(CryptoError::BadPublicKey);
                 }
-                let pk = p256::PublicKey::from_sec1_bytes(&sec1).map_err(|_| CryptoError::BadPublicKey)?;
+                let pk = p256::PublicKey::from_sec1_bytes(&sec1)
+                    .map_err(|_| CryptoError::BadPublicKey)?;
                 let s = p256::ecdh::diffie_hellman(k.to_nonzero_scalar(), pk.as_affine());
                 Ok(Zeroizing::new(s.raw_secret_bytes().to_vec()))
             }
@@ -432,7 +451,8 @@ impl DheSecret {
                 if peer.len() != 96 {
                     return Err(CryptoError::BadPublicKey);
                 }
-                let pk = p384::PublicKey::from_sec1_bytes(&sec1).map_err(|_| CryptoError::BadPublicKey)?;
+                let pk = p384::PublicKey::from_sec1_bytes(&sec1)
+                    .map_err(|_| CryptoError::BadPublicKey)?;
                 let s = p384::ecdh::diffie_hellman(k.to_nonzero_scalar(), pk.as_affine());
                 Ok(Zeroizing::new(s.raw_secret_bytes().to_vec()))
             }
@@ -466,7 +486,13 @@ impl AeadAlgo {
         }
     }
     /// Encrypt `buf` in place; returns the 16-byte tag.
-    pub fn seal(self, key: &[u8], iv: &[u8; 12], aad: &[u8], buf: &mut [u8]) -> Result<[u8; 16], CryptoError> {
+    pub fn seal(
+        self,
+        key: &[u8],
+        iv: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; 16], CryptoError> {
         use aes_gcm::aead::{AeadInPlace, KeyInit};
         let tag = match self {
             Self::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(key)
@@ -483,7 +509,14 @@ impl AeadAlgo {
         Ok(t)
     }
     /// Decrypt `buf` in place, checking the tag.
-    pub fn open(self, key: &[u8], iv: &[u8; 12], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), CryptoError> {
+    pub fn open(
+        self,
+        key: &[u8],
+        iv: &[u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), CryptoError> {
         use aes_gcm::aead::{AeadInPlace, KeyInit};
         if tag.len() != AEAD_TAG_SIZE {
             return Err(CryptoError::Aead);

@@ -97,7 +97,10 @@ pub enum SecuredError {
 #[derive(Debug, Error)]
 pub enum IdentityError {
     #[error("i/o on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("certificate: {0}")]
     Cert(String),
     #[error(transparent)]
@@ -112,7 +115,11 @@ pub enum RequesterError {
     #[error("transport: {0}")]
     Transport(String),
     #[error("responder answered ERROR {code:?} (0x{raw:02x}), data 0x{data:02x}")]
-    ErrorResponse { code: Option<ErrorCode>, raw: u8, data: u8 },
+    ErrorResponse {
+        code: Option<ErrorCode>,
+        raw: u8,
+        data: u8,
+    },
     #[error("malformed response: {0}")]
     Malformed(&'static str),
     #[error("unexpected response code 0x{0:02x}")]

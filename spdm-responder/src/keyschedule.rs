@@ -38,9 +38,21 @@ pub struct TrafficKeys {
 }
 
 /// Derive the AEAD key and IV from a major secret.
-pub fn traffic_keys(hash: HashAlgo, version: u8, secret: &[u8]) -> Result<TrafficKeys, CryptoError> {
-    let k = hash.hkdf_expand(secret, &bin_concat(version, AEAD_KEY_SIZE as u16, "key", None), AEAD_KEY_SIZE)?;
-    let i = hash.hkdf_expand(secret, &bin_concat(version, AEAD_IV_SIZE as u16, "iv", None), AEAD_IV_SIZE)?;
+pub fn traffic_keys(
+    hash: HashAlgo,
+    version: u8,
+    secret: &[u8],
+) -> Result<TrafficKeys, CryptoError> {
+    let k = hash.hkdf_expand(
+        secret,
+        &bin_concat(version, AEAD_KEY_SIZE as u16, "key", None),
+        AEAD_KEY_SIZE,
+    )?;
+    let i = hash.hkdf_expand(
+        secret,
+        &bin_concat(version, AEAD_IV_SIZE as u16, "iv", None),
+        AEAD_IV_SIZE,
+    )?;
     let mut key = Zeroizing::new([0u8; AEAD_KEY_SIZE]);
     key.copy_from_slice(&k);
     let mut salt = Zeroizing::new([0u8; AEAD_IV_SIZE]);
@@ -73,31 +85,82 @@ pub fn handshake_secrets(
     th1: &[u8],
 ) -> Result<HandshakeSecrets, CryptoError> {
     let h = hash.size();
-    let salt0 = if psk && version >= 0x13 { vec![0xFFu8; h] } else { vec![0u8; h] };
+    let salt0 = if psk && version >= 0x13 {
+        vec![0xFFu8; h]
+    } else {
+        vec![0u8; h]
+    };
     let hs = hash.hkdf_extract(&salt0, ikm);
-    let req = hash.hkdf_expand(&hs, &bin_concat(version, h as u16, "req hs data", Some(th1)), h)?;
-    let rsp = hash.hkdf_expand(&hs, &bin_concat(version, h as u16, "rsp hs data", Some(th1)), h)?;
+    let req = hash.hkdf_expand(
+        &hs,
+        &bin_concat(version, h as u16, "req hs data", Some(th1)),
+        h,
+    )?;
+    let rsp = hash.hkdf_expand(
+        &hs,
+        &bin_concat(version, h as u16, "rsp hs data", Some(th1)),
+        h,
+    )?;
     let fin = bin_concat(version, h as u16, "finished", None);
     let req_finished_key = hash.hkdf_expand(&req, &fin, h)?;
     let rsp_finished_key = hash.hkdf_expand(&rsp, &fin, h)?;
-    Ok(HandshakeSecrets { handshake_secret: hs, req_secret: req, rsp_secret: rsp, req_finished_key, rsp_finished_key })
+    Ok(HandshakeSecrets {
+        handshake_secret: hs,
+        req_secret: req,
+        rsp_secret: rsp,
+        req_finished_key,
+        rsp_finished_key,
+    })
 }
 
 /// Derive the data secrets from the handshake secret and TH2.
-pub fn data_secrets(hash: HashAlgo, version: u8, handshake_secret: &[u8], th2: &[u8]) -> Result<DataSecrets, CryptoError> {
+pub fn data_secrets(
+    hash: HashAlgo,
+    version: u8,
+    handshake_secret: &[u8],
+    th2: &[u8],
+) -> Result<DataSecrets, CryptoError> {
     let h = hash.size();
-    let salt1 = hash.hkdf_expand(handshake_secret, &bin_concat(version, h as u16, "derived", None), h)?;
+    let salt1 = hash.hkdf_expand(
+        handshake_secret,
+        &bin_concat(version, h as u16, "derived", None),
+        h,
+    )?;
     let master = hash.hkdf_extract(&salt1, &vec![0u8; h]);
-    let req = hash.hkdf_expand(&master, &bin_concat(version, h as u16, "req app data", Some(th2)), h)?;
-    let rsp = hash.hkdf_expand(&master, &bin_concat(version, h as u16, "rsp app data", Some(th2)), h)?;
-    let exp = hash.hkdf_expand(&master, &bin_concat(version, h as u16, "exp master", Some(th2)), h)?;
-    Ok(DataSecrets { req_secret: req, rsp_secret: rsp, export_master_secret: exp })
+    let req = hash.hkdf_expand(
+        &master,
+        &bin_concat(version, h as u16, "req app data", Some(th2)),
+        h,
+    )?;
+    let rsp = hash.hkdf_expand(
+        &master,
+        &bin_concat(version, h as u16, "rsp app data", Some(th2)),
+        h,
+    )?;
+    let exp = hash.hkdf_expand(
+        &master,
+        &bin_concat(version, h as u16, "exp master", Some(th2)),
+        h,
+    )?;
+    Ok(DataSecrets {
+        req_secret: req,
+        rsp_secret: rsp,
+        export_master_secret: exp,
+    })
 }
 
 /// KEY_UPDATE: the next secret of one direction.
-pub fn update_secret(hash: HashAlgo, version: u8, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub fn update_secret(
+    hash: HashAlgo,
+    version: u8,
+    secret: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let h = hash.size();
-    hash.hkdf_expand(secret, &bin_concat(version, h as u16, "traffic upd", None), h)
+    hash.hkdf_expand(
+        secret,
+        &bin_concat(version, h as u16, "traffic upd", None),
+        h,
+    )
 }
 
 #[cfg(test)]
@@ -124,8 +187,9 @@ mod tests {
         assert_eq!(
             prk.as_slice(),
             &[
-                0x07, 0x77, 0x09, 0x36, 0x2c, 0x2e, 0x32, 0xdf, 0x0d, 0xdc, 0x3f, 0x0d, 0xc4, 0x7b, 0xba, 0x63, 0x90, 0xb6,
-                0xc7, 0x3b, 0xb5, 0x0f, 0x9c, 0x31, 0x22, 0xec, 0x84, 0x4a, 0xd7, 0xc2, 0xb3, 0xe5
+                0x07, 0x77, 0x09, 0x36, 0x2c, 0x2e, 0x32, 0xdf, 0x0d, 0xdc, 0x3f, 0x0d, 0xc4, 0x7b,
+                0xba, 0x63, 0x90, 0xb6, 0xc7, 0x3b, 0xb5, 0x0f, 0x9c, 0x31, 0x22, 0xec, 0x84, 0x4a,
+                0xd7, 0xc2, 0xb3, 0xe5
             ]
         );
         let okm = HashAlgo::Sha256.hkdf_expand(&prk, &info, 42).unwrap();

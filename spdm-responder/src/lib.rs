@@ -8,11 +8,11 @@ pub mod crypto;
 pub mod error;
 pub mod identity;
 pub mod keyschedule;
-pub mod rng;
-pub mod secured;
 pub mod measurement;
 pub mod opaque;
 pub mod responder;
+pub mod rng;
+pub mod secured;
 pub mod vendor;
 
 pub use error::ErrorCode;

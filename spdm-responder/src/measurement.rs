@@ -41,13 +41,21 @@ pub struct Measurement {
 impl Measurement {
     /// The full measurement block: common header + DMTF header + value.
     pub fn block(&self, meas_hash: Option<HashAlgo>, raw_requested: bool) -> Vec<u8> {
-        let raw = self.representation == Representation::Raw || raw_requested || meas_hash.is_none();
+        let raw =
+            self.representation == Representation::Raw || raw_requested || meas_hash.is_none();
         let (ty, value) = if raw {
             (self.kind as u8 | 0x80, self.content.clone())
         } else {
-            (self.kind as u8, meas_hash.map(|h| h.hash(&self.content)).unwrap_or_default())
+            (
+                self.kind as u8,
+                meas_hash.map(|h| h.hash(&self.content)).unwrap_or_default(),
+            )
         };
-        let value = if value.len() > 0xFFF0 { value[..0xFFF0].to_vec() } else { value };
+        let value = if value.len() > 0xFFF0 {
+            value[..0xFFF0].to_vec()
+        } else {
+            value
+        };
         let msize = 3 + value.len();
         let mut v = Vec::with_capacity(4 + msize);
         v.push(self.index);

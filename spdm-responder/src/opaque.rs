@@ -40,7 +40,11 @@ fn wrap(fmt: u8, elements: &[Vec<u8>]) -> Vec<u8> {
 
 /// The requester's SupportedVersion element.
 pub fn supported_versions(fmt: u8, versions: &[u16]) -> Vec<u8> {
-    let mut d = vec![SM_DATA_VERSION, SM_ID_SUPPORTED_VERSION, versions.len() as u8];
+    let mut d = vec![
+        SM_DATA_VERSION,
+        SM_ID_SUPPORTED_VERSION,
+        versions.len() as u8,
+    ];
     for v in versions {
         d.extend_from_slice(&v.to_le_bytes());
     }
@@ -59,7 +63,9 @@ pub fn elements(fmt: u8, data: &[u8]) -> Option<Vec<Vec<u8>>> {
     let (count, mut pos) = if fmt == FMT1 {
         (*data.first()? as usize, 4usize)
     } else {
-        if data.len() < 8 || u32::from_le_bytes([data[0], data[1], data[2], data[3]]) != SPEC_ID_DMTF {
+        if data.len() < 8
+            || u32::from_le_bytes([data[0], data[1], data[2], data[3]]) != SPEC_ID_DMTF
+        {
             return None;
         }
         (data[5] as usize, 8usize)
@@ -89,7 +95,11 @@ pub fn parse_supported_versions(fmt: u8, data: &[u8]) -> Option<Vec<u16>> {
         if e.len() >= 3 && e[0] == SM_DATA_VERSION && e[1] == SM_ID_SUPPORTED_VERSION {
             let n = e[2] as usize;
             let list = e.get(3..3 + 2 * n)?;
-            return Some(list.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect());
+            return Some(
+                list.chunks(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect(),
+            );
         }
     }
     None
@@ -113,7 +123,10 @@ mod tests {
         for fmt in [FMT0, FMT1] {
             let s = supported_versions(fmt, &[SECURED_V10, SECURED_V11]);
             assert_eq!(s.len() % 4, 0);
-            assert_eq!(parse_supported_versions(fmt, &s).unwrap(), vec![SECURED_V10, SECURED_V11]);
+            assert_eq!(
+                parse_supported_versions(fmt, &s).unwrap(),
+                vec![SECURED_V10, SECURED_V11]
+            );
             let v = version_selection(fmt, SECURED_V11);
             assert_eq!(parse_version_selection(fmt, &v), Some(SECURED_V11));
         }

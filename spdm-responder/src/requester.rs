@@ -8,11 +8,11 @@
 //!
 //! It runs over any [`Transport`].
 
-
 use crate::codec::{caps, rsp, Reader, Writer, V10, V11, V12, V13};
 use crate::crypto::{
-    self, AeadAlgo, AsymAlgo, DheGroup, DheSecret, HashAlgo, VerifyingKey, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305,
-    ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384, KEY_SCHEDULE_SPDM,
+    self, AeadAlgo, AsymAlgo, DheGroup, DheSecret, HashAlgo, VerifyingKey, AEAD_AES_256_GCM,
+    AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1, DHE_SECP384R1,
+    HASH_SHA256, HASH_SHA384, KEY_SCHEDULE_SPDM,
 };
 use crate::error::{ErrorCode, RequesterError, TransportError};
 use crate::identity;
@@ -86,7 +86,15 @@ impl Default for RequesterConfig {
     fn default() -> Self {
         Self {
             versions: vec![V10, V11, V12, V13],
-            caps: caps::CERT | caps::CHAL | caps::ENCRYPT | caps::MAC | caps::KEY_EX | caps::PSK | caps::HBEAT | caps::KEY_UPD | caps::CHUNK,
+            caps: caps::CERT
+                | caps::CHAL
+                | caps::ENCRYPT
+                | caps::MAC
+                | caps::KEY_EX
+                | caps::PSK
+                | caps::HBEAT
+                | caps::KEY_UPD
+                | caps::CHUNK,
             ct_exponent: 12,
             data_transfer_size: 0x1200,
             max_spdm_msg_size: 0x1_0000,
@@ -190,7 +198,11 @@ fn malformed(what: &'static str) -> RequesterError {
 
 fn check_error(msg: &[u8]) -> Result<(), RequesterError> {
     if msg.len() >= 4 && msg[1] == rsp::ERROR {
-        return Err(RequesterError::ErrorResponse { code: ErrorCode::from_u8(msg[2]), raw: msg[2], data: msg[3] });
+        return Err(RequesterError::ErrorResponse {
+            code: ErrorCode::from_u8(msg[2]),
+            raw: msg[2],
+            data: msg[3],
+        });
     }
     Ok(())
 }
@@ -238,11 +250,18 @@ impl<T: Transport> Requester<T> {
     }
     /// Established session ids.
     pub fn session_ids(&self) -> Vec<u32> {
-        self.sessions.iter().filter(|s| s.established).map(|s| s.id).collect()
+        self.sessions
+            .iter()
+            .filter(|s| s.established)
+            .map(|s| s.id)
+            .collect()
     }
     /// (request, response) sequence numbers of a session.
     pub fn sequence_numbers(&self, sid: u32) -> Option<(u64, u64)> {
-        self.sessions.iter().find(|s| s.id == sid).map(|s| s.channel.sequence_numbers())
+        self.sessions
+            .iter()
+            .find(|s| s.id == sid)
+            .map(|s| s.channel.sequence_numbers())
     }
 
     fn random<const N: usize>(&mut self) -> [u8; N] {
@@ -252,7 +271,9 @@ impl<T: Transport> Requester<T> {
     }
 
     fn hash(&self) -> Result<HashAlgo, RequesterError> {
-        self.conn.hash.ok_or(RequesterError::Negotiation("no hash negotiated"))
+        self.conn
+            .hash
+            .ok_or(RequesterError::Negotiation("no hash negotiated"))
     }
 
     // ------------------------------------------------------------------
@@ -261,9 +282,17 @@ impl<T: Transport> Requester<T> {
 
     /// Send one SPDM request (plain or in a session) and return the raw response,
     /// which may be an ERROR. No chunking or retry.
-    pub fn raw_exchange(&mut self, sid: Option<u32>, req: &[u8]) -> Result<Vec<u8>, RequesterError> {
+    pub fn raw_exchange(
+        &mut self,
+        sid: Option<u32>,
+        req: &[u8],
+    ) -> Result<Vec<u8>, RequesterError> {
         match sid {
-            None => match self.transport.send_receive(Message::Spdm(req.to_vec())).map_err(|e| RequesterError::Transport(e.to_string()))? {
+            None => match self
+                .transport
+                .send_receive(Message::Spdm(req.to_vec()))
+                .map_err(|e| RequesterError::Transport(e.to_string()))?
+            {
                 Message::Spdm(m) => Ok(m),
                 Message::Secured(_) => Err(malformed("secured reply to a plain request")),
             },
@@ -271,14 +300,28 @@ impl<T: Transport> Requester<T> {
                 let pad_len = (self.random::<1>()[0] % 4) as usize;
                 let mut pad = vec![0u8; pad_len];
                 self.rng.fill(&mut pad);
-                let s = self.sessions.iter_mut().find(|s| s.id == id).ok_or(RequesterError::Session("unknown session"))?;
+                let s = self
+                    .sessions
+                    .iter_mut()
+                    .find(|s| s.id == id)
+                    .ok_or(RequesterError::Session("unknown session"))?;
                 let rec = s.channel.seal(Direction::Request, req, &pad)?;
-                let reply = self.transport.send_receive(Message::Secured(rec)).map_err(|e| RequesterError::Transport(e.to_string()))?;
+                let reply = self
+                    .transport
+                    .send_receive(Message::Secured(rec))
+                    .map_err(|e| RequesterError::Transport(e.to_string()))?;
                 match reply {
                     Message::Secured(r) => {
-                        let s = self.sessions.iter_mut().find(|s| s.id == id).ok_or(RequesterError::Session("unknown session"))?;
+                        let s = self
+                            .sessions
+                            .iter_mut()
+                            .find(|s| s.id == id)
+                            .ok_or(RequesterError::Session("unknown session"))?;
                         let m = s.channel.open(Direction::Response, &r)?;
-                        if m.len() >= 4 && m[1] == rsp::ERROR && m[2] == ErrorCode::DecryptError as u8 {
+                        if m.len() >= 4
+                            && m[1] == rsp::ERROR
+                            && m[2] == ErrorCode::DecryptError as u8
+                        {
                             self.drop_session(id);
                         }
                         Ok(m)
@@ -295,18 +338,28 @@ impl<T: Transport> Requester<T> {
 
     /// Send raw bytes as a secured record without protecting them (tests of hostile input).
     pub fn raw_record(&mut self, record: &[u8]) -> Result<Message, RequesterError> {
-        self.transport.send_receive(Message::Secured(record.to_vec())).map_err(|e| RequesterError::Transport(e.to_string()))
+        self.transport
+            .send_receive(Message::Secured(record.to_vec()))
+            .map_err(|e| RequesterError::Transport(e.to_string()))
     }
 
     /// Protect a message for a session without sending it (for replay tests).
     pub fn seal_only(&mut self, sid: u32, msg: &[u8]) -> Result<Vec<u8>, RequesterError> {
-        let s = self.sessions.iter_mut().find(|s| s.id == sid).ok_or(RequesterError::Session("unknown session"))?;
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == sid)
+            .ok_or(RequesterError::Session("unknown session"))?;
         Ok(s.channel.seal(Direction::Request, msg, &[])?)
     }
 
     /// Open a secured response record of a session (tests of hostile input).
     pub fn open_response(&mut self, sid: u32, record: &[u8]) -> Result<Vec<u8>, RequesterError> {
-        let s = self.sessions.iter_mut().find(|s| s.id == sid).ok_or(RequesterError::Session("unknown session"))?;
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == sid)
+            .ok_or(RequesterError::Session("unknown session"))?;
         Ok(s.channel.open(Direction::Response, record)?)
     }
 
@@ -322,22 +375,33 @@ impl<T: Transport> Requester<T> {
     /// Exchange with CHUNK_SEND / CHUNK_GET and RESPOND_IF_READY handled; ERROR is an error.
     pub fn exchange(&mut self, sid: Option<u32>, req: &[u8]) -> Result<Vec<u8>, RequesterError> {
         let v = self.conn.version;
-        let chunk = v >= V12 && self.conn.rsp_caps & caps::CHUNK != 0 && self.cfg.caps & caps::CHUNK != 0;
-        let mut resp = if chunk && self.conn.rsp_data_transfer_size != 0 && req.len() > self.conn.rsp_data_transfer_size as usize {
+        let chunk =
+            v >= V12 && self.conn.rsp_caps & caps::CHUNK != 0 && self.cfg.caps & caps::CHUNK != 0;
+        let mut resp = if chunk
+            && self.conn.rsp_data_transfer_size != 0
+            && req.len() > self.conn.rsp_data_transfer_size as usize
+        {
             self.chunk_send(sid, req)?
         } else {
             self.raw_exchange(sid, req)?
         };
         // ResponseNotReady -> RESPOND_IF_READY (bounded).
         for _ in 0..8 {
-            if resp.len() >= 8 && resp[1] == rsp::ERROR && resp[2] == ErrorCode::ResponseNotReady as u8 {
+            if resp.len() >= 8
+                && resp[1] == rsp::ERROR
+                && resp[2] == ErrorCode::ResponseNotReady as u8
+            {
                 let (code, token) = (resp[5], resp[6]);
                 resp = self.raw_exchange(sid, &[v, 0xFF, code, token])?;
             } else {
                 break;
             }
         }
-        if chunk && resp.len() >= 5 && resp[1] == rsp::ERROR && resp[2] == ErrorCode::LargeResponse as u8 {
+        if chunk
+            && resp.len() >= 5
+            && resp[1] == rsp::ERROR
+            && resp[2] == ErrorCode::LargeResponse as u8
+        {
             resp = self.chunk_get(sid, resp[4])?;
         }
         check_error(&resp)?;
@@ -436,7 +500,10 @@ impl<T: Transport> Requester<T> {
         }
         let n = r[5] as usize;
         let entries = r.get(6..6 + 2 * n).ok_or(malformed("VERSION entries"))?;
-        let offered: Vec<u8> = entries.chunks(2).map(|c| (u16::from_le_bytes([c[0], c[1]]) >> 8) as u8).collect();
+        let offered: Vec<u8> = entries
+            .chunks(2)
+            .map(|c| (u16::from_le_bytes([c[0], c[1]]) >> 8) as u8)
+            .collect();
         let version = self
             .cfg
             .versions
@@ -450,11 +517,19 @@ impl<T: Transport> Requester<T> {
         // GET_CAPABILITIES
         let mut w = Writer::header(version, 0xE1, 0, 0);
         if version >= V11 {
-            let mask = if version == V11 { caps::MASK_11 } else { caps::MASK_13 };
-            w.u8(0).u8(self.cfg.ct_exponent).u16(0).u32(self.cfg.caps & mask & !if version == V11 { caps::CHUNK } else { 0 });
+            let mask = if version == V11 {
+                caps::MASK_11
+            } else {
+                caps::MASK_13
+            };
+            w.u8(0)
+                .u8(self.cfg.ct_exponent)
+                .u16(0)
+                .u32(self.cfg.caps & mask & !if version == V11 { caps::CHUNK } else { 0 });
         }
         if version >= V12 {
-            w.u32(self.cfg.data_transfer_size).u32(self.cfg.max_spdm_msg_size);
+            w.u32(self.cfg.data_transfer_size)
+                .u32(self.cfg.max_spdm_msg_size);
         }
         let req = w.finish();
         let r = self.raw_exchange(None, &req)?;
@@ -476,14 +551,26 @@ impl<T: Transport> Requester<T> {
         let tables: Vec<(u8, u16)> = if version >= V11 {
             // No ReqBaseAsymAlg table: this requester does not do mutual
             // authentication, and an empty table is invalid (libspdm rejects it).
-            vec![(2, self.cfg.dhe), (3, self.cfg.aead), (5, KEY_SCHEDULE_SPDM)]
+            vec![
+                (2, self.cfg.dhe),
+                (3, self.cfg.aead),
+                (5, KEY_SCHEDULE_SPDM),
+            ]
         } else {
             Vec::new()
         };
         let len = 32 + 4 * tables.len();
         let mut w = Writer::header(version, 0xE3, tables.len() as u8, 0);
-        w.u16(len as u16).u8(0x01).u8(if version >= V12 { opaque::FMT1 } else { 0 });
-        w.u32(self.cfg.base_asym).u32(self.cfg.base_hash).zeros(12).u8(0).u8(0).u8(0).u8(0);
+        w.u16(len as u16)
+            .u8(0x01)
+            .u8(if version >= V12 { opaque::FMT1 } else { 0 });
+        w.u32(self.cfg.base_asym)
+            .u32(self.cfg.base_hash)
+            .zeros(12)
+            .u8(0)
+            .u8(0)
+            .u8(0)
+            .u8(0);
         for (t, v) in &tables {
             w.u8(*t).u8(0x20).u16(*v);
         }
@@ -512,20 +599,31 @@ impl<T: Transport> Requester<T> {
             let t = rd.u8().ok_or(malformed("ALGORITHMS table"))?;
             let c = rd.u8().ok_or(malformed("ALGORITHMS table"))?;
             let s = rd.u16().ok_or(malformed("ALGORITHMS table"))?;
-            rd.skip(4 * (c & 0xF) as usize).ok_or(malformed("ALGORITHMS table"))?;
+            rd.skip(4 * (c & 0xF) as usize)
+                .ok_or(malformed("ALGORITHMS table"))?;
             match t {
                 2 => self.conn.dhe = DheGroup::from_bits(s),
                 3 => self.conn.aead = AeadAlgo::from_bits(s),
                 _ => {}
             }
         }
-        self.conn.hash = Some(HashAlgo::from_bits(hash).ok_or(RequesterError::Negotiation("responder selected no usable hash"))?);
+        self.conn.hash = Some(HashAlgo::from_bits(hash).ok_or(RequesterError::Negotiation(
+            "responder selected no usable hash",
+        ))?);
         self.conn.asym = AsymAlgo::from_bits(asym);
         if self.conn.asym.is_none() && self.conn.rsp_caps & (caps::CHAL | caps::KEY_EX) != 0 {
-            return Err(RequesterError::Negotiation("responder selected no usable signature algorithm"));
+            return Err(RequesterError::Negotiation(
+                "responder selected no usable signature algorithm",
+            ));
         }
         self.conn.meas_hash = meas_hash;
-        self.conn.opaque_fmt = if version >= V12 { other & 0x0F } else if version == V11 { opaque::FMT0 } else { 0 };
+        self.conn.opaque_fmt = if version >= V12 {
+            other & 0x0F
+        } else if version == V11 {
+            opaque::FMT0
+        } else {
+            0
+        };
         self.vca.extend_from_slice(&req);
         self.vca.extend_from_slice(&r[..rlen]);
         Ok(&self.conn)
@@ -545,7 +643,9 @@ impl<T: Transport> Requester<T> {
         }
         let mask = r[3];
         let n = mask.count_ones() as usize;
-        let body = r.get(4..4 + n * h.size()).ok_or(malformed("DIGESTS length"))?;
+        let body = r
+            .get(4..4 + n * h.size())
+            .ok_or(malformed("DIGESTS length"))?;
         self.message_b.clear();
         self.message_b.extend_from_slice(&req);
         self.message_b.extend_from_slice(&r[..4 + n * h.size()]);
@@ -572,7 +672,9 @@ impl<T: Transport> Requester<T> {
             }
             let portion = u16::from_le_bytes([r[4], r[5]]) as usize;
             remainder = u16::from_le_bytes([r[6], r[7]]) as usize;
-            let data = r.get(8..8 + portion).ok_or(malformed("CERTIFICATE portion"))?;
+            let data = r
+                .get(8..8 + portion)
+                .ok_or(malformed("CERTIFICATE portion"))?;
             if portion == 0 && remainder > 0 {
                 return Err(malformed("empty CERTIFICATE portion"));
             }
@@ -583,27 +685,49 @@ impl<T: Transport> Requester<T> {
             self.message_b.extend_from_slice(&req);
             self.message_b.extend_from_slice(&r[..8 + portion]);
         }
-        let certs = identity::parse_spdm_chain(&chain, h).map_err(|e| RequesterError::Verify(e.to_string()))?;
-        let key = identity::verify_chain(&certs, &self.cfg.trusted_roots).map_err(|e| RequesterError::Verify(e.to_string()))?;
+        let certs = identity::parse_spdm_chain(&chain, h)
+            .map_err(|e| RequesterError::Verify(e.to_string()))?;
+        let key = identity::verify_chain(&certs, &self.cfg.trusted_roots)
+            .map_err(|e| RequesterError::Verify(e.to_string()))?;
         if Some(key.algo()) != self.conn.asym {
-            return Err(RequesterError::Verify("leaf key does not match the negotiated algorithm".into()));
+            return Err(RequesterError::Verify(
+                "leaf key does not match the negotiated algorithm".into(),
+            ));
         }
         self.keys[slot as usize & 7] = Some(key);
         self.chains[slot as usize & 7] = Some(chain.clone());
         Ok(chain)
     }
 
-    fn verify_sig(&self, slot: u8, context: &str, transcript: &[u8], sig: &[u8]) -> Result<(), RequesterError> {
+    fn verify_sig(
+        &self,
+        slot: u8,
+        context: &str,
+        transcript: &[u8],
+        sig: &[u8],
+    ) -> Result<(), RequesterError> {
         let h = self.hash()?;
-        let key = self.keys[slot as usize & 7].as_ref().ok_or(RequesterError::Verify("no verified certificate for slot".into()))?;
+        let key = self.keys[slot as usize & 7]
+            .as_ref()
+            .ok_or(RequesterError::Verify(
+                "no verified certificate for slot".into(),
+            ))?;
         let digest = crypto::signature_digest(h, self.conn.version, context, transcript);
-        key.verify_prehash(&digest, sig).map_err(|_| RequesterError::Verify(format!("{context}: signature does not verify")))
+        key.verify_prehash(&digest, sig)
+            .map_err(|_| RequesterError::Verify(format!("{context}: signature does not verify")))
     }
 
     /// CHALLENGE: verifies CHALLENGE_AUTH's signature over A || B || C.
-    pub fn challenge(&mut self, slot: u8, hash_type: u8) -> Result<ChallengeResult, RequesterError> {
+    pub fn challenge(
+        &mut self,
+        slot: u8,
+        hash_type: u8,
+    ) -> Result<ChallengeResult, RequesterError> {
         let h = self.hash()?;
-        let asym = self.conn.asym.ok_or(RequesterError::Negotiation("no signature algorithm"))?;
+        let asym = self
+            .conn
+            .asym
+            .ok_or(RequesterError::Negotiation("no signature algorithm"))?;
         let v = self.conn.version;
         let nonce: [u8; NONCE_SIZE] = self.random();
         let ctx: [u8; REQ_CONTEXT_SIZE] = self.random();
@@ -632,7 +756,9 @@ impl<T: Transport> Requester<T> {
         let cert_hash = r[4..4 + h.size()].to_vec();
         if let Some(chain) = &self.chains[slot as usize & 7] {
             if h.hash(chain) != cert_hash {
-                return Err(RequesterError::Verify("CertChainHash does not match the retrieved chain".into()));
+                return Err(RequesterError::Verify(
+                    "CertChainHash does not match the retrieved chain".into(),
+                ));
             }
         }
         let mut m = Vec::new();
@@ -646,7 +772,8 @@ impl<T: Transport> Requester<T> {
             slot: r[2] & 0xF,
             slot_mask: r[3],
             cert_chain_hash: cert_hash,
-            measurement_summary_hash: r[4 + h.size() + NONCE_SIZE..4 + h.size() + NONCE_SIZE + ms].to_vec(),
+            measurement_summary_hash: r[4 + h.size() + NONCE_SIZE..4 + h.size() + NONCE_SIZE + ms]
+                .to_vec(),
         })
     }
 
@@ -660,11 +787,20 @@ impl<T: Transport> Requester<T> {
 
     /// GET_MEASUREMENTS. `op`: 0 = count, 0xFF = all, else an index. Signed
     /// requests are verified over L1/L2.
-    pub fn get_measurements(&mut self, sid: Option<u32>, op: u8, signed: bool, slot: u8) -> Result<Measurements, RequesterError> {
+    pub fn get_measurements(
+        &mut self,
+        sid: Option<u32>,
+        op: u8,
+        signed: bool,
+        slot: u8,
+    ) -> Result<Measurements, RequesterError> {
         let v = self.conn.version;
         // SPDM 1.0 has no SlotIDParam: slot 0 signs.
         let slot = if v == V10 { 0 } else { slot };
-        let asym = self.conn.asym.ok_or(RequesterError::Negotiation("no signature algorithm"))?;
+        let asym = self
+            .conn
+            .asym
+            .ok_or(RequesterError::Negotiation("no signature algorithm"))?;
         let nonce: [u8; NONCE_SIZE] = self.random();
         let ctx: [u8; REQ_CONTEXT_SIZE] = self.random();
         let mut w = Writer::header(v, 0xE0, u8::from(signed), op);
@@ -684,10 +820,16 @@ impl<T: Transport> Requester<T> {
         }
         let count = r[4] as usize;
         let rec_len = u32::from_le_bytes([r[5], r[6], r[7], 0]) as usize;
-        let rec = r.get(8..8 + rec_len).ok_or(malformed("measurement record"))?;
-        let blocks = measurement::parse_record(rec, count).ok_or(malformed("measurement blocks"))?;
+        let rec = r
+            .get(8..8 + rec_len)
+            .ok_or(malformed("measurement record"))?;
+        let blocks =
+            measurement::parse_record(rec, count).ok_or(malformed("measurement blocks"))?;
         let mut p = 8 + rec_len + NONCE_SIZE;
-        let olen = r.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize).ok_or(malformed("MEASUREMENTS opaque"))?;
+        let olen = r
+            .get(p..p + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or(malformed("MEASUREMENTS opaque"))?;
         p += 2 + olen;
         if v >= V13 {
             if r.get(p..p + REQ_CONTEXT_SIZE) != Some(&ctx[..]) {
@@ -701,7 +843,14 @@ impl<T: Transport> Requester<T> {
         }
         let r = &r[..expected];
         let mm = match sid {
-            Some(id) => &mut self.sessions.iter_mut().find(|s| s.id == id).ok_or(RequesterError::Session("unknown session"))?.message_m,
+            Some(id) => {
+                &mut self
+                    .sessions
+                    .iter_mut()
+                    .find(|s| s.id == id)
+                    .ok_or(RequesterError::Session("unknown session"))?
+                    .message_m
+            }
             None => &mut self.message_m,
         };
         mm.extend_from_slice(&req);
@@ -720,7 +869,14 @@ impl<T: Transport> Requester<T> {
         }
         Ok(Measurements {
             total: r[2],
-            blocks: blocks.into_iter().map(|(index, value_type, value)| MeasurementBlock { index, value_type, value }).collect(),
+            blocks: blocks
+                .into_iter()
+                .map(|(index, value_type, value)| MeasurementBlock {
+                    index,
+                    value_type,
+                    value,
+                })
+                .collect(),
             signature_verified: verified,
         })
     }
@@ -741,8 +897,12 @@ impl<T: Transport> Requester<T> {
             return Ok(());
         }
         match opaque::parse_version_selection(self.conn.opaque_fmt, op) {
-            Some(v) if v & 0xFF00 == opaque::SECURED_V10 || v & 0xFF00 == opaque::SECURED_V11 => Ok(()),
-            _ => Err(RequesterError::Verify("no secured message version selected".into())),
+            Some(v) if v & 0xFF00 == opaque::SECURED_V10 || v & 0xFF00 == opaque::SECURED_V11 => {
+                Ok(())
+            }
+            _ => Err(RequesterError::Verify(
+                "no secured message version selected".into(),
+            )),
         }
     }
 
@@ -754,17 +914,34 @@ impl<T: Transport> Requester<T> {
     pub fn key_exchange(&mut self, slot: u8, hash_type: u8) -> Result<u32, RequesterError> {
         let h = self.hash()?;
         let v = self.conn.version;
-        let asym = self.conn.asym.ok_or(RequesterError::Negotiation("no signature algorithm"))?;
-        let dhe = self.conn.dhe.ok_or(RequesterError::Negotiation("no DHE group"))?;
-        let aead = self.conn.aead.ok_or(RequesterError::Negotiation("no AEAD"))?;
-        let chain = self.chains[slot as usize & 7].clone().ok_or(RequesterError::Verify("GET_CERTIFICATE first".into()))?;
+        let asym = self
+            .conn
+            .asym
+            .ok_or(RequesterError::Negotiation("no signature algorithm"))?;
+        let dhe = self
+            .conn
+            .dhe
+            .ok_or(RequesterError::Negotiation("no DHE group"))?;
+        let aead = self
+            .conn
+            .aead
+            .ok_or(RequesterError::Negotiation("no AEAD"))?;
+        let chain = self.chains[slot as usize & 7]
+            .clone()
+            .ok_or(RequesterError::Verify("GET_CERTIFICATE first".into()))?;
         let req_sid = self.next_req_session;
         self.next_req_session = self.next_req_session.wrapping_sub(1).max(1);
         let secret = DheSecret::generate(dhe, &mut *self.rng);
         let random: [u8; NONCE_SIZE] = self.random();
         let op = self.sec_versions_opaque();
         let mut w = Writer::header(v, 0xE4, hash_type, slot);
-        w.u16(req_sid).u8(0).u8(0).bytes(&random).bytes(&secret.public_exchange()).u16(op.len() as u16).bytes(&op);
+        w.u16(req_sid)
+            .u8(0)
+            .u8(0)
+            .bytes(&random)
+            .bytes(&secret.public_exchange())
+            .u16(op.len() as u16)
+            .bytes(&op);
         let req = w.finish();
         let r = self.exchange(None, &req)?;
         if r.len() < 4 || r[1] != rsp::KEY_EXCHANGE_RSP {
@@ -776,8 +953,11 @@ impl<T: Transport> Requester<T> {
         let mut_auth = rd.u8().ok_or(malformed("KEY_EXCHANGE_RSP"))?;
         rd.u8();
         rd.skip(NONCE_SIZE).ok_or(malformed("KEY_EXCHANGE_RSP"))?;
-        let exch = rd.take(dhe.exchange_size()).ok_or(malformed("KEY_EXCHANGE_RSP exchange"))?;
-        rd.skip(if hash_type == 0 { 0 } else { h.size() }).ok_or(malformed("KEY_EXCHANGE_RSP summary"))?;
+        let exch = rd
+            .take(dhe.exchange_size())
+            .ok_or(malformed("KEY_EXCHANGE_RSP exchange"))?;
+        rd.skip(if hash_type == 0 { 0 } else { h.size() })
+            .ok_or(malformed("KEY_EXCHANGE_RSP summary"))?;
         let olen = rd.u16().ok_or(malformed("KEY_EXCHANGE_RSP"))? as usize;
         let op_in = rd.take(olen).ok_or(malformed("KEY_EXCHANGE_RSP opaque"))?;
         let sig_at = 4 + rd.pos();
@@ -786,7 +966,9 @@ impl<T: Transport> Requester<T> {
         }
         let r = &r[..sig_at + asym.sig_size() + h.size()];
         if mut_auth != 0 {
-            return Err(RequesterError::Session("mutual authentication requested (not supported by this requester)"));
+            return Err(RequesterError::Session(
+                "mutual authentication requested (not supported by this requester)",
+            ));
         }
         self.check_version_selection(op_in)?;
         let mut th = Vec::new();
@@ -801,7 +983,9 @@ impl<T: Transport> Requester<T> {
         let th1 = h.hash(&th);
         let hs = keyschedule::handshake_secrets(h, v, &shared, false, &th1)?;
         if !h.hmac_verify(&hs.rsp_finished_key, &th1, &r[sig_at + asym.sig_size()..]) {
-            return Err(RequesterError::Verify("ResponderVerifyData mismatch".into()));
+            return Err(RequesterError::Verify(
+                "ResponderVerifyData mismatch".into(),
+            ));
         }
         th.extend_from_slice(&r[sig_at + asym.sig_size()..]);
         let id = ((rsp_sid as u32) << 16) | req_sid as u32;
@@ -809,9 +993,21 @@ impl<T: Transport> Requester<T> {
         if self.seq_in_header > 0 {
             channel.set_mctp_binding();
         }
-        self.sessions.push(ReqSession { id, channel, hs, transcript: th, message_m: Vec::new(), hash: h, established: false, heartbeat_period });
+        self.sessions.push(ReqSession {
+            id,
+            channel,
+            hs,
+            transcript: th,
+            message_m: Vec::new(),
+            hash: h,
+            established: false,
+            heartbeat_period,
+        });
         // FINISH (in the handshake-secured channel).
-        let s = self.sessions.last().ok_or(RequesterError::Session("lost"))?;
+        let s = self
+            .sessions
+            .last()
+            .ok_or(RequesterError::Session("lost"))?;
         let hdr = [v, 0xE5, 0, 0];
         let mut t = s.transcript.clone();
         t.extend_from_slice(&hdr);
@@ -837,9 +1033,18 @@ impl<T: Transport> Requester<T> {
         Ok(id)
     }
 
-    fn finish_established(&mut self, id: u32, fin: &[u8], rsp_msg: &[u8]) -> Result<(), RequesterError> {
+    fn finish_established(
+        &mut self,
+        id: u32,
+        fin: &[u8],
+        rsp_msg: &[u8],
+    ) -> Result<(), RequesterError> {
         let v = self.conn.version;
-        let s = self.sessions.iter_mut().find(|s| s.id == id).ok_or(RequesterError::Session("lost"))?;
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or(RequesterError::Session("lost"))?;
         s.transcript.extend_from_slice(fin);
         s.transcript.extend_from_slice(rsp_msg);
         let th2 = s.hash.hash(&s.transcript);
@@ -853,14 +1058,24 @@ impl<T: Transport> Requester<T> {
     pub fn psk_exchange(&mut self, hash_type: u8) -> Result<u32, RequesterError> {
         let h = self.hash()?;
         let v = self.conn.version;
-        let aead = self.conn.aead.ok_or(RequesterError::Negotiation("no AEAD"))?;
-        let psk = self.cfg.psk.clone().ok_or(RequesterError::Session("no PSK configured"))?;
+        let aead = self
+            .conn
+            .aead
+            .ok_or(RequesterError::Negotiation("no AEAD"))?;
+        let psk = self
+            .cfg
+            .psk
+            .clone()
+            .ok_or(RequesterError::Session("no PSK configured"))?;
         let req_sid = self.next_req_session;
         self.next_req_session = self.next_req_session.wrapping_sub(1).max(1);
         let ctx: [u8; 32] = self.random();
         let op = self.sec_versions_opaque();
         let mut w = Writer::header(v, 0xE6, hash_type, 0);
-        w.u16(req_sid).u16(psk.hint.len() as u16).u16(ctx.len() as u16).u16(op.len() as u16);
+        w.u16(req_sid)
+            .u16(psk.hint.len() as u16)
+            .u16(ctx.len() as u16)
+            .u16(op.len() as u16);
         w.bytes(&psk.hint).bytes(&ctx).bytes(&op);
         let req = w.finish();
         let r = self.exchange(None, &req)?;
@@ -885,7 +1100,9 @@ impl<T: Transport> Requester<T> {
         let th1 = h.hash(&th);
         let hs = keyschedule::handshake_secrets(h, v, &psk.key, true, &th1)?;
         if !h.hmac_verify(&hs.rsp_finished_key, &th1, &r[vd_at..]) {
-            return Err(RequesterError::Verify("PSK ResponderVerifyData mismatch".into()));
+            return Err(RequesterError::Verify(
+                "PSK ResponderVerifyData mismatch".into(),
+            ));
         }
         th.extend_from_slice(&r[vd_at..]);
         let id = ((rsp_sid as u32) << 16) | req_sid as u32;
@@ -900,7 +1117,16 @@ impl<T: Transport> Requester<T> {
         if self.cfg.fault == Fault::CorruptFinish {
             verify[0] ^= 0xFF;
         }
-        self.sessions.push(ReqSession { id, channel, hs, transcript: th, message_m: Vec::new(), hash: h, established: false, heartbeat_period });
+        self.sessions.push(ReqSession {
+            id,
+            channel,
+            hs,
+            transcript: th,
+            message_m: Vec::new(),
+            hash: h,
+            established: false,
+            heartbeat_period,
+        });
         let mut fin = hdr.to_vec();
         fin.extend_from_slice(&verify);
         let r = match self.exchange(Some(id), &fin) {
@@ -929,13 +1155,20 @@ impl<T: Transport> Requester<T> {
 
     /// The HeartbeatPeriod the responder announced for a session.
     pub fn heartbeat_period(&self, sid: u32) -> Option<u8> {
-        self.sessions.iter().find(|s| s.id == sid).map(|s| s.heartbeat_period)
+        self.sessions
+            .iter()
+            .find(|s| s.id == sid)
+            .map(|s| s.heartbeat_period)
     }
 
     /// KEY_UPDATE: UpdateKey / UpdateAllKeys switch keys as DSP0274 prescribes,
     /// then VerifyNewKey confirms the new request key.
     pub fn key_update(&mut self, sid: u32, all: bool) -> Result<(), RequesterError> {
-        let op = if all { KeyUpdateOp::UpdateAllKeys } else { KeyUpdateOp::UpdateKey };
+        let op = if all {
+            KeyUpdateOp::UpdateAllKeys
+        } else {
+            KeyUpdateOp::UpdateKey
+        };
         self.key_update_op(sid, op)?;
         self.key_update_op(sid, KeyUpdateOp::VerifyNewKey)
     }
@@ -945,7 +1178,11 @@ impl<T: Transport> Requester<T> {
         self.key_update_tag = self.key_update_tag.wrapping_add(1);
         let tag = self.key_update_tag;
         let req = [self.conn.version, 0xE9, op as u8, tag];
-        let s = self.sessions.iter_mut().find(|s| s.id == sid).ok_or(RequesterError::Session("unknown session"))?;
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == sid)
+            .ok_or(RequesterError::Session("unknown session"))?;
         let rec = s.channel.seal(Direction::Request, &req, &[])?;
         // The request goes out under the old key; then our sending key moves on.
         if op != KeyUpdateOp::VerifyNewKey {
@@ -954,12 +1191,19 @@ impl<T: Transport> Requester<T> {
                 s.channel.update_key(Direction::Response)?;
             }
         }
-        let reply = self.transport.send_receive(Message::Secured(rec)).map_err(|e| RequesterError::Transport(e.to_string()))?;
+        let reply = self
+            .transport
+            .send_receive(Message::Secured(rec))
+            .map_err(|e| RequesterError::Transport(e.to_string()))?;
         let Message::Secured(rr) = reply else {
             self.drop_session(sid);
             return Err(RequesterError::Session("plain reply to KEY_UPDATE"));
         };
-        let s = self.sessions.iter_mut().find(|s| s.id == sid).ok_or(RequesterError::Session("unknown session"))?;
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == sid)
+            .ok_or(RequesterError::Session("unknown session"))?;
         let r = s.channel.open(Direction::Response, &rr)?;
         check_error(&r)?;
         if r.len() < 4 || r[1] != rsp::KEY_UPDATE_ACK || r[2] != op as u8 || r[3] != tag {
@@ -980,9 +1224,19 @@ impl<T: Transport> Requester<T> {
     }
 
     /// VENDOR_DEFINED_REQUEST; returns the response payload.
-    pub fn vendor_request(&mut self, sid: Option<u32>, standard_id: u16, vendor_id: &[u8], payload: &[u8]) -> Result<Vec<u8>, RequesterError> {
+    pub fn vendor_request(
+        &mut self,
+        sid: Option<u32>,
+        standard_id: u16,
+        vendor_id: &[u8],
+        payload: &[u8],
+    ) -> Result<Vec<u8>, RequesterError> {
         let mut w = Writer::header(self.conn.version, 0xFE, 0, 0);
-        w.u16(standard_id).u8(vendor_id.len() as u8).bytes(vendor_id).u16(payload.len() as u16).bytes(payload);
+        w.u16(standard_id)
+            .u8(vendor_id.len() as u8)
+            .bytes(vendor_id)
+            .u16(payload.len() as u16)
+            .bytes(payload);
         let r = self.exchange(sid, &w.finish())?;
         if r.len() < 7 || r[1] != rsp::VENDOR_DEFINED_RESPONSE {
             return Err(malformed("VENDOR_DEFINED_RESPONSE"));
@@ -995,4 +1249,3 @@ impl<T: Transport> Requester<T> {
         Ok(rd.take(pl).ok_or(malformed("vendor payload"))?.to_vec())
     }
 }
-

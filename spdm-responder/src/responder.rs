@@ -13,8 +13,9 @@ use zeroize::Zeroizing;
 
 use crate::codec::{caps, error_response, rsp, Reader, RequestCode, Writer, V10, V11, V12, V13};
 use crate::crypto::{
-    self, AeadAlgo, AsymAlgo, DheGroup, DheSecret, HashAlgo, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256,
-    ASYM_ECDSA_P384, DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384, KEY_SCHEDULE_SPDM,
+    self, AeadAlgo, AsymAlgo, DheGroup, DheSecret, HashAlgo, AEAD_AES_256_GCM,
+    AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1, DHE_SECP384R1,
+    HASH_SHA256, HASH_SHA384, KEY_SCHEDULE_SPDM,
 };
 use crate::error::ErrorCode;
 use crate::identity::{Identity, MAX_SLOTS};
@@ -43,14 +44,21 @@ pub struct PskEntry {
 
 impl std::fmt::Debug for PskEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PskEntry {{ hint: {:?}, key: <redacted> }}", String::from_utf8_lossy(&self.hint))
+        write!(
+            f,
+            "PskEntry {{ hint: {:?}, key: <redacted> }}",
+            String::from_utf8_lossy(&self.hint)
+        )
     }
 }
 
 impl PskEntry {
     /// The PSK and hint DMTF's spdm-emu uses by default ("TestPskData\0", "TestPskHint\0").
     pub fn dmtf_test() -> Self {
-        Self { hint: b"TestPskHint\0".to_vec(), key: Zeroizing::new(b"TestPskData\0".to_vec()) }
+        Self {
+            hint: b"TestPskHint\0".to_vec(),
+            key: Zeroizing::new(b"TestPskData\0".to_vec()),
+        }
     }
 }
 
@@ -105,7 +113,10 @@ impl Default for ResponderConfig {
             max_sessions: 4,
             max_sequence_number: u64::MAX - 1,
             max_padding: 0,
-            measurements: measurement::default_measurements("1.0.0", b"trustdev default device configuration"),
+            measurements: measurement::default_measurements(
+                "1.0.0",
+                b"trustdev default device configuration",
+            ),
             respond_not_ready: false,
             chunk: true,
         }
@@ -200,7 +211,10 @@ struct Reply {
 
 impl Reply {
     fn new(msg: Vec<u8>) -> Self {
-        Self { msg, post: Post::None }
+        Self {
+            msg,
+            post: Post::None,
+        }
     }
 }
 
@@ -271,7 +285,14 @@ impl std::fmt::Debug for Responder {
         f.debug_struct("Responder")
             .field("state", &self.conn.state)
             .field("negotiated", &self.conn.neg)
-            .field("sessions", &self.sessions.iter().map(|s| format!("{:#010x}", s.id)).collect::<Vec<_>>())
+            .field(
+                "sessions",
+                &self
+                    .sessions
+                    .iter()
+                    .map(|s| format!("{:#010x}", s.id))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -287,7 +308,11 @@ impl Responder {
     }
 
     /// A responder with injected randomness (deterministic tests).
-    pub fn with_entropy(cfg: ResponderConfig, identity: Identity, rng: Box<dyn EntropySource>) -> Self {
+    pub fn with_entropy(
+        cfg: ResponderConfig,
+        identity: Identity,
+        rng: Box<dyn EntropySource>,
+    ) -> Self {
         Self {
             cfg,
             identity,
@@ -332,7 +357,9 @@ impl Responder {
     }
     /// Whether a session is established (past FINISH / PSK_FINISH).
     pub fn session_established(&self, id: u32) -> bool {
-        self.sessions.iter().any(|s| s.id == id && s.state == SessState::Established)
+        self.sessions
+            .iter()
+            .any(|s| s.id == id && s.state == SessState::Established)
     }
     /// Replace the measurements (e.g. after a firmware update of the device model).
     pub fn set_measurements(&mut self, m: Vec<Measurement>) {
@@ -409,18 +436,35 @@ impl Responder {
     /// Handle one DSP0277 record (PCIe DOE binding: no sequence number field).
     pub fn handle_secured(&mut self, record: &[u8]) -> SecuredReply {
         let Some(sid) = secured::record_session_id(record) else {
-            return SecuredReply::Plain(error_response(self.err_version(), ErrorCode::InvalidRequest, 0));
+            return SecuredReply::Plain(error_response(
+                self.err_version(),
+                ErrorCode::InvalidRequest,
+                0,
+            ));
         };
         let Some(idx) = self.sessions.iter().position(|s| s.id == sid) else {
             warn!("secured record for unknown session {sid:#010x}");
-            return SecuredReply::Plain(vec![self.err_version(), rsp::ERROR, ERROR_INVALID_SESSION, 0]);
+            return SecuredReply::Plain(vec![
+                self.err_version(),
+                rsp::ERROR,
+                ERROR_INVALID_SESSION,
+                0,
+            ]);
         };
         // Heartbeat timeout: no message within 2 x HeartbeatPeriod ends the session.
         let hb = self.cfg.heartbeat_period as u64;
-        if hb != 0 && self.sessions[idx].state == SessState::Established && self.sessions[idx].last_activity.elapsed() > Duration::from_secs(2 * hb) {
+        if hb != 0
+            && self.sessions[idx].state == SessState::Established
+            && self.sessions[idx].last_activity.elapsed() > Duration::from_secs(2 * hb)
+        {
             info!("session {sid:#010x} timed out (heartbeat)");
             self.remove_session(sid);
-            return SecuredReply::Plain(vec![self.err_version(), rsp::ERROR, ERROR_INVALID_SESSION, 0]);
+            return SecuredReply::Plain(vec![
+                self.err_version(),
+                rsp::ERROR,
+                ERROR_INVALID_SESSION,
+                0,
+            ]);
         }
         let opened = self.sessions[idx].channel.open(Direction::Request, record);
         let msg = match opened {
@@ -428,14 +472,20 @@ impl Responder {
             Err(crate::error::SecuredError::SequenceExhausted) => {
                 info!("session {sid:#010x}: request sequence number exhausted, session ended");
                 self.remove_session(sid);
-                return SecuredReply::Plain(error_response(self.err_version(), ErrorCode::DecryptError, 0));
+                return SecuredReply::Plain(error_response(
+                    self.err_version(),
+                    ErrorCode::DecryptError,
+                    0,
+                ));
             }
             Err(e) => {
                 warn!("session {sid:#010x}: record rejected ({e}); session terminated");
                 let err = error_response(self.conn.neg.version, ErrorCode::DecryptError, 0);
                 let reply = self.seal_for(sid, &err);
                 self.remove_session(sid);
-                return reply.map(SecuredReply::Secured).unwrap_or(SecuredReply::Plain(err));
+                return reply
+                    .map(SecuredReply::Secured)
+                    .unwrap_or(SecuredReply::Plain(err));
             }
         };
         self.sessions[idx].last_activity = Instant::now();
@@ -443,7 +493,10 @@ impl Responder {
             Ok(r) => (r.msg, r.post),
             Err(f) => {
                 let kill = matches!(f.2, Some(Post2::KillSession));
-                (self.error_msg(f), if kill { Post::KillSession } else { Post::None })
+                (
+                    self.error_msg(f),
+                    if kill { Post::KillSession } else { Post::None },
+                )
             }
         };
         let sealed = self.seal_for(sid, &msg_out);
@@ -454,7 +507,11 @@ impl Responder {
                 // Response sequence number exhausted: end the session cleanly.
                 info!("session {sid:#010x}: response sequence number exhausted, session ended");
                 self.remove_session(sid);
-                SecuredReply::Plain(error_response(self.err_version(), ErrorCode::DecryptError, 0))
+                SecuredReply::Plain(error_response(
+                    self.err_version(),
+                    ErrorCode::DecryptError,
+                    0,
+                ))
             }
         }
     }
@@ -476,10 +533,18 @@ impl Responder {
         if let Some(p) = self.sessions.iter().position(|s| s.id == sid) {
             self.sessions.remove(p);
             self.vendors.session_ended(sid);
-            if self.chunk_out.as_ref().is_some_and(|c| c.session == Some(sid)) {
+            if self
+                .chunk_out
+                .as_ref()
+                .is_some_and(|c| c.session == Some(sid))
+            {
                 self.chunk_out = None;
             }
-            if self.chunk_in.as_ref().is_some_and(|c| c.session == Some(sid)) {
+            if self
+                .chunk_in
+                .as_ref()
+                .is_some_and(|c| c.session == Some(sid))
+            {
                 self.chunk_in = None;
             }
         }
@@ -554,7 +619,11 @@ impl Responder {
         let Some(code) = code else {
             return Err(unsupported(code_u8));
         };
-        let version = if self.conn.state >= ConnState::AfterCapabilities { self.conn.neg.version } else { ver };
+        let version = if self.conn.state >= ConnState::AfterCapabilities {
+            self.conn.neg.version
+        } else {
+            ver
+        };
         if code.min_version() > version {
             return Err(unsupported(code_u8));
         }
@@ -620,7 +689,10 @@ impl Responder {
 
     fn maybe_chunk_response(&mut self, r: Reply, sid: Option<u32>) -> R {
         let n = &self.conn.neg;
-        if n.version < V12 || n.req_data_transfer_size == 0 || r.msg.len() <= n.req_data_transfer_size as usize {
+        if n.version < V12
+            || n.req_data_transfer_size == 0
+            || r.msg.len() <= n.req_data_transfer_size as usize
+        {
             return Ok(r);
         }
         let both_chunk = n.req_caps & caps::CHUNK != 0 && n.rsp_caps & caps::CHUNK != 0;
@@ -629,11 +701,23 @@ impl Responder {
         }
         let handle = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1).max(1);
-        debug!("response of {} bytes exceeds DataTransferSize; LargeResponse handle {handle}", r.msg.len());
-        self.chunk_out = Some(ChunkOut { handle, data: r.msg, next_seq: 0, offset: 0, session: sid });
+        debug!(
+            "response of {} bytes exceeds DataTransferSize; LargeResponse handle {handle}",
+            r.msg.len()
+        );
+        self.chunk_out = Some(ChunkOut {
+            handle,
+            data: r.msg,
+            next_seq: 0,
+            offset: 0,
+            session: sid,
+        });
         let mut e = error_response(self.conn.neg.version, ErrorCode::LargeResponse, 0);
         e.push(handle);
-        Ok(Reply { msg: e, post: r.post })
+        Ok(Reply {
+            msg: e,
+            post: r.post,
+        })
     }
 
     fn message_m_mut(&mut self, sid: Option<u32>) -> &mut Vec<u8> {
@@ -648,12 +732,24 @@ impl Responder {
     /// libspdm-compatible transcript resets on each request code.
     fn reset_transcripts_for(&mut self, code: RequestCode, sid: Option<u32>) {
         use RequestCode::*;
-        if !matches!(code, GetMeasurements | RespondIfReady | ChunkGet | ChunkSend) {
+        if !matches!(
+            code,
+            GetMeasurements | RespondIfReady | ChunkGet | ChunkSend
+        ) {
             self.message_m_mut(sid).clear();
         }
         match code {
-            KeyExchange | GetMeasurements | Finish | PskExchange | PskFinish | KeyUpdate | Heartbeat
-            | GetEncapsulatedRequest | EndSession | DeliverEncapsulatedResponse | GetMeasurementExtensionLog
+            KeyExchange
+            | GetMeasurements
+            | Finish
+            | PskExchange
+            | PskFinish
+            | KeyUpdate
+            | Heartbeat
+            | GetEncapsulatedRequest
+            | EndSession
+            | DeliverEncapsulatedResponse
+            | GetMeasurementExtensionLog
                 if self.conn.state < ConnState::Authenticated =>
             {
                 self.conn.message_b.clear();
@@ -729,7 +825,8 @@ impl Responder {
         let mut w = Writer::header(ver, rsp::CAPABILITIES, 0, 0);
         w.u8(0).u8(self.cfg.ct_exponent).u16(0).u32(rsp_caps);
         if ver >= V12 {
-            w.u32(self.cfg.data_transfer_size).u32(self.cfg.max_spdm_msg_size);
+            w.u32(self.cfg.data_transfer_size)
+                .u32(self.cfg.max_spdm_msg_size);
         }
         let msg = w.finish();
         self.conn.vca.extend_from_slice(&req[..need]);
@@ -895,8 +992,12 @@ impl Responder {
         };
         let rsp_len = 36 + 4 * rsp_tables.len();
         let mut w = Writer::header(ver, rsp::ALGORITHMS, rsp_tables.len() as u8, 0);
-        w.u16(rsp_len as u16).u8(meas_spec_sel).u8(if ver >= V12 { opaque_fmt } else { 0 });
-        w.u32(meas_hash.map_or(0, |h| h.meas_bits())).u32(asym.bits()).u32(hash.bits());
+        w.u16(rsp_len as u16)
+            .u8(meas_spec_sel)
+            .u8(if ver >= V12 { opaque_fmt } else { 0 });
+        w.u32(meas_hash.map_or(0, |h| h.meas_bits()))
+            .u32(asym.bits())
+            .u32(hash.bits());
         w.zeros(12).u8(0).u8(0).u16(0);
         for (ty, sel) in &rsp_tables {
             w.u8(*ty).u8(0x20).u16(*sel);
@@ -914,7 +1015,15 @@ impl Responder {
         n.key_schedule = ks;
         n.opaque_fmt = opaque_fmt;
         self.conn.state = ConnState::Negotiated;
-        info!("negotiated SPDM {}.{} {:?} {:?} dhe={:?} aead={:?}", ver >> 4, ver & 0xF, hash, asym, dhe, aead);
+        info!(
+            "negotiated SPDM {}.{} {:?} {:?} dhe={:?} aead={:?}",
+            ver >> 4,
+            ver & 0xF,
+            hash,
+            asym,
+            dhe,
+            aead
+        );
         Ok(Reply::new(msg))
     }
 
@@ -926,7 +1035,10 @@ impl Responder {
         if self.conn.state < ConnState::Negotiated {
             return Err(unexpected());
         }
-        Ok((rd_hash(self.conn.neg.hash)?, self.conn.neg.asym.ok_or_else(unexpected)?))
+        Ok((
+            rd_hash(self.conn.neg.hash)?,
+            self.conn.neg.asym.ok_or_else(unexpected)?,
+        ))
     }
 
     fn slot_chain(&self, slot: u8) -> Option<Vec<u8>> {
@@ -936,7 +1048,11 @@ impl Responder {
     }
 
     fn slot_mask(&self) -> u8 {
-        self.conn.neg.asym.and_then(|a| self.identity.for_algo(a)).map_or(0, |a| a.slot_mask())
+        self.conn
+            .neg
+            .asym
+            .and_then(|a| self.identity.for_algo(a))
+            .map_or(0, |a| a.slot_mask())
     }
 
     fn get_digests(&mut self, req: &[u8], sid: Option<u32>) -> R {
@@ -945,11 +1061,17 @@ impl Responder {
             return Err(unsupported(req[1]));
         }
         let mask = self.slot_mask();
-        let p1 = if self.conn.neg.version >= V13 { mask } else { 0 };
+        let p1 = if self.conn.neg.version >= V13 {
+            mask
+        } else {
+            0
+        };
         let mut w = Writer::header(self.conn.neg.version, rsp::DIGESTS, p1, mask);
         for slot in 0..MAX_SLOTS as u8 {
             if mask & (1 << slot) != 0 {
-                let chain = self.slot_chain(slot).ok_or_else(|| fail(ErrorCode::Unspecified))?;
+                let chain = self
+                    .slot_chain(slot)
+                    .ok_or_else(|| fail(ErrorCode::Unspecified))?;
                 w.bytes(&hash.hash(&chain));
             }
         }
@@ -989,9 +1111,11 @@ impl Responder {
                 return Err(invalid());
             }
             let mut portion = length.min(chain.len() - offset);
-            let both_chunk = self.conn.neg.req_caps & caps::CHUNK != 0 && self.conn.neg.rsp_caps & caps::CHUNK != 0;
+            let both_chunk = self.conn.neg.req_caps & caps::CHUNK != 0
+                && self.conn.neg.rsp_caps & caps::CHUNK != 0;
             if ver >= V12 && !both_chunk && self.conn.neg.req_data_transfer_size != 0 {
-                portion = portion.min((self.conn.neg.req_data_transfer_size as usize).saturating_sub(8));
+                portion =
+                    portion.min((self.conn.neg.req_data_transfer_size as usize).saturating_sub(8));
             }
             (portion, chain.len() - offset - portion)
         };
@@ -1036,7 +1160,8 @@ impl Responder {
         let asym = self.conn.neg.asym.ok_or_else(unexpected)?;
         let key = &self.identity.slot(asym, slot).ok_or_else(invalid)?.key;
         let digest = crypto::signature_digest(hash, self.conn.neg.version, context, transcript);
-        key.sign_prehash(&digest).map_err(|_| fail(ErrorCode::Unspecified))
+        key.sign_prehash(&digest)
+            .map_err(|_| fail(ErrorCode::Unspecified))
     }
 
     fn challenge(&mut self, req: &[u8], sid: Option<u32>) -> R {
@@ -1061,12 +1186,16 @@ impl Responder {
         let summary = self.summary_hash(hash_type)?;
         let nonce: [u8; NONCE_SIZE] = self.random();
         let mut w = Writer::header(ver, rsp::CHALLENGE_AUTH, slot & 0x0F, 1 << slot);
-        w.bytes(&hash.hash(&chain)).bytes(&nonce).bytes(&summary).u16(0);
+        w.bytes(&hash.hash(&chain))
+            .bytes(&nonce)
+            .bytes(&summary)
+            .u16(0);
         if ver >= V13 {
             w.bytes(&req[4 + NONCE_SIZE..need]);
         }
         let mut msg = w.finish();
-        let mut transcript = Vec::with_capacity(self.conn.vca.len() + self.conn.message_b.len() + need + msg.len());
+        let mut transcript =
+            Vec::with_capacity(self.conn.vca.len() + self.conn.message_b.len() + need + msg.len());
         transcript.extend_from_slice(&self.conn.vca);
         transcript.extend_from_slice(&self.conn.message_b);
         transcript.extend_from_slice(&self.conn.message_c);
@@ -1085,7 +1214,12 @@ impl Responder {
             return Ok(Reply::new(msg));
         }
         let token: [u8; 1] = self.random();
-        self.not_ready = Some(NotReady { code: code as u8, token: token[0], response: msg, session: sid });
+        self.not_ready = Some(NotReady {
+            code: code as u8,
+            token: token[0],
+            response: msg,
+            session: sid,
+        });
         let mut e = error_response(self.conn.neg.version, ErrorCode::ResponseNotReady, 0);
         // RDExponent, RequestCode, Token, RDTM
         e.extend_from_slice(&[1, code as u8, token[0], 1]);
@@ -1132,7 +1266,11 @@ impl Responder {
         if req.len() < need {
             return Err(invalid());
         }
-        let slot = if signed && ver >= V11 { req[4 + NONCE_SIZE] & 0x0F } else { 0 };
+        let slot = if signed && ver >= V11 {
+            req[4 + NONCE_SIZE] & 0x0F
+        } else {
+            0
+        };
         if signed {
             if slot as usize >= MAX_SLOTS || self.slot_chain(slot).is_none() {
                 return Err(invalid());
@@ -1144,9 +1282,21 @@ impl Responder {
         let meas_hash = self.conn.neg.meas_hash;
         let (p1, blocks): (u8, Vec<Vec<u8>>) = match op {
             0 => (self.cfg.measurements.len() as u8, Vec::new()),
-            0xFF => (0, self.cfg.measurements.iter().map(|m| m.block(meas_hash, raw_requested)).collect()),
+            0xFF => (
+                0,
+                self.cfg
+                    .measurements
+                    .iter()
+                    .map(|m| m.block(meas_hash, raw_requested))
+                    .collect(),
+            ),
             i => {
-                let m = self.cfg.measurements.iter().find(|m| m.index == i).ok_or_else(invalid)?;
+                let m = self
+                    .cfg
+                    .measurements
+                    .iter()
+                    .find(|m| m.index == i)
+                    .ok_or_else(invalid)?;
                 (0, vec![m.block(meas_hash, raw_requested)])
             }
         };
@@ -1156,7 +1306,11 @@ impl Responder {
         }
         let nonce: [u8; NONCE_SIZE] = self.random();
         let mut w = Writer::header(ver, rsp::MEASUREMENTS, p1, if signed { slot } else { 0 });
-        w.u8(blocks.len() as u8).u24(record.len() as u32).bytes(&record).bytes(&nonce).u16(0);
+        w.u8(blocks.len() as u8)
+            .u24(record.len() as u32)
+            .bytes(&record)
+            .bytes(&nonce)
+            .u16(0);
         if ver >= V13 {
             w.bytes(&req[need - REQ_CONTEXT_SIZE..need]);
         }
@@ -1198,7 +1352,11 @@ impl Responder {
                 continue;
             }
             let id = ((rsp_id as u32) << 16) | req_id as u32;
-            if !self.sessions.iter().any(|s| s.id == id || (s.id >> 16) as u16 == rsp_id) {
+            if !self
+                .sessions
+                .iter()
+                .any(|s| s.id == id || (s.id >> 16) as u16 == rsp_id)
+            {
                 return Ok(id);
             }
         }
@@ -1235,7 +1393,11 @@ impl Responder {
         if !self.session_caps_ok(caps::KEY_EX) {
             return Err(unsupported(req[1]));
         }
-        let (Some(dhe), Some(aead), true) = (self.conn.neg.dhe, self.conn.neg.aead, self.conn.neg.key_schedule) else {
+        let (Some(dhe), Some(aead), true) = (
+            self.conn.neg.dhe,
+            self.conn.neg.aead,
+            self.conn.neg.key_schedule,
+        ) else {
             return Err(unexpected());
         };
         let ver = self.conn.neg.version;
@@ -1262,13 +1424,23 @@ impl Responder {
         let shared = secret.agree(exchange).map_err(|_| invalid())?;
         let session_id = self.new_session_id(req_sid)?;
         let random: [u8; NONCE_SIZE] = self.random();
-        let hb = if self.session_caps_ok(caps::HBEAT) { self.cfg.heartbeat_period } else { 0 };
+        let hb = if self.session_caps_ok(caps::HBEAT) {
+            self.cfg.heartbeat_period
+        } else {
+            0
+        };
         let mut w = Writer::header(ver, rsp::KEY_EXCHANGE_RSP, hb, 0);
-        w.u16((session_id >> 16) as u16).u8(0).u8(0).bytes(&random).bytes(&secret.public_exchange()).bytes(&summary);
+        w.u16((session_id >> 16) as u16)
+            .u8(0)
+            .u8(0)
+            .bytes(&random)
+            .bytes(&secret.public_exchange())
+            .bytes(&summary);
         let op = self.rsp_opaque(sec_ver);
         w.u16(op.len() as u16).bytes(&op);
         let mut msg = w.finish();
-        let mut th = Vec::with_capacity(self.conn.vca.len() + 2 * hash.size() + req_len + msg.len() + 200);
+        let mut th =
+            Vec::with_capacity(self.conn.vca.len() + 2 * hash.size() + req_len + msg.len() + 200);
         th.extend_from_slice(&self.conn.vca);
         th.extend_from_slice(&hash.hash(&chain));
         th.extend_from_slice(&req[..req_len]);
@@ -1277,7 +1449,8 @@ impl Responder {
         msg.extend_from_slice(&sig);
         th.extend_from_slice(&sig);
         let th1 = hash.hash(&th);
-        let hs = keyschedule::handshake_secrets(hash, ver, &shared, false, &th1).map_err(|_| fail(ErrorCode::Unspecified))?;
+        let hs = keyschedule::handshake_secrets(hash, ver, &shared, false, &th1)
+            .map_err(|_| fail(ErrorCode::Unspecified))?;
         let verify = hash.hmac(&hs.rsp_finished_key, &th1);
         msg.extend_from_slice(&verify);
         th.extend_from_slice(&verify);
@@ -1287,12 +1460,22 @@ impl Responder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn add_session(&mut self, id: u32, psk: bool, hs: HandshakeSecrets, transcript: Vec<u8>, aead: AeadAlgo, hash: HashAlgo, ver: u8) -> Result<(), Fail> {
+    fn add_session(
+        &mut self,
+        id: u32,
+        psk: bool,
+        hs: HandshakeSecrets,
+        transcript: Vec<u8>,
+        aead: AeadAlgo,
+        hash: HashAlgo,
+        ver: u8,
+    ) -> Result<(), Fail> {
         let mac_only = !(self.session_caps_ok(caps::ENCRYPT));
         if mac_only && !self.session_caps_ok(caps::MAC) {
             return Err(unexpected());
         }
-        let mut channel = SecureChannel::handshake(id, hash, aead, ver, mac_only, &hs).map_err(|_| fail(ErrorCode::Unspecified))?;
+        let mut channel = SecureChannel::handshake(id, hash, aead, ver, mac_only, &hs)
+            .map_err(|_| fail(ErrorCode::Unspecified))?;
         channel.set_max_sequence_number(self.cfg.max_sequence_number);
         if self.seq_in_header > 0 {
             channel.set_mctp_binding();
@@ -1316,7 +1499,10 @@ impl Responder {
 
     fn session_mut(&mut self, sid: Option<u32>) -> Result<&mut Session, Fail> {
         let id = sid.ok_or_else(unexpected)?;
-        self.sessions.iter_mut().find(|s| s.id == id).ok_or_else(unexpected)
+        self.sessions
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(unexpected)
     }
 
     fn finish(&mut self, req: &[u8], sid: Option<u32>) -> R {
@@ -1340,7 +1526,9 @@ impl Responder {
         }
         let mut th = s.transcript.clone();
         th.extend_from_slice(&req[..4]);
-        let ok = s.hash.hmac_verify(&s.hs.req_finished_key, &s.hash.hash(&th), &req[4..4 + h]);
+        let ok = s
+            .hash
+            .hmac_verify(&s.hs.req_finished_key, &s.hash.hash(&th), &req[4..4 + h]);
         if !ok {
             warn!("FINISH: RequesterVerifyData mismatch; session terminated");
             return Err(Fail(ErrorCode::DecryptError, 0, Some(Post2::KillSession)));
@@ -1349,8 +1537,12 @@ impl Responder {
         s.transcript.extend_from_slice(&req[..4 + h]);
         s.transcript.extend_from_slice(&msg);
         let th2 = s.hash.hash(&s.transcript);
-        let ds = keyschedule::data_secrets(s.hash, s.version, &s.hs.handshake_secret, &th2).map_err(|_| fail(ErrorCode::Unspecified))?;
-        Ok(Reply { msg, post: Post::EnterApplication(Box::new(ds)) })
+        let ds = keyschedule::data_secrets(s.hash, s.version, &s.hs.handshake_secret, &th2)
+            .map_err(|_| fail(ErrorCode::Unspecified))?;
+        Ok(Reply {
+            msg,
+            post: Post::EnterApplication(Box::new(ds)),
+        })
     }
 
     fn psk_exchange(&mut self, req: &[u8], sid: Option<u32>) -> R {
@@ -1392,10 +1584,17 @@ impl Responder {
         let session_id = self.new_session_id(req_sid)?;
         let mut rsp_ctx = vec![0u8; hash.size()];
         self.rng.fill(&mut rsp_ctx);
-        let hb = if self.session_caps_ok(caps::HBEAT) { self.cfg.heartbeat_period } else { 0 };
+        let hb = if self.session_caps_ok(caps::HBEAT) {
+            self.cfg.heartbeat_period
+        } else {
+            0
+        };
         let op = self.rsp_opaque(sec_ver);
         let mut w = Writer::header(ver, rsp::PSK_EXCHANGE_RSP, hb, 0);
-        w.u16((session_id >> 16) as u16).u16(0).u16(rsp_ctx.len() as u16).u16(op.len() as u16);
+        w.u16((session_id >> 16) as u16)
+            .u16(0)
+            .u16(rsp_ctx.len() as u16)
+            .u16(op.len() as u16);
         w.bytes(&summary).bytes(&rsp_ctx).bytes(&op);
         let mut msg = w.finish();
         let mut th = Vec::new();
@@ -1403,7 +1602,8 @@ impl Responder {
         th.extend_from_slice(&req[..req_len]);
         th.extend_from_slice(&msg);
         let th1 = hash.hash(&th);
-        let hs = keyschedule::handshake_secrets(hash, ver, &psk, true, &th1).map_err(|_| fail(ErrorCode::Unspecified))?;
+        let hs = keyschedule::handshake_secrets(hash, ver, &psk, true, &th1)
+            .map_err(|_| fail(ErrorCode::Unspecified))?;
         let verify = hash.hmac(&hs.rsp_finished_key, &th1);
         msg.extend_from_slice(&verify);
         th.extend_from_slice(&verify);
@@ -1426,7 +1626,10 @@ impl Responder {
         }
         let mut th = s.transcript.clone();
         th.extend_from_slice(&req[..4]);
-        if !s.hash.hmac_verify(&s.hs.req_finished_key, &s.hash.hash(&th), &req[4..4 + h]) {
+        if !s
+            .hash
+            .hmac_verify(&s.hs.req_finished_key, &s.hash.hash(&th), &req[4..4 + h])
+        {
             warn!("PSK_FINISH: RequesterVerifyData mismatch; session terminated");
             return Err(Fail(ErrorCode::DecryptError, 0, Some(Post2::KillSession)));
         }
@@ -1434,16 +1637,28 @@ impl Responder {
         s.transcript.extend_from_slice(&req[..4 + h]);
         s.transcript.extend_from_slice(&msg);
         let th2 = s.hash.hash(&s.transcript);
-        let ds = keyschedule::data_secrets(s.hash, s.version, &s.hs.handshake_secret, &th2).map_err(|_| fail(ErrorCode::Unspecified))?;
-        Ok(Reply { msg, post: Post::EnterApplication(Box::new(ds)) })
+        let ds = keyschedule::data_secrets(s.hash, s.version, &s.hs.handshake_secret, &th2)
+            .map_err(|_| fail(ErrorCode::Unspecified))?;
+        Ok(Reply {
+            msg,
+            post: Post::EnterApplication(Box::new(ds)),
+        })
     }
 
     fn established_session(&mut self, sid: Option<u32>) -> Result<&mut Session, Fail> {
         let ver = self.conn.neg.version;
         let Some(id) = sid else {
-            return Err(if ver >= V12 { fail(ErrorCode::SessionRequired) } else { unexpected() });
+            return Err(if ver >= V12 {
+                fail(ErrorCode::SessionRequired)
+            } else {
+                unexpected()
+            });
         };
-        let s = self.sessions.iter_mut().find(|s| s.id == id).ok_or_else(unexpected)?;
+        let s = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(unexpected)?;
         if s.state != SessState::Established {
             return Err(unexpected());
         }
@@ -1455,7 +1670,9 @@ impl Responder {
             return Err(unsupported(req[1]));
         }
         let s = self.established_session(sid)?;
-        Ok(Reply::new(Writer::header(s.version, rsp::HEARTBEAT_ACK, 0, 0).finish()))
+        Ok(Reply::new(
+            Writer::header(s.version, rsp::HEARTBEAT_ACK, 0, 0).finish(),
+        ))
     }
 
     fn key_update(&mut self, req: &[u8], sid: Option<u32>) -> R {
@@ -1468,9 +1685,13 @@ impl Responder {
         match op {
             1 | 2 => {
                 if !repeat {
-                    s.channel.update_key(Direction::Request).map_err(|_| fail(ErrorCode::Unspecified))?;
+                    s.channel
+                        .update_key(Direction::Request)
+                        .map_err(|_| fail(ErrorCode::Unspecified))?;
                     if op == 2 {
-                        s.channel.update_key(Direction::Response).map_err(|_| fail(ErrorCode::Unspecified))?;
+                        s.channel
+                            .update_key(Direction::Response)
+                            .map_err(|_| fail(ErrorCode::Unspecified))?;
                     }
                     s.key_updated = true;
                 }
@@ -1485,7 +1706,9 @@ impl Responder {
         }
         s.last_key_update = Some((op, tag));
         debug!("KEY_UPDATE op {op} tag {tag} on session {:#010x}", s.id);
-        Ok(Reply::new(Writer::header(s.version, rsp::KEY_UPDATE_ACK, op, tag).finish()))
+        Ok(Reply::new(
+            Writer::header(s.version, rsp::KEY_UPDATE_ACK, op, tag).finish(),
+        ))
     }
 
     fn end_session(&mut self, req: &[u8], sid: Option<u32>) -> R {
@@ -1513,7 +1736,11 @@ impl Responder {
         let payload = r.take(plen).ok_or_else(invalid)?.to_vec();
         let version = self.conn.neg.version;
         if let Some(id) = sid {
-            if !self.sessions.iter().any(|s| s.id == id && s.state == SessState::Established) {
+            if !self
+                .sessions
+                .iter()
+                .any(|s| s.id == id && s.state == SessState::Established)
+            {
                 return Err(unexpected());
             }
         }
@@ -1521,15 +1748,28 @@ impl Responder {
             return Err(unsupported(req[1]));
         };
         if key.require_session && sid.is_none() {
-            return Err(if version >= V12 { fail(ErrorCode::SessionRequired) } else { unexpected() });
+            return Err(if version >= V12 {
+                fail(ErrorCode::SessionRequired)
+            } else {
+                unexpected()
+            });
         }
-        let ctx = VendorContext { session_id: sid, version, standard_id: std_id, vendor_id: vendor_id.clone() };
+        let ctx = VendorContext {
+            session_id: sid,
+            version,
+            standard_id: std_id,
+            vendor_id: vendor_id.clone(),
+        };
         let out = handler.handle(&ctx, &payload).map_err(fail)?;
         if out.len() > u16::MAX as usize {
             return Err(fail(ErrorCode::Unspecified));
         }
         let mut w = Writer::header(version, rsp::VENDOR_DEFINED_RESPONSE, 0, 0);
-        w.u16(std_id).u8(vlen as u8).bytes(&vendor_id).u16(out.len() as u16).bytes(&out);
+        w.u16(std_id)
+            .u8(vlen as u8)
+            .bytes(&vendor_id)
+            .u16(out.len() as u16)
+            .bytes(&out);
         Ok(Reply::new(w.finish()))
     }
 
@@ -1588,10 +1828,18 @@ impl Responder {
         };
         if seq == 0 {
             let total = r.u32().ok_or_else(invalid)? as usize;
-            if total <= self.cfg.data_transfer_size as usize || total > self.cfg.max_spdm_msg_size as usize {
+            if total <= self.cfg.data_transfer_size as usize
+                || total > self.cfg.max_spdm_msg_size as usize
+            {
                 return early_error(self, ErrorCode::InvalidRequest);
             }
-            self.chunk_in = Some(ChunkIn { handle, data: Vec::with_capacity(total.min(1 << 16)), expected_total: total, next_seq: 0, session: sid });
+            self.chunk_in = Some(ChunkIn {
+                handle,
+                data: Vec::with_capacity(total.min(1 << 16)),
+                expected_total: total,
+                next_seq: 0,
+                session: sid,
+            });
         }
         let chunk = match r.take(size) {
             Some(c) if size > 0 => c,
@@ -1600,7 +1848,11 @@ impl Responder {
         let Some(ci) = self.chunk_in.as_mut() else {
             return early_error(self, ErrorCode::UnexpectedRequest);
         };
-        if ci.handle != handle || ci.next_seq != seq || ci.session != sid || ci.data.len() + size > ci.expected_total {
+        if ci.handle != handle
+            || ci.next_seq != seq
+            || ci.session != sid
+            || ci.data.len() + size > ci.expected_total
+        {
             return early_error(self, ErrorCode::InvalidRequest);
         }
         ci.data.extend_from_slice(chunk);
@@ -1620,7 +1872,10 @@ impl Responder {
             Err(f) => (self.error_msg(f), Post::None),
         };
         w.bytes(&inner);
-        Ok(Reply { msg: w.finish(), post })
+        Ok(Reply {
+            msg: w.finish(),
+            post,
+        })
     }
 }
 
@@ -1635,7 +1890,12 @@ fn check_requester_flags(f: u32, ver: u8) -> bool {
         if !bit(caps::MAC) && !bit(caps::ENCRYPT) {
             return false;
         }
-    } else if bit(caps::MAC) || bit(caps::ENCRYPT) || bit(caps::HANDSHAKE_IN_THE_CLEAR) || bit(caps::HBEAT) || bit(caps::KEY_UPD) {
+    } else if bit(caps::MAC)
+        || bit(caps::ENCRYPT)
+        || bit(caps::HANDSHAKE_IN_THE_CLEAR)
+        || bit(caps::HBEAT)
+        || bit(caps::KEY_UPD)
+    {
         return false;
     }
     if !bit(caps::KEY_EX) && psk == 1 && bit(caps::HANDSHAKE_IN_THE_CLEAR) {
@@ -1669,14 +1929,18 @@ mod tests {
 
     fn responder() -> Responder {
         let mut rng = DeterministicEntropy::new(b"unit");
-        let id = Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
+        let id =
+            Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
         Responder::with_entropy(ResponderConfig::default(), id, Box::new(rng))
     }
 
     #[test]
     fn version_response_and_reset() {
         let mut r = responder();
-        assert_eq!(r.handle_message(&[0x10, 0x84, 0, 0]), vec![0x10, 0x04, 0, 0, 0, 4, 0, 0x10, 0, 0x11, 0, 0x12, 0, 0x13]);
+        assert_eq!(
+            r.handle_message(&[0x10, 0x84, 0, 0]),
+            vec![0x10, 0x04, 0, 0, 0, 4, 0, 0x10, 0, 0x11, 0, 0x12, 0, 0x13]
+        );
         assert_eq!(r.state(), ConnState::AfterVersion);
         // Trailing bytes (DOE padding) are ignored and not part of the transcript.
         assert_eq!(r.handle_message(&[0x10, 0x84, 0, 0, 0, 0, 0, 0])[1], 0x04);
@@ -1687,7 +1951,10 @@ mod tests {
     fn capabilities_are_masked_per_version() {
         let r = responder();
         assert_eq!(r.rsp_caps(V10) & !caps::MASK_10, 0);
-        assert_eq!(r.rsp_caps(V10), caps::CERT | caps::CHAL | caps::MEAS_SIG | caps::MEAS_FRESH);
+        assert_eq!(
+            r.rsp_caps(V10),
+            caps::CERT | caps::CHAL | caps::MEAS_SIG | caps::MEAS_FRESH
+        );
         assert_eq!(r.rsp_caps(V11) & caps::CHUNK, 0);
         assert_ne!(r.rsp_caps(V12) & caps::CHUNK, 0);
         assert_ne!(r.rsp_caps(V13) & caps::PSK_WITH_CONTEXT, 0);
@@ -1703,7 +1970,10 @@ mod tests {
         assert!(!check_requester_flags(caps::CHAL, V12));
         assert!(!check_requester_flags(ok | caps::PUB_KEY_ID, V12));
         assert!(!check_requester_flags(ok | caps::MUT_AUTH, V11));
-        assert!(check_requester_flags(ok | caps::MUT_AUTH | caps::ENCAP, V11));
+        assert!(check_requester_flags(
+            ok | caps::MUT_AUTH | caps::ENCAP,
+            V11
+        ));
     }
 
     #[test]
@@ -1711,9 +1981,15 @@ mod tests {
         let m = &measurement::default_measurements("9.9", b"cfg")[2];
         let b = m.block(Some(HashAlgo::Sha256), false);
         assert_eq!(b, vec![3, 1, 6, 0, 0x86, 3, 0, b'9', b'.', b'9']);
-        let d = measurement::default_measurements("9.9", b"cfg")[0].block(Some(HashAlgo::Sha384), false);
+        let d = measurement::default_measurements("9.9", b"cfg")[0]
+            .block(Some(HashAlgo::Sha384), false);
         assert_eq!(&d[..7], &[1, 1, 51, 0, 0x00, 48, 0]);
-        assert_eq!(measurement::parse_record(&[b.clone(), d.clone()].concat(), 2).unwrap().len(), 2);
+        assert_eq!(
+            measurement::parse_record(&[b.clone(), d.clone()].concat(), 2)
+                .unwrap()
+                .len(),
+            2
+        );
         assert!(measurement::parse_record(&b[..5], 1).is_none());
     }
 
@@ -1732,7 +2008,9 @@ mod tests {
         let mut r = responder();
         r.handle_message(&[0x10, 0x84, 0, 0]);
         let mut c = vec![0x12, 0xE1, 0, 0, 0, 12, 0, 0];
-        c.extend_from_slice(&(caps::CERT | caps::CHAL | caps::MAC | caps::KEY_EX | caps::CHUNK).to_le_bytes());
+        c.extend_from_slice(
+            &(caps::CERT | caps::CHAL | caps::MAC | caps::KEY_EX | caps::CHUNK).to_le_bytes(),
+        );
         c.extend_from_slice(&0x1200u32.to_le_bytes());
         c.extend_from_slice(&0x1200u32.to_le_bytes());
         assert_eq!(r.handle_message(&c)[1], rsp::CAPABILITIES);

@@ -34,7 +34,11 @@ impl DeterministicEntropy {
     pub fn new(seed: &[u8]) -> Self {
         let mut s = [0u8; 32];
         s.copy_from_slice(&sha2::Sha256::digest(seed));
-        Self { seed: s, counter: 0, buf: Vec::new() }
+        Self {
+            seed: s,
+            counter: 0,
+            buf: Vec::new(),
+        }
     }
 }
 

@@ -28,7 +28,9 @@ pub const RECORD_HEADER: usize = 6;
 
 /// The session id of a record, if the record is long enough.
 pub fn record_session_id(record: &[u8]) -> Option<u32> {
-    record.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    record
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 struct DirKeys {
@@ -41,7 +43,12 @@ struct DirKeys {
 impl DirKeys {
     fn new(hash: HashAlgo, version: u8, secret: Zeroizing<Vec<u8>>) -> Result<Self, SecuredError> {
         let t = keyschedule::traffic_keys(hash, version, &secret)?;
-        Ok(Self { secret, key: t.key, salt: t.salt, seq: 0 })
+        Ok(Self {
+            secret,
+            key: t.key,
+            salt: t.salt,
+            seq: 0,
+        })
     }
     fn iv(&self) -> [u8; AEAD_IV_SIZE] {
         let mut iv = *self.salt;
@@ -161,7 +168,12 @@ impl SecureChannel {
 
     /// Protect `app` (an SPDM message) for `dir`, appending `padding` random bytes
     /// inside the encrypted part (ignored for MAC-only sessions).
-    pub fn seal(&mut self, dir: Direction, app: &[u8], padding: &[u8]) -> Result<Vec<u8>, SecuredError> {
+    pub fn seal(
+        &mut self,
+        dir: Direction,
+        app: &[u8],
+        padding: &[u8],
+    ) -> Result<Vec<u8>, SecuredError> {
         let prefixed;
         let app = match self.app_prefix {
             Some(p) => {
@@ -184,7 +196,11 @@ impl SecureChannel {
         let iv = d.iv();
         let mut out;
         if mac_only {
-            let len = app.len().checked_add(AEAD_TAG_SIZE).filter(|l| *l <= u16::MAX as usize).ok_or(SecuredError::Malformed)?;
+            let len = app
+                .len()
+                .checked_add(AEAD_TAG_SIZE)
+                .filter(|l| *l <= u16::MAX as usize)
+                .ok_or(SecuredError::Malformed)?;
             out = Vec::with_capacity(hl + len);
             out.extend_from_slice(&sid.to_le_bytes());
             out.extend_from_slice(&d.seq.to_le_bytes()[..sn]);
@@ -197,7 +213,10 @@ impl SecureChannel {
                 return Err(SecuredError::Malformed);
             }
             let plain_len = 2 + app.len() + padding.len();
-            let len = plain_len.checked_add(AEAD_TAG_SIZE).filter(|l| *l <= u16::MAX as usize).ok_or(SecuredError::Malformed)?;
+            let len = plain_len
+                .checked_add(AEAD_TAG_SIZE)
+                .filter(|l| *l <= u16::MAX as usize)
+                .ok_or(SecuredError::Malformed)?;
             out = Vec::with_capacity(hl + len);
             out.extend_from_slice(&sid.to_le_bytes());
             out.extend_from_slice(&d.seq.to_le_bytes()[..sn]);
@@ -247,11 +266,13 @@ impl SecureChannel {
         let body_end = record.len() - AEAD_TAG_SIZE;
         let tag = &record[body_end..];
         let msg = if mac_only {
-            aead.open(&d.key[..], &iv, &record[..body_end], &mut [], tag).map_err(|_| SecuredError::Mac)?;
+            aead.open(&d.key[..], &iv, &record[..body_end], &mut [], tag)
+                .map_err(|_| SecuredError::Mac)?;
             record[hl..body_end].to_vec()
         } else {
             let mut body = Zeroizing::new(record[hl..body_end].to_vec());
-            aead.open(&d.key[..], &iv, &record[..hl], &mut body, tag).map_err(|_| SecuredError::Mac)?;
+            aead.open(&d.key[..], &iv, &record[..hl], &mut body, tag)
+                .map_err(|_| SecuredError::Mac)?;
             if body.len() < 2 {
                 return Err(SecuredError::Malformed);
             }
@@ -286,9 +307,14 @@ mod tests {
             for mac_only in [false, true] {
                 let mut a = chan(aead, mac_only);
                 let mut b = chan(aead, mac_only);
-                let r = a.seal(Direction::Request, &[0x12, 0xE8, 0, 0], &[9, 9, 9]).unwrap();
+                let r = a
+                    .seal(Direction::Request, &[0x12, 0xE8, 0, 0], &[9, 9, 9])
+                    .unwrap();
                 assert_eq!(&r[..4], &0xFFFE_0001u32.to_le_bytes());
-                assert_eq!(b.open(Direction::Request, &r).unwrap(), vec![0x12, 0xE8, 0, 0]);
+                assert_eq!(
+                    b.open(Direction::Request, &r).unwrap(),
+                    vec![0x12, 0xE8, 0, 0]
+                );
                 // A replay uses the old sequence number: the MAC check fails.
                 assert_eq!(b.open(Direction::Request, &r), Err(SecuredError::Mac));
                 let mut bad = a.seal(Direction::Request, &[1, 2, 3], &[]).unwrap();
@@ -315,7 +341,10 @@ mod tests {
         a.set_max_sequence_number(1);
         a.seal(Direction::Response, b"x", &[]).unwrap();
         a.seal(Direction::Response, b"x", &[]).unwrap();
-        assert_eq!(a.seal(Direction::Response, b"x", &[]), Err(SecuredError::SequenceExhausted));
+        assert_eq!(
+            a.seal(Direction::Response, b"x", &[]),
+            Err(SecuredError::SequenceExhausted)
+        );
         assert!(a.is_exhausted());
     }
 }

@@ -64,7 +64,9 @@ pub struct VendorRegistry {
 
 impl std::fmt::Debug for VendorRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.handlers.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.handlers.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -73,7 +75,12 @@ impl VendorRegistry {
         self.handlers.retain(|(k, _)| k != &key);
         self.handlers.push((key, handler));
     }
-    pub(crate) fn find(&mut self, standard_id: u16, vendor_id: &[u8], payload: &[u8]) -> Option<(&VendorKey, &mut Box<dyn VendorHandler>)> {
+    pub(crate) fn find(
+        &mut self,
+        standard_id: u16,
+        vendor_id: &[u8],
+        payload: &[u8],
+    ) -> Option<(&VendorKey, &mut Box<dyn VendorHandler>)> {
         self.handlers
             .iter_mut()
             .find(|(k, _)| {

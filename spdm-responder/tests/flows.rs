@@ -7,7 +7,9 @@ use common::*;
 use spdm_responder::codec::{V10, V11, V12, V13};
 use spdm_responder::requester::{KeyUpdateOp, Transport};
 use spdm_responder::rng::DeterministicEntropy;
-use spdm_responder::transport::doe::{DoeEndpoint, DoeTransport, DOE_TYPE_CMA, DOE_TYPE_DISCOVERY, DOE_TYPE_SECURED_CMA};
+use spdm_responder::transport::doe::{
+    DoeEndpoint, DoeTransport, DOE_TYPE_CMA, DOE_TYPE_DISCOVERY, DOE_TYPE_SECURED_CMA,
+};
 use spdm_responder::transport::tcp::{self, EmuClient, TRANSPORT_MCTP, TRANSPORT_PCI_DOE};
 use spdm_responder::transport::InMemory;
 use spdm_responder::{Requester, ResponderConfig};
@@ -72,7 +74,11 @@ fn in_memory_all_versions_all_algorithms() {
         for a in &ALGOS {
             let mut r = in_memory(v, a, ResponderConfig::default());
             full_flow(&mut r, v);
-            assert!(r.transport_mut().responder.session_ids().is_empty(), "{} {v:#x}", a.name);
+            assert!(
+                r.transport_mut().responder.session_ids().is_empty(),
+                "{} {v:#x}",
+                a.name
+            );
         }
     }
 }
@@ -83,8 +89,19 @@ fn doe_objects_all_versions() {
         for a in [&ALGOS[0], &ALGOS[3]] {
             let ep = DoeEndpoint::new(responder(ResponderConfig::default()));
             let mut t = DoeTransport::new(ep);
-            assert_eq!(t.discover().unwrap(), vec![(1, DOE_TYPE_DISCOVERY), (1, DOE_TYPE_CMA), (1, DOE_TYPE_SECURED_CMA)]);
-            let mut r = Requester::with_entropy(requester_config(v, a), t, Box::new(DeterministicEntropy::new(b"req")));
+            assert_eq!(
+                t.discover().unwrap(),
+                vec![
+                    (1, DOE_TYPE_DISCOVERY),
+                    (1, DOE_TYPE_CMA),
+                    (1, DOE_TYPE_SECURED_CMA)
+                ]
+            );
+            let mut r = Requester::with_entropy(
+                requester_config(v, a),
+                t,
+                Box::new(DeterministicEntropy::new(b"req")),
+            );
             full_flow(&mut r, v);
         }
     }
@@ -98,7 +115,11 @@ fn tcp_loopback_pci_doe_and_mctp() {
         assert_eq!(c.hello().unwrap(), b"Server Hello!\0");
         let mut t = DoeTransport::new(c);
         assert_eq!(t.discover().unwrap().len(), 3);
-        let mut r = Requester::with_entropy(requester_config(v, a), t, Box::new(DeterministicEntropy::new(b"req")));
+        let mut r = Requester::with_entropy(
+            requester_config(v, a),
+            t,
+            Box::new(DeterministicEntropy::new(b"req")),
+        );
         full_flow(&mut r, v);
         r.transport_mut().channel.shutdown().unwrap();
         h.join().unwrap();
@@ -106,7 +127,11 @@ fn tcp_loopback_pci_doe_and_mctp() {
     // MCTP framing (2-byte sequence numbers in secured records).
     let (port, _stop, h) = tcp::spawn_tcp(0, responder(ResponderConfig::default())).unwrap();
     let c = EmuClient::connect(port, TRANSPORT_MCTP).unwrap();
-    let mut r = Requester::with_entropy(requester_config(V13, &ALGOS[0]), c, Box::new(DeterministicEntropy::new(b"req")));
+    let mut r = Requester::with_entropy(
+        requester_config(V13, &ALGOS[0]),
+        c,
+        Box::new(DeterministicEntropy::new(b"req")),
+    );
     r.set_mctp_binding(true);
     full_flow(&mut r, V13);
     r.transport_mut().shutdown().unwrap();
@@ -119,10 +144,17 @@ fn chunking_small_data_transfer_size() {
     // KEY_EXCHANGE(_RSP) need CHUNK_GET / CHUNK_SEND.
     for v in [V12, V13] {
         for a in [&ALGOS[0], &ALGOS[1]] {
-            let cfg = ResponderConfig { data_transfer_size: 64, ..ResponderConfig::default() };
+            let cfg = ResponderConfig {
+                data_transfer_size: 64,
+                ..ResponderConfig::default()
+            };
             let mut rc = requester_config(v, a);
             rc.data_transfer_size = 64;
-            let mut r = Requester::with_entropy(rc, InMemory::new(responder(cfg)), Box::new(DeterministicEntropy::new(b"req")));
+            let mut r = Requester::with_entropy(
+                rc,
+                InMemory::new(responder(cfg)),
+                Box::new(DeterministicEntropy::new(b"req")),
+            );
             full_flow(&mut r, v);
         }
     }
@@ -130,17 +162,27 @@ fn chunking_small_data_transfer_size() {
 
 #[test]
 fn respond_if_ready_flow() {
-    let cfg = ResponderConfig { respond_not_ready: true, ..ResponderConfig::default() };
+    let cfg = ResponderConfig {
+        respond_not_ready: true,
+        ..ResponderConfig::default()
+    };
     let mut r = in_memory(V12, &ALGOS[1], cfg);
     full_flow(&mut r, V12);
 }
 
 #[test]
 fn mac_only_sessions_and_padding() {
-    let cfg = ResponderConfig { encrypt: false, max_padding: 16, ..ResponderConfig::default() };
+    let cfg = ResponderConfig {
+        encrypt: false,
+        max_padding: 16,
+        ..ResponderConfig::default()
+    };
     let mut r = in_memory(V12, &ALGOS[0], cfg);
     full_flow(&mut r, V12);
-    let cfg = ResponderConfig { max_padding: 32, ..ResponderConfig::default() };
+    let cfg = ResponderConfig {
+        max_padding: 32,
+        ..ResponderConfig::default()
+    };
     let mut r = in_memory(V13, &ALGOS[3], cfg);
     full_flow(&mut r, V13);
 }
@@ -162,7 +204,15 @@ fn get_version_resets_sessions_and_identity_is_stable() {
 fn several_concurrent_sessions_are_independent() {
     let mut r = in_memory(V13, &ALGOS[1], ResponderConfig::default());
     r.authenticate(0).unwrap();
-    let ids: Vec<u32> = (0..4).map(|i| if i % 2 == 0 { r.key_exchange(0, 0).unwrap() } else { r.psk_exchange(0).unwrap() }).collect();
+    let ids: Vec<u32> = (0..4)
+        .map(|i| {
+            if i % 2 == 0 {
+                r.key_exchange(0, 0).unwrap()
+            } else {
+                r.psk_exchange(0).unwrap()
+            }
+        })
+        .collect();
     let mut uniq = ids.clone();
     uniq.sort();
     uniq.dedup();

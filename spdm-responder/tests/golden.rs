@@ -15,7 +15,10 @@ use spdm_responder::{Requester, Responder, ResponderConfig};
 
 fn run(version: u8, a: &Algos) -> (String, Vec<Message>) {
     let responder = Responder::with_entropy(
-        ResponderConfig { max_padding: 8, ..ResponderConfig::default() },
+        ResponderConfig {
+            max_padding: 8,
+            ..ResponderConfig::default()
+        },
         identity(),
         Box::new(DeterministicEntropy::new(b"golden responder")),
     );
@@ -64,7 +67,10 @@ fn golden_1_2_p384() {
     let (h, log) = run(V12, &ALGOS[1]);
     // The first messages are fixed by the spec and our configuration.
     assert_eq!(spdm(&log[0]), &[0x10, 0x84, 0, 0]);
-    assert_eq!(spdm(&log[1]), &[0x10, 0x04, 0, 0, 0, 4, 0, 0x10, 0, 0x11, 0, 0x12, 0, 0x13]);
+    assert_eq!(
+        spdm(&log[1]),
+        &[0x10, 0x04, 0, 0, 0, 4, 0, 0x10, 0, 0x11, 0, 0x12, 0, 0x13]
+    );
     assert_eq!(
         spdm(&log[3]),
         &[0x12, 0x61, 0, 0, 0, 12, 0, 0, 0xF6, 0x6A, 0x02, 0, 0x00, 0x12, 0, 0, 0, 0, 1, 0]

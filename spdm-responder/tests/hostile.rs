@@ -24,7 +24,11 @@ const INVALID_SESSION: u8 = 0x02;
 fn assert_error(resp: &[u8], code: u8, what: &str) {
     assert!(resp.len() >= 4, "{what}: short response {resp:02x?}");
     assert_eq!(resp[1], 0x7F, "{what}: expected ERROR, got {resp:02x?}");
-    assert_eq!(resp[2], code, "{what}: expected error {code:#04x}, got {:#04x}", resp[2]);
+    assert_eq!(
+        resp[2], code,
+        "{what}: expected error {code:#04x}, got {:#04x}",
+        resp[2]
+    );
 }
 
 fn fresh(version: u8) -> Requester<InMemory> {
@@ -72,41 +76,207 @@ fn algs_req(v: u8, asym: u32, hash: u32, tables: &[(u8, u8, u16)]) -> Vec<u8> {
     m
 }
 
-const TABLES: [(u8, u8, u16); 4] = [(2, 0x20, 0x18), (3, 0x20, 0x6), (4, 0x20, 0x90), (5, 0x20, 1)];
+const TABLES: [(u8, u8, u16); 4] = [
+    (2, 0x20, 0x18),
+    (3, 0x20, 0x6),
+    (4, 0x20, 0x90),
+    (5, 0x20, 1),
+];
 
 /// Cases before negotiation completes: each on a fresh responder.
 #[test]
 fn catalogue_before_negotiation() {
     let v12 = V12;
     let pre: Vec<(&str, Vec<Vec<u8>>, u8)> = vec![
-        ("GET_DIGESTS before GET_VERSION", vec![vec![v12, 0x81, 0, 0]], UNEXPECTED),
-        ("GET_CAPABILITIES before GET_VERSION", vec![caps_req(v12, REQ_FLAGS, 0x1200, 0x1200)], UNEXPECTED),
-        ("GET_VERSION with version byte 1.1", vec![vec![0x11, 0x84, 0, 0]], MISMATCH),
-        ("truncated header (3 bytes)", vec![vec![0x10, 0x84, 0]], INVALID),
+        (
+            "GET_DIGESTS before GET_VERSION",
+            vec![vec![v12, 0x81, 0, 0]],
+            UNEXPECTED,
+        ),
+        (
+            "GET_CAPABILITIES before GET_VERSION",
+            vec![caps_req(v12, REQ_FLAGS, 0x1200, 0x1200)],
+            UNEXPECTED,
+        ),
+        (
+            "GET_VERSION with version byte 1.1",
+            vec![vec![0x11, 0x84, 0, 0]],
+            MISMATCH,
+        ),
+        (
+            "truncated header (3 bytes)",
+            vec![vec![0x10, 0x84, 0]],
+            INVALID,
+        ),
         ("empty message", vec![vec![]], INVALID),
-        ("NEGOTIATE_ALGORITHMS before GET_CAPABILITIES", vec![vec![0x10, 0x84, 0, 0], algs_req(v12, 0x90, 3, &TABLES)], UNEXPECTED),
-        ("GET_CAPABILITIES with unsupported version 1.4", vec![vec![0x10, 0x84, 0, 0], caps_req(0x14, REQ_FLAGS, 0x1200, 0x1200)], MISMATCH),
-        ("GET_CAPABILITIES 1.2 truncated to 12 bytes", vec![vec![0x10, 0x84, 0, 0], caps_req(V11, REQ_FLAGS, 0, 0).into_iter().enumerate().map(|(i, b)| if i == 0 { V12 } else { b }).collect()], INVALID),
-        ("GET_CAPABILITIES DataTransferSize below 42", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 41, 41)], INVALID),
-        ("GET_CAPABILITIES DataTransferSize > MaxSPDMmsgSize", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x2000, 0x1000)], INVALID),
-        ("GET_CAPABILITIES PSK_CAP reserved value 3", vec![vec![0x10, 0x84, 0, 0], caps_req(V11, REQ_FLAGS | 0xC00, 0, 0)], INVALID),
-        ("GET_CAPABILITIES KEY_EX without MAC/ENCRYPT", vec![vec![0x10, 0x84, 0, 0], caps_req(V11, 0x2 | 0x4 | 0x200, 0, 0)], INVALID),
-        ("GET_CAPABILITIES DTS != Max without CHUNK_CAP", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS & !0x20000, 0x100, 0x1000)], INVALID),
-        ("unknown code right after VERSION", vec![vec![0x10, 0x84, 0, 0], vec![v12, 0x8F, 0, 0]], UNSUPPORTED),
-        ("GET_DIGESTS right after VERSION", vec![vec![0x10, 0x84, 0, 0], vec![v12, 0x81, 0, 0]], UNEXPECTED),
-        ("NEGOTIATE_ALGORITHMS Length past the end", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), {
-            let mut m = algs_req(v12, 0x90, 3, &TABLES);
-            m[4] = 0x7F;
-            m
-        }], INVALID),
-        ("NEGOTIATE_ALGORITHMS no common hash (SHA-512 only)", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 4, &TABLES)], INVALID),
-        ("NEGOTIATE_ALGORITHMS no common signature (RSA only)", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x4, 3, &TABLES)], INVALID),
-        ("NEGOTIATE_ALGORITHMS AlgCount fixed bytes != 2", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 3, &[(2, 0x30, 0x18)])], INVALID),
-        ("NEGOTIATE_ALGORITHMS tables not ascending", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 3, &[(3, 0x20, 6), (2, 0x20, 0x18)])], INVALID),
-        ("NEGOTIATE_ALGORITHMS five tables", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 3, &[(2, 0x20, 0x18), (3, 0x20, 6), (4, 0x20, 0x10), (5, 0x20, 1), (6, 0x20, 1)])], INVALID),
-        ("NEGOTIATE_ALGORITHMS table with no algorithm", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 3, &[(2, 0x20, 0x18), (3, 0x20, 0)])], INVALID),
-        ("NEGOTIATE_ALGORITHMS unknown table type", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 3, &[(9, 0x20, 1)])], INVALID),
-        ("NEGOTIATE_ALGORITHMS truncated (20 bytes)", vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 0x1200, 0x1200), algs_req(v12, 0x90, 3, &TABLES)[..20].to_vec()], INVALID),
+        (
+            "NEGOTIATE_ALGORITHMS before GET_CAPABILITIES",
+            vec![vec![0x10, 0x84, 0, 0], algs_req(v12, 0x90, 3, &TABLES)],
+            UNEXPECTED,
+        ),
+        (
+            "GET_CAPABILITIES with unsupported version 1.4",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(0x14, REQ_FLAGS, 0x1200, 0x1200),
+            ],
+            MISMATCH,
+        ),
+        (
+            "GET_CAPABILITIES 1.2 truncated to 12 bytes",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(V11, REQ_FLAGS, 0, 0)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, b)| if i == 0 { V12 } else { b })
+                    .collect(),
+            ],
+            INVALID,
+        ),
+        (
+            "GET_CAPABILITIES DataTransferSize below 42",
+            vec![vec![0x10, 0x84, 0, 0], caps_req(v12, REQ_FLAGS, 41, 41)],
+            INVALID,
+        ),
+        (
+            "GET_CAPABILITIES DataTransferSize > MaxSPDMmsgSize",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x2000, 0x1000),
+            ],
+            INVALID,
+        ),
+        (
+            "GET_CAPABILITIES PSK_CAP reserved value 3",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(V11, REQ_FLAGS | 0xC00, 0, 0),
+            ],
+            INVALID,
+        ),
+        (
+            "GET_CAPABILITIES KEY_EX without MAC/ENCRYPT",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(V11, 0x2 | 0x4 | 0x200, 0, 0),
+            ],
+            INVALID,
+        ),
+        (
+            "GET_CAPABILITIES DTS != Max without CHUNK_CAP",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS & !0x20000, 0x100, 0x1000),
+            ],
+            INVALID,
+        ),
+        (
+            "unknown code right after VERSION",
+            vec![vec![0x10, 0x84, 0, 0], vec![v12, 0x8F, 0, 0]],
+            UNSUPPORTED,
+        ),
+        (
+            "GET_DIGESTS right after VERSION",
+            vec![vec![0x10, 0x84, 0, 0], vec![v12, 0x81, 0, 0]],
+            UNEXPECTED,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS Length past the end",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                {
+                    let mut m = algs_req(v12, 0x90, 3, &TABLES);
+                    m[4] = 0x7F;
+                    m
+                },
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS no common hash (SHA-512 only)",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x90, 4, &TABLES),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS no common signature (RSA only)",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x4, 3, &TABLES),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS AlgCount fixed bytes != 2",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x90, 3, &[(2, 0x30, 0x18)]),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS tables not ascending",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x90, 3, &[(3, 0x20, 6), (2, 0x20, 0x18)]),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS five tables",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(
+                    v12,
+                    0x90,
+                    3,
+                    &[
+                        (2, 0x20, 0x18),
+                        (3, 0x20, 6),
+                        (4, 0x20, 0x10),
+                        (5, 0x20, 1),
+                        (6, 0x20, 1),
+                    ],
+                ),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS table with no algorithm",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x90, 3, &[(2, 0x20, 0x18), (3, 0x20, 0)]),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS unknown table type",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x90, 3, &[(9, 0x20, 1)]),
+            ],
+            INVALID,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS truncated (20 bytes)",
+            vec![
+                vec![0x10, 0x84, 0, 0],
+                caps_req(v12, REQ_FLAGS, 0x1200, 0x1200),
+                algs_req(v12, 0x90, 3, &TABLES)[..20].to_vec(),
+            ],
+            INVALID,
+        ),
     ];
     for (what, msgs, code) in pre {
         let mut r = fresh(V12);
@@ -123,7 +293,9 @@ fn catalogue_before_negotiation() {
 #[test]
 fn catalogue_after_negotiation() {
     let mut r = fresh(V12);
-    r.transport_mut().responder.register_vendor(VendorKey::pcisig(0), Box::new(Echo));
+    r.transport_mut()
+        .responder
+        .register_vendor(VendorKey::pcisig(0), Box::new(Echo));
     usable(&mut r);
     let v = V12;
     let mut big = vec![v, 0xFE, 0, 0, 3, 0, 2, 1, 0];
@@ -141,44 +313,180 @@ fn catalogue_after_negotiation() {
     let mut psk_bad = vec![v, 0xE6, 0, 0, 1, 0, 4, 0, 0, 0, 0, 0];
     psk_bad.extend_from_slice(b"nope");
     let cases: Vec<(&str, Vec<u8>, u8)> = vec![
-        ("wrong version byte 1.1 after negotiating 1.2", vec![V11, 0x81, 0, 0], MISMATCH),
-        ("wrong version byte 1.3 after negotiating 1.2", vec![V13, 0x81, 0, 0], MISMATCH),
-        ("unknown request code 0x90", vec![v, 0x90, 0, 0], UNSUPPORTED),
-        ("a response code (0x04) sent as request", vec![v, 0x04, 0, 0], UNSUPPORTED),
-        ("GET_CSR (not supported)", vec![v, 0xED, 0, 0, 0, 0, 0, 0], UNSUPPORTED),
-        ("GET_ENCAPSULATED_REQUEST (no mutual auth)", vec![v, 0xEA, 0, 0], UNSUPPORTED),
-        ("SET_CERTIFICATE (not supported)", vec![v, 0xEE, 0, 0], UNSUPPORTED),
-        ("1.3-only GET_ENDPOINT_INFO on a 1.2 connection", vec![v, 0x87, 1, 0, 0, 0, 0, 0], UNSUPPORTED),
-        ("GET_CAPABILITIES after negotiation", caps_req(v, REQ_FLAGS, 0x1200, 0x1200), UNEXPECTED),
-        ("NEGOTIATE_ALGORITHMS after negotiation", algs_req(v, 0x90, 3, &TABLES), UNEXPECTED),
-        ("GET_CERTIFICATE truncated", vec![v, 0x82, 0, 0, 0, 0], INVALID),
-        ("GET_CERTIFICATE unprovisioned slot 5", vec![v, 0x82, 5, 0, 0, 0, 0, 4], INVALID),
-        ("GET_CERTIFICATE slot 15", vec![v, 0x82, 15, 0, 0, 0, 0, 4], INVALID),
-        ("GET_CERTIFICATE offset past the chain", vec![v, 0x82, 0, 0, 0xF0, 0xFF, 0, 4], INVALID),
-        ("GET_CERTIFICATE length 0", vec![v, 0x82, 0, 0, 0, 0, 0, 0], INVALID),
-        ("CHALLENGE slot 9", [vec![v, 0x83, 9, 0], vec![0u8; 32]].concat(), INVALID),
-        ("CHALLENGE unprovisioned slot 4", [vec![v, 0x83, 4, 0], vec![0u8; 32]].concat(), INVALID),
-        ("CHALLENGE truncated nonce", vec![v, 0x83, 0, 0, 1, 2, 3], INVALID),
-        ("CHALLENGE bad summary hash type 5", [vec![v, 0x83, 0, 5], vec![0u8; 32]].concat(), INVALID),
-        ("GET_MEASUREMENTS nonexistent index 0x42", vec![v, 0xE0, 0, 0x42], INVALID),
-        ("GET_MEASUREMENTS signed without nonce", vec![v, 0xE0, 1, 0xFF], INVALID),
-        ("GET_MEASUREMENTS signed, unprovisioned slot 7", [vec![v, 0xE0, 1, 0xFF], vec![0u8; 32], vec![7]].concat(), INVALID),
-        ("HEARTBEAT outside a session", vec![v, 0xE8, 0, 0], SESSION_REQUIRED),
-        ("KEY_UPDATE outside a session", vec![v, 0xE9, 1, 1], SESSION_REQUIRED),
-        ("END_SESSION outside a session", vec![v, 0xEC, 0, 0], SESSION_REQUIRED),
-        ("FINISH outside a session", [vec![v, 0xE5, 0, 0], vec![0u8; 32]].concat(), UNEXPECTED),
-        ("PSK_FINISH outside a session", [vec![v, 0xE7, 0, 0], vec![0u8; 32]].concat(), UNEXPECTED),
+        (
+            "wrong version byte 1.1 after negotiating 1.2",
+            vec![V11, 0x81, 0, 0],
+            MISMATCH,
+        ),
+        (
+            "wrong version byte 1.3 after negotiating 1.2",
+            vec![V13, 0x81, 0, 0],
+            MISMATCH,
+        ),
+        (
+            "unknown request code 0x90",
+            vec![v, 0x90, 0, 0],
+            UNSUPPORTED,
+        ),
+        (
+            "a response code (0x04) sent as request",
+            vec![v, 0x04, 0, 0],
+            UNSUPPORTED,
+        ),
+        (
+            "GET_CSR (not supported)",
+            vec![v, 0xED, 0, 0, 0, 0, 0, 0],
+            UNSUPPORTED,
+        ),
+        (
+            "GET_ENCAPSULATED_REQUEST (no mutual auth)",
+            vec![v, 0xEA, 0, 0],
+            UNSUPPORTED,
+        ),
+        (
+            "SET_CERTIFICATE (not supported)",
+            vec![v, 0xEE, 0, 0],
+            UNSUPPORTED,
+        ),
+        (
+            "1.3-only GET_ENDPOINT_INFO on a 1.2 connection",
+            vec![v, 0x87, 1, 0, 0, 0, 0, 0],
+            UNSUPPORTED,
+        ),
+        (
+            "GET_CAPABILITIES after negotiation",
+            caps_req(v, REQ_FLAGS, 0x1200, 0x1200),
+            UNEXPECTED,
+        ),
+        (
+            "NEGOTIATE_ALGORITHMS after negotiation",
+            algs_req(v, 0x90, 3, &TABLES),
+            UNEXPECTED,
+        ),
+        (
+            "GET_CERTIFICATE truncated",
+            vec![v, 0x82, 0, 0, 0, 0],
+            INVALID,
+        ),
+        (
+            "GET_CERTIFICATE unprovisioned slot 5",
+            vec![v, 0x82, 5, 0, 0, 0, 0, 4],
+            INVALID,
+        ),
+        (
+            "GET_CERTIFICATE slot 15",
+            vec![v, 0x82, 15, 0, 0, 0, 0, 4],
+            INVALID,
+        ),
+        (
+            "GET_CERTIFICATE offset past the chain",
+            vec![v, 0x82, 0, 0, 0xF0, 0xFF, 0, 4],
+            INVALID,
+        ),
+        (
+            "GET_CERTIFICATE length 0",
+            vec![v, 0x82, 0, 0, 0, 0, 0, 0],
+            INVALID,
+        ),
+        (
+            "CHALLENGE slot 9",
+            [vec![v, 0x83, 9, 0], vec![0u8; 32]].concat(),
+            INVALID,
+        ),
+        (
+            "CHALLENGE unprovisioned slot 4",
+            [vec![v, 0x83, 4, 0], vec![0u8; 32]].concat(),
+            INVALID,
+        ),
+        (
+            "CHALLENGE truncated nonce",
+            vec![v, 0x83, 0, 0, 1, 2, 3],
+            INVALID,
+        ),
+        (
+            "CHALLENGE bad summary hash type 5",
+            [vec![v, 0x83, 0, 5], vec![0u8; 32]].concat(),
+            INVALID,
+        ),
+        (
+            "GET_MEASUREMENTS nonexistent index 0x42",
+            vec![v, 0xE0, 0, 0x42],
+            INVALID,
+        ),
+        (
+            "GET_MEASUREMENTS signed without nonce",
+            vec![v, 0xE0, 1, 0xFF],
+            INVALID,
+        ),
+        (
+            "GET_MEASUREMENTS signed, unprovisioned slot 7",
+            [vec![v, 0xE0, 1, 0xFF], vec![0u8; 32], vec![7]].concat(),
+            INVALID,
+        ),
+        (
+            "HEARTBEAT outside a session",
+            vec![v, 0xE8, 0, 0],
+            SESSION_REQUIRED,
+        ),
+        (
+            "KEY_UPDATE outside a session",
+            vec![v, 0xE9, 1, 1],
+            SESSION_REQUIRED,
+        ),
+        (
+            "END_SESSION outside a session",
+            vec![v, 0xEC, 0, 0],
+            SESSION_REQUIRED,
+        ),
+        (
+            "FINISH outside a session",
+            [vec![v, 0xE5, 0, 0], vec![0u8; 32]].concat(),
+            UNEXPECTED,
+        ),
+        (
+            "PSK_FINISH outside a session",
+            [vec![v, 0xE7, 0, 0], vec![0u8; 32]].concat(),
+            UNEXPECTED,
+        ),
         ("KEY_EXCHANGE truncated exchange data", ke_short, INVALID),
-        ("KEY_EXCHANGE point not on the curve (all zero)", ke_zero, INVALID),
+        (
+            "KEY_EXCHANGE point not on the curve (all zero)",
+            ke_zero,
+            INVALID,
+        ),
         ("KEY_EXCHANGE unprovisioned slot 3", ke_slot, INVALID),
-        ("KEY_EXCHANGE opaque length past the end", ke_opaque, INVALID),
+        (
+            "KEY_EXCHANGE opaque length past the end",
+            ke_opaque,
+            INVALID,
+        ),
         ("PSK_EXCHANGE unknown PSK hint", psk_bad, INVALID),
-        ("RESPOND_IF_READY with nothing pending", vec![v, 0xFF, 0x83, 1], UNEXPECTED),
-        ("CHUNK_GET without a large response", vec![v, 0x86, 0, 1, 0, 0], UNEXPECTED),
+        (
+            "RESPOND_IF_READY with nothing pending",
+            vec![v, 0xFF, 0x83, 1],
+            UNEXPECTED,
+        ),
+        (
+            "CHUNK_GET without a large response",
+            vec![v, 0x86, 0, 1, 0, 0],
+            UNEXPECTED,
+        ),
         ("request larger than DataTransferSize", big, TOO_LARGE),
-        ("VENDOR_DEFINED with no handler", vec![v, 0xFE, 0, 0, 0x42, 0, 2, 1, 0, 1, 0, 9], UNSUPPORTED),
-        ("VENDOR_DEFINED truncated payload", vec![v, 0xFE, 0, 0, 3, 0, 2, 1, 0, 9, 0, 0], INVALID),
-        ("VENDOR_DEFINED IDE_KM outside a session", vec![v, 0xFE, 0, 0, 3, 0, 2, 1, 0, 1, 0, 0], SESSION_REQUIRED),
+        (
+            "VENDOR_DEFINED with no handler",
+            vec![v, 0xFE, 0, 0, 0x42, 0, 2, 1, 0, 1, 0, 9],
+            UNSUPPORTED,
+        ),
+        (
+            "VENDOR_DEFINED truncated payload",
+            vec![v, 0xFE, 0, 0, 3, 0, 2, 1, 0, 9, 0, 0],
+            INVALID,
+        ),
+        (
+            "VENDOR_DEFINED IDE_KM outside a session",
+            vec![v, 0xFE, 0, 0, 3, 0, 2, 1, 0, 1, 0, 0],
+            SESSION_REQUIRED,
+        ),
     ];
     let n = cases.len();
     for (what, m, code) in cases {
@@ -193,22 +501,59 @@ fn catalogue_after_negotiation() {
 #[test]
 fn catalogue_in_session() {
     let mut r = fresh(V13);
-    r.transport_mut().responder.register_vendor(VendorKey::pcisig(0), Box::new(Echo));
+    r.transport_mut()
+        .responder
+        .register_vendor(VendorKey::pcisig(0), Box::new(Echo));
     usable(&mut r);
     let v = V13;
     let s = r.key_exchange(0, 0).unwrap();
     let other = r.psk_exchange(0).unwrap();
     // The vendor hook works inside the session.
-    assert_eq!(r.vendor_request(Some(s), 3, &[1, 0], &[0, 0xAB]).unwrap(), vec![0, 0xAB]);
+    assert_eq!(
+        r.vendor_request(Some(s), 3, &[1, 0], &[0, 0xAB]).unwrap(),
+        vec![0, 0xAB]
+    );
     let in_session: Vec<(&str, Vec<u8>, u8)> = vec![
-        ("KEY_UPDATE VerifyNewKey without an update", vec![v, 0xE9, 3, 9], INVALID),
-        ("KEY_UPDATE unknown operation 7", vec![v, 0xE9, 7, 9], INVALID),
-        ("CHALLENGE inside a session", [vec![v, 0x83, 0, 0], vec![0u8; 40]].concat(), UNEXPECTED),
-        ("KEY_EXCHANGE inside a session", [vec![v, 0xE4, 0, 0], vec![0u8; 140]].concat(), UNEXPECTED),
-        ("GET_VERSION inside a session", vec![0x10, 0x84, 0, 0], UNEXPECTED),
-        ("FINISH in an established session", [vec![v, 0xE5, 0, 0], vec![0u8; 48]].concat(), UNEXPECTED),
-        ("PSK_FINISH in an established session", [vec![v, 0xE7, 0, 0], vec![0u8; 48]].concat(), UNEXPECTED),
-        ("wrong version byte inside a session", vec![V12, 0xE8, 0, 0], MISMATCH),
+        (
+            "KEY_UPDATE VerifyNewKey without an update",
+            vec![v, 0xE9, 3, 9],
+            INVALID,
+        ),
+        (
+            "KEY_UPDATE unknown operation 7",
+            vec![v, 0xE9, 7, 9],
+            INVALID,
+        ),
+        (
+            "CHALLENGE inside a session",
+            [vec![v, 0x83, 0, 0], vec![0u8; 40]].concat(),
+            UNEXPECTED,
+        ),
+        (
+            "KEY_EXCHANGE inside a session",
+            [vec![v, 0xE4, 0, 0], vec![0u8; 140]].concat(),
+            UNEXPECTED,
+        ),
+        (
+            "GET_VERSION inside a session",
+            vec![0x10, 0x84, 0, 0],
+            UNEXPECTED,
+        ),
+        (
+            "FINISH in an established session",
+            [vec![v, 0xE5, 0, 0], vec![0u8; 48]].concat(),
+            UNEXPECTED,
+        ),
+        (
+            "PSK_FINISH in an established session",
+            [vec![v, 0xE7, 0, 0], vec![0u8; 48]].concat(),
+            UNEXPECTED,
+        ),
+        (
+            "wrong version byte inside a session",
+            vec![V12, 0xE8, 0, 0],
+            MISMATCH,
+        ),
     ];
     for (what, m, code) in in_session {
         let resp = r.raw_exchange(Some(s), &m).unwrap();
@@ -220,7 +565,9 @@ fn catalogue_in_session() {
     let mut rec = r.seal_only(s, &[v, 0xE8, 0, 0]).unwrap();
     let last = rec.len() - 1;
     rec[last] ^= 0x55;
-    let Message::Secured(reply) = r.raw_record(&rec).unwrap() else { panic!("expected a secured reply") };
+    let Message::Secured(reply) = r.raw_record(&rec).unwrap() else {
+        panic!("expected a secured reply")
+    };
     assert_error(&r.open_response(s, &reply).unwrap(), DECRYPT, "bad MAC");
     assert!(!r.transport_mut().responder.session_ids().contains(&s));
     r.forget_session(s);
@@ -228,33 +575,55 @@ fn catalogue_in_session() {
     // Use after END_SESSION: InvalidSession in the clear.
     let s2 = r.key_exchange(0, 0).unwrap();
     let stale = r.seal_only(s2, &[v, 0xE8, 0, 0]).unwrap();
-    let Message::Secured(ok) = r.raw_record(&stale).unwrap() else { panic!() };
+    let Message::Secured(ok) = r.raw_record(&stale).unwrap() else {
+        panic!()
+    };
     assert_eq!(r.open_response(s2, &ok).unwrap()[1], 0x68);
     r.end_session(s2).unwrap();
-    let Message::Spdm(m) = r.raw_record(&stale).unwrap() else { panic!("expected plain") };
+    let Message::Spdm(m) = r.raw_record(&stale).unwrap() else {
+        panic!("expected plain")
+    };
     assert_error(&m, INVALID_SESSION, "use after END_SESSION");
     // Unknown session id.
     let mut bogus = vec![0x78, 0x56, 0x34, 0x12, 20, 0];
     bogus.extend_from_slice(&[0u8; 20]);
-    let Message::Spdm(m) = r.raw_record(&bogus).unwrap() else { panic!("expected plain") };
+    let Message::Spdm(m) = r.raw_record(&bogus).unwrap() else {
+        panic!("expected plain")
+    };
     assert_error(&m, INVALID_SESSION, "unknown session id");
     // Record too short for a session id.
-    let Message::Spdm(m) = r.raw_record(&[1, 2]).unwrap() else { panic!("expected plain") };
+    let Message::Spdm(m) = r.raw_record(&[1, 2]).unwrap() else {
+        panic!("expected plain")
+    };
     assert_error(&m, INVALID, "record shorter than a session id");
     // Replayed record.
     let s3 = r.key_exchange(0, 0).unwrap();
     let rec = r.seal_only(s3, &[v, 0xE8, 0, 0]).unwrap();
-    let Message::Secured(ok) = r.raw_record(&rec).unwrap() else { panic!() };
+    let Message::Secured(ok) = r.raw_record(&rec).unwrap() else {
+        panic!()
+    };
     assert_eq!(r.open_response(s3, &ok).unwrap()[1], 0x68);
-    let Message::Secured(reply) = r.raw_record(&rec).unwrap() else { panic!() };
-    assert_error(&r.open_response(s3, &reply).unwrap(), DECRYPT, "replayed record");
+    let Message::Secured(reply) = r.raw_record(&rec).unwrap() else {
+        panic!()
+    };
+    assert_error(
+        &r.open_response(s3, &reply).unwrap(),
+        DECRYPT,
+        "replayed record",
+    );
     r.forget_session(s3);
     // Truncated record of a live session.
     let s4 = r.key_exchange(0, 0).unwrap();
     let mut rec = r.seal_only(s4, &[v, 0xE8, 0, 0]).unwrap();
     rec.truncate(10);
-    let Message::Secured(reply) = r.raw_record(&rec).unwrap() else { panic!() };
-    assert_error(&r.open_response(s4, &reply).unwrap(), DECRYPT, "truncated record");
+    let Message::Secured(reply) = r.raw_record(&rec).unwrap() else {
+        panic!()
+    };
+    assert_error(
+        &r.open_response(s4, &reply).unwrap(),
+        DECRYPT,
+        "truncated record",
+    );
     r.forget_session(s4);
     r.heartbeat(other).unwrap();
     r.key_update_op(other, KeyUpdateOp::UpdateAllKeys).unwrap();
@@ -276,7 +645,12 @@ fn finish_with_wrong_verify_data_is_decrypt_error() {
     r.config_mut().fault = spdm_responder::requester::Fault::None;
     let s = r.key_exchange(0, 0).unwrap();
     // FINISH again inside the established session.
-    let resp = r.raw_exchange(Some(s), &[[V12, 0xE5, 0, 0].as_slice(), &[0u8; 32]].concat()).unwrap();
+    let resp = r
+        .raw_exchange(
+            Some(s),
+            &[[V12, 0xE5, 0, 0].as_slice(), &[0u8; 32]].concat(),
+        )
+        .unwrap();
     assert_error(&resp, UNEXPECTED, "FINISH after FINISH");
     r.end_session(s).unwrap();
     usable(&mut r);
@@ -284,7 +658,10 @@ fn finish_with_wrong_verify_data_is_decrypt_error() {
 
 #[test]
 fn sequence_number_exhaustion_ends_session_cleanly() {
-    let cfg = ResponderConfig { max_sequence_number: 3, ..ResponderConfig::default() };
+    let cfg = ResponderConfig {
+        max_sequence_number: 3,
+        ..ResponderConfig::default()
+    };
     let mut r = in_memory(V12, &ALGOS[1], cfg);
     usable(&mut r);
     let s = r.key_exchange(0, 0).unwrap();
@@ -311,9 +688,13 @@ fn sequence_number_exhaustion_ends_session_cleanly() {
 fn old_versions_refuse_newer_requests() {
     let mut r = fresh(V10);
     usable(&mut r);
-    let resp = r.raw_exchange(None, &[[V10, 0xE4, 0, 0].as_slice(), &[0u8; 100]].concat()).unwrap();
+    let resp = r
+        .raw_exchange(None, &[[V10, 0xE4, 0, 0].as_slice(), &[0u8; 100]].concat())
+        .unwrap();
     assert_error(&resp, UNSUPPORTED, "KEY_EXCHANGE on 1.0");
-    let resp = r.raw_exchange(None, &[V10, 0x85, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    let resp = r
+        .raw_exchange(None, &[V10, 0x85, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .unwrap();
     assert_error(&resp, UNSUPPORTED, "CHUNK_SEND on 1.0");
     usable(&mut r);
     let mut r = fresh(V11);
@@ -325,10 +706,17 @@ fn old_versions_refuse_newer_requests() {
 
 #[test]
 fn chunk_send_protocol_errors() {
-    let cfg = ResponderConfig { data_transfer_size: 64, ..ResponderConfig::default() };
+    let cfg = ResponderConfig {
+        data_transfer_size: 64,
+        ..ResponderConfig::default()
+    };
     let mut rc = requester_config(V12, &ALGOS[0]);
     rc.data_transfer_size = 64;
-    let mut r = Requester::with_entropy(rc, InMemory::new(responder(cfg)), Box::new(DeterministicEntropy::new(b"r")));
+    let mut r = Requester::with_entropy(
+        rc,
+        InMemory::new(responder(cfg)),
+        Box::new(DeterministicEntropy::new(b"r")),
+    );
     usable(&mut r);
     // First chunk with sequence number 1.
     let mut m = vec![V12, 0x85, 0, 7, 1, 0, 0, 0];

@@ -73,7 +73,10 @@ pub fn decode_object(obj: &[u8]) -> Result<(u16, u8, &[u8]), DoeError> {
         header = 1 << 18;
     }
     if header != obj.len() / 4 || header < 2 {
-        return Err(DoeError::LengthMismatch { header, actual: obj.len() / 4 });
+        return Err(DoeError::LengthMismatch {
+            header,
+            actual: obj.len() / 4,
+        });
     }
     Ok((vendor, ty, &obj[8..]))
 }
@@ -120,7 +123,11 @@ impl DoeEndpoint {
             (DOE_VENDOR_PCISIG, DOE_TYPE_DISCOVERY) => {
                 let index = payload.first().copied().unwrap_or(0) as usize;
                 let (v, t) = self.protocols.get(index).copied().unwrap_or((0, 0));
-                let next = if index + 1 < self.protocols.len() { index as u8 + 1 } else { 0 };
+                let next = if index + 1 < self.protocols.len() {
+                    index as u8 + 1
+                } else {
+                    0
+                };
                 let mut p = Vec::with_capacity(4);
                 p.extend_from_slice(&v.to_le_bytes());
                 p.push(t);
@@ -131,11 +138,15 @@ impl DoeEndpoint {
                 let r = self.responder.handle_message(payload);
                 encode_object(DOE_VENDOR_PCISIG, DOE_TYPE_CMA, &r)
             }
-            (DOE_VENDOR_PCISIG, DOE_TYPE_SECURED_CMA) => match self.responder.handle_secured(payload) {
-                SecuredReply::Secured(r) => encode_object(DOE_VENDOR_PCISIG, DOE_TYPE_SECURED_CMA, &r),
-                SecuredReply::Plain(m) => encode_object(DOE_VENDOR_PCISIG, DOE_TYPE_CMA, &m),
-                SecuredReply::None => Err(DoeError::NoResponse),
-            },
+            (DOE_VENDOR_PCISIG, DOE_TYPE_SECURED_CMA) => {
+                match self.responder.handle_secured(payload) {
+                    SecuredReply::Secured(r) => {
+                        encode_object(DOE_VENDOR_PCISIG, DOE_TYPE_SECURED_CMA, &r)
+                    }
+                    SecuredReply::Plain(m) => encode_object(DOE_VENDOR_PCISIG, DOE_TYPE_CMA, &m),
+                    SecuredReply::None => Err(DoeError::NoResponse),
+                }
+            }
             (vendor, ty) => Err(DoeError::UnsupportedProtocol { vendor, ty }),
         }
     }
@@ -148,7 +159,8 @@ pub trait DoeChannel {
 
 impl DoeChannel for DoeEndpoint {
     fn exchange_object(&mut self, obj: &[u8]) -> Result<Vec<u8>, TransportError> {
-        self.handle(obj).map_err(|e| TransportError::Malformed(doe_err_str(&e)))
+        self.handle(obj)
+            .map_err(|e| TransportError::Malformed(doe_err_str(&e)))
     }
 }
 
@@ -181,7 +193,8 @@ impl<C: DoeChannel> DoeTransport<C> {
             let obj = encode_object(DOE_VENDOR_PCISIG, DOE_TYPE_DISCOVERY, &[index, 0, 0, 0])
                 .map_err(|_| TransportError::Malformed("DOE encode"))?;
             let r = self.channel.exchange_object(&obj)?;
-            let (_, ty, p) = decode_object(&r).map_err(|_| TransportError::Malformed("DOE discovery response"))?;
+            let (_, ty, p) = decode_object(&r)
+                .map_err(|_| TransportError::Malformed("DOE discovery response"))?;
             if ty != DOE_TYPE_DISCOVERY || p.len() < 4 {
                 return Err(TransportError::Malformed("DOE discovery response"));
             }
@@ -203,7 +216,8 @@ impl<C: DoeChannel> Transport for DoeTransport<C> {
         }
         .map_err(|_| TransportError::TooLarge(0))?;
         let r = self.channel.exchange_object(&obj)?;
-        let (vendor, ty, p) = decode_object(&r).map_err(|_| TransportError::Malformed("DOE response object"))?;
+        let (vendor, ty, p) =
+            decode_object(&r).map_err(|_| TransportError::Malformed("DOE response object"))?;
         match (vendor, ty) {
             (DOE_VENDOR_PCISIG, DOE_TYPE_CMA) => Ok(Message::Spdm(p.to_vec())),
             (DOE_VENDOR_PCISIG, DOE_TYPE_SECURED_CMA) => Ok(Message::Secured(p.to_vec())),
@@ -219,10 +233,19 @@ mod tests {
     #[test]
     fn object_layout() {
         let o = encode_object(1, 1, &[0x10, 0x84, 0, 0, 0xAA]).unwrap();
-        assert_eq!(o, vec![1, 0, 1, 0, 4, 0, 0, 0, 0x10, 0x84, 0, 0, 0xAA, 0, 0, 0]);
+        assert_eq!(
+            o,
+            vec![1, 0, 1, 0, 4, 0, 0, 0, 0x10, 0x84, 0, 0, 0xAA, 0, 0, 0]
+        );
         let (v, t, p) = decode_object(&o).unwrap();
         assert_eq!((v, t, p.len()), (1, 1, 8));
-        assert_eq!(decode_object(&o[..12]), Err(DoeError::LengthMismatch { header: 4, actual: 3 }));
+        assert_eq!(
+            decode_object(&o[..12]),
+            Err(DoeError::LengthMismatch {
+                header: 4,
+                actual: 3
+            })
+        );
         assert_eq!(decode_object(&o[..7]), Err(DoeError::Truncated));
         assert_eq!(decode_object(&o[..9]), Err(DoeError::NotDwordAligned(9)));
     }

@@ -18,11 +18,17 @@ pub struct InMemory {
 
 impl InMemory {
     pub fn new(responder: Responder) -> Self {
-        Self { responder, log: None }
+        Self {
+            responder,
+            log: None,
+        }
     }
     /// Record the exchange (golden-transcript tests).
     pub fn recording(responder: Responder) -> Self {
-        Self { responder, log: Some(Vec::new()) }
+        Self {
+            responder,
+            log: Some(Vec::new()),
+        }
     }
 }
 

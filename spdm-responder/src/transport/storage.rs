@@ -59,7 +59,13 @@ impl StorageBinding {
     }
 
     /// NVMe Security Send (SECP = `secp`, SPSP = `spsp`) with `data`.
-    pub fn security_send(&mut self, responder: &mut Responder, secp: u8, spsp: u16, data: &[u8]) -> Result<(), StorageError> {
+    pub fn security_send(
+        &mut self,
+        responder: &mut Responder,
+        secp: u8,
+        spsp: u16,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
         if secp != SECP_SPDM {
             return Err(StorageError::Protocol(secp));
         }
@@ -74,7 +80,12 @@ impl StorageBinding {
 
     /// NVMe Security Receive: discovery, pending info, or the pending SPDM
     /// response (truncated to `alloc_len`). SECP 0 lists the supported protocols.
-    pub fn security_receive(&mut self, secp: u8, spsp: u16, alloc_len: usize) -> Result<Vec<u8>, StorageError> {
+    pub fn security_receive(
+        &mut self,
+        secp: u8,
+        spsp: u16,
+        alloc_len: usize,
+    ) -> Result<Vec<u8>, StorageError> {
         let mut out = if secp == 0x00 {
             // SPC-5 "supported security protocols": length 2, protocols 0x00 and 0xE8.
             vec![0, 0, 0, 0, 0, 0, 0, 2, 0x00, SECP_SPDM]
@@ -97,7 +108,9 @@ impl StorageBinding {
                     v.extend_from_slice(&12u16.to_le_bytes());
                     v.extend_from_slice(&STORAGE_BINDING_VERSION.to_le_bytes());
                     v.extend_from_slice(&u32::from(self.pending.is_some()).to_le_bytes());
-                    v.extend_from_slice(&(self.pending.as_ref().map_or(0, |p| p.len()) as u32).to_le_bytes());
+                    v.extend_from_slice(
+                        &(self.pending.as_ref().map_or(0, |p| p.len()) as u32).to_le_bytes(),
+                    );
                     v
                 }
                 OP_SPDM => self.pending.take().ok_or(StorageError::NothingPending)?,

@@ -61,7 +61,12 @@ pub fn read_frame(s: &mut impl Read) -> Result<Option<(u32, u32, Vec<u8>)>, Tran
 }
 
 /// Write one frame.
-pub fn write_frame(s: &mut impl Write, cmd: u32, tt: u32, payload: &[u8]) -> Result<(), TransportError> {
+pub fn write_frame(
+    s: &mut impl Write,
+    cmd: u32,
+    tt: u32,
+    payload: &[u8],
+) -> Result<(), TransportError> {
     let mut v = Vec::with_capacity(12 + payload.len());
     v.extend_from_slice(&cmd.to_be_bytes());
     v.extend_from_slice(&tt.to_be_bytes());
@@ -107,13 +112,34 @@ fn handle_mctp(resp: &mut Responder, p: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// Reads with TCP_QUICKACK re-armed before every read (the kernel clears it).
+///
+/// QEMU's spdm-socket backend writes each frame with several small `send()`s
+/// and leaves Nagle on, so its second segment waits for our ACK of the first;
+/// with delayed ACKs that costs ~40 ms per SPDM message. Acknowledging at once
+/// removes the stall (measured: 44 ms -> 0.03 ms per exchange).
+struct QuickAck<'a>(&'a mut TcpStream);
+
+impl Read for QuickAck<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let _ = socket2::SockRef::from(&*self.0).set_tcp_quickack(true);
+        self.0.read(buf)
+    }
+}
+
 /// Serve one connection until it ends.
-pub fn serve_connection(stream: &mut TcpStream, ep: &mut DoeEndpoint) -> Result<ConnectionEnd, TransportError> {
+pub fn serve_connection(
+    stream: &mut TcpStream,
+    ep: &mut DoeEndpoint,
+) -> Result<ConnectionEnd, TransportError> {
     loop {
-        let Some((cmd, tt, p)) = read_frame(stream)? else {
+        let Some((cmd, tt, p)) = read_frame(&mut QuickAck(stream))? else {
             return Ok(ConnectionEnd::Continue);
         };
-        debug!("spdm-emu frame cmd={cmd:#x} transport={tt} size={}", p.len());
+        debug!(
+            "spdm-emu frame cmd={cmd:#x} transport={tt} size={}",
+            p.len()
+        );
         match cmd {
             CMD_TEST => write_frame(stream, CMD_TEST, tt, b"Server Hello!\0")?,
             CMD_SHUTDOWN => {
@@ -147,7 +173,9 @@ pub fn serve_connection(stream: &mut TcpStream, ep: &mut DoeEndpoint) -> Result<
                     None => return Ok(ConnectionEnd::Continue),
                 }
             }
-            CMD_OOB_ENCAP_KEY_UPDATE | CMD_OOB_ENCAP_ENDPOINT_INFO => write_frame(stream, cmd, tt, &[])?,
+            CMD_OOB_ENCAP_KEY_UPDATE | CMD_OOB_ENCAP_ENDPOINT_INFO => {
+                write_frame(stream, cmd, tt, &[])?
+            }
             _ => {
                 write_frame(stream, CMD_UNKNOWN, tt, &[])?;
                 return Ok(ConnectionEnd::Continue);
@@ -157,7 +185,11 @@ pub fn serve_connection(stream: &mut TcpStream, ep: &mut DoeEndpoint) -> Result<
 }
 
 /// Serve connections from `listener` one at a time until SHUTDOWN or `stop`.
-pub fn serve_listener(listener: TcpListener, ep: &mut DoeEndpoint, stop: &AtomicBool) -> std::io::Result<()> {
+pub fn serve_listener(
+    listener: TcpListener,
+    ep: &mut DoeEndpoint,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
@@ -174,7 +206,9 @@ pub fn serve_listener(listener: TcpListener, ep: &mut DoeEndpoint, stop: &Atomic
                     Err(e) => warn!("client {peer}: {e}"),
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => return Err(e),
         }
     }
@@ -184,25 +218,33 @@ pub fn serve_listener(listener: TcpListener, ep: &mut DoeEndpoint, stop: &Atomic
 /// Serve the spdm-emu protocol on 127.0.0.1:`port` until SHUTDOWN.
 pub fn serve_tcp(port: u16, responder: Responder) -> std::io::Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
-    info!("spdm-emu compatible responder listening on 127.0.0.1:{}", listener.local_addr()?.port());
+    info!(
+        "spdm-emu compatible responder listening on 127.0.0.1:{}",
+        listener.local_addr()?.port()
+    );
     let mut ep = DoeEndpoint::new(responder);
     serve_listener(listener, &mut ep, &AtomicBool::new(false))
 }
 
 /// Spawn a server on 127.0.0.1 (port 0 = ephemeral) in a thread; returns the
 /// port, a stop flag and the join handle (which yields the endpoint back).
-pub fn spawn_tcp(port: u16, responder: Responder) -> std::io::Result<(u16, Arc<AtomicBool>, std::thread::JoinHandle<DoeEndpoint>)> {
+pub fn spawn_tcp(
+    port: u16,
+    responder: Responder,
+) -> std::io::Result<(u16, Arc<AtomicBool>, std::thread::JoinHandle<DoeEndpoint>)> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     let port = listener.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
-    let h = std::thread::Builder::new().name("spdm-emu-server".into()).spawn(move || {
-        let mut ep = DoeEndpoint::new(responder);
-        if let Err(e) = serve_listener(listener, &mut ep, &s2) {
-            warn!("spdm-emu server: {e}");
-        }
-        ep
-    })?;
+    let h = std::thread::Builder::new()
+        .name("spdm-emu-server".into())
+        .spawn(move || {
+            let mut ep = DoeEndpoint::new(responder);
+            if let Err(e) = serve_listener(listener, &mut ep, &s2) {
+                warn!("spdm-emu server: {e}");
+            }
+            ep
+        })?;
     Ok((port, stop, h))
 }
 
@@ -221,7 +263,12 @@ impl EmuClient {
     }
     /// TEST command; returns the server's greeting.
     pub fn hello(&mut self) -> Result<Vec<u8>, TransportError> {
-        write_frame(&mut self.stream, CMD_TEST, self.transport, b"Client Hello!\0")?;
+        write_frame(
+            &mut self.stream,
+            CMD_TEST,
+            self.transport,
+            b"Client Hello!\0",
+        )?;
         let (c, _, p) = read_frame(&mut self.stream)?.ok_or(TransportError::Malformed("closed"))?;
         if c != CMD_TEST {
             return Err(TransportError::Malformed("TEST reply"));

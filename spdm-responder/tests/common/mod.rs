@@ -3,7 +3,10 @@
 
 use std::sync::OnceLock;
 
-use spdm_responder::crypto::{AsymAlgo, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384};
+use spdm_responder::crypto::{
+    AsymAlgo, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384,
+    DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
+};
 use spdm_responder::identity::{Identity, PciIds};
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
@@ -14,7 +17,13 @@ pub fn identity() -> Identity {
     static ID: OnceLock<Identity> = OnceLock::new();
     ID.get_or_init(|| {
         let mut rng = DeterministicEntropy::new(b"trustdev test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384], &PciIds::default(), 2, &mut rng).unwrap()
+        Identity::generate(
+            &[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384],
+            &PciIds::default(),
+            2,
+            &mut rng,
+        )
+        .unwrap()
     })
     .clone()
 }
@@ -30,10 +39,34 @@ pub struct Algos {
 }
 
 pub const ALGOS: [Algos; 4] = [
-    Algos { name: "P256-SHA256-AES256GCM", asym: ASYM_ECDSA_P256, hash: HASH_SHA256, dhe: DHE_SECP256R1, aead: AEAD_AES_256_GCM },
-    Algos { name: "P384-SHA384-AES256GCM", asym: ASYM_ECDSA_P384, hash: HASH_SHA384, dhe: DHE_SECP384R1, aead: AEAD_AES_256_GCM },
-    Algos { name: "P256-SHA256-CHACHA20", asym: ASYM_ECDSA_P256, hash: HASH_SHA256, dhe: DHE_SECP256R1, aead: AEAD_CHACHA20_POLY1305 },
-    Algos { name: "P384-SHA384-CHACHA20", asym: ASYM_ECDSA_P384, hash: HASH_SHA384, dhe: DHE_SECP384R1, aead: AEAD_CHACHA20_POLY1305 },
+    Algos {
+        name: "P256-SHA256-AES256GCM",
+        asym: ASYM_ECDSA_P256,
+        hash: HASH_SHA256,
+        dhe: DHE_SECP256R1,
+        aead: AEAD_AES_256_GCM,
+    },
+    Algos {
+        name: "P384-SHA384-AES256GCM",
+        asym: ASYM_ECDSA_P384,
+        hash: HASH_SHA384,
+        dhe: DHE_SECP384R1,
+        aead: AEAD_AES_256_GCM,
+    },
+    Algos {
+        name: "P256-SHA256-CHACHA20",
+        asym: ASYM_ECDSA_P256,
+        hash: HASH_SHA256,
+        dhe: DHE_SECP256R1,
+        aead: AEAD_CHACHA20_POLY1305,
+    },
+    Algos {
+        name: "P384-SHA384-CHACHA20",
+        asym: ASYM_ECDSA_P384,
+        hash: HASH_SHA384,
+        dhe: DHE_SECP384R1,
+        aead: AEAD_CHACHA20_POLY1305,
+    },
 ];
 
 pub fn requester_config(version: u8, a: &Algos) -> RequesterConfig {
@@ -49,9 +82,17 @@ pub fn requester_config(version: u8, a: &Algos) -> RequesterConfig {
 }
 
 pub fn responder(cfg: ResponderConfig) -> Responder {
-    Responder::with_entropy(cfg, identity(), Box::new(DeterministicEntropy::new(b"responder")))
+    Responder::with_entropy(
+        cfg,
+        identity(),
+        Box::new(DeterministicEntropy::new(b"responder")),
+    )
 }
 
 pub fn in_memory(version: u8, a: &Algos, cfg: ResponderConfig) -> Requester<InMemory> {
-    Requester::with_entropy(requester_config(version, a), InMemory::new(responder(cfg)), Box::new(DeterministicEntropy::new(b"requester")))
+    Requester::with_entropy(
+        requester_config(version, a),
+        InMemory::new(responder(cfg)),
+        Box::new(DeterministicEntropy::new(b"requester")),
+    )
 }

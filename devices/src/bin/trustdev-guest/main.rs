@@ -7,6 +7,7 @@
 //! trustdev-guest dma-copy --bdf BDF [--size N] [--count K] [--vector V] [--poll] [--reset] [--json]
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
+//! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
@@ -15,6 +16,7 @@ mod dma_copy;
 mod doe;
 mod lspci;
 mod pciconf;
+mod spdm;
 mod sysfs;
 mod vfio;
 mod wait_dev;
@@ -84,6 +86,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Authenticate a device with CMA/SPDM over its DOE mailbox (chain to a
+    /// root, CHALLENGE, signed measurements) and run a secured session
+    /// (KEY_EXCHANGE, FINISH, HEARTBEAT, KEY_UPDATE, measurements, END_SESSION).
+    Spdm {
+        /// PCI address of the device ([DDDD:]BB:DD.F).
+        #[arg(long)]
+        bdf: String,
+        /// Trusted root certificate, PEM or DER (repeatable).
+        #[arg(long = "root", required = true)]
+        roots: Vec<std::path::PathBuf>,
+        /// Offer only this SPDM version (1.0, 1.1, 1.2 or 1.3).
+        #[arg(long, value_parser = spdm::parse_version)]
+        version: Option<u8>,
+        /// Certificate slot to authenticate and key the session with.
+        #[arg(long, default_value_t = 0)]
+        slot: u8,
+        /// Offer only this signature algorithm: p256 or p384 (default both;
+        /// the device picks).
+        #[arg(long, value_parser = spdm::parse_asym)]
+        asym: Option<u32>,
+        /// Skip CHALLENGE and the signed measurements; only the session.
+        #[arg(long)]
+        session_only: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev {
         /// Vendor and device ID in hex, e.g. 7d0c:d3a0.
@@ -133,6 +162,23 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
         }),
         Cmd::Doe { bdf, bench, json } => doe::run(bdf.as_deref(), bench, json),
+        Cmd::Spdm {
+            bdf,
+            roots,
+            version,
+            slot,
+            asym,
+            session_only,
+            json,
+        } => spdm::run(&spdm::Options {
+            bdf,
+            roots,
+            json,
+            version,
+            session_only,
+            slot,
+            asym,
+        }),
         Cmd::WaitDev {
             ids,
             timeout,
