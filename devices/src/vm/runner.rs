@@ -209,13 +209,24 @@ pub fn guest_status(serial: &str) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Checks that a server accepts a fresh client (VERSION handshake).
+/// Checks that a server accepts a fresh client (VERSION handshake). QEMU's
+/// end of the old connection can outlive the QEMU process by some
+/// milliseconds (its io_uring is torn down asynchronously), and until it
+/// closes the server refuses a second client: retry for a few seconds.
 fn answers(socket: &Path) -> bool {
     use vfio_user_server::client::Client;
-    let Ok(mut c) = Client::connect_raw(socket) else {
-        return false;
-    };
-    c.set_timeout(Some(Duration::from_secs(5))).is_ok() && c.negotiate().is_ok()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(mut c) = Client::connect_raw(socket) {
+            if c.set_timeout(Some(Duration::from_secs(5))).is_ok() && c.negotiate().is_ok() {
+                return true;
+            }
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs the VM described by `spec`. `stop` aborts the run when set (signal).
