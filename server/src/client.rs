@@ -195,7 +195,7 @@ impl Client {
     /// Waits for the reply with `id`, serving DMA requests that come first.
     pub fn wait_reply(&mut self, id: u16) -> Result<Response, ClientError> {
         loop {
-            let m = self.recv()?;
+            let mut m = self.recv()?;
             if m.header.kind == MessageType::Command {
                 self.serve_dma(m)?;
                 continue;
@@ -211,8 +211,8 @@ impl Client {
             }
             return Ok(Response {
                 header: m.header,
-                payload: m.payload,
-                fds: m.fds,
+                payload: std::mem::take(&mut m.payload),
+                fds: std::mem::take(&mut m.fds),
             });
         }
     }

@@ -13,7 +13,7 @@ use crate::protocol::{
     REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use crate::stats::Stats;
-use crate::transport::{recv_message, Listener, Message, Sender, TransportError};
+use crate::transport::{bufpool, recv_message, Listener, Message, Sender, TransportError};
 use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
@@ -353,11 +353,11 @@ impl<D: Device> Server<D> {
         );
     }
 
-    fn handle(&mut self, sess: &mut Session, msg: Message) -> Flow {
+    fn handle(&mut self, sess: &mut Session, mut msg: Message) -> Flow {
         let h = msg.header;
         if h.kind == MessageType::Reply {
             // A reply to one of our DMA_READ/WRITE requests.
-            if !sess.requester.complete(h, msg.payload) {
+            if !sess.requester.complete(h, std::mem::take(&mut msg.payload)) {
                 warn!(
                     "dropping an unsolicited reply (id {}, command {})",
                     h.msg_id, h.command
@@ -397,10 +397,11 @@ impl<D: Device> Server<D> {
                     return Flow::Continue;
                 }
                 let fds: Vec<RawFd> = reply.fds.iter().map(|f| f.as_raw_fd()).collect();
-                if let Err(e) =
-                    sess.sender
-                        .send(&h.reply(reply.payload.len()), &reply.payload, &fds)
-                {
+                let sent = sess
+                    .sender
+                    .send(&h.reply(reply.payload.len()), &reply.payload, &fds);
+                bufpool::give(reply.payload);
+                if let Err(e) = sent {
                     warn!("cannot send reply: {e}");
                     return Flow::Disconnect;
                 }
@@ -426,7 +427,7 @@ impl<D: Device> Server<D> {
         &mut self,
         sess: &mut Session,
         h: &Header,
-        msg: Message,
+        mut msg: Message,
     ) -> Result<Reply, RequestError> {
         let Some(cmd) = Command::from_raw(h.command) else {
             return Err(ProtocolError::UnknownCommand(h.command).into());
@@ -493,7 +494,7 @@ impl<D: Device> Server<D> {
             Command::Version => Err(RequestError::Sequence("VERSION was already negotiated")),
             Command::DmaMap => {
                 let req = DmaMapRequest::decode(p)?;
-                let fd = msg.fds.into_iter().next();
+                let fd = std::mem::take(&mut msg.fds).into_iter().next();
                 debug!(
                     "DMA_MAP {:#x}+{:#x} {} fd offset {:#x}",
                     req.address,
@@ -556,16 +557,18 @@ impl<D: Device> Server<D> {
                     .into());
                 }
                 debug!("SET_IRQS {:?} with {} fds", req, msg.fds.len());
-                self.device.context().irqs.set_irqs(&req, msg.fds)?;
+                self.device
+                    .context()
+                    .irqs
+                    .set_irqs(&req, std::mem::take(&mut msg.fds))?;
                 Ok(Reply::empty())
             }
             Command::RegionRead => {
                 let a = RegionAccess::decode_read(p, max_xfer)?;
                 // The reply is the request's fixed part followed by the data,
                 // read in place.
-                let mut out = Vec::with_capacity(RegionAccess::SIZE + a.count as usize);
-                out.extend_from_slice(&a.fixed());
-                out.resize(RegionAccess::SIZE + a.count as usize, 0);
+                let mut out = bufpool::take(RegionAccess::SIZE + a.count as usize);
+                out[..RegionAccess::SIZE].copy_from_slice(&a.fixed());
                 self.region_access(a, Access::Read(&mut out[RegionAccess::SIZE..]))?;
                 Ok(Reply::data(out))
             }

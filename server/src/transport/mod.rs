@@ -2,6 +2,7 @@
 //! socket (created 0600) and the shared sender used for replies and for
 //! server-to-client requests.
 
+pub mod bufpool;
 mod listener;
 
 pub use listener::Listener;
@@ -29,6 +30,13 @@ pub struct Message {
     pub fds: Vec<OwnedFd>,
     /// The control data was truncated: the peer sent more fds than we accept.
     pub fds_truncated: bool,
+}
+
+impl Drop for Message {
+    fn drop(&mut self) {
+        // The payload buffer goes back to the receiving thread's pool.
+        bufpool::give(std::mem::take(&mut self.payload));
+    }
 }
 
 /// Errors while receiving.
@@ -197,7 +205,7 @@ fn recv_with(fd: RawFd, max_payload: usize, cmsg: &mut Vec<u8>) -> Result<Messag
             limit: max_payload + HEADER_SIZE,
         });
     }
-    let mut payload = vec![0u8; len];
+    let mut payload = bufpool::take(len);
     let got = recv_exact(fd, &mut payload, cmsg, &mut fds, &mut truncated).map_err(mid_message)?;
     if got < len {
         return Err(TransportError::Truncated {
