@@ -4,7 +4,7 @@ use super::ctrl::{lock, Cq, CqState, Ctrl, Outcome, Scratch, Sq, ADMIN};
 use super::spec::{admin, cc, cns, feat, log_id, Command, Completion, Status, CSI_NVM};
 use super::state::{event, Event, Features};
 use log::{debug, info};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -186,19 +186,7 @@ impl Ctrl {
         if !self.queue_memory_ok(cmd.prp1, u64::from(size) * 64) {
             return Status::INVALID_FIELD.into();
         }
-        let worker = cq.worker;
-        let sq = Arc::new(Sq {
-            qid,
-            base: cmd.prp1,
-            size,
-            cq: Arc::clone(&cq),
-            worker,
-            tail_db: AtomicU32::new(0),
-            head: AtomicU32::new(0),
-            completed: AtomicU64::new(0),
-            deleted: AtomicBool::new(false),
-            bad_db: AtomicBool::new(false),
-        });
+        let sq = Arc::new(Sq::new(qid, cmd.prp1, size, Arc::clone(&cq), cq.worker));
         {
             let mut q = self.queues.write().unwrap_or_else(|p| p.into_inner());
             match q.sqs.get_mut(usize::from(qid)) {
@@ -223,11 +211,9 @@ impl Ctrl {
         if let Some(page) = &self.doorbell_page {
             page.write((super::spec::reg::DOORBELLS + off) as usize, &[0; 4]);
         }
-        let dbs = self.dbbuf_dbs.load(Ordering::Acquire);
-        let eis = self.dbbuf_eis.load(Ordering::Acquire);
-        if dbs != 0 {
-            let _ = self.mem.write_u32(dbs + off, 0);
-            let _ = self.mem.write_u32(eis + off, 0);
+        if let Some((db, ei)) = self.shadow_slot(qid, cq) {
+            let _ = self.mem.write_u32(db, 0);
+            let _ = self.mem.write_u32(ei, 0);
         }
     }
 
@@ -289,9 +275,19 @@ impl Ctrl {
     fn abort(&self, cmd: &Command) -> Outcome {
         let sqid = (cmd.cdw10() & 0xffff) as u16;
         let cid = (cmd.cdw10() >> 16) as u16;
-        // Commands are executed as soon as they are fetched, so only an
-        // outstanding Asynchronous Event Request can still be aborted.
-        if sqid == 0 {
+        // Commands run as soon as they are fetched: what can still be
+        // aborted is a submitted command not fetched yet (completed with
+        // Command Abort Requested when it is), or an outstanding
+        // Asynchronous Event Request.
+        if self.abort_queued(sqid, cid) {
+            return Outcome::ok(0);
+        }
+        let admin_cq = {
+            let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
+            q.cqs.first().cloned().flatten()
+        };
+        let room = admin_cq.is_some_and(|cq| self.cq_room_for(&cq, 2));
+        if sqid == 0 && room {
             let found = {
                 let mut a = lock(&self.aer);
                 match a.outstanding.iter().position(|&c| c == cid) {
@@ -322,6 +318,43 @@ impl Ctrl {
         Outcome::ok(1) // not aborted
     }
 
+    /// Marks command `cid` for abort if it sits in SQ `sqid` between the
+    /// controller's head and the host's tail.
+    fn abort_queued(&self, sqid: u16, cid: u16) -> bool {
+        let sq = {
+            let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
+            match q.sqs.get(usize::from(sqid)) {
+                Some(Some(sq)) => Arc::clone(sq),
+                _ => return false,
+            }
+        };
+        // Freeze the owning worker (the admin thread is the caller for SQ 0).
+        let _busy = (sq.worker != ADMIN).then(|| lock(&self.io[sq.worker % self.io.len()].busy));
+        if sq.deleted.load(Ordering::Acquire) {
+            return false;
+        }
+        let head = sq.head.load(Ordering::Acquire);
+        let tail = self.sq_tail(&sq);
+        let mut i = head;
+        while i != tail {
+            let mut b = [0u8; 4];
+            let at = sq.base + u64::from(i) * 64;
+            if self.mem.read(at, &mut b).is_err() {
+                return false;
+            }
+            if u16::from_le_bytes([b[2], b[3]]) == cid {
+                let mut a = lock(&sq.aborts);
+                if a.len() < 64 && !a.contains(&cid) {
+                    a.push(cid);
+                }
+                sq.abort_pending.store(true, Ordering::Release);
+                return true;
+            }
+            i = (i + 1) % sq.size;
+        }
+        false
+    }
+
     fn dbbuf_config(&self, cmd: &Command) -> Outcome {
         let (dbs, eis) = (cmd.prp1, cmd.prp2);
         let page = self.page_size.load(Ordering::Relaxed);
@@ -333,19 +366,25 @@ impl Ctrl {
         if !self.queue_memory_ok(dbs, len) || !self.queue_memory_ok(eis, len) {
             return Status::INVALID_FIELD.into();
         }
-        // Seed the buffers with the doorbell values the host last wrote.
+        // Seed the buffers with the doorbell values the host last wrote
+        // (queues whose slots fall outside the page keep trapped doorbells).
         let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
+        let in_page = |off: u64| off + 4 <= page;
         for sq in q.sqs.iter().flatten().filter(|s| s.qid != 0) {
             let off = self.db_offset(sq.qid, false);
-            let v = sq.tail_db.load(Ordering::Acquire);
-            let _ = self.mem.write_u32(dbs + off, v);
-            let _ = self.mem.write_u32(eis + off, v);
+            if in_page(off) {
+                let v = sq.tail_db.load(Ordering::Acquire);
+                let _ = self.mem.write_u32(dbs + off, v);
+                let _ = self.mem.write_u32(eis + off, v);
+            }
         }
         for cq in q.cqs.iter().flatten().filter(|c| c.qid != 0) {
             let off = self.db_offset(cq.qid, true);
-            let v = cq.head_db.load(Ordering::Acquire);
-            let _ = self.mem.write_u32(dbs + off, v);
-            let _ = self.mem.write_u32(eis + off, v);
+            if in_page(off) {
+                let v = cq.head_db.load(Ordering::Acquire);
+                let _ = self.mem.write_u32(dbs + off, v);
+                let _ = self.mem.write_u32(eis + off, v);
+            }
         }
         drop(q);
         self.dbbuf_eis.store(eis, Ordering::SeqCst);
@@ -506,6 +545,7 @@ impl Ctrl {
                     log_id::FW_SLOT,
                     log_id::CHANGED_NS,
                     log_id::CMD_EFFECTS,
+                    log_id::VENDOR_EFFICIENCY,
                 ] {
                     b[4 * l as usize] = 1;
                 }
@@ -532,6 +572,7 @@ impl Ctrl {
                 b
             }
             log_id::CHANGED_NS => vec![0u8; 4096],
+            log_id::VENDOR_EFFICIENCY => self.efficiency_log(),
             log_id::CMD_EFFECTS => {
                 if csi != CSI_NVM {
                     return Status::INVALID_FIELD.into();

@@ -279,6 +279,15 @@ impl FileBackend {
         let file = o
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        // One server per image: a second one would corrupt it.
+        // SAFETY: flock on our own open fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: in use by another server ({e})", path.display()),
+            ));
+        }
         let meta = file.metadata()?;
         let mut len = if meta.file_type().is_block_device() {
             block_device_size(&file)?
@@ -505,8 +514,9 @@ mod tests {
         assert!(!f.write_cache_enabled());
         f.write(0, &[1; 512], false).unwrap();
         drop(f);
-        // Reopen: existing size kept.
+        // Reopen: existing size kept; a second opener is refused meanwhile.
         let g = FileBackend::open(&p, None, CacheMode::WriteThrough).unwrap();
+        assert!(FileBackend::open(&p, None, CacheMode::WriteBack).is_err());
         assert_eq!(g.len(), 1 << 20);
         assert!(!g.volatile_cache());
         let mut one = [0u8; 1];

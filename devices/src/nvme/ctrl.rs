@@ -140,6 +140,47 @@ pub struct Sq {
     pub deleted: AtomicBool,
     /// A bad tail value was reported already.
     pub bad_db: AtomicBool,
+    /// CIDs of submitted, not yet fetched commands an Abort asked for.
+    pub aborts: Mutex<Vec<u16>>,
+    /// `aborts` is not empty.
+    pub abort_pending: AtomicBool,
+}
+
+impl Sq {
+    /// A submission queue (no commands yet).
+    pub(crate) fn new(qid: u16, base: u64, size: u32, cq: Arc<Cq>, worker: usize) -> Sq {
+        Sq {
+            qid,
+            base,
+            size,
+            cq,
+            worker,
+            tail_db: AtomicU32::new(0),
+            head: AtomicU32::new(0),
+            completed: AtomicU64::new(0),
+            deleted: AtomicBool::new(false),
+            bad_db: AtomicBool::new(false),
+            aborts: Mutex::new(Vec::new()),
+            abort_pending: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the command `cid` just fetched was aborted (and forgets it).
+    fn take_abort(&self, cid: u16) -> bool {
+        if !self.abort_pending.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut a = lock(&self.aborts);
+        let hit = match a.iter().position(|&c| c == cid) {
+            Some(i) => {
+                a.swap_remove(i);
+                true
+            }
+            None => false,
+        };
+        self.abort_pending.store(!a.is_empty(), Ordering::Release);
+        hit
+    }
 }
 
 /// The queue table, indexed by queue ID.
@@ -697,18 +738,7 @@ impl Ctrl {
             deleted: AtomicBool::new(false),
             bad_db: AtomicBool::new(false),
         });
-        let sq = Arc::new(Sq {
-            qid: 0,
-            base: r.asq,
-            size: asqs,
-            cq: Arc::clone(&cq),
-            worker: ADMIN,
-            tail_db: AtomicU32::new(0),
-            head: AtomicU32::new(0),
-            completed: AtomicU64::new(0),
-            deleted: AtomicBool::new(false),
-            bad_db: AtomicBool::new(false),
-        });
+        let sq = Arc::new(Sq::new(0, r.asq, asqs, Arc::clone(&cq), ADMIN));
         if let Some(page) = &self.doorbell_page {
             // Doorbells start at 0 for every new queue.
             let zero = vec![0u8; page.len() - reg::DOORBELLS as usize];
@@ -818,6 +848,23 @@ impl Ctrl {
         }
     }
 
+    /// Vendor log page C0h (512 bytes): little-endian u64 counters since
+    /// the server started: completions, trapped doorbell writes, interrupts
+    /// raised, event-index updates; the rest is reserved (zero).
+    pub(crate) fn efficiency_log(&self) -> Vec<u8> {
+        let mut b = vec![0u8; 512];
+        let vals = [
+            self.eff.completions.load(Ordering::Relaxed),
+            self.eff.doorbell_writes.load(Ordering::Relaxed),
+            self.eff.interrupts.load(Ordering::Relaxed),
+            self.eff.eventidx_writes.load(Ordering::Relaxed),
+        ];
+        for (i, v) in vals.iter().enumerate() {
+            b[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
     /// One line of efficiency counters.
     pub(crate) fn efficiency_line(&self) -> String {
         format!(
@@ -831,14 +878,28 @@ impl Ctrl {
 
     // ------------------------------------------------------------ queues
 
-    /// Current SQ tail as the host published it (shadow buffer, polled page
-    /// or trapped doorbell), validated; None if invalid.
-    fn sq_tail(&self, sq: &Sq) -> u32 {
+    /// Addresses of queue `qid`'s slots in the shadow doorbell and event
+    /// index buffers, when shadow doorbells apply to it: configured, an I/O
+    /// queue (Linux keeps ringing the admin doorbells), and inside the
+    /// buffers' one memory page.
+    pub(crate) fn shadow_slot(&self, qid: u16, cq: bool) -> Option<(u64, u64)> {
         let dbs = self.dbbuf_dbs.load(Ordering::Acquire);
-        let v = if sq.qid != 0 && dbs != 0 {
+        let eis = self.dbbuf_eis.load(Ordering::Acquire);
+        let off = self.db_offset(qid, cq);
+        if qid == 0 || dbs == 0 || eis == 0 || off + 4 > self.page_size.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some((dbs + off, eis + off))
+    }
+
+    /// Current SQ tail as the host published it (shadow buffer, polled page
+    /// or trapped doorbell), validated: an invalid value is reported once
+    /// and ignored.
+    pub(crate) fn sq_tail(&self, sq: &Sq) -> u32 {
+        let v = if let Some((db, _)) = self.shadow_slot(sq.qid, false) {
             fence(Ordering::SeqCst);
             self.mem
-                .read_u32(dbs + self.db_offset(sq.qid, false))
+                .read_u32(db)
                 .unwrap_or_else(|_| sq.tail_db.load(Ordering::Acquire))
         } else if let Some(page) = &self.doorbell_page {
             page.read_u32((reg::DOORBELLS + self.db_offset(sq.qid, false)) as usize)
@@ -862,10 +923,9 @@ impl Ctrl {
 
     /// Current CQ head as the host published it.
     fn cq_head(&self, cq: &Cq, st: &CqState) -> u32 {
-        let dbs = self.dbbuf_dbs.load(Ordering::Acquire);
-        let v = if cq.qid != 0 && dbs != 0 {
+        let v = if let Some((db, _)) = self.shadow_slot(cq.qid, true) {
             fence(Ordering::SeqCst);
-            match self.mem.read_u32(dbs + self.db_offset(cq.qid, true)) {
+            match self.mem.read_u32(db) {
                 Ok(v) => v,
                 Err(_) => cq.head_db.load(Ordering::Acquire),
             }
@@ -891,15 +951,21 @@ impl Ctrl {
         v
     }
 
-    /// Whether `cq` has room for one more entry (refreshing the head).
-    fn cq_has_room(&self, cq: &Cq) -> bool {
+    /// Whether `cq` has room for `n` more entries (refreshing the head).
+    pub(crate) fn cq_room_for(&self, cq: &Cq, n: u32) -> bool {
         let mut st = lock(&cq.st);
-        if (st.tail + 1) % cq.size != st.head {
+        let free = |st: &CqState| (st.head + cq.size - st.tail - 1) % cq.size;
+        if free(&st) >= n {
             return true;
         }
         let h = self.cq_head(cq, &st);
         st.head = h;
-        (st.tail + 1) % cq.size != st.head
+        free(&st) >= n
+    }
+
+    /// Whether `cq` has room for one more entry (refreshing the head).
+    fn cq_has_room(&self, cq: &Cq) -> bool {
+        self.cq_room_for(cq, 1)
     }
 
     /// Posts a completion entry; false if the queue memory is gone (fatal).
@@ -908,6 +974,12 @@ impl Ctrl {
         if (st.tail + 1) % cq.size == st.head {
             let h = self.cq_head(cq, &st);
             st.head = h;
+            if (st.tail + 1) % cq.size == st.head {
+                // Callers check for room first; never overwrite an entry
+                // the host has not consumed.
+                warn!("CQ {} full: completion for CID {} dropped", cq.qid, c.cid);
+                return false;
+            }
         }
         let addr = cq.base + u64::from(st.tail) * spec::CQE_SIZE as u64;
         let ok = self.mem.write(addr, &c.head_bytes()).is_ok() && {
@@ -1011,7 +1083,11 @@ impl Ctrl {
             head = (head + 1) % sq.size;
             sq.head.store(head, Ordering::Release);
             sc.err_lba = 0;
-            let out = exec(self, sq, &cmd, sc);
+            let out = if sq.take_abort(cmd.cid) {
+                Outcome::from(Status::ABORT_REQUESTED)
+            } else {
+                exec(self, sq, &cmd, sc)
+            };
             if sq.qid == 0 {
                 debug!(
                     "admin command {:#04x} CID {} NSID {:#x} CDW10 {:#x} CDW11 {:#x}: {:?}",
@@ -1052,12 +1128,11 @@ impl Ctrl {
     /// With shadow doorbells: ask the host to ring the CQ head doorbell on
     /// its next update (we are waiting for room).
     fn arm_cq_event(&self, cq: &Cq) {
-        let eis = self.dbbuf_eis.load(Ordering::Acquire);
-        if cq.qid == 0 || eis == 0 {
+        let Some((_, ei)) = self.shadow_slot(cq.qid, true) else {
             return;
-        }
+        };
         let head = lock(&cq.st).head;
-        let _ = self.mem.write_u32(eis + self.db_offset(cq.qid, true), head);
+        let _ = self.mem.write_u32(ei, head);
         self.eff.eventidx_writes.fetch_add(1, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
@@ -1071,15 +1146,12 @@ impl Ctrl {
             return false;
         }
         let mut work = false;
-        for sq in sqs
-            .iter()
-            .filter(|s| s.qid != 0 && !s.deleted.load(Ordering::Acquire))
-        {
-            let head = sq.head.load(Ordering::Relaxed);
-            let _ = self
-                .mem
-                .write_u32(eis + self.db_offset(sq.qid, false), head);
-            self.eff.eventidx_writes.fetch_add(1, Ordering::Relaxed);
+        for sq in sqs.iter().filter(|s| !s.deleted.load(Ordering::Acquire)) {
+            if let Some((_, ei)) = self.shadow_slot(sq.qid, false) {
+                let head = sq.head.load(Ordering::Relaxed);
+                let _ = self.mem.write_u32(ei, head);
+                self.eff.eventidx_writes.fetch_add(1, Ordering::Relaxed);
+            }
         }
         fence(Ordering::SeqCst);
         for sq in sqs
@@ -1100,11 +1172,11 @@ impl Ctrl {
         snap: &mut Snapshot,
         sc: &mut Scratch,
         arm: bool,
-    ) -> (u32, Option<Instant>) {
+    ) -> (u32, Option<Instant>, bool) {
         let _busy = lock(&self.io[w].busy);
         if !self.enabled.load(Ordering::Acquire) {
             snap.clear();
-            return (0, None);
+            return (0, None, false);
         }
         snap.refresh(self, w);
         let mut did = 0;
@@ -1115,6 +1187,8 @@ impl Ctrl {
             did += self.drain_sq(sq, BUDGET, sc, &mut |c, sq, cmd, sc| c.exec_io(sq, cmd, sc));
         }
         let mut deadline: Option<Instant> = None;
+        let mut host_moved = false;
+        let shadow = self.shadow_active();
         for cq in &snap.cqs {
             if cq.deleted.load(Ordering::Acquire) {
                 continue;
@@ -1122,11 +1196,19 @@ impl Ctrl {
             if let Some(d) = self.signal(cq) {
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
+            if shadow {
+                // The host consuming completions means more submissions
+                // are likely to follow soon.
+                let mut st = lock(&cq.st);
+                let h = self.cq_head(cq, &st);
+                host_moved |= h != st.head;
+                st.head = h;
+            }
         }
         if did == 0 && arm && self.arm_sq_events(&snap.sqs) {
             did = 1; // work arrived while arming: go round again
         }
-        (did, deadline)
+        (did, deadline, host_moved)
     }
 
     /// Whether shadow doorbells are configured.
@@ -1157,7 +1239,12 @@ impl Ctrl {
     /// Completes outstanding AERs with pending events.
     fn deliver_events(&self, cq: &Cq) {
         loop {
-            if !self.enabled.load(Ordering::Acquire) || !self.cq_has_room(cq) {
+            if !self.enabled.load(Ordering::Acquire) {
+                return;
+            }
+            if !self.cq_has_room(cq) {
+                // The CQ head doorbell wakes the admin thread again.
+                cq.want_space.store(true, Ordering::SeqCst);
                 return;
             }
             let Some((cid, ev)) = lock(&self.aer).next_ready() else {

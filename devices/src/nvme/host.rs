@@ -92,11 +92,13 @@ impl HostMemory {
         self.map.len() == 0
     }
 
-    /// Allocates `len` bytes aligned to `align` (a power of two); returns the IOVA.
+    /// Allocates `len` zeroed bytes aligned to `align` (a power of two);
+    /// returns the IOVA.
     pub fn alloc(&mut self, len: usize, align: usize) -> u64 {
         let off = self.next.next_multiple_of(align);
         assert!(off + len <= self.len(), "host memory exhausted");
         self.next = off + len;
+        assert!(self.map.write(off, &vec![0u8; len]));
         self.base + off as u64
     }
 
@@ -344,14 +346,14 @@ impl<B: Bar0> HostDriver<B> {
         let at = q.cq + u64::from(q.head) * CQE_SIZE as u64;
         let mut b = [0u8; CQE_SIZE];
         self.mem.read(at, &mut b);
-        let (c, phase) = Completion::parse(&b);
+        let (_, phase) = Completion::parse(&b);
         if phase != q.phase {
             return None;
         }
+        // The phase tag is written last: read the entry again after seeing it.
         std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
         self.mem.read(at, &mut b);
         let (c2, _) = Completion::parse(&b);
-        let _ = c;
         let q = self.queue(qid);
         let old = q.head;
         q.head = (q.head + 1) % q.cq_size;
@@ -606,11 +608,13 @@ impl<B: Bar0> HostDriver<B> {
         lba: u64,
         data: &[u8],
     ) -> Result<(), String> {
+        let mark = self.mark();
         let buf = self.scratch(data.len());
         self.mem.write(buf, data);
         let cmd = self.rw_command(true, nsid, lba, buf, (data.len() / BLOCK) as u32);
-        let c = self.io_cmd(qid, cmd)?;
-        status_ok(c, "write")
+        let c = self.io_cmd(qid, cmd);
+        self.release(mark);
+        status_ok(c?, "write")
     }
 
     /// Reads `len` bytes (a multiple of 512) at `lba` through `qid`.
@@ -621,12 +625,14 @@ impl<B: Bar0> HostDriver<B> {
         lba: u64,
         len: usize,
     ) -> Result<Vec<u8>, String> {
+        let mark = self.mark();
         let buf = self.scratch(len);
         let cmd = self.rw_command(false, nsid, lba, buf, (len / BLOCK) as u32);
-        let c = self.io_cmd(qid, cmd)?;
-        status_ok(c, "read")?;
+        let c = self.io_cmd(qid, cmd);
         let mut out = vec![0u8; len];
         self.mem.read(buf, &mut out);
+        self.release(mark);
+        status_ok(c?, "read")?;
         Ok(out)
     }
 
@@ -643,14 +649,12 @@ impl<B: Bar0> HostDriver<B> {
         status_ok(c, "flush")
     }
 
-    /// A buffer for one transfer: allocated from the top of memory region
-    /// reserved on first use, reused afterwards.
+    /// A page-aligned buffer for one transfer.
     fn scratch(&mut self, len: usize) -> u64 {
         self.mem.alloc(len.next_multiple_of(4096), 4096)
     }
 
-    /// Resets the bump allocator above `mark` (buffers allocated after it
-    /// are free again).
+    /// The bump allocator's position (see [`HostDriver::release`]).
     pub fn mark(&self) -> usize {
         self.mem.next
     }

@@ -14,8 +14,7 @@ const DSM_RANGE: usize = 16;
 
 impl Ctrl {
     /// Runs one I/O command.
-    pub(crate) fn exec_io(&self, sq: &Sq, cmd: &Command, sc: &mut Scratch) -> Outcome {
-        let _ = sq;
+    pub(crate) fn exec_io(&self, _sq: &Sq, cmd: &Command, sc: &mut Scratch) -> Outcome {
         if cmd.fuse != 0 {
             return Status::INVALID_FIELD.into();
         }
@@ -23,10 +22,7 @@ impl Ctrl {
         let out = match cmd.opcode {
             io::FLUSH => self.flush(cmd),
             io::READ | io::WRITE | io::COMPARE => match self.namespace(cmd.nsid) {
-                Some(ns) => {
-                    let ns = std::sync::Arc::clone(ns);
-                    self.read_write(&ns, cmd, sc)
-                }
+                Some(ns) => self.read_write(ns, cmd, sc),
                 None => Status::INVALID_NAMESPACE,
             },
             io::WRITE_ZEROES => match self.namespace(cmd.nsid) {
@@ -34,10 +30,7 @@ impl Ctrl {
                 None => Status::INVALID_NAMESPACE,
             },
             io::DSM => match self.namespace(cmd.nsid) {
-                Some(ns) => {
-                    let ns = std::sync::Arc::clone(ns);
-                    self.dsm(&ns, cmd, sc)
-                }
+                Some(ns) => self.dsm(ns, cmd, sc),
                 None => Status::INVALID_NAMESPACE,
             },
             _ => Status::INVALID_OPCODE,

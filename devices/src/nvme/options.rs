@@ -55,10 +55,11 @@ pub struct NvmeArgs {
     /// Do not offer Doorbell Buffer Config (shadow doorbells).
     #[arg(long)]
     pub no_shadow_doorbells: bool,
-    /// With shadow doorbells: how long an idle I/O worker keeps watching
-    /// the shadow buffer before it asks the host to ring again (µs).
-    #[arg(long, default_value_t = 50)]
-    pub shadow_spin_us: u64,
+    /// With shadow doorbells: how long after the host's last activity an
+    /// idle I/O worker keeps watching the shadow buffer (every 25 µs)
+    /// before it asks the host to ring the doorbell again (µs; 0 = never).
+    #[arg(long, default_value_t = 1000)]
+    pub shadow_poll_us: u64,
     /// I/O worker threads (default: CPUs, at most 4).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -108,7 +109,7 @@ pub const VM_OPTION_KEYS: &[&str] = &[
     "queue-entries",
     "doorbells",
     "workers",
-    "shadow-spin-us",
+    "shadow-poll-us",
     "cache",
     "doorbell-stride",
     "mdts",
@@ -224,8 +225,8 @@ pub struct NvmeConfig {
     pub shadow_doorbells: bool,
     /// I/O worker threads.
     pub workers: usize,
-    /// Idle spin before arming event indexes (µs).
-    pub shadow_spin_us: u64,
+    /// Shadow-buffer watch window after host activity (µs).
+    pub shadow_poll_us: u64,
     /// File write cache policy.
     pub cache: CacheMode,
     /// CAP.DSTRD.
@@ -381,7 +382,7 @@ impl NvmeConfig {
             doorbells: args.doorbells,
             shadow_doorbells: !args.no_shadow_doorbells,
             workers,
-            shadow_spin_us: args.shadow_spin_us.min(10_000),
+            shadow_poll_us: args.shadow_poll_us.min(100_000),
             cache: match args.cache {
                 CacheArg::Writeback => CacheMode::WriteBack,
                 CacheArg::Writethrough => CacheMode::WriteThrough,

@@ -167,6 +167,9 @@ pub mod log_id {
     pub const CHANGED_NS: u8 = 0x04;
     /// Commands Supported and Effects.
     pub const CMD_EFFECTS: u8 = 0x05;
+    /// Vendor specific: trustdev efficiency counters (see
+    /// `Ctrl::efficiency_log`).
+    pub const VENDOR_EFFICIENCY: u8 = 0xc0;
 }
 
 /// Identify CNS values.

@@ -56,7 +56,7 @@ pub fn args() -> NvmeArgs {
         mdts: 7,
         temperature: 35,
         workers: Some(2),
-        shadow_spin_us: 50,
+        shadow_poll_us: 50,
         ..NvmeArgs::default()
     }
 }
