@@ -5,7 +5,8 @@
 # itself (qemu-configs/provision.sh, cached under ~/.cache/trustdev).
 # .ci/run runs exactly this.
 #
-# TRUSTDEV_SKIP_E2E=1 skips the guest boots (they then say SKIPPED).
+# TRUSTDEV_SKIP_E2E=1 skips the guest boots (they then say SKIPPED);
+# TRUSTDEV_SKIP_NVME_CLI=1 skips only the nvme-cli checks in the NVMe guest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TERM_COLOR=never
@@ -20,6 +21,11 @@ rustc --version
 if [[ ${TRUSTDEV_SKIP_E2E:-0} != 1 ]]; then
     step "guest toolchain: QEMU 11.1 + Debian 7.x kernel (provision.sh)"
     bash qemu-configs/provision.sh
+    # nvme-cli runs inside the NVMe guest test (copied in with its libraries).
+    if ! command -v nvme >/dev/null 2>&1 && [[ ${TRUSTDEV_SKIP_NVME_CLI:-0} != 1 ]]; then
+        step "host package: nvme-cli (Debian 12)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nvme-cli
+    fi
 fi
 
 step "cargo fmt --check"

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use trustdev_devices::example::DmaCopy;
-use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice};
+use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use trustdev_devices::security;
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
@@ -176,7 +176,38 @@ fn serve(
         }
         "nvme" => {
             let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let dev = NvmeDevice::new(cfg, port)
+            let sec = if security.no_spdm {
+                NvmeSecurity {
+                    ext_caps: vec![security::doe::DoeMailbox::new(Vec::new()).into_ext_cap()],
+                    ..NvmeSecurity::default()
+                }
+            } else {
+                let ids = spdm_responder::PciIds {
+                    vendor: trustdev_devices::nvme::VENDOR_ID,
+                    device: trustdev_devices::nvme::DEVICE_ID,
+                    class_code: 0x01_08_02,
+                    revision: 2,
+                    subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
+                    subsystem: 0x0001,
+                };
+                let dir = security
+                    .identity_dir
+                    .clone()
+                    .unwrap_or_else(|| security::default_identity_dir(kind));
+                let doe = security::doe_capability(&ids, &dir, true).map_err(|e| e.to_string())?;
+                let identity =
+                    security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+                NvmeSecurity {
+                    ext_caps: vec![doe],
+                    // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
+                    tee: true,
+                    storage: Some(spdm_responder::Responder::new(
+                        spdm_responder::ResponderConfig::default(),
+                        identity,
+                    )),
+                }
+            };
+            let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
             return run_server(dev, socket);
         }

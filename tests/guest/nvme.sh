@@ -115,6 +115,25 @@ else
     echo "INFO nvme-cli not in the guest"
 fi
 
+# The controller's DOE mailbox: the kernel's probe found CMA and secured CMA,
+# DEVCAP.TEE is set, and SPDM authenticates it over the real DOE registers
+# against the root certificate the server exported.
+bdf=${pci##*/}
+feats=$(ls "$pci/doe_features" 2>/dev/null | tr '\n' ' ')
+case "$feats" in
+    *0001:01*0001:02*doe_discovery*) ok doe-features "$feats" ;;
+    *) bad doe-features "${feats:-no doe_features}" ;;
+esac
+roots=""
+for r in /etc/trustdev/roots/nvme-*.pem; do [ -f "$r" ] && roots="$roots --root $r"; done
+if out=$(trustdev-guest spdm --bdf "$bdf" $roots 2>&1); then
+    echo "$out" | sed 's/^/SPDM /'
+    ok spdm-doe "$(echo "$out" | grep '^SPDM-OK' | head -n 1)"
+else
+    echo "$out" | sed 's/^/SPDM /'
+    bad spdm-doe "$(echo "$out" | tail -n 1)"
+fi
+
 dmesg | grep -iE 'nvme.*(error|fail|timeout|abort)' | sed 's/^/DMESG /'
 echo "NVME-GUEST-DONE fail=$fail"
 exit $fail

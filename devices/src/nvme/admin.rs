@@ -61,6 +61,8 @@ impl Ctrl {
             }
             admin::KEEP_ALIVE => Outcome::ok(0),
             admin::DBBUF_CONFIG if self.cfg.shadow_doorbells => self.dbbuf_config(cmd),
+            admin::SECURITY_SEND if self.spdm.get().is_some() => self.security_send(cmd, sc),
+            admin::SECURITY_RECV if self.spdm.get().is_some() => self.security_recv(cmd, sc),
             _ => Status::INVALID_OPCODE.into(),
         }
     }
@@ -485,7 +487,10 @@ impl Ctrl {
         b[88..92].copy_from_slice(&1_000_000u32.to_le_bytes()); // RTD3E (µs)
         b[92..96].copy_from_slice(&(1u32 << 8).to_le_bytes()); // OAES: NS attribute notices
         b[111] = 1; // CNTRLTYPE: I/O controller
-        let oacs: u16 = if c.shadow_doorbells { 1 << 8 } else { 0 };
+        let mut oacs: u16 = if c.shadow_doorbells { 1 << 8 } else { 0 };
+        if self.spdm.get().is_some() {
+            oacs |= 1; // Security Send / Security Receive
+        }
         b[256..258].copy_from_slice(&oacs.to_le_bytes());
         b[258] = 3; // ACL
         b[259] = 3; // AERL: 4 outstanding

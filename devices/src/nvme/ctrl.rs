@@ -276,6 +276,8 @@ pub struct Ctrl {
     pub(crate) doorbell_page: Option<SharedMemory>,
     /// I/O queues created since the last reset (Number of Queues is then fixed).
     pub(crate) io_queues_created: AtomicBool,
+    /// SPDM over NVMe Security Send/Receive (DSP0286, SECP 0xE8), if enabled.
+    pub(crate) spdm: std::sync::OnceLock<Mutex<super::security::StorageSpdm>>,
 
     pub(crate) admin: WorkerCtl,
     pub(crate) io: Vec<WorkerCtl>,
@@ -342,6 +344,7 @@ impl Ctrl {
             dbbuf_eis: AtomicU64::new(0),
             doorbell_page,
             io_queues_created: AtomicBool::new(false),
+            spdm: std::sync::OnceLock::new(),
             admin: WorkerCtl::default(),
             io: (0..workers).map(|_| WorkerCtl::default()).collect(),
             stop: AtomicBool::new(false),

@@ -25,11 +25,13 @@ pub mod host;
 pub mod io;
 pub mod namespace;
 pub mod options;
+pub mod security;
 pub mod spec;
 pub mod state;
 
 pub use admin::{DEVICE_ID, VENDOR_ID};
 pub use options::{NvmeArgs, NvmeConfig};
+pub use security::NvmeSecurity;
 
 use ctrl::{Ctrl, Scratch, Snapshot};
 use log::info;
@@ -84,7 +86,14 @@ impl std::fmt::Debug for NvmeDevice {
     }
 }
 
-fn config_space(cfg: &NvmeConfig, port: PortType, vectors: u16, bar0: u64) -> ConfigSpace {
+fn config_space(
+    cfg: &NvmeConfig,
+    port: PortType,
+    vectors: u16,
+    bar0: u64,
+    tee: bool,
+    extra: Vec<ExtCap>,
+) -> ConfigSpace {
     let ids = PciIds {
         vendor: VENDOR_ID,
         device: DEVICE_ID,
@@ -95,7 +104,7 @@ fn config_space(cfg: &NvmeConfig, port: PortType, vectors: u16, bar0: u64) -> Co
     };
     let (table, pba, msix_size) = msix_layout(vectors);
     let serial = options::fnv64(cfg.serial.as_bytes());
-    ConfigBuilder::new(ids)
+    let mut b = ConfigBuilder::new(ids)
         .bar(0, Bar::mem64(bar0, false))
         .bar(MSIX_BAR, Bar::mem64(msix_size, false))
         .power_management()
@@ -109,7 +118,7 @@ fn config_space(cfg: &NvmeConfig, port: PortType, vectors: u16, bar0: u64) -> Co
         })
         .pcie(PcieCap {
             port_type: port,
-            tee: false,
+            tee,
             ee_prefix: false,
             flr: true,
         })
@@ -119,14 +128,27 @@ fn config_space(cfg: &NvmeConfig, port: PortType, vectors: u16, bar0: u64) -> Co
             body: serial.to_le_bytes().to_vec(),
             rw: vec![],
             handler: None,
-        })
-        .build()
+        });
+    for cap in extra {
+        b = b.ext_capability(cap);
+    }
+    b.build()
         .unwrap_or_else(|e| panic!("NVMe configuration space layout: {e}"))
 }
 
 impl NvmeDevice {
     /// Opens the namespaces and starts the controller's threads.
     pub fn new(cfg: NvmeConfig, port: PortType) -> std::io::Result<NvmeDevice> {
+        Self::new_secure(cfg, port, NvmeSecurity::default())
+    }
+
+    /// Like [`NvmeDevice::new`], with security features (DOE mailbox with
+    /// CMA/SPDM, DEVCAP.TEE, SPDM over Security Send/Receive).
+    pub fn new_secure(
+        cfg: NvmeConfig,
+        port: PortType,
+        security: NvmeSecurity,
+    ) -> std::io::Result<NvmeDevice> {
         let mut namespaces = Vec::new();
         for (i, ns) in cfg.namespaces.iter().enumerate() {
             let n = Namespace::open(i as u32 + 1, ns, &cfg)?;
@@ -139,7 +161,7 @@ impl NvmeDevice {
             );
             namespaces.push(Arc::new(n));
         }
-        Self::with_namespaces(cfg, port, namespaces)
+        Self::build(cfg, port, namespaces, security)
     }
 
     /// A controller over already opened namespaces.
@@ -148,10 +170,19 @@ impl NvmeDevice {
         port: PortType,
         namespaces: Vec<Arc<Namespace>>,
     ) -> std::io::Result<NvmeDevice> {
+        Self::build(cfg, port, namespaces, NvmeSecurity::default())
+    }
+
+    fn build(
+        cfg: NvmeConfig,
+        port: PortType,
+        namespaces: Vec<Arc<Namespace>>,
+        security: NvmeSecurity,
+    ) -> std::io::Result<NvmeDevice> {
         let vectors = cfg.max_queues + 1;
         let bar0 = bar0_size(cfg.max_queues, cfg.dstrd);
         let ctx = DeviceContext::new(&IrqInfo::pci(1, u32::from(vectors)));
-        let config = config_space(&cfg, port, vectors, bar0);
+        let config = config_space(&cfg, port, vectors, bar0, security.tee, security.ext_caps);
         info!(
             "NVMe controller {} ({}): {} namespace(s), up to {} I/O queue pairs of {} entries, {} worker(s), {:?} doorbells{}",
             cfg.serial,
@@ -170,6 +201,9 @@ impl NvmeDevice {
             Arc::clone(&ctx.irqs),
             bar0 as usize,
         )?);
+        if let Some(r) = security.storage {
+            let _ = ctrl.spdm.set(std::sync::Mutex::new(security::StorageSpdm::new(r)));
+        }
         let mut threads = Vec::new();
         {
             let c = Arc::clone(&ctrl);
@@ -354,6 +388,10 @@ impl Device for NvmeDevice {
 
     fn reset(&mut self) {
         self.ctrl.hard_reset();
+        // A function reset also ends the SPDM connection over Security Send/Receive.
+        if let Some(s) = self.ctrl.spdm.get() {
+            s.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
     }
 }
 

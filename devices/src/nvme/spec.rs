@@ -105,6 +105,10 @@ pub mod admin {
     pub const KEEP_ALIVE: u8 = 0x18;
     /// Doorbell Buffer Config.
     pub const DBBUF_CONFIG: u8 = 0x7c;
+    /// Security Send.
+    pub const SECURITY_SEND: u8 = 0x81;
+    /// Security Receive.
+    pub const SECURITY_RECV: u8 = 0x82;
 }
 
 /// NVM command set I/O opcodes.
