@@ -113,7 +113,9 @@ fn spdm_over_nvme_security_send_receive() {
     let id = drv.identify(1, 0, 0).unwrap();
     assert_eq!(u16::from_le_bytes([id[256], id[257]]) & 1, 1);
     // SECP 0: the supported protocols list names 0x00 and 0xE8.
-    let list = SecurityCommands { drv: &mut drv }.receive(0, 0, 16).unwrap();
+    let list = SecurityCommands { drv: &mut drv }
+        .receive(0, 0, 16)
+        .unwrap();
     assert_eq!(&list[6..10], &[0, 2, 0x00, 0xE8]);
 
     let cfg = RequesterConfig {
@@ -137,9 +139,18 @@ fn spdm_over_nvme_security_send_receive() {
 
     // Hostile Security commands: NVMe errors, and the controller still works.
     let mut s = SecurityCommands { drv: &mut drv };
-    assert!(s.send(0x01, 0, &[0; 16]).is_err(), "TCG SECP is not supported");
-    assert!(s.send(SECP_SPDM, 0x0100, &[0x12, 0x84, 0, 0]).is_err(), "bad SPSP");
-    assert!(s.receive(SECP_SPDM, spsp(OP_SPDM, 0), 64).is_err(), "nothing pending");
+    assert!(
+        s.send(0x01, 0, &[0; 16]).is_err(),
+        "TCG SECP is not supported"
+    );
+    assert!(
+        s.send(SECP_SPDM, 0x0100, &[0x12, 0x84, 0, 0]).is_err(),
+        "bad SPSP"
+    );
+    assert!(
+        s.receive(SECP_SPDM, spsp(OP_SPDM, 0), 64).is_err(),
+        "nothing pending"
+    );
     let id = drv.identify(1, 0, 0).unwrap();
     assert_eq!(
         u16::from_le_bytes([id[0], id[1]]),

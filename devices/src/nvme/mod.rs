@@ -202,7 +202,9 @@ impl NvmeDevice {
             bar0 as usize,
         )?);
         if let Some(r) = security.storage {
-            let _ = ctrl.spdm.set(std::sync::Mutex::new(security::StorageSpdm::new(r)));
+            let _ = ctrl
+                .spdm
+                .set(std::sync::Mutex::new(security::StorageSpdm::new(r)));
         }
         let mut threads = Vec::new();
         {
