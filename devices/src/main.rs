@@ -322,9 +322,11 @@ fn run_vm(a: VmArgs) -> ExitCode {
 const DEMO_SCRIPT: &str = include_str!("../../qemu-configs/guest/demo.sh");
 
 fn demo(verbose: bool) -> ExitCode {
-    println!("trustdev demo: booting a Debian guest kernel under QEMU with two DMA-copy devices:");
-    println!("  - one behind a PCIe root port (an Endpoint), one on pcie.0 (an RCiEP),");
-    println!("  - with a virtual Intel IOMMU so guest user space can drive them through vfio-pci");
+    println!("trustdev demo: booting a Debian guest kernel under QEMU 11.1 with trustdev devices:");
+    println!("  - an NVMe controller behind a PCIe root port (1 GiB RAM namespace),");
+    println!("  - a DMA-copy device behind a root port and one on pcie.0 (an RCiEP),");
+    println!("  - a virtual Intel IOMMU so guest user space can drive devices through vfio-pci;");
+    println!("  each device has a DOE mailbox with CMA/SPDM and a stable SPDM identity.");
     let script = std::env::temp_dir().join(format!("trustdev-demo-{}.sh", std::process::id()));
     if let Err(e) = std::fs::write(&script, DEMO_SCRIPT) {
         eprintln!("trustdev demo: {}: {e}", script.display());
@@ -332,6 +334,11 @@ fn demo(verbose: bool) -> ExitCode {
     }
     let spec = VmSpec {
         devices: vec![
+            DeviceSpec {
+                kind: DeviceKind::Nvme,
+                placement: Placement::RootPort,
+                args: vec!["--size".into(), "1G".into(), "--queues".into(), "4".into()],
+            },
             DeviceSpec {
                 kind: DeviceKind::DmaCopy,
                 placement: Placement::RootPort,
@@ -345,6 +352,7 @@ fn demo(verbose: bool) -> ExitCode {
         ],
         script: Some(script.clone()),
         iommu: true,
+        smp: 2,
         echo: verbose,
         timeout: Duration::from_secs(300),
         ..VmSpec::default()
