@@ -272,57 +272,57 @@ impl GuestMemory {
         direct(&region, iova, len, access, f)
     }
 
-    /// Copies client memory at `iova` into `buf`, across adjacent windows and
-    /// through DMA_READ messages where a window has no fd.
-    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+    /// Splits `[iova, iova+len)` into pieces that each lie in one window
+    /// allowing `access`, and calls `f(window, address, offset, length)` for
+    /// each in order.
+    fn for_each_window(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Access,
+        mut f: impl FnMut(&DmaRegion, u64, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        let oob = || DmaError::OutOfBounds {
+            iova,
+            len: len as u64,
+        };
         let mut done = 0usize;
-        while done < buf.len() {
-            let addr = iova.checked_add(done as u64).ok_or(DmaError::OutOfBounds {
-                iova,
-                len: buf.len() as u64,
-            })?;
-            let region = self.find(addr).ok_or(DmaError::OutOfBounds {
-                iova,
-                len: buf.len() as u64,
-            })?;
-            check_prot(region.prot, Access::Read)?;
-            let n = ((region.end() - addr) as usize).min(buf.len() - done);
-            let part = &mut buf[done..done + n];
-            match region.backing {
-                Backing::Mapped(_) => {
-                    direct(&region, addr, n, Access::Read, |s| s.copy_to(0, part))??
-                }
-                Backing::Remote => self.remote()?.read(addr, part)?,
-            }
+        while done < len {
+            let addr = iova.checked_add(done as u64).ok_or_else(oob)?;
+            let region = self.find(addr).ok_or_else(oob)?;
+            check_prot(region.prot, access)?;
+            let n = ((region.end() - addr) as usize).min(len - done);
+            f(&region, addr, done, n)?;
             done += n;
         }
         Ok(())
     }
 
-    /// Copies `buf` into client memory at `iova` (see [`GuestMemory::read`]).
-    pub fn write(&self, iova: u64, buf: &[u8]) -> Result<(), DmaError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let addr = iova.checked_add(done as u64).ok_or(DmaError::OutOfBounds {
-                iova,
-                len: buf.len() as u64,
-            })?;
-            let region = self.find(addr).ok_or(DmaError::OutOfBounds {
-                iova,
-                len: buf.len() as u64,
-            })?;
-            check_prot(region.prot, Access::Write)?;
-            let n = ((region.end() - addr) as usize).min(buf.len() - done);
-            let part = &buf[done..done + n];
+    /// Copies client memory at `iova` into `buf`, across adjacent windows and
+    /// through DMA_READ messages where a window has no fd.
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.for_each_window(iova, buf.len(), Access::Read, |region, addr, off, n| {
+            let part = &mut buf[off..off + n];
             match region.backing {
                 Backing::Mapped(_) => {
-                    direct(&region, addr, n, Access::Write, |s| s.copy_from(0, part))??
+                    direct(region, addr, n, Access::Read, |s| s.copy_to(0, part))?
                 }
-                Backing::Remote => self.remote()?.write(addr, part)?,
+                Backing::Remote => self.remote()?.read(addr, part),
             }
-            done += n;
-        }
-        Ok(())
+        })
+    }
+
+    /// Copies `buf` into client memory at `iova` (see [`GuestMemory::read`]).
+    pub fn write(&self, iova: u64, buf: &[u8]) -> Result<(), DmaError> {
+        self.for_each_window(iova, buf.len(), Access::Write, |region, addr, off, n| {
+            let part = &buf[off..off + n];
+            match region.backing {
+                Backing::Mapped(_) => {
+                    direct(region, addr, n, Access::Write, |s| s.copy_from(0, part))?
+                }
+                Backing::Remote => self.remote()?.write(addr, part),
+            }
+        })
     }
 
     /// Reads a little-endian u32.

@@ -12,32 +12,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Vendor and device ID of the example device.
-pub const VENDOR_ID: u16 = 0x7d0c;
-pub const DEVICE_ID: u16 = 0xd3a0;
-const ID_VALUE: u32 = 0x7d0c_d3a0;
+// The register map is the example device's own (server/examples/dma_copy).
+use trustdev_devices::example::reg;
+use trustdev_devices::example::status::{
+    BUSY as STATUS_BUSY, DONE as STATUS_DONE, ERROR as STATUS_ERROR,
+};
+use trustdev_devices::example::ID_VALUE;
+pub use trustdev_devices::example::{DEVICE_ID, VENDOR_ID};
 
-/// BAR0 registers (server/examples/dma_copy/device.rs).
-mod reg {
-    pub const ID: u64 = 0x00;
-    pub const VERSION: u64 = 0x04;
-    pub const SRC: u64 = 0x08;
-    pub const DST: u64 = 0x10;
-    pub const LEN: u64 = 0x18;
-    pub const CTRL: u64 = 0x1c;
-    pub const DOORBELL: u64 = 0x20;
-    pub const STATUS: u64 = 0x24;
-    pub const ERROR: u64 = 0x28;
-    pub const VECTOR: u64 = 0x2c;
-    pub const COMPLETED: u64 = 0x30;
-    pub const BYTES: u64 = 0x38;
-    pub const SCRATCH: u64 = 0x40;
-    /// Registers up to and including SCRATCH.
-    pub const SPAN: u64 = 0x44;
-}
-
-const STATUS_BUSY: u32 = 1 << 0;
-const STATUS_DONE: u32 = 1 << 1;
-const STATUS_ERROR: u32 = 1 << 2;
+/// Registers up to and including SCRATCH.
+const REG_SPAN: u64 = reg::SCRATCH + 4;
 
 fn error_name(code: u32) -> &'static str {
     match code {
@@ -586,12 +570,10 @@ fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
         .region_info(vfio::VFIO_PCI_BAR0_REGION_INDEX)
         .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(BAR0): {e}"))?;
     let rw = vfio::VFIO_REGION_INFO_FLAG_READ | vfio::VFIO_REGION_INFO_FLAG_WRITE;
-    if bar0.size < reg::SPAN || bar0.flags & rw != rw {
+    if bar0.size < REG_SPAN || bar0.flags & rw != rw {
         return Err(format!(
             "BAR0 region is {} bytes with flags {:#x}; need >= {} bytes, read+write",
-            bar0.size,
-            bar0.flags,
-            reg::SPAN
+            bar0.size, bar0.flags, REG_SPAN
         ));
     }
     let cfg = dev
