@@ -180,3 +180,41 @@ fn guest_verdict_is_the_exit_status() {
     );
     assert!(run.serial.contains("failing-on-purpose"));
 }
+
+#[test]
+fn interactive_console_takes_commands() {
+    if support::skip() {
+        return;
+    }
+    use std::io::Write;
+    let _g = support::lock();
+    let mut child = std::process::Command::new(support::trustdev())
+        .args(["vm", "-d", "dma-copy", "-i", "--timeout", "120"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Type at the shell once it is likely up; the console buffers early input.
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(15));
+        let _ = stdin.write_all(b"echo INTERACTIVE-$((6*7))-OK\n");
+        std::thread::sleep(Duration::from_secs(3));
+        let _ = stdin.write_all(b"exit\n");
+        std::thread::sleep(Duration::from_secs(60));
+    });
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("INTERACTIVE-42-OK"),
+        "the shell ran our command: {stdout}"
+    );
+    assert!(stdout.contains("survived the guest's poweroff"), "{stdout}");
+}

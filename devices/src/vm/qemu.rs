@@ -101,7 +101,6 @@ pub fn args(
         "panic=-1".into(),
         "oops=panic".into(),
         "loglevel=6".into(),
-        "vfio.enable_unsafe_noiommu_mode=1".into(),
         "pci=pcie_bus_perf".into(),
     ];
     if spec.iommu {
