@@ -59,7 +59,7 @@ fn hung_guest_times_out_with_logs_and_no_strays() {
     let run = support::finish(out, &log);
     assert_eq!(run.code, Some(3), "{}", run.dump());
     assert!(
-        run.stderr.contains("did not finish within 25 s"),
+        run.stderr.contains("did not finish within 40 s"),
         "{}",
         run.dump()
     );
