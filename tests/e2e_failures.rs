@@ -46,7 +46,7 @@ fn hung_guest_times_out_with_logs_and_no_strays() {
             "--script",
             s.to_str().unwrap(),
             "--timeout",
-            "25",
+            "40",
         ],
         &log,
     )
