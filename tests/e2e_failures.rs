@@ -21,12 +21,8 @@ fn no_strays(run_pid: u32, what: &str) {
     );
 }
 
-fn script(body: &str) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!(
-        "trustdev-e2e-{}-{}.sh",
-        std::process::id(),
-        body.len()
-    ));
+fn script(tag: &str, body: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("trustdev-e2e-{}-{tag}.sh", std::process::id()));
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
     p
 }
@@ -36,10 +32,10 @@ fn hung_guest_times_out_with_logs_and_no_strays() {
     if support::skip() {
         return;
     }
-    let s = script("echo guest-is-hanging; sleep 1000");
+    let s = script("hang", "echo guest-is-hanging; sleep 1000");
     let _g = support::lock();
     let log = std::env::temp_dir().join(format!("trustdev-e2e-hang-{}.log", std::process::id()));
-    let child = support::vm_command(
+    let child = support::spawn_vm(
         &[
             "-d",
             "dma-copy",
@@ -49,11 +45,7 @@ fn hung_guest_times_out_with_logs_and_no_strays() {
             "40",
         ],
         &log,
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    );
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let run = support::finish(out, &log);
@@ -81,10 +73,10 @@ fn dying_server_is_reported_and_everything_is_torn_down() {
     if support::skip() {
         return;
     }
-    let s = script("echo waiting-for-the-server-to-die; sleep 1000");
+    let s = script("die", "echo waiting-for-the-server-to-die; sleep 1000");
     let _g = support::lock();
     let log = std::env::temp_dir().join(format!("trustdev-e2e-die-{}.log", std::process::id()));
-    let mut child = support::vm_command(
+    let mut child = support::spawn_vm(
         &[
             "-d",
             "dma-copy",
@@ -94,11 +86,7 @@ fn dying_server_is_reported_and_everything_is_torn_down() {
             "300",
         ],
         &log,
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    );
     let pid = child.id();
     // Wait until the guest runs its script, then SIGKILL the device server.
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -143,7 +131,7 @@ fn qemu_failing_to_start_is_reported() {
     if support::skip() {
         return;
     }
-    let s = script("exit 0");
+    let s = script("qemu-fail", "exit 0");
     let run = support::vm(&[
         "-d",
         "dma-copy",
@@ -170,7 +158,7 @@ fn guest_verdict_is_the_exit_status() {
     if support::skip() {
         return;
     }
-    let s = script("echo failing-on-purpose; exit 7");
+    let s = script("verdict", "echo failing-on-purpose; exit 7");
     let run = support::vm(&["-d", "dma-copy:rciep", "--script", s.to_str().unwrap()]);
     assert_eq!(run.code, Some(7), "{}", run.dump());
     assert!(

@@ -141,6 +141,27 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     }
 }
 
+impl SecurityArgs {
+    /// The device's SPDM identity (generated on first use), or `None` with
+    /// `--no-spdm`.
+    fn identity(
+        &self,
+        kind: &str,
+        ids: &spdm_responder::PciIds,
+    ) -> Result<Option<spdm_responder::Identity>, String> {
+        if self.no_spdm {
+            return Ok(None);
+        }
+        let dir = self
+            .identity_dir
+            .clone()
+            .unwrap_or_else(|| security::default_identity_dir(kind));
+        security::cma::load_identity(&dir, ids)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
 fn serve(
     kind: &str,
     socket: &Path,
@@ -164,48 +185,32 @@ fn serve(
                 subsystem_vendor: example::VENDOR_ID,
                 subsystem: 0x0001,
             };
-            let dir = security
-                .identity_dir
-                .clone()
-                .unwrap_or_else(|| security::default_identity_dir(kind));
-            let doe = security::doe_capability(&ids, &dir, !security.no_spdm)
-                .map_err(|e| e.to_string())?;
+            let identity = security.identity(kind, &ids)?;
             // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-            DmaCopy::with_capabilities(port, !security.no_spdm, vec![doe])
+            let tee = identity.is_some();
+            let doe = security::doe_capability(identity);
+            DmaCopy::with_capabilities(port, tee, vec![doe])
                 .map_err(|e| format!("cannot create the device: {e}"))?
         }
         "nvme" => {
             let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let sec = if security.no_spdm {
-                NvmeSecurity {
-                    ext_caps: vec![security::doe::DoeMailbox::new(Vec::new()).into_ext_cap()],
-                    ..NvmeSecurity::default()
-                }
-            } else {
-                let ids = spdm_responder::PciIds {
-                    vendor: trustdev_devices::nvme::VENDOR_ID,
-                    device: trustdev_devices::nvme::DEVICE_ID,
-                    class_code: 0x01_08_02,
-                    revision: 2,
-                    subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
-                    subsystem: 0x0001,
-                };
-                let dir = security
-                    .identity_dir
-                    .clone()
-                    .unwrap_or_else(|| security::default_identity_dir(kind));
-                let doe = security::doe_capability(&ids, &dir, true).map_err(|e| e.to_string())?;
-                let identity =
-                    security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
-                NvmeSecurity {
-                    ext_caps: vec![doe],
-                    // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-                    tee: true,
-                    storage: Some(spdm_responder::Responder::new(
-                        spdm_responder::ResponderConfig::default(),
-                        identity,
-                    )),
-                }
+            let ids = spdm_responder::PciIds {
+                vendor: trustdev_devices::nvme::VENDOR_ID,
+                device: trustdev_devices::nvme::DEVICE_ID,
+                class_code: 0x01_08_02,
+                revision: 2,
+                subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
+                subsystem: 0x0001,
+            };
+            let identity = security.identity(kind, &ids)?;
+            let sec = NvmeSecurity {
+                ext_caps: vec![security::doe_capability(identity.clone())],
+                // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
+                tee: identity.is_some(),
+                // The same identity also answers over Security Send/Receive.
+                storage: identity.map(|id| {
+                    spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
+                }),
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;

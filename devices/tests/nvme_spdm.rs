@@ -95,7 +95,7 @@ fn spdm_over_nvme_security_send_receive() {
     let identity = security::cma::load_identity(&idir, &ids).unwrap();
     let roots = identity.roots_der();
     let sec = NvmeSecurity {
-        ext_caps: vec![security::doe_capability(&ids, &idir, true).unwrap()],
+        ext_caps: vec![security::doe_capability(Some(identity.clone()))],
         tee: true,
         storage: Some(spdm_responder::Responder::new(
             spdm_responder::ResponderConfig::default(),

@@ -87,6 +87,16 @@ pub fn vm_command(args: &[&str], log: &Path) -> Command {
     c
 }
 
+/// Starts `trustdev vm ARGS --serial-log LOG` with stdout and stderr
+/// captured, for tests that act while the guest runs.
+pub fn spawn_vm(args: &[&str], log: &Path) -> std::process::Child {
+    vm_command(args, log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start trustdev vm")
+}
+
 /// Collects a finished run.
 pub fn finish(out: Output, log: &Path) -> VmRun {
     let serial = std::fs::read(log)

@@ -5,8 +5,8 @@
 pub mod cma;
 pub mod doe;
 
-use spdm_responder::{PciIds, ResponderConfig};
-use std::path::{Path, PathBuf};
+use spdm_responder::{Identity, ResponderConfig};
+use std::path::PathBuf;
 use vfio_user_server::pci::ExtCap;
 
 /// Where a device kind keeps its SPDM identity unless told otherwise:
@@ -23,20 +23,14 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
     base.join("trustdev/identity").join(kind)
 }
 
-/// The DOE mailbox capability of a device: discovery, CMA/SPDM and secured
-/// CMA/SPDM answered by an SPDM responder with the identity stored in
-/// `identity_dir` (generated on first use for `ids`). `spdm: false` gives a
-/// mailbox with discovery only.
-pub fn doe_capability(
-    ids: &PciIds,
-    identity_dir: &Path,
-    spdm: bool,
-) -> Result<ExtCap, cma::CmaError> {
-    let protocols = if spdm {
-        let identity = cma::load_identity(identity_dir, ids)?;
-        cma::doe_protocols(ResponderConfig::default(), identity)
-    } else {
-        Vec::new()
+/// The DOE mailbox capability of a device: discovery, plus CMA/SPDM and
+/// secured CMA/SPDM answered by an SPDM responder with `identity` (see
+/// [`cma::load_identity`]); without an identity the mailbox serves discovery
+/// only.
+pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
+    let protocols = match identity {
+        Some(identity) => cma::doe_protocols(ResponderConfig::default(), identity),
+        None => Vec::new(),
     };
-    Ok(doe::DoeMailbox::new(protocols).into_ext_cap())
+    doe::DoeMailbox::new(protocols).into_ext_cap()
 }
