@@ -14,6 +14,7 @@ pub mod responder;
 pub mod rng;
 pub mod secured;
 pub mod vendor;
+pub mod idekm;
 
 pub use error::ErrorCode;
 pub use identity::{Identity, PciIds};

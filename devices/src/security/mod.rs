@@ -4,6 +4,7 @@
 
 pub mod cma;
 pub mod doe;
+pub mod ide;
 
 use spdm_responder::{Identity, ResponderConfig};
 use std::path::PathBuf;
