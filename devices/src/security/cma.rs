@@ -70,7 +70,13 @@ pub fn root_certificates(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// The two DOE protocols (CMA and secured CMA) of one SPDM responder.
 pub fn doe_protocols(config: ResponderConfig, identity: Identity) -> Vec<Box<dyn DoeProtocol>> {
-    let responder = Arc::new(Mutex::new(Responder::new(config, identity)));
+    doe_protocols_for(Responder::new(config, identity))
+}
+
+/// The two DOE protocols (CMA and secured CMA) over `responder` (with its
+/// vendor-defined handlers, e.g. IDE_KM, already registered).
+pub fn doe_protocols_for(responder: Responder) -> Vec<Box<dyn DoeProtocol>> {
+    let responder = Arc::new(Mutex::new(responder));
     vec![
         Box::new(Cma {
             responder: Arc::clone(&responder),

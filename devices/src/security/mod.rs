@@ -6,8 +6,9 @@ pub mod cma;
 pub mod doe;
 pub mod ide;
 
-use spdm_responder::{Identity, ResponderConfig};
+use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::PathBuf;
+use std::sync::Arc;
 use vfio_user_server::pci::ExtCap;
 
 /// Where a device kind keeps its SPDM identity unless told otherwise:
@@ -29,8 +30,21 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
 /// [`cma::load_identity`]); without an identity the mailbox serves discovery
 /// only.
 pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
+    doe_capability_with_ide(identity, None)
+}
+
+/// [`doe_capability`] whose SPDM responder also answers IDE_KM (inside
+/// secured sessions) for the device's IDE port.
+pub fn doe_capability_with_ide(identity: Option<Identity>, ide: Option<&Arc<ide::Ide>>) -> ExtCap {
     let protocols = match identity {
-        Some(identity) => cma::doe_protocols(ResponderConfig::default(), identity),
+        Some(identity) => {
+            let mut r = Responder::new(ResponderConfig::default(), identity);
+            if let Some(ide) = ide {
+                let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
+                r.register_vendor(key, handler);
+            }
+            cma::doe_protocols_for(r)
+        }
         None => Vec::new(),
     };
     doe::DoeMailbox::new(protocols).into_ext_cap()

@@ -389,6 +389,9 @@ impl Ide {
     /// Power-on state (FLR, device reset, client disconnect): registers
     /// reset, every key zeroized, every SECURE stream INSECURE.
     pub fn reset(&self) {
+        if let Err(e) = self.flush_trace() {
+            log::warn!("IDE trace: {e}");
+        }
         self.update(|st| {
             st.reset();
             ((), st.settle(InsecureReason::Reset))
