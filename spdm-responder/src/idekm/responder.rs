@@ -14,8 +14,10 @@
 //!   is armed: it must be retired with K_SET_STOP first);
 //! - K_SET_GO / K_SET_STOP for a missing port, a reserved sub-stream or an
 //!   unknown stream: ERROR InvalidRequest (K_GOSTOP_ACK has no status field);
-//!   for a slot without a key, or one programmed in another session: ERROR
-//!   UnexpectedRequest. Nothing changes in the device in any of these cases.
+//!   K_SET_GO for a slot without a key, or either for a key programmed in
+//!   another session: ERROR UnexpectedRequest. Nothing changes in the device
+//!   in any of these cases. (K_SET_STOP of an empty slot is acknowledged:
+//!   there is nothing left to stop.)
 
 use super::codec::{
     DecodeError, KpAckStatus, QueryResp, Request, Response, StreamHeader, KEY_PROG_LEN,

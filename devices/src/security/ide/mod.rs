@@ -35,6 +35,7 @@
 
 mod aead;
 pub mod config;
+pub mod host;
 pub mod device;
 mod keys;
 pub mod km;

@@ -473,7 +473,9 @@ impl PortState {
         if !self.known_id(id) {
             return Err(KmError::UnknownStream);
         }
-        let keys = self.keys.get_mut(&id).ok_or(KmError::Key(KeyError::Empty))?;
+        let Some(keys) = self.keys.get_mut(&id) else {
+            return Ok(());
+        };
         keys.stop(slot, session).map_err(KmError::Key)?;
         if keys.is_empty() {
             self.keys.remove(&id);
