@@ -9,7 +9,6 @@
 
 use super::link::IdeLink;
 use super::Ide;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 use vfio_user_server::pci::{BarKind, ConfigEvents, ConfigSpace};
@@ -72,9 +71,9 @@ impl<D: Device> IdeDevice<D> {
             return;
         };
         let devctl = cfg.read_u16((pc + PCIE_DEVCTL) as usize);
-        let size = |v: u16| 128u32 << v.min(5);
-        self.ide.mps.store(size((devctl >> 5) & 7), Ordering::Relaxed);
-        self.ide.mrrs.store(size((devctl >> 12) & 7), Ordering::Relaxed);
+        let size = |v: u16| 128usize << v.min(5);
+        self.ide
+            .set_tlp_sizes(size((devctl >> 5) & 7), size((devctl >> 12) & 7));
     }
 
     /// The bus address of BAR `region` (as the guest programmed it).

@@ -364,6 +364,15 @@ impl Ide {
         self.require_secure.store(on, Ordering::Release);
     }
 
+    /// Sets Max_Payload_Size and Max_Read_Request_Size in bytes (powers of
+    /// two, 128 to 4096). [`IdeDevice`] keeps them equal to the device's
+    /// PCIe Device Control register.
+    pub fn set_tlp_sizes(&self, mps: usize, mrrs: usize) {
+        let clamp = |v: usize| v.clamp(128, 4096).next_power_of_two() as u32;
+        self.mps.store(clamp(mps), Ordering::Relaxed);
+        self.mrrs.store(clamp(mrrs), Ordering::Relaxed);
+    }
+
     /// The Uncorrectable Error Status of the AER capability.
     pub fn aer_uncorrectable_status(&self) -> u32 {
         self.lock().aer().uncorrectable_status()
@@ -392,6 +401,10 @@ impl Ide {
     pub fn reset(&self) {
         if let Err(e) = self.flush_trace() {
             log::warn!("IDE trace: {e}");
+        }
+        let st = self.link_stats();
+        if st != LinkStats::default() {
+            log::info!("IDE link so far: {st:?}");
         }
         self.update(|st| {
             st.reset();
