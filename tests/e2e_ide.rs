@@ -29,7 +29,11 @@ fn ide_capability_at_enumeration() {
         "600",
     ]);
     let fails = run.lines("CHECK-FAIL");
-    assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{}", run.dump());
+    assert!(
+        fails.is_empty(),
+        "guest checks failed: {fails:#?}\n{}",
+        run.dump()
+    );
     assert_eq!(run.code, Some(0), "{}", run.dump());
     let ide = run.lines("IDE ");
     let placements: Vec<&str> = ide

@@ -115,8 +115,8 @@ fn link_bench(secs: f64, sizes: &[usize]) {
     cfg.write(sel0_ctl, &((5u32 << 24) | (1 << 22) | 1).to_le_bytes());
     assert!(ide.is_secure(5), "stream SECURE");
     let mem = Arc::new(GuestMemory::new(4));
-    let fd = nix::sys::memfd::memfd_create(c"bench", nix::sys::memfd::MemFdCreateFlag::empty())
-        .unwrap();
+    let fd =
+        nix::sys::memfd::memfd_create(c"bench", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
     let f = std::fs::File::from(fd);
     f.set_len(1 << 20).unwrap();
     mem.map(
@@ -152,10 +152,20 @@ fn link_bench(secs: f64, sizes: &[usize]) {
             let mut iv = [0u8; 12];
             iv[4..].copy_from_slice(&n.to_be_bytes());
             let tag = raw_key
-                .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&aad), &mut buf)
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::from(&aad),
+                    &mut buf,
+                )
                 .unwrap();
             raw_key
-                .open_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::from(&aad), tag, &mut buf, 0..)
+                .open_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::from(&aad),
+                    tag,
+                    &mut buf,
+                    0..,
+                )
                 .unwrap();
         });
         let data = vec![0xa5u8; ACCESS];
@@ -197,7 +207,10 @@ impl Bar0 for Secured {
         self.0.access().read32(0, off).unwrap_or(u32::MAX)
     }
     fn write_reg32(&mut self, off: u64, v: u32) {
-        let _ = self.0.access().region_write_posted(0, off, &v.to_le_bytes());
+        let _ = self
+            .0
+            .access()
+            .region_write_posted(0, off, &v.to_le_bytes());
     }
 }
 
@@ -220,7 +233,11 @@ fn io_loop<B: Bar0>(d: &mut HostDriver<B>, write: bool, qd: usize, secs: f64) ->
             std::hint::spin_loop();
             continue;
         };
-        assert!(Status(c.status).is_success(), "I/O failed: {}", Status(c.status));
+        assert!(
+            Status(c.status).is_success(),
+            "I/O failed: {}",
+            Status(c.status)
+        );
         done += 1;
         inflight -= 1;
         if Instant::now() < deadline {
@@ -270,7 +287,12 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
         let pcie = find_cap(&mut c, 0x10).expect("PCIe capability");
         let devctl = c.read32(7, u64::from(pcie + 8)).unwrap();
         let enc = (mps / 128).trailing_zeros();
-        c.write32(7, u64::from(pcie + 8), (devctl & !0xe0 & 0xffff) | (enc << 5)).unwrap();
+        c.write32(
+            7,
+            u64::from(pcie + 8),
+            (devctl & !0xe0 & 0xffff) | (enc << 5),
+        )
+        .unwrap();
         let pid = server.id();
         let run = |d: &mut dyn FnMut(bool) -> u64| {
             for write in [false, true] {

@@ -273,10 +273,7 @@ fn run_linked<D: vfio_user_server::Device>(
     socket: &Path,
 ) -> Result<(), String> {
     match ide {
-        Some(ide) => run_server(
-            IdeDevice::new(dev, ide).map_err(|e| e.to_string())?,
-            socket,
-        ),
+        Some(ide) => run_server(IdeDevice::new(dev, ide).map_err(|e| e.to_string())?, socket),
         None => run_server(dev, socket),
     }
 }

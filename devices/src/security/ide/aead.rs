@@ -23,7 +23,12 @@ fn nonce(invocation: u64) -> Nonce {
 
 /// Encrypts `payload` in place; returns the 96-bit MAC over `aad` and the
 /// ciphertext.
-pub(crate) fn seal(key: &LessSafeKey, invocation: u64, aad: &[u8], payload: &mut [u8]) -> [u8; MAC_LEN] {
+pub(crate) fn seal(
+    key: &LessSafeKey,
+    invocation: u64,
+    aad: &[u8],
+    payload: &mut [u8],
+) -> [u8; MAC_LEN] {
     let mut mac = [0u8; MAC_LEN];
     // Sealing cannot fail for TLP-sized inputs (ring's limit is ~64 GiB).
     if let Ok(tag) = key.seal_in_place_separate_tag(nonce(invocation), Aad::from(aad), payload) {
@@ -64,7 +69,11 @@ mod tests {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use ring::aead::{UnboundKey, AES_256_GCM};
 
-    type Gcm96 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
+    type Gcm96 = aes_gcm::AesGcm<
+        aes_gcm::aes::Aes256,
+        aes_gcm::aead::consts::U12,
+        aes_gcm::aead::consts::U12,
+    >;
 
     #[test]
     fn matches_an_independent_gcm_with_96_bit_tags() {

@@ -105,16 +105,20 @@ impl<D: Device> Device for IdeDevice<D> {
         self.inner.config()
     }
 
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn region_read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), DeviceError> {
         let Some(base) = self.on_link(region) else {
             return self.inner.region_read(region, offset, data);
         };
         let inner = &mut self.inner;
         let mut r = Ok(());
-        self.link
-            .host_read(base.wrapping_add(offset), data, |buf| {
-                r = inner.region_read(region, offset, buf)
-            });
+        self.link.host_read(base.wrapping_add(offset), data, |buf| {
+            r = inner.region_read(region, offset, buf)
+        });
         r
     }
 

@@ -6,7 +6,9 @@
 
 use super::regs::{ctl, sts};
 use spdm_responder::error::{RequesterError, TransportError};
-use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, QueryResp, SubStream};
+use spdm_responder::idekm::{
+    IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, QueryResp, SubStream,
+};
 use spdm_responder::transport::doe::{decode_object, DoeChannel, DoeTransport};
 use spdm_responder::{Requester, RequesterConfig};
 use std::time::{Duration, Instant};
@@ -26,7 +28,8 @@ impl ConfigAccess for Client {
         self.read32(7, u64::from(off)).map_err(|e| e.to_string())
     }
     fn cfg_write32(&mut self, off: u16, v: u32) -> Result<(), String> {
-        self.write32(7, u64::from(off), v).map_err(|e| e.to_string())
+        self.write32(7, u64::from(off), v)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -199,7 +202,12 @@ impl<A: ConfigAccess> IdeHost<A> {
     /// KEY_PROG + K_SET_GO for every sub-stream of `set`: the receive keys
     /// first, then the transmit keys (so the device never transmits with a
     /// key its partner cannot receive yet). `key` gives each slot's key.
-    pub fn program(&mut self, stream_id: u8, set: KeySet, key: impl Fn(KeySlot) -> IdeKey) -> Result<(), String> {
+    pub fn program(
+        &mut self,
+        stream_id: u8,
+        set: KeySet,
+        key: impl Fn(KeySlot) -> IdeKey,
+    ) -> Result<(), String> {
         let (sid, port) = (self.sid, self.port);
         for d in [KeyDirection::Rx, KeyDirection::Tx] {
             for ss in SubStream::ALL {
@@ -237,14 +245,24 @@ impl<A: ConfigAccess> IdeHost<A> {
     fn sel(&mut self, index: u8) -> Result<u16, String> {
         let ide = self.ide;
         let cap = self.access().cfg_read32(ide + 4)?;
-        let nlink = if cap & 1 != 0 { 1 + ((cap >> 13) & 7) } else { 0 };
+        let nlink = if cap & 1 != 0 {
+            1 + ((cap >> 13) & 7)
+        } else {
+            0
+        };
         let assoc = self.access().cfg_read32(ide + 0x0c + 8 * nlink as u16)? & 0xf;
         Ok(ide + 0x0c + 8 * nlink as u16 + u16::from(index) * (20 + 12 * assoc as u16))
     }
 
     /// pci_ide_stream_setup: RID association (partner `rid`) and the
     /// Control register with the Stream ID, Enable clear.
-    pub fn setup(&mut self, index: u8, stream_id: u8, default: bool, rid: u16) -> Result<(), String> {
+    pub fn setup(
+        &mut self,
+        index: u8,
+        stream_id: u8,
+        default: bool,
+        rid: u16,
+    ) -> Result<(), String> {
         let b = self.sel(index)?;
         let a = self.access();
         a.cfg_write32(b + 0x0c, u32::from(rid) << 8)?;

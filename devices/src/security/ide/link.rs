@@ -111,7 +111,7 @@ impl LinkShared {
         let mut q = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let i = q
             .iter()
-            .position(|f| f.towards == towards && f.sub_stream.is_none_or(|s| s == ss))?;
+            .position(|f| f.towards == towards && f.sub_stream.map_or(true, |s| s == ss))?;
         let f = q.remove(i)?;
         self.faults_pending.store(!q.is_empty(), Ordering::Release);
         Some(f.target)
@@ -151,7 +151,13 @@ impl Ide {
 
     /// Flushes the trace file.
     pub fn flush_trace(&self) -> std::io::Result<()> {
-        match self.link.trace.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match self
+            .link
+            .trace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             Some(w) => w.flush(),
             None => Ok(()),
         }
@@ -234,7 +240,9 @@ impl IdeLink {
             LinkEnd::Device => KeyDirection::Tx,
             LinkEnd::Host => KeyDirection::Rx,
         };
-        let (set, tx_key) = keys.in_use(tx_dir, ss).ok_or_else(|| self.refuse(Some(s)))?;
+        let (set, tx_key) = keys
+            .in_use(tx_dir, ss)
+            .ok_or_else(|| self.refuse(Some(s)))?;
         let invocation = tx_key.claim();
         let tee = from == LinkEnd::Device && self.ide.tee.load(Ordering::Relaxed);
         let prefix = tlp::ide_prefix(set, tee, ss, s.id);
@@ -429,7 +437,14 @@ impl IdeLink {
                                 mem.read(ca, &mut sc.wire[off..off + cn])?;
                                 let cpl = tlp::completion(HOST_RID, rid, tag, ca, remaining, dws);
                                 // ...and the device end gets the verified data.
-                                self.tlp(s, LinkEnd::Host, SubStream::Completion, &cpl, &mut out, sc)?;
+                                self.tlp(
+                                    s,
+                                    LinkEnd::Host,
+                                    SubStream::Completion,
+                                    &cpl,
+                                    &mut out,
+                                    sc,
+                                )?;
                                 dst[(ca - a) as usize..][..cn].copy_from_slice(&out[off..off + cn]);
                                 remaining -= cn;
                             }
@@ -498,7 +513,14 @@ impl IdeLink {
                     let off = Self::pad(ca, part, &mut sc.wire);
                     let cpl = tlp::completion(rid, HOST_RID, tag, ca, remaining, sc.wire.len() / 4);
                     if self
-                        .tlp(s, LinkEnd::Device, SubStream::Completion, &cpl, &mut out, sc)
+                        .tlp(
+                            s,
+                            LinkEnd::Device,
+                            SubStream::Completion,
+                            &cpl,
+                            &mut out,
+                            sc,
+                        )
                         .is_err()
                     {
                         ok = false;

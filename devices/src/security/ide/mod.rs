@@ -35,8 +35,8 @@
 
 mod aead;
 pub mod config;
-pub mod host;
 pub mod device;
+pub mod host;
 mod keys;
 pub mod km;
 pub mod link;
@@ -423,7 +423,13 @@ impl Ide {
         })
     }
 
-    pub(crate) fn km_program(&self, session: u32, id: u8, slot: KeySlot, key: IdeKey) -> Result<(), KmError> {
+    pub(crate) fn km_program(
+        &self,
+        session: u32,
+        id: u8,
+        slot: KeySlot,
+        key: IdeKey,
+    ) -> Result<(), KmError> {
         self.update(|st| (st.program(session, id, slot, key), Vec::new()))
     }
 
@@ -449,7 +455,14 @@ impl Ide {
     }
 
     /// An integrity failure seen on the link.
-    pub(crate) fn integrity_failure(&self, s: StreamRef, id: u8, by: LinkEnd, header: [u32; 4], prefix: u32) {
+    pub(crate) fn integrity_failure(
+        &self,
+        s: StreamRef,
+        id: u8,
+        by: LinkEnd,
+        header: [u32; 4],
+        prefix: u32,
+    ) {
         self.update(|st| {
             st.integrity_failure(s, by, header, prefix);
             let mut ev = vec![IdeEvent::IntegrityFailure {
