@@ -26,13 +26,15 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trustdev_devices::nvme::host::{Bar0, HostDriver, HostMemory};
-use trustdev_devices::nvme::spec::Status;
+
+#[path = "common/bench.rs"]
+mod bench_util;
+use bench_util::{cpu_seconds, IOVA};
 use trustdev_devices::security::ide::host::IdeHost;
 use trustdev_devices::security::ide::km::IdeKmPorts;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
 use vfio_user_server::client::Client;
 use vfio_user_server::dma::GuestMemory;
-use vfio_user_server::pci::{ConfigBuilder, PciIds, PcieCap, PortType};
 use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
 
 /// CPU time of the calling thread.
@@ -44,17 +46,6 @@ fn thread_cpu() -> f64 {
     // SAFETY: clock_gettime writes the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-}
-
-/// CPU time (user + system) of process `pid`.
-fn process_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no side effects.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Runs `f` repeatedly for about `secs` of this thread's CPU time; returns
@@ -82,24 +73,7 @@ fn link_bench(secs: f64, sizes: &[usize]) {
     // A device with IDE, stream 0 SECURE (keys through the IDE_KM backend),
     // guest memory behind its link.
     let ide = Ide::new(IdeConfig::default());
-    let mut b = ConfigBuilder::new(PciIds {
-        vendor: 0x1b36,
-        device: 0x10,
-        subsystem_vendor: 0,
-        subsystem: 0,
-        class: 0,
-        revision: 0,
-    })
-    .pcie(PcieCap {
-        port_type: PortType::RcIntegratedEndpoint,
-        tee: true,
-        ee_prefix: true,
-        flr: true,
-    });
-    for c in ide.capabilities() {
-        b = b.ext_capability(c);
-    }
-    let mut cfg = b.build().expect("config space");
+    let mut cfg = ide.function_config_space().expect("configuration space");
     // Selective stream 0 (after the one link stream block): ID 5, Default;
     // keys through the IDE_KM backend; then Enable.
     let sel0_ctl = 0x100 + 0x0c + 8 + 4;
@@ -189,16 +163,6 @@ fn link_bench(secs: f64, sizes: &[usize]) {
     );
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// BAR0 through the client inside an IDE setup.
 struct Secured(IdeHost<Client>);
 
@@ -212,43 +176,6 @@ impl Bar0 for Secured {
             .access()
             .region_write_posted(0, off, &v.to_le_bytes());
     }
-}
-
-const IOVA: u64 = 0x1_0000_0000;
-const BLOCKS: u64 = (1 << 30) / 4096;
-
-fn io_loop<B: Bar0>(d: &mut HostDriver<B>, write: bool, qd: usize, secs: f64) -> u64 {
-    let bufs: Vec<u64> = (0..qd).map(|_| d.mem.alloc(4096, 4096)).collect();
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    let mut slot_of = vec![0usize; 1 << 16];
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    for (i, &b) in bufs.iter().enumerate() {
-        let c = d.rw_command(write, 1, (rng.next() % BLOCKS) * 8, b, 8);
-        slot_of[d.push(1, c) as usize] = i;
-    }
-    d.ring(1);
-    let (mut inflight, mut done) = (qd, 0u64);
-    while inflight > 0 {
-        let Some(c) = d.poll(1) else {
-            std::hint::spin_loop();
-            continue;
-        };
-        assert!(
-            Status(c.status).is_success(),
-            "I/O failed: {}",
-            Status(c.status)
-        );
-        done += 1;
-        inflight -= 1;
-        if Instant::now() < deadline {
-            let i = slot_of[c.cid as usize];
-            let cmd = d.rw_command(write, 1, (rng.next() % BLOCKS) * 8, bufs[i], 8);
-            slot_of[d.push(1, cmd) as usize] = i;
-            d.ring(1);
-            inflight += 1;
-        }
-    }
-    done
 }
 
 fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
@@ -296,9 +223,9 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
         let pid = server.id();
         let run = |d: &mut dyn FnMut(bool) -> u64| {
             for write in [false, true] {
-                let (c0, t0) = (process_cpu(pid), Instant::now());
+                let (c0, t0) = (cpu_seconds(pid), Instant::now());
                 let done = d(write);
-                let (cpu, wall) = (process_cpu(pid) - c0, t0.elapsed().as_secs_f64());
+                let (cpu, wall) = (cpu_seconds(pid) - c0, t0.elapsed().as_secs_f64());
                 println!(
                     "{variant:<11} 4k rand{:<5} QD{qd}: {:>8.0} IOPS {:>9.0} IOPS/server-core ({done} I/Os)",
                     if write { "write" } else { "read" },
@@ -322,7 +249,7 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
             if shadow {
                 d.enable_shadow_doorbells().unwrap();
             }
-            run(&mut |w| io_loop(&mut d, w, qd, secs));
+            run(&mut |w| bench_util::run(&mut d, w, qd, secs).0);
             assert_eq!(d.bar.0.status(0).unwrap(), 2, "still SECURE");
         } else {
             let mut d = HostDriver::enable(c, mem, 32).unwrap();
@@ -330,7 +257,7 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
             if shadow {
                 d.enable_shadow_doorbells().unwrap();
             }
-            run(&mut |w| io_loop(&mut d, w, qd, secs));
+            run(&mut |w| bench_util::run(&mut d, w, qd, secs).0);
         }
         // Disconnect first: the server logs the link's TLP counts on reset.
         std::thread::sleep(Duration::from_millis(200));

@@ -57,7 +57,10 @@ use spdm_responder::idekm::{IdeKey, KeySlot, QueryResp};
 use state::{KmError, LinkView, PortState};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use vfio_user_server::pci::{ext_cap_id, ConfigHandler, ExtCap};
+use vfio_user_server::pci::{
+    ext_cap_id, BuildError, ConfigBuilder, ConfigHandler, ConfigSpace, ExtCap, PciIds, PcieCap,
+    PortType,
+};
 
 /// Link IDE stream or selective IDE stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -230,6 +233,30 @@ impl Ide {
             });
         }
         v
+    }
+
+    /// A minimal configuration space carrying only this port's
+    /// capabilities (an RCiEP with a PCIe capability): for tools, tests and
+    /// benchmarks that drive the IDE registers without a device model.
+    pub fn function_config_space(self: &Arc<Self>) -> Result<ConfigSpace, BuildError> {
+        let mut b = ConfigBuilder::new(PciIds {
+            vendor: 0x7d0c,
+            device: 0x1de0,
+            subsystem_vendor: 0x7d0c,
+            subsystem: 0,
+            class: 0xff_0000,
+            revision: 0,
+        })
+        .pcie(PcieCap {
+            port_type: PortType::RcIntegratedEndpoint,
+            tee: true,
+            ee_prefix: true,
+            flr: true,
+        });
+        for c in self.capabilities() {
+            b = b.ext_capability(c);
+        }
+        b.build()
     }
 
     /// Runs `f` on the state, then re-publishes the link view and delivers

@@ -10,7 +10,6 @@ use spdm_responder::idekm::{KeyDirection, KeySet, SubStream};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use vfio_user_server::dma::GuestMemory;
-use vfio_user_server::pci::{ConfigBuilder, PciIds, PcieCap, PortType};
 use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
 
 type Gcm96 =
@@ -42,24 +41,7 @@ struct Rig {
 impl Rig {
     fn new(cfg: IdeConfig) -> Rig {
         let ide = Ide::new(cfg);
-        let mut b = ConfigBuilder::new(PciIds {
-            vendor: 0x1b36,
-            device: 0x10,
-            subsystem_vendor: 0,
-            subsystem: 0,
-            class: 0x010802,
-            revision: 0,
-        })
-        .pcie(PcieCap {
-            port_type: PortType::RcIntegratedEndpoint,
-            tee: true,
-            ee_prefix: true,
-            flr: true,
-        });
-        for c in ide.capabilities() {
-            b = b.ext_capability(c);
-        }
-        let cfg = b.build().unwrap();
+        let cfg = ide.function_config_space().unwrap();
         let mem = Arc::new(GuestMemory::new(16));
         mem.map(
             &DmaMapRequest {
