@@ -17,6 +17,7 @@
 //! cargo build --release -p trustdev-devices --bins --examples
 //! target/release/examples/ide_bench link [--seconds S] [--sizes 128,256,512,4096]
 //! target/release/examples/ide_bench nvme [--seconds S] [--qd N] [--mps 128|256|512] [--doorbells shadow|trap]
+//!     [--variants off,idle,secure]
 //! ```
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -178,7 +179,7 @@ impl Bar0 for Secured {
     }
 }
 
-fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
+fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool, variants: &[String]) {
     let exe = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent()?.parent().map(|d| d.join("trustdev")))
@@ -187,6 +188,9 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool) {
     std::fs::create_dir_all(&dir).unwrap();
     let id_dir = dir.join("identity");
     for variant in ["IDE off", "IDE idle", "IDE SECURE"] {
+        if !variants.iter().any(|v| variant.eq_ignore_ascii_case(&format!("IDE {v}"))) {
+            continue;
+        }
         let sock = dir.join("nvme.sock");
         let _ = std::fs::remove_file(&sock);
         let mut cmd = Command::new(&exe);
@@ -287,6 +291,7 @@ fn main() {
     let what = args.next().unwrap_or_default();
     let (mut secs, mut qd, mut mps) = (2.0f64, 32usize, 256usize);
     let mut shadow = true;
+    let mut variants: Vec<String> = ["off", "idle", "secure"].map(String::from).to_vec();
     let mut sizes = vec![128usize, 256, 512, 4096];
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_default();
@@ -296,17 +301,18 @@ fn main() {
             "--mps" => mps = v.parse().unwrap_or(mps),
             "--sizes" => sizes = v.split(',').filter_map(|s| s.parse().ok()).collect(),
             "--doorbells" => shadow = v != "trap",
+            "--variants" => variants = v.split(',').map(String::from).collect(),
             _ => what_usage(),
         }
     }
     match what.as_str() {
         "link" => link_bench(secs, &sizes),
-        "nvme" => nvme_bench(secs, qd, mps, shadow),
+        "nvme" => nvme_bench(secs, qd, mps, shadow, &variants),
         _ => what_usage(),
     }
 }
 
 fn what_usage() -> ! {
-    eprintln!("usage: ide_bench link [--seconds S] [--sizes 128,256,...] | nvme [--seconds S] [--qd N] [--mps N] [--doorbells shadow|trap]");
+    eprintln!("usage: ide_bench link [--seconds S] [--sizes 128,256,...] | nvme [--seconds S] [--qd N] [--mps N] [--doorbells shadow|trap] [--variants off,idle,secure]");
     std::process::exit(2)
 }
