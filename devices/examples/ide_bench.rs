@@ -188,7 +188,10 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool, variants: &[String
     std::fs::create_dir_all(&dir).unwrap();
     let id_dir = dir.join("identity");
     for variant in ["IDE off", "IDE idle", "IDE SECURE"] {
-        if !variants.iter().any(|v| variant.eq_ignore_ascii_case(&format!("IDE {v}"))) {
+        if !variants
+            .iter()
+            .any(|v| variant.eq_ignore_ascii_case(&format!("IDE {v}")))
+        {
             continue;
         }
         let sock = dir.join("nvme.sock");

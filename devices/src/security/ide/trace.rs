@@ -156,6 +156,7 @@ impl TraceWriter {
         h.extend_from_slice(&65535u32.to_le_bytes());
         h.extend_from_slice(&LINKTYPE.to_le_bytes());
         out.write_all(&h)?;
+        out.flush()?;
         Ok(TraceWriter { out })
     }
 
