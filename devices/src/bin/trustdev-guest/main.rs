@@ -8,6 +8,7 @@
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
+//! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
@@ -18,6 +19,7 @@ mod lspci;
 mod pciconf;
 mod spdm;
 mod sysfs;
+mod tsm_agent;
 mod vfio;
 mod wait_dev;
 
@@ -113,6 +115,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The user-space agent of the trustdev_tsm link TSM module: runs SPDM
+    /// for the kernel's tsm/connect and tsm/disconnect over
+    /// pci_tsm_doe_transfer() (see guest/kmod).
+    TsmAgent {
+        /// The module's device.
+        #[arg(long, default_value = "/dev/trustdev-tsm")]
+        device: std::path::PathBuf,
+        /// Trusted root certificate, PEM or DER, or a directory of them
+        /// (repeatable; default /etc/trustdev/roots).
+        #[arg(long = "root")]
+        roots: Vec<std::path::PathBuf>,
+        /// Certificate slot to authenticate and key the session with.
+        #[arg(long, default_value_t = 0)]
+        slot: u8,
+        /// Offer only this SPDM version (1.0 .. 1.3).
+        #[arg(long, value_parser = spdm::parse_version)]
+        version: Option<u8>,
+        /// Offer only this signature algorithm: p256 or p384.
+        #[arg(long, value_parser = spdm::parse_asym)]
+        asym: Option<u32>,
+        /// Check the leaf certificate's CMA SAN against the device as the
+        /// kernel's CMA code does: enforce, warn or off.
+        #[arg(long, default_value = "warn", value_parser = tsm_agent::parse_san_policy)]
+        san: tsm_agent::SanPolicy,
+        /// Fault injection: stop answering after this connect step (claim,
+        /// version, certificate, challenge, session, steps).
+        #[arg(long, value_parser = tsm_agent::parse_step)]
+        hang_after: Option<String>,
+    },
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev {
         /// Vendor and device ID in hex, e.g. 7d0c:d3a0.
@@ -178,6 +209,27 @@ fn run(cli: Cli) -> Result<(), String> {
             session_only,
             slot,
             asym,
+        }),
+        Cmd::TsmAgent {
+            device,
+            roots,
+            slot,
+            version,
+            asym,
+            san,
+            hang_after,
+        } => tsm_agent::run(&tsm_agent::Options {
+            roots: if roots.is_empty() {
+                vec![tsm_agent::default_roots()]
+            } else {
+                roots
+            },
+            device,
+            slot,
+            version,
+            asym,
+            san,
+            hang_after,
         }),
         Cmd::WaitDev {
             ids,
