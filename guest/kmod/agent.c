@@ -38,8 +38,8 @@
 
 static_assert(sizeof(struct tdtsm_request) == 64);
 static_assert(sizeof(struct tdtsm_doe) == 40);
-static_assert(sizeof(struct tdtsm_ide) == 288);
-static_assert(sizeof(struct tdtsm_verdict) == 272);
+static_assert(sizeof(struct tdtsm_ide) == 544);
+static_assert(sizeof(struct tdtsm_verdict) == 528);
 
 unsigned int tdtsm_timeout_ms = 30000;
 module_param_named(timeout_ms, tdtsm_timeout_ms, uint, 0644);

@@ -127,20 +127,12 @@ static const char *kernel_refusal(struct pci_dev *pdev, char *buf, size_t len)
 }
 
 static int setup_kernel(struct tdtsm_dsm *dsm, struct pci_dev *pdev,
-			struct tdtsm_ide *out)
+			struct pci_ide *ide, struct tdtsm_ide *out)
 {
 	struct tdtsm_stream *s = &dsm->stream;
 	struct pci_dev *rp = pcie_find_root_port(pdev);
-	struct pci_ide *ide;
 	int rc;
 
-	ide = pci_ide_stream_alloc(pdev);
-	if (!ide) {
-		snprintf(out->why, sizeof(out->why),
-			 "pci_ide_stream_alloc() found no free stream (host bridge pool, root port %s or device)",
-			 rp ? pci_name(rp) : "?");
-		return -EBUSY;
-	}
 	/* The TSM owns Stream IDs; like SEV-TIO, use the host bridge stream index. */
 	ide->stream_id = ide->host_bridge_stream;
 	ide->partner[PCI_IDE_EP].default_stream = 1;
@@ -240,6 +232,7 @@ int tdtsm_ide_setup(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 {
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
 	char refusal[TDTSM_MSG_MAX];
+	struct pci_ide *ide;
 	const char *why;
 	u16 cap;
 	int rc;
@@ -259,8 +252,21 @@ int tdtsm_ide_setup(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 			 pci_name(pdev));
 		return -EOPNOTSUPP;
 	}
-	why = kernel_refusal(pdev, refusal, sizeof(refusal));
-	rc = why ? setup_platform(dsm, pdev, cap, why, out) : setup_kernel(dsm, pdev, out);
+	/* Ask the kernel first; fall back only where it refuses the topology. */
+	ide = pci_ide_stream_alloc(pdev);
+	if (ide) {
+		rc = setup_kernel(dsm, pdev, ide, out);
+	} else {
+		why = kernel_refusal(pdev, refusal, sizeof(refusal));
+		if (why) {
+			pci_info(pdev, "IDE: pci_ide_stream_alloc() returned NULL: %s\n", why);
+			rc = setup_platform(dsm, pdev, cap, why, out);
+		} else {
+			snprintf(out->why, sizeof(out->why),
+				 "pci_ide_stream_alloc() found no free stream (host bridge pool, root port or device)");
+			rc = -EBUSY;
+		}
+	}
 	if (rc) {
 		pci_err(pdev, "IDE setup failed (%d): %s\n", rc, out->why);
 		return rc;

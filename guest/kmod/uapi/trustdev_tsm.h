@@ -39,7 +39,7 @@
  * 2^18 dwords including the 2-dword header). */
 #define TDTSM_DOE_MAX ((1u << 20) - 8)
 
-#define TDTSM_MSG_MAX 256
+#define TDTSM_MSG_MAX 512
 
 /* struct tdtsm_request.op */
 #define TDTSM_OP_CONNECT 1
@@ -90,7 +90,7 @@ struct tdtsm_doe {
 #define TDTSM_IDE_MODE_KERNEL 1	/* drivers/pci/ide.c pci_ide_stream_* on endpoint and root port */
 #define TDTSM_IDE_MODE_PLATFORM 2	/* the module programs the device's registers (platform-emulated) */
 
-/* Size 288. */
+/* Size 544. */
 struct tdtsm_ide {
 	__u64 id;		/* the claimed request */
 	__u32 op;		/* TDTSM_IDE_* */
@@ -105,7 +105,7 @@ struct tdtsm_ide {
 	char why[TDTSM_MSG_MAX];	/* out: how the stream was set up, or why not */
 };
 
-/* Size 272. */
+/* Size 528. */
 struct tdtsm_verdict {
 	__u64 id;		/* the claimed request */
 	__s32 status;		/* 0, or a negative errno that connect returns */

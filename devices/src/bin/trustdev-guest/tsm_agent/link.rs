@@ -111,7 +111,7 @@ impl SessionStep for MeasurementsStep {
             .get_measurements(Some(cx.session), 0xff, false, self.slot)
             .map_err(|e| requester_failure(cx.requester, "MEASUREMENTS in session", e))?;
         Ok(format!(
-            "{} measurement block(s) read in the session",
+            "{} measurement blocks in the session",
             m.blocks.len()
         ))
     }
@@ -225,7 +225,9 @@ pub fn connect(
         .roots
         .iter()
         .find(|(_, der)| Some(der) == certs.first())
-        .map_or("a trusted root", |(f, _)| f.as_str());
+        .map_or("a trusted root", |(f, _)| {
+            f.rsplit('/').next().unwrap_or(f.as_str())
+        });
     let mut notes = Vec::new();
     if policy.san != SanPolicy::Off {
         let want = san::expected_for(&bdf).map_err(|e| Failure::new(libc::EIO, step, e))?;
@@ -280,10 +282,10 @@ pub fn connect(
     }
     checkpoint("steps");
     if req.flags & super::uapi::REQ_IDE_CAP == 0 {
-        summaries.push("IDE: the device has no IDE capability: link not encrypted".into());
+        summaries.push("no IDE capability (link not encrypted)".into());
     }
     let summary = format!(
-        "SPDM {} {}, chain verified to {root}, CHALLENGE_AUTH verified, session {sid:#010x}{}; {}",
+        "SPDM {} {}, chain to {root} verified, CHALLENGE_AUTH verified, session {sid:#010x}{}; {}",
         version_str(conn.version),
         algo_str(conn.asym, conn.hash),
         if notes.is_empty() {

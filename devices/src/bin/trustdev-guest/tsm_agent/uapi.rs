@@ -11,7 +11,7 @@ use std::path::Path;
 /// Largest DOE payload one exchange moves (`TDTSM_DOE_MAX`).
 pub const DOE_MAX: usize = (1 << 20) - 8;
 /// Length of the message buffers (`TDTSM_MSG_MAX`).
-pub const MSG_MAX: usize = 256;
+pub const MSG_MAX: usize = 512;
 
 /// `TDTSM_OP_CONNECT`.
 pub const OP_CONNECT: u32 = 1;
@@ -120,8 +120,8 @@ struct Verdict {
 
 const _: () = assert!(std::mem::size_of::<Request>() == 64);
 const _: () = assert!(std::mem::size_of::<Doe>() == 40);
-const _: () = assert!(std::mem::size_of::<Ide>() == 288);
-const _: () = assert!(std::mem::size_of::<Verdict>() == 272);
+const _: () = assert!(std::mem::size_of::<Ide>() == 544);
+const _: () = assert!(std::mem::size_of::<Verdict>() == 528);
 
 const MAGIC: u64 = 0xD5;
 const fn ioc(dir: u64, nr: u64, size: usize) -> libc::Ioctl {
@@ -271,17 +271,17 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_the_c_header() {
-        // _IOR(0xD5, 1, 64), _IOWR(0xD5, 2, 40), _IOWR(0xD5, 3, 288), _IOW(0xD5, 4, 272)
-        assert_eq!(IOC_GET_REQUEST as u64, 0x8040_D501);
-        assert_eq!(IOC_DOE as u64, 0xC028_D502);
-        assert_eq!(IOC_IDE as u64, 0xC120_D503);
-        assert_eq!(IOC_COMPLETE as u64, 0x4110_D504);
+        // _IOR(0xD5, 1, 64), _IOWR(0xD5, 2, 40), _IOWR(0xD5, 3, 544), _IOW(0xD5, 4, 528)
+        assert_eq!(IOC_GET_REQUEST, 0x8040_D501);
+        assert_eq!(IOC_DOE, 0xC028_D502);
+        assert_eq!(IOC_IDE, 0xC220_D503);
+        assert_eq!(IOC_COMPLETE, 0x4210_D504);
     }
 
     #[test]
     fn text_fields() {
         let mut b = [0u8; MSG_MAX];
-        set_text(&mut b, &"é".repeat(200));
+        set_text(&mut b, &"é".repeat(400));
         let t = c_text(&b);
         assert!(t.len() < MSG_MAX && t.chars().all(|c| c == 'é'));
         let r = Request {
