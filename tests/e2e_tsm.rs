@@ -13,7 +13,8 @@
 //! NVMe I/O while connected, and the failure paths (no CMA mailbox refused by
 //! pci_tsm_pf0_constructor, a chain the agent's roots do not verify, the
 //! agent killed mid-connect, a hung agent timing out, no agent), each leaving
-//! no state behind; rmmod at the end. Here the servers' logs must show every
+//! no state behind; removal of a connected function and a rescan; rmmod with
+//! a device connected. Here the servers' logs must show every
 //! session the guest reported as established and ended by END_SESSION.
 
 mod support;
@@ -195,7 +196,13 @@ fn tsm_connect_in_a_real_guest() {
         "timeout-state",
         "connect-after-timeout",
         "disconnect-after-timeout",
+        "connect-before-remove",
+        "removed",
+        "remove-disconnects",
+        "rescan-tsm-attrs",
+        "connect-after-rescan",
         "rmmod",
+        "unregister-disconnects",
         "tsm-class-gone",
         "tsm-attrs-hidden",
         "no-oops",

@@ -20,7 +20,10 @@
 #    ("no CMA mailbox"); a chain that does not verify against the agent's
 #    roots fails with EACCES; killing the agent mid-connect fails connect at
 #    once (EPIPE); a hung agent times out (ETIMEDOUT); no agent: ENOTCONN;
-#    after each, connect works again; no oops; rmmod leaves nothing behind.
+#    after each, connect works again;
+#  - removing a connected function disconnects it (pci_tsm_destroy), a rescan
+#    brings it back with tsm/; rmmod with a device connected disconnects it
+#    (pci_tsm_unregister) and leaves nothing behind; no oops.
 # Prints "CHECK-OK <what> [detail]" / "CHECK-FAIL <what>: <detail>",
 # "DEVICE <bdf> <kind> <placement> <cma|no-cma>", "SESSION <kind> <placement>
 # <id>" and "TIMING ..." lines; exits non-zero on any failure.
@@ -305,9 +308,32 @@ expect connect-after-timeout "$RC $ERR $(state "$dev")" "0  tsm0"
 disconnect "$dev"
 expect disconnect-after-timeout "$RC $ERR $(state "$dev")" "0  "
 
+# ------------------------------------------------------------ removal while connected
+# pci_stop_and_remove_bus_device -> pci_tsm_destroy -> the TSM's disconnect;
+# a rescan brings the function back with its tsm/ attributes (pci_tsm_init).
+connect "$dev"
+expect connect-before-remove "$RC $ERR $(state "$dev")" "0  tsm0"
+n0=$(grep -c "disconnect $dev: OK" $LOG)
+echo 1 >"/sys/bus/pci/devices/$dev/remove"
+[ -e "/sys/bus/pci/devices/$dev" ] && bad removed "$dev still present" || ok removed "$dev"
+n1=$(grep -c "disconnect $dev: OK" $LOG)
+[ "$n1" -gt "$n0" ] && ok remove-disconnects "$(grep "disconnect $dev: OK" $LOG | tail -n1 | sed 's/.*exchanges through the kernel: //')" ||
+    bad remove-disconnects "no disconnect request for the removed device"
+echo 1 >/sys/bus/pci/rescan
+i=0
+while [ ! -e "/sys/bus/pci/devices/$dev/tsm/connect" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+expect rescan-tsm-attrs "$(state "$dev" 2>&1)|$(cat "/sys/bus/pci/devices/$dev/authenticated" 2>&1)" "|"
+connect "$dev"
+expect connect-after-rescan "$RC $ERR $(state "$dev")" "0  tsm0"
+
 # ------------------------------------------------------------ no oops, nothing leaked
+# rmmod with $dev still connected: tsm_unregister -> pci_tsm_unregister ->
+# __pci_tsm_destroy -> disconnect, with no agent left to end the session.
 agent_stop
 if rmmod trustdev_tsm; then ok rmmod; else bad rmmod "rmmod trustdev_tsm failed"; fi
+kmsg | grep -F "$dev" | grep -q 'disconnect: the agent did not end session 0x[0-9a-f]* (-107: no agent' &&
+    ok unregister-disconnects "$(kmsg | grep -F "$dev" | grep 'disconnect: the agent did not' | tail -n1 | sed 's/.*trustdev_tsm: //')" ||
+    bad unregister-disconnects "$(kmsg | grep -F "$dev" | tail -n3)"
 [ -e /sys/class/tsm/tsm0 ] && bad tsm-class-gone "tsm0 still registered" || ok tsm-class-gone
 left=""
 for e in $devices; do
