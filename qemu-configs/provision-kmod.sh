@@ -90,7 +90,13 @@ KCACHE=$CACHE/kmod
 exec 9>"$KCACHE/.lock"
 flock 9
 
-command -v make >/dev/null || die "make not found: install it (apt-get install make)"
+# Kbuild needs make (and, for uio-sva, xz or busybox xzcat) from the host.
+if ! command -v make >/dev/null; then
+    [[ $(id -u) == 0 ]] || die "make not found: install it (apt-get install make) and rerun"
+    log "host: apt-get install make (the host's own sources)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make; } >&2 ||
+        die "installing make failed"
+fi
 
 # ---------------------------------------------------------------- guest kernel
 # The provisioned guest kernel (release and package version) from provision.sh.
@@ -161,8 +167,8 @@ wrap_elves() {
     while IFS= read -r -d '' f; do
         [[ -L $f ]] && continue
         [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == 177ELF ]] || continue
-        # Shared objects stay; executables (ET_EXEC / PIE with an interpreter) get wrapped.
-        LC_ALL=C readelf -l "$f" 2>/dev/null | grep -q 'Requesting program interpreter' || continue
+        # Shared objects (liblto_plugin.so, ...) stay; programs get wrapped.
+        case ${f##*/} in *.so | *.so.*) continue ;; esac
         dir=$(dirname "$f") base=$(basename "$f")
         mv "$f" "$dir/.$base.elf"
         cat >"$f" <<EOF
