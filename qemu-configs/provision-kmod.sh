@@ -110,6 +110,8 @@ fi
 : "${TRUSTDEV_KERNEL_RELEASE:?missing in $ENVFILE}" "${TRUSTDEV_KERNEL_PKG_VERSION:?missing in $ENVFILE}"
 
 # ---------------------------------------------------------------- private apt
+# shellcheck source=qemu-configs/private-apt.sh
+. "$SCRIPT_DIR/private-apt.sh"
 APTDIR=$KCACHE/apt
 apt_ready=0
 private_apt() {
@@ -117,37 +119,11 @@ private_apt() {
     command -v apt-get >/dev/null || die "apt-get not found: this script needs a Debian-like host"
     command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
     [[ -s $KEYRING ]] || die "$KEYRING missing: run provision.sh (it installs debian-archive-keyring)"
-    mkdir -p "$APTDIR"/{lists/partial,archives/partial,etc/apt.conf.d,etc/preferences.d,etc/sources.list.d,debs}
-    : >"$APTDIR/status"
-    cat >"$APTDIR/etc/sources.list" <<EOF
-deb [signed-by=$KEYRING] $MIRROR trixie main
-deb [signed-by=$KEYRING] $MIRROR $BACKPORTS main
-EOF
-    cat >"$APTDIR/apt.conf" <<EOF
-Dir "$APTDIR/";
-Dir::State "$APTDIR/";
-Dir::State::Lists "$APTDIR/lists/";
-Dir::State::status "$APTDIR/status";
-Dir::Cache "$APTDIR/";
-Dir::Cache::archives "$APTDIR/archives/";
-Dir::Etc "$APTDIR/etc/";
-Dir::Etc::SourceList "$APTDIR/etc/sources.list";
-Dir::Etc::SourceParts "$APTDIR/etc/sources.list.d/";
-Dir::Etc::Parts "$APTDIR/etc/apt.conf.d/";
-Dir::Etc::Preferences "$APTDIR/etc/preferences";
-Dir::Etc::PreferencesParts "$APTDIR/etc/preferences.d/";
-Dir::Log "$APTDIR/log/";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-APT::Install-Recommends "false";
-APT::Install-Suggests "false";
-APT::Default-Release "$BACKPORTS";
-APT::Sandbox::User "root";
-Debug::NoLocking "true";
-Acquire::Languages "none";
-Acquire::Retries "3";
-EOF
-    export APT_CONFIG=$APTDIR/apt.conf
+    private_apt_config "$APTDIR" "$KEYRING" \
+        "deb [signed-by=$KEYRING] $MIRROR trixie main" \
+        "deb [signed-by=$KEYRING] $MIRROR $BACKPORTS main"
+    # Prefer trixie-backports wherever it has a package (the kernel's).
+    printf 'APT::Default-Release "%s";\n' "$BACKPORTS" >"$APTDIR/etc/apt.conf.d/default-release"
     log "private apt: update (trixie, $BACKPORTS from $MIRROR)"
     apt-get -qq update >"$APTDIR/update.log" 2>&1 ||
         { cat "$APTDIR/update.log" >&2; die "private apt-get update failed (is $MIRROR reachable?)"; }
@@ -200,26 +176,11 @@ provision_debian_headers() {
     [[ -e ${debs[0]} ]] || die "no .debs downloaded for $spec"
     local new=$dir/root.new
     rm -rf "$new"
-    mkdir -p "$new"
     log "unpacking ${#debs[@]} packages into $root"
-    local f
-    for f in "${debs[@]}"; do
-        dpkg-deb -x "$f" "$new" || die "dpkg-deb -x $f failed"
-    done
+    unpack_root "$new" "${debs[@]}" || die "unpacking into $new failed"
     # Record what was unpacked (package_version per line) for the report.
     (cd "$APTDIR/archives" && ls -- *.deb) | sed 's/_amd64\.deb$//; s/_all\.deb$//' >"$new/.packages"
     clean_apt
-
-    # Absolute symlinks point into the host; make them relative to the root.
-    local link target rel
-    while IFS= read -r -d '' link; do
-        target=$(readlink "$link")
-        [[ $target == /* ]] || continue
-        rel=$(realpath -s -m --relative-to="$(dirname "$link")" "$new$target")
-        ln -snf "$rel" "$link"
-    done < <(find "$new" -type l -print0)
-    find "$new" -type f -perm /6000 -exec chmod ug-s {} +
-    rm -rf "$new"/usr/share/{doc,man,info,locale,lintian,bug}
     # Not needed for kernel modules (-fno-lto, no sanitizer runtimes): ~100 MB less.
     rm -f "$new"/usr/libexec/gcc/x86_64-linux-gnu/*/lto1 "$new"/usr/bin/*lto-dump* \
         "$new"/usr/lib/x86_64-linux-gnu/lib{a,l,t,ub,hwa}san.so* "$new"/usr/lib/gcc/x86_64-linux-gnu/*/lib*san*

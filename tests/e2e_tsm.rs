@@ -19,16 +19,7 @@
 
 mod support;
 
-use std::path::PathBuf;
-
 const DYNDBG: &str = r#"dyndbg="file drivers/pci/doe.c +p; file drivers/pci/tsm.c +p""#;
-
-fn kept_dir(stderr: &str) -> Option<PathBuf> {
-    stderr.lines().find_map(|l| {
-        l.split_once("logs kept in ")
-            .map(|(_, d)| PathBuf::from(d.trim()))
-    })
-}
 
 /// (kind, placement) -> the server `trustdev vm` started for it (servers are
 /// named KIND<index of -d>).
@@ -66,30 +57,9 @@ fn tsm_connect_in_a_real_guest() {
         "--timeout",
         "600",
     ];
-    let run = {
-        let _g = support::lock();
-        let log = std::env::temp_dir().join(format!("trustdev-e2e-tsm-{}.log", std::process::id()));
-        let out = support::vm_command(&args, &log)
-            .env("TRUSTDEV_KEEP", "1")
-            .env("RUST_LOG", "info")
-            .output()
-            .expect("run trustdev vm");
-        support::finish(out, &log)
-    };
-    let dir = kept_dir(&run.stderr);
-    let logs: Vec<(&str, String)> = SERVERS
-        .iter()
-        .map(|(_, _, name)| {
-            let text = dir
-                .as_ref()
-                .and_then(|d| std::fs::read_to_string(d.join(format!("{name}.log"))).ok())
-                .unwrap_or_default();
-            (*name, text)
-        })
-        .collect();
-    if let Some(d) = &dir {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    let names: Vec<&str> = SERVERS.iter().map(|(_, _, n)| *n).collect();
+    let (run, texts) = support::vm_with_server_logs(&args, &names);
+    let logs: Vec<(&str, String)> = names.into_iter().zip(texts).collect();
     let dump = || {
         let mut s = run.dump();
         for (name, text) in &logs {

@@ -111,6 +111,40 @@ pub fn finish(out: Output, log: &Path) -> VmRun {
     }
 }
 
+/// Runs `trustdev vm ARGS` with `TRUSTDEV_KEEP=1` and `RUST_LOG=info` and
+/// returns the run with the logs of the named servers (`NAME.log` of the
+/// kept work directory, which is removed afterwards; empty if missing).
+pub fn vm_with_server_logs(args: &[&str], servers: &[&str]) -> (VmRun, Vec<String>) {
+    let _g = lock();
+    let log = std::env::temp_dir().join(format!(
+        "trustdev-e2e-{}-{}.log",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let out = vm_command(args, &log)
+        .env("TRUSTDEV_KEEP", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run trustdev vm");
+    let run = finish(out, &log);
+    let dir = run.stderr.lines().find_map(|l| {
+        l.split_once("logs kept in ")
+            .map(|(_, d)| PathBuf::from(d.trim()))
+    });
+    let logs = servers
+        .iter()
+        .map(|name| {
+            dir.as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(format!("{name}.log"))).ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(d) = &dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    (run, logs)
+}
+
 /// Holds the VM lock for tests that drive `trustdev vm` themselves.
 pub fn lock() -> std::sync::MutexGuard<'static, ()> {
     VM_LOCK.lock().unwrap_or_else(|p| p.into_inner())
