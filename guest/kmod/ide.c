@@ -209,6 +209,7 @@ static int setup_platform(struct tdtsm_dsm *dsm, struct pci_dev *pdev, u16 cap,
 			       FIELD_PREP(PCI_IDE_SEL_CTL_CFG_EN, l.sel_cfg) |
 			       FIELD_PREP(PCI_IDE_SEL_CTL_TEE_LIMITED, l.tee_limited));
 	s->mode = TDTSM_IDE_PLATFORM;
+	s->idle_ctl = val & ~PCI_IDE_SEL_CTL_EN;
 	s->cap = cap;
 	s->sel_pos = pos;
 	s->stream_index = idx;
@@ -357,8 +358,12 @@ void tdtsm_ide_teardown(struct tdtsm_dsm *dsm)
 		pci_ide_stream_release(s->ide);
 		break;
 	case TDTSM_IDE_PLATFORM:
-		/* As pci_ide_stream_teardown(): zero control, address and RID registers. */
-		pci_write_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL, 0);
+		/*
+		 * As pci_ide_stream_teardown(): zero address and RID registers;
+		 * the control register goes back to its idle value (Stream ID
+		 * 255 where pci_ide_init() reserved it), not to a live ID 0.
+		 */
+		pci_write_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL, s->idle_ctl);
 		if (!parse_layout(pdev, s->cap, &l, why, sizeof(why))) {
 			for (i = 0; i < l.nr_mem; i++) {
 				pci_write_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_ADDR_1(i), 0);

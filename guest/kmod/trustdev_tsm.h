@@ -39,6 +39,9 @@ enum tdtsm_ide_mode_k {
  * @stream_id: the Stream ID the TSM assigned (TDTSM_IDE_PLATFORM: from the
  *	module's own pool)
  * @enabled: SEL_CTL.EN was set by this module
+ * @idle_ctl: TDTSM_IDE_PLATFORM: SEL_CTL as found before setup (the kernel
+ *	writes the reserved Stream ID 255 into idle streams it parsed), restored
+ *	by teardown
  */
 struct tdtsm_stream {
 	enum tdtsm_ide_mode_k mode;
@@ -48,6 +51,7 @@ struct tdtsm_stream {
 	u8 stream_index;
 	u8 stream_id;
 	bool enabled;
+	u32 idle_ctl;
 };
 
 /*
