@@ -66,6 +66,7 @@ static struct {
 	struct mutex lock;	/* protects everything below */
 	wait_queue_head_t wq;	/* the agent waits here for a request */
 	struct tdtsm_req *cur;	/* the one outstanding request */
+	bool queued;		/* cur is QUEUED (read unlocked by the agent's wait) */
 	struct file *agent;	/* the attached agent's open file, NULL if none */
 	u64 next_id;
 	u32 agent_pid;
@@ -89,8 +90,10 @@ static void finish_locked(struct tdtsm_req *req, int status, const char *fmt, ..
 	vsnprintf(req->res->message, sizeof(req->res->message), fmt, ap);
 	va_end(ap);
 	req->state = TDTSM_REQ_DONE;
-	if (tdtsm.cur == req)
+	if (tdtsm.cur == req) {
 		tdtsm.cur = NULL;
+		WRITE_ONCE(tdtsm.queued, false);
+	}
 	complete(&req->done);
 }
 
@@ -139,6 +142,7 @@ int tdtsm_agent_call(struct tdtsm_dsm *dsm, u32 op, bool killable,
 	}
 	req.id = ++tdtsm.next_id;
 	tdtsm.cur = &req;
+	WRITE_ONCE(tdtsm.queued, true);
 	mutex_unlock(&tdtsm.lock);
 	pci_dbg(pdev, "%s: request %llu queued for agent pid %u\n", op_name(op),
 		req.id, tdtsm.agent_pid);
@@ -218,16 +222,6 @@ static struct tdtsm_req *claimed_locked(u64 id)
 	return req;
 }
 
-static bool request_queued(void)
-{
-	bool queued;
-
-	mutex_lock(&tdtsm.lock);
-	queued = tdtsm.cur && tdtsm.cur->state == TDTSM_REQ_QUEUED;
-	mutex_unlock(&tdtsm.lock);
-	return queued;
-}
-
 static long ioc_get_request(void __user *arg)
 {
 	struct tdtsm_request r;
@@ -236,7 +230,8 @@ static long ioc_get_request(void __user *arg)
 	int rc;
 
 	for (;;) {
-		rc = wait_event_interruptible(tdtsm.wq, request_queued());
+		/* A hint only (no sleeping lock in a wait condition); checked below. */
+		rc = wait_event_interruptible(tdtsm.wq, READ_ONCE(tdtsm.queued));
 		if (rc)
 			return rc;
 		mutex_lock(&tdtsm.lock);
@@ -246,6 +241,7 @@ static long ioc_get_request(void __user *arg)
 		mutex_unlock(&tdtsm.lock);
 	}
 	req->state = TDTSM_REQ_CLAIMED;
+	WRITE_ONCE(tdtsm.queued, false);
 	pdev = req->pdev;
 	memset(&r, 0, sizeof(r));
 	r.id = req->id;
