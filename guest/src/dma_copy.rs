@@ -11,14 +11,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// The register map is the example device's own, from its dependency-free
+// file (server/examples/dma_copy/regs.rs): one source for device and driver.
+#[allow(dead_code)] // the device's side of the map (MAX_LEN, BAR2_SIZE, ...)
+#[path = "../../server/examples/dma_copy/regs.rs"]
+mod regs;
+
+use regs::status::{BUSY as STATUS_BUSY, DONE as STATUS_DONE, ERROR as STATUS_ERROR};
+use regs::{error, reg, ID_VALUE, VERSION_VALUE};
 /// Vendor and device ID of the example device.
-// The register map is the example device's own (server/examples/dma_copy).
-use trustdev_devices::example::reg;
-use trustdev_devices::example::status::{
-    BUSY as STATUS_BUSY, DONE as STATUS_DONE, ERROR as STATUS_ERROR,
-};
-use trustdev_devices::example::ID_VALUE;
-pub use trustdev_devices::example::{DEVICE_ID, VENDOR_ID};
+pub use regs::{DEVICE_ID, VENDOR_ID};
 
 /// Registers up to and including SCRATCH.
 const REG_SPAN: u64 = reg::SCRATCH + 4;
@@ -26,10 +28,10 @@ const REG_SPAN: u64 = reg::SCRATCH + 4;
 fn error_name(code: u32) -> &'static str {
     match code {
         0 => "none",
-        1 => "source fault",
-        2 => "destination fault",
-        3 => "bad length",
-        4 => "doorbell while busy",
+        error::SOURCE_FAULT => "source fault",
+        error::DEST_FAULT => "destination fault",
+        error::BAD_LENGTH => "bad length",
+        error::BUSY => "doorbell while busy",
         _ => "unknown error code",
     }
 }
@@ -634,6 +636,11 @@ fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
         ));
     }
     let version = regs.rd(reg::VERSION)?;
+    if version >> 16 != VERSION_VALUE >> 16 {
+        return Err(format!(
+            "VERSION register reads {version:#010x}: this driver knows register map {VERSION_VALUE:#010x}"
+        ));
+    }
     // SCRATCH round trip: proves BAR writes reach the device.
     let probe = 0x5a5a_0000 | (std::process::id() & 0xffff);
     regs.wr(reg::SCRATCH, probe)?;
