@@ -48,16 +48,32 @@ const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 const IOVA_SRC: u64 = 0x10_0000;
 const IOVA_DST: u64 = 0x10_1000;
 
-/// Command-line options.
-#[derive(Debug, Clone)]
-pub struct Options {
+/// Options of `trustdev-guest dma-copy`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// PCI address of the device ([DDDD:]BB:DD.F).
+    #[arg(long)]
     pub bdf: String,
+    /// Bytes per copy (1..=4096).
+    #[arg(long, default_value_t = 4096)]
     pub size: usize,
+    /// Number of copies, each with its own data pattern.
+    #[arg(long, default_value_t = 16)]
     pub count: u32,
+    /// MSI-X vector the device raises on completion.
+    #[arg(long, default_value_t = 0)]
     pub vector: u32,
+    /// Seconds to wait for each completion.
+    #[arg(long, default_value = "5", value_parser = crate::parse_seconds)]
     pub timeout: Duration,
+    /// Poll STATUS instead of waiting for MSI-X interrupts.
+    #[arg(long)]
     pub poll: bool,
+    /// Issue VFIO_DEVICE_RESET first and check that the registers clear.
+    #[arg(long)]
     pub reset: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -86,7 +102,8 @@ struct Outcome {
 }
 
 /// Runs the subcommand; prints the result. `Err` carries the failure message.
-pub fn run(opts: &Options) -> Result<(), String> {
+pub fn run(args: Args) -> Result<(), String> {
+    let opts = &args;
     let bdf = sysfs::normalize_bdf(&opts.bdf).ok_or_else(|| {
         format!(
             "'{}' is not a PCI address (expected [DDDD:]BB:DD.F)",
@@ -434,7 +451,7 @@ impl Regs<'_> {
     }
 }
 
-fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
+fn run_inner(bdf: &str, opts: &Args, log: &Log) -> Result<Outcome, String> {
     if opts.size == 0 || opts.size > PAGE {
         return Err(format!("--size must be 1..={PAGE} (got {})", opts.size));
     }
@@ -725,7 +742,7 @@ fn copy_loop(
     container: &Container,
     noiommu: bool,
     fds: &[EventFd],
-    opts: &Options,
+    opts: &Args,
     log: &Log,
 ) -> Result<u64, String> {
     let src = DmaPage::new()?;
@@ -777,7 +794,7 @@ fn copy_loop(
 fn one_copy(
     regs: &Regs,
     fds: &[EventFd],
-    opts: &Options,
+    opts: &Args,
     iter: u32,
     src: &DmaPage,
     dst: &DmaPage,

@@ -2,16 +2,24 @@
 //! `config` file (root may read and write all 4 KiB of it): find every DOE
 //! extended capability, run the discovery walk, time exchanges.
 //!
-//! This drives the same registers the kernel's drivers/pci/doe.c drives, the
-//! way it does (abort, write mailbox, Go, read mailbox with per-dword acks),
-//! but polls DOE Status without the kernel's 7.8 ms sleeps, so the time of an
-//! exchange as the guest sees it can be measured. The kernel only uses a
-//! mailbox at enumeration and for TSM requests; don't run this while a TSM
-//! driver talks to the same device.
+//! [`Mailbox`] drives the same registers the kernel's drivers/pci/doe.c
+//! drives, the way it does (abort, write mailbox, Go, read mailbox with
+//! per-dword acks), but polls DOE Status without the kernel's poll-interval
+//! sleeps, so the time of an exchange as the guest sees it can be measured.
+//! It is a [`DoeChannel`]: objects are encoded, decoded and discovered by
+//! `spdm_responder::transport::doe` (the one home of DOE encoding), and the
+//! SPDM requester runs over it through that module's `DoeTransport`.
+//!
+//! The kernel only uses a mailbox at enumeration and for TSM requests; don't
+//! run this while a TSM driver talks to the same device.
 
 use crate::pciconf::{walk, Cfg};
 use crate::sysfs;
 use serde_json::{json, Value};
+use spdm_responder::error::TransportError;
+use spdm_responder::transport::doe::{
+    self, discovery_request, length_dwords, DoeChannel, ProtocolId,
+};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -28,6 +36,8 @@ const ERROR: u32 = 1 << 2;
 const READY: u32 = 1 << 31;
 /// The kernel's DOE timeout.
 const TIMEOUT: Duration = Duration::from_secs(1);
+/// Discovery request version for a version-2 DOE capability (what Linux sends).
+pub const DISCOVERY_VERSION: u8 = 2;
 
 /// One DOE mailbox of a function.
 pub struct Mailbox {
@@ -38,37 +48,38 @@ pub struct Mailbox {
     pub bdf: String,
     /// Status polls needed by the last exchange before the response was ready.
     pub last_polls: u32,
+    /// Exchanges done.
+    pub exchanges: u32,
+    /// Time spent in exchanges.
+    pub busy: Duration,
 }
 
 impl Mailbox {
-    fn rd(&self, reg: u64) -> Result<u32, String> {
+    fn fail(&self, what: impl std::fmt::Display) -> TransportError {
+        TransportError::Io(std::io::Error::other(format!(
+            "{}: DOE [{:#x}] {what}",
+            self.bdf, self.offset
+        )))
+    }
+
+    fn rd(&self, reg: u64) -> Result<u32, TransportError> {
         let mut b = [0u8; 4];
+        let at = u64::from(self.offset) + reg;
         self.cfg
-            .read_exact_at(&mut b, u64::from(self.offset) + reg)
-            .map_err(|e| {
-                format!(
-                    "{}: config read at {:#x}: {e}",
-                    self.bdf,
-                    self.offset as u64 + reg
-                )
-            })?;
+            .read_exact_at(&mut b, at)
+            .map_err(|e| self.fail(format_args!("config read at {at:#x}: {e}")))?;
         Ok(u32::from_le_bytes(b))
     }
 
-    fn wr(&self, reg: u64, v: u32) -> Result<(), String> {
+    fn wr(&self, reg: u64, v: u32) -> Result<(), TransportError> {
+        let at = u64::from(self.offset) + reg;
         self.cfg
-            .write_all_at(&v.to_le_bytes(), u64::from(self.offset) + reg)
-            .map_err(|e| {
-                format!(
-                    "{}: config write at {:#x}: {e}",
-                    self.bdf,
-                    self.offset as u64 + reg
-                )
-            })
+            .write_all_at(&v.to_le_bytes(), at)
+            .map_err(|e| self.fail(format_args!("config write at {at:#x}: {e}")))
     }
 
     /// Aborts whatever the mailbox is doing and waits for it to be idle.
-    pub fn abort(&self) -> Result<(), String> {
+    pub fn abort(&self) -> Result<(), TransportError> {
         self.wr(CTRL, ABORT)?;
         let start = Instant::now();
         loop {
@@ -77,60 +88,28 @@ impl Mailbox {
                 return Ok(());
             }
             if start.elapsed() > TIMEOUT {
-                return Err(format!(
-                    "{}: DOE [{:x}] abort timed out (status {s:#010x})",
-                    self.bdf, self.offset
-                ));
+                return Err(self.fail(format_args!("abort timed out (status {s:#010x})")));
             }
         }
     }
 
-    /// Sends one data object and returns the response object's payload
-    /// (the 2-dword header checked against the request and stripped).
-    pub fn exchange(&mut self, vendor: u16, ty: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
-        let (rv, rt, out) = self.exchange_object(vendor, ty, payload)?;
-        if (rv, rt) != (vendor, ty) {
-            return Err(format!(
-                "{}: DOE response object {rv:04x}:{rt:02x} does not match the request {vendor:04x}:{ty:02x}",
-                self.bdf
-            ));
-        }
-        Ok(out)
-    }
-
-    /// Sends one data object and returns the response object's vendor id,
-    /// type and payload (header stripped, padding kept), whatever protocol
-    /// it names: a secured CMA/SPDM request may be answered with a plain
-    /// CMA/SPDM ERROR object.
-    pub fn exchange_object(
-        &mut self,
-        vendor: u16,
-        ty: u8,
-        payload: &[u8],
-    ) -> Result<(u16, u8, Vec<u8>), String> {
+    fn transfer(&mut self, obj: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let what = ProtocolId::from_header1(dword(obj, 0));
         let start = Instant::now();
         loop {
             let s = self.rd(STATUS)?;
             if s & ERROR != 0 {
-                return Err(format!(
-                    "{}: DOE [{:x}] reports Error before the request",
-                    self.bdf, self.offset
-                ));
+                return Err(self.fail("reports Error before the request"));
             }
             if s & BUSY == 0 {
                 break;
             }
             if start.elapsed() > TIMEOUT {
-                return Err(format!("{}: DOE [{:x}] stays busy", self.bdf, self.offset));
+                return Err(self.fail("stays busy"));
             }
         }
-        let dwords = 2 + payload.len().div_ceil(4);
-        self.wr(WRITE, u32::from(vendor) | (u32::from(ty) << 16))?;
-        self.wr(WRITE, (dwords as u32) & 0x3ffff)?;
-        for chunk in payload.chunks(4) {
-            let mut b = [0u8; 4];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.wr(WRITE, u32::from_le_bytes(b))?;
+        for d in obj.chunks_exact(4) {
+            self.wr(WRITE, u32::from_le_bytes([d[0], d[1], d[2], d[3]]))?;
         }
         self.wr(CTRL, GO)?;
         let mut polls = 0;
@@ -139,72 +118,63 @@ impl Mailbox {
             let s = self.rd(STATUS)?;
             if s & ERROR != 0 {
                 let _ = self.abort();
-                return Err(format!(
-                    "{}: DOE [{:x}] set Error after Go",
-                    self.bdf, self.offset
-                ));
+                return Err(self.fail("set Error after Go"));
             }
             if s & READY != 0 {
                 break;
             }
             if start.elapsed() > TIMEOUT {
                 let _ = self.abort();
-                return Err(format!(
-                    "{}: DOE [{:x}] gave no response to {vendor:04x}:{ty:02x} within 1 s (discarded as unsupported or malformed?)",
-                    self.bdf, self.offset
-                ));
+                return Err(self.fail(format_args!(
+                    "gave no response to a {what} request within 1 s \
+                     (discarded as unsupported or malformed?)"
+                )));
             }
         }
         self.last_polls = polls;
-        let h1 = self.rd(READ)?;
-        self.wr(READ, 0)?;
-        let h2 = self.rd(READ)?;
-        self.wr(READ, 0)?;
-        let len = match h2 & 0x3ffff {
-            0 => 1 << 18,
-            n => n as usize,
-        };
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.extend_from_slice(&self.rd(READ)?.to_le_bytes());
+            self.wr(READ, 0)?;
+        }
+        let len = length_dwords(dword(&out, 4));
         if len < 2 {
             let _ = self.abort();
-            return Err(format!(
-                "{}: DOE response length {len} is shorter than its header",
-                self.bdf
-            ));
+            return Err(self.fail(format_args!(
+                "response length {len} is shorter than its header"
+            )));
         }
-        let mut out = Vec::with_capacity((len - 2) * 4);
         for _ in 2..len {
             if self.rd(STATUS)? & READY == 0 {
-                return Err(format!(
-                    "{}: DOE response ended before its length ({len} dwords)",
-                    self.bdf
-                ));
+                return Err(self.fail(format_args!(
+                    "response ended before its length ({len} dwords)"
+                )));
             }
             out.extend_from_slice(&self.rd(READ)?.to_le_bytes());
             self.wr(READ, 0)?;
         }
-        Ok(((h1 & 0xffff) as u16, ((h1 >> 16) & 0xff) as u8, out))
+        Ok(out)
     }
+}
 
-    /// The discovery walk: (vendor, type) of every protocol, index order.
-    pub fn discover(&mut self) -> Result<Vec<(u16, u8)>, String> {
-        let mut out = Vec::new();
-        let mut index: u32 = 0;
-        for _ in 0..256 {
-            let rsp = self.exchange(0x0001, 0, &(index | (2 << 8)).to_le_bytes())?;
-            if rsp.len() < 4 {
-                return Err(format!("{}: short discovery response", self.bdf));
-            }
-            let v = u32::from_le_bytes([rsp[0], rsp[1], rsp[2], rsp[3]]);
-            out.push(((v & 0xffff) as u16, ((v >> 16) & 0xff) as u8));
-            index = v >> 24;
-            if index == 0 {
-                return Ok(out);
-            }
+fn dword(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// One object in, one object out, through the mailbox registers (counted
+/// and timed).
+impl DoeChannel for Mailbox {
+    fn exchange_object(&mut self, obj: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if obj.len() < 8 || obj.len() % 4 != 0 {
+            return Err(TransportError::Malformed(
+                "DOE object of whole dwords expected",
+            ));
         }
-        Err(format!(
-            "{}: discovery did not end after 256 entries",
-            self.bdf
-        ))
+        let t = Instant::now();
+        let r = self.transfer(obj);
+        self.busy += t.elapsed();
+        self.exchanges += 1;
+        r
     }
 }
 
@@ -228,18 +198,11 @@ pub fn mailboxes(bdf: &str) -> Result<Vec<Mailbox>, String> {
             offset: c.offset,
             bdf: bdf.to_string(),
             last_polls: 0,
+            exchanges: 0,
+            busy: Duration::ZERO,
         });
     }
     Ok(out)
-}
-
-fn protocol_name(vendor: u16, ty: u8) -> &'static str {
-    match (vendor, ty) {
-        (1, 0) => "discovery",
-        (1, 1) => "CMA/SPDM",
-        (1, 2) => "secured CMA/SPDM",
-        _ => "vendor-defined",
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -250,9 +213,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Options of `trustdev-guest doe`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only this function ([DDDD:]BB:DD.F).
+    bdf: Option<String>,
+    /// Time this many discovery exchanges per mailbox.
+    #[arg(long, default_value_t = 0)]
+    bench: u32,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `trustdev-guest doe [BDF] [--bench N] [--json]`.
-pub fn run(bdf: Option<&str>, bench: u32, json_out: bool) -> Result<(), String> {
-    let bdfs = match bdf {
+pub fn run(args: Args) -> Result<(), String> {
+    let Args { bdf, bench, json } = args;
+    let bdfs = match bdf.as_deref() {
         Some(b) => vec![sysfs::normalize_bdf(b).ok_or_else(|| format!("bad PCI address {b:?}"))?],
         None => sysfs::list_bdfs()?,
     };
@@ -261,22 +238,24 @@ pub fn run(bdf: Option<&str>, bench: u32, json_out: bool) -> Result<(), String> 
     for b in &bdfs {
         for mut mb in mailboxes(b)? {
             any = true;
-            mb.abort()?;
+            mb.abort().map_err(|e| e.to_string())?;
             let t = Instant::now();
-            let feats = mb.discover()?;
+            let feats = doe::discover(&mut mb, DISCOVERY_VERSION).map_err(|e| e.to_string())?;
             let walk_time = t.elapsed();
+            let request = discovery_request(0, DISCOVERY_VERSION);
             let mut times = Vec::new();
             for _ in 0..bench {
                 let t = Instant::now();
-                mb.exchange(0x0001, 0, &(2u32 << 8).to_le_bytes())?;
+                doe::exchange(&mut mb, ProtocolId::DISCOVERY, &request)
+                    .map_err(|e| e.to_string())?;
                 times.push(t.elapsed());
             }
             times.sort();
-            if json_out {
+            if json {
                 report.push(json!({
                     "bdf": b,
                     "offset": mb.offset,
-                    "features": feats.iter().map(|(v, t)| format!("{v:04x}:{t:02x}")).collect::<Vec<_>>(),
+                    "features": feats.iter().map(ProtocolId::to_string).collect::<Vec<_>>(),
                     "discovery_walk_us": walk_time.as_micros() as u64,
                     "exchanges": times.len(),
                     "exchange_us_p50": percentile(&times, 0.5).as_micros() as u64,
@@ -286,8 +265,8 @@ pub fn run(bdf: Option<&str>, bench: u32, json_out: bool) -> Result<(), String> 
                 }));
             } else {
                 println!("{b} DOE mailbox at {:#x}:", mb.offset);
-                for (v, t) in &feats {
-                    println!("  feature {v:04x}:{t:02x} {}", protocol_name(*v, *t));
+                for p in &feats {
+                    println!("  feature {p} {}", p.name());
                 }
                 println!(
                     "  discovery walk of {} entries: {} us",
@@ -307,7 +286,7 @@ pub fn run(bdf: Option<&str>, bench: u32, json_out: bool) -> Result<(), String> 
             }
         }
     }
-    if json_out {
+    if json {
         println!("{}", Value::Array(report));
     } else if !any {
         println!("no DOE mailbox found");

@@ -11,6 +11,15 @@
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
+//!
+//! It is its own crate so it does not link the device models: what it shares
+//! with the host side is the SPDM requester and the DOE encoding
+//! (spdm-responder) and the DMA-copy register map (a dependency-free file of
+//! the example device).
+//!
+//! Each subcommand is a module with `pub struct Args` (clap `Args`: its
+//! options, documented) and `pub fn run(Args) -> Result<(), String>`; adding
+//! one is that module plus one line in [`subcommands!`] below.
 
 mod dma_copy;
 mod doe;
@@ -25,6 +34,43 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// Declares the subcommands: `/// help` then `Variant => module,` per line.
+/// Generates `enum Cmd` (clap subcommands with the module's `Args`) and its
+/// dispatch to `module::run`.
+macro_rules! subcommands {
+    ($($(#[$doc:meta])* $variant:ident => $module:ident,)*) => {
+        #[derive(Subcommand, Debug)]
+        enum Cmd {
+            $($(#[$doc])* $variant($module::Args),)*
+        }
+
+        impl Cmd {
+            fn run(self) -> Result<(), String> {
+                match self {
+                    $(Cmd::$variant(args) => $module::run(args),)*
+                }
+            }
+        }
+    };
+}
+
+subcommands! {
+    /// List PCI functions with BARs and decoded (extended) capabilities.
+    Lspci => lspci,
+    /// Copy buffers with the DMA-copy example device through vfio-pci and
+    /// verify the data, the counters and the MSI-X completion interrupts.
+    DmaCopy => dma_copy,
+    /// List the DOE mailboxes of every (or one) function: discovery walk from
+    /// user space through sysfs config, optionally timing exchanges.
+    Doe => doe,
+    /// Authenticate a device with CMA/SPDM over its DOE mailbox (chain to a
+    /// root, CHALLENGE, signed measurements) and run a secured session
+    /// (KEY_EXCHANGE, FINISH, HEARTBEAT, KEY_UPDATE, measurements, END_SESSION).
+    Spdm => spdm,
+    /// Wait until a PCI function with these IDs exists; print its BDF.
+    WaitDev => wait_dev,
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "trustdev-guest",
@@ -36,165 +82,45 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// List PCI functions with BARs and decoded (extended) capabilities.
-    Lspci {
-        /// Print JSON (an array, or one object when BDF is given).
-        #[arg(long)]
-        json: bool,
-        /// Only this function ([DDDD:]BB:DD.F).
-        bdf: Option<String>,
-    },
-    /// Copy buffers with the DMA-copy example device through vfio-pci and
-    /// verify the data, the counters and the MSI-X completion interrupts.
-    DmaCopy {
-        /// PCI address of the device ([DDDD:]BB:DD.F).
-        #[arg(long)]
-        bdf: String,
-        /// Bytes per copy (1..=4096).
-        #[arg(long, default_value_t = 4096)]
-        size: usize,
-        /// Number of copies, each with its own data pattern.
-        #[arg(long, default_value_t = 16)]
-        count: u32,
-        /// MSI-X vector the device raises on completion.
-        #[arg(long, default_value_t = 0)]
-        vector: u32,
-        /// Seconds to wait for each completion.
-        #[arg(long, default_value_t = 5.0)]
-        timeout: f64,
-        /// Poll STATUS instead of waiting for MSI-X interrupts.
-        #[arg(long)]
-        poll: bool,
-        /// Issue VFIO_DEVICE_RESET first and check that the registers clear.
-        #[arg(long)]
-        reset: bool,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the DOE mailboxes of every (or one) function: discovery walk from
-    /// user space through sysfs config, optionally timing exchanges.
-    Doe {
-        /// Only this function ([DDDD:]BB:DD.F).
-        bdf: Option<String>,
-        /// Time this many discovery exchanges per mailbox.
-        #[arg(long, default_value_t = 0)]
-        bench: u32,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Authenticate a device with CMA/SPDM over its DOE mailbox (chain to a
-    /// root, CHALLENGE, signed measurements) and run a secured session
-    /// (KEY_EXCHANGE, FINISH, HEARTBEAT, KEY_UPDATE, measurements, END_SESSION).
-    Spdm {
-        /// PCI address of the device ([DDDD:]BB:DD.F).
-        #[arg(long)]
-        bdf: String,
-        /// Trusted root certificate, PEM or DER (repeatable).
-        #[arg(long = "root", required = true)]
-        roots: Vec<std::path::PathBuf>,
-        /// Offer only this SPDM version (1.0, 1.1, 1.2 or 1.3).
-        #[arg(long, value_parser = spdm::parse_version)]
-        version: Option<u8>,
-        /// Certificate slot to authenticate and key the session with.
-        #[arg(long, default_value_t = 0)]
-        slot: u8,
-        /// Offer only this signature algorithm: p256 or p384 (default both;
-        /// the device picks).
-        #[arg(long, value_parser = spdm::parse_asym)]
-        asym: Option<u32>,
-        /// Skip CHALLENGE and the signed measurements; only the session.
-        #[arg(long)]
-        session_only: bool,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Wait until a PCI function with these IDs exists; print its BDF.
-    WaitDev {
-        /// Vendor and device ID in hex, e.g. 7d0c:d3a0.
-        ids: String,
-        /// Seconds to wait.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
-        /// Print every matching function, one per line.
-        #[arg(long)]
-        all: bool,
-        /// Write /sys/bus/pci/rescan once half the timeout has passed.
-        #[arg(long)]
-        rescan: bool,
-    },
-}
-
-fn seconds(s: f64, what: &str) -> Result<Duration, String> {
-    if (0.0..=86_400.0).contains(&s) {
-        Ok(Duration::from_secs_f64(s))
+/// Parses a number of seconds (0 to one day) for options like `--timeout`.
+pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if (0.0..=86_400.0).contains(&v) {
+        Ok(Duration::from_secs_f64(v))
     } else {
-        Err(format!(
-            "{what} must be between 0 and 86400 seconds (got {s})"
-        ))
-    }
-}
-
-fn run(cli: Cli) -> Result<(), String> {
-    match cli.cmd {
-        Cmd::Lspci { json, bdf } => lspci::run(bdf.as_deref(), json),
-        Cmd::DmaCopy {
-            bdf,
-            size,
-            count,
-            vector,
-            timeout,
-            poll,
-            reset,
-            json,
-        } => dma_copy::run(&dma_copy::Options {
-            bdf,
-            size,
-            count,
-            vector,
-            timeout: seconds(timeout, "--timeout")?,
-            poll,
-            reset,
-            json,
-        }),
-        Cmd::Doe { bdf, bench, json } => doe::run(bdf.as_deref(), bench, json),
-        Cmd::Spdm {
-            bdf,
-            roots,
-            version,
-            slot,
-            asym,
-            session_only,
-            json,
-        } => spdm::run(&spdm::Options {
-            bdf,
-            roots,
-            json,
-            version,
-            session_only,
-            slot,
-            asym,
-        }),
-        Cmd::WaitDev {
-            ids,
-            timeout,
-            all,
-            rescan,
-        } => wait_dev::run(&ids, seconds(timeout, "--timeout")?, all, rescan),
+        Err(format!("must be between 0 and 86400 seconds (got {v})"))
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    match cli.cmd.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trustdev-guest: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_seconds("1e9").is_err());
+        assert!(parse_seconds("soon").is_err());
     }
 }
