@@ -6,6 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+/// Bound of the interactive run: boot (~10 s, a minute under load), two
+/// commands, poweroff.
+const INTERACTIVE_LIMIT_S: u64 = 240;
+
 fn no_strays(run_pid: u32, what: &str) {
     // Children die with the runner; give the kernel a moment to reap.
     for _ in 0..100 {
@@ -47,7 +51,8 @@ fn hung_guest_times_out_with_logs_and_no_strays() {
         &log,
     );
     let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    // The runner's own 40 s timeout must end it; 240 s bounds a runner that hangs.
+    let out = support::wait_with_timeout(child, Duration::from_secs(240), "trustdev vm (hang)");
     let run = support::finish(out, &log);
     assert_eq!(run.code, Some(3), "{}", run.dump());
     assert!(
@@ -110,7 +115,7 @@ fn dying_server_is_reported_and_everything_is_torn_down() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::wait_with_timeout(child, Duration::from_secs(120), "trustdev vm (die)");
     let run = support::finish(out, &log);
     assert_eq!(run.code, Some(3), "{}", run.dump());
     assert!(
@@ -169,6 +174,9 @@ fn guest_verdict_is_the_exit_status() {
     assert!(run.serial.contains("failing-on-purpose"));
 }
 
+/// `trustdev vm -i` has no timeout of its own (a person is typing): the test
+/// bounds it, so a shell that never reads our `exit` fails the test instead
+/// of hanging CI.
 #[test]
 fn interactive_console_takes_commands() {
     if support::skip() {
@@ -177,7 +185,7 @@ fn interactive_console_takes_commands() {
     use std::io::Write;
     let _g = support::lock();
     let mut child = std::process::Command::new(support::trustdev())
-        .args(["vm", "-d", "dma-copy", "-i", "--timeout", "120"])
+        .args(["vm", "-d", "dma-copy", "-i"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -192,7 +200,11 @@ fn interactive_console_takes_commands() {
         let _ = stdin.write_all(b"exit\n");
         std::thread::sleep(Duration::from_secs(60));
     });
-    let out = child.wait_with_output().unwrap();
+    let out = support::wait_with_timeout(
+        child,
+        Duration::from_secs(INTERACTIVE_LIMIT_S),
+        "trustdev vm -i",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
