@@ -93,6 +93,7 @@ fn nvme_in_a_real_guest() {
         "hwmon-temperature",
         "doe-features",
         "spdm-doe",
+        "dmesg-no-timeouts-resets-aborts",
     ];
     if have_cli {
         want.extend([
@@ -320,6 +321,7 @@ fn file_backed_polled_doorbells_4k_blocks() {
         "direct-io-1",
         "per-queue-interrupts",
         "filesystem-remount",
+        "dmesg-no-timeouts-resets-aborts",
     ] {
         assert!(
             oks.iter().any(|l| l.starts_with(&format!("CHECK-OK {w}"))),
