@@ -17,23 +17,16 @@ use crate::pciconf::{walk, Cfg};
 use crate::sysfs;
 use serde_json::{json, Value};
 use spdm_responder::error::TransportError;
+use spdm_responder::transport::doe::ctrl::{ABORT, GO};
+use spdm_responder::transport::doe::reg::{CTRL, READ, STATUS, WRITE};
+use spdm_responder::transport::doe::status::{BUSY, ERROR, READY};
 use spdm_responder::transport::doe::{
-    self, discovery_request, length_dwords, DoeChannel, ProtocolId,
+    self, discovery_request, length_dwords, DoeChannel, ProtocolId, DOE_EXT_CAP_ID,
 };
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-const DOE_EXT_CAP_ID: u16 = 0x2e;
-const CTRL: u64 = 0x08;
-const STATUS: u64 = 0x0c;
-const WRITE: u64 = 0x10;
-const READ: u64 = 0x14;
-const ABORT: u32 = 1;
-const GO: u32 = 1 << 31;
-const BUSY: u32 = 1;
-const ERROR: u32 = 1 << 2;
-const READY: u32 = 1 << 31;
 /// The kernel's DOE timeout.
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// Discovery request version for a version-2 DOE capability (what Linux sends).
@@ -62,17 +55,17 @@ impl Mailbox {
         )))
     }
 
-    fn rd(&self, reg: u64) -> Result<u32, TransportError> {
+    fn rd(&self, reg: u16) -> Result<u32, TransportError> {
         let mut b = [0u8; 4];
-        let at = u64::from(self.offset) + reg;
+        let at = u64::from(self.offset) + u64::from(reg);
         self.cfg
             .read_exact_at(&mut b, at)
             .map_err(|e| self.fail(format_args!("config read at {at:#x}: {e}")))?;
         Ok(u32::from_le_bytes(b))
     }
 
-    fn wr(&self, reg: u64, v: u32) -> Result<(), TransportError> {
-        let at = u64::from(self.offset) + reg;
+    fn wr(&self, reg: u16, v: u32) -> Result<(), TransportError> {
+        let at = u64::from(self.offset) + u64::from(reg);
         self.cfg
             .write_all_at(&v.to_le_bytes(), at)
             .map_err(|e| self.fail(format_args!("config write at {at:#x}: {e}")))

@@ -23,47 +23,10 @@
 
 use log::{debug, warn};
 use spdm_responder::transport::doe::DoeEndpoint;
-pub use spdm_responder::transport::doe::{DoeProtocol, ProtocolId, MAX_OBJECT_DWORDS};
+pub use spdm_responder::transport::doe::{
+    ctrl, reg, status, DoeProtocol, ProtocolId, DOE_CAP_SIZE, MAX_OBJECT_DWORDS,
+};
 use vfio_user_server::pci::{ext_cap_id, ConfigHandler, ExtCap};
-
-/// Size of the DOE capability (header included).
-pub const DOE_CAP_SIZE: usize = 0x18;
-
-/// Register offsets relative to the capability header.
-pub mod reg {
-    /// DOE Capabilities.
-    pub const CAP: u16 = 0x04;
-    /// DOE Control.
-    pub const CTRL: u16 = 0x08;
-    /// DOE Status.
-    pub const STATUS: u16 = 0x0c;
-    /// DOE Write Data Mailbox.
-    pub const WRITE: u16 = 0x10;
-    /// DOE Read Data Mailbox.
-    pub const READ: u16 = 0x14;
-}
-
-/// DOE Control bits.
-pub mod ctrl {
-    /// Abort.
-    pub const ABORT: u32 = 1 << 0;
-    /// Interrupt enable.
-    pub const INT_EN: u32 = 1 << 1;
-    /// Go.
-    pub const GO: u32 = 1 << 31;
-}
-
-/// DOE Status bits.
-pub mod status {
-    /// Busy.
-    pub const BUSY: u32 = 1 << 0;
-    /// Interrupt status.
-    pub const INT_STATUS: u32 = 1 << 1;
-    /// Error.
-    pub const ERROR: u32 = 1 << 2;
-    /// Data Object Ready.
-    pub const READY: u32 = 1 << 31;
-}
 
 /// Counters, for tests and diagnostics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

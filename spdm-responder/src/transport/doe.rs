@@ -23,9 +23,9 @@
 //! implements [`DoeChannel`]; [`discover`] walks discovery over it and
 //! [`DoeTransport`] turns it into the requester's [`Transport`].
 //!
-//! The register-level mailbox (Busy, Go, Abort, Data Object Ready, the
-//! dword-wise write and read mailboxes) is not here: the device model owns it
-//! (devices/src/security/doe.rs), and so does guest user space driving one
+//! The register layout ([`reg`], [`ctrl`], [`status`]) is here too, but not
+//! the register behaviour: the device model owns the mailbox state machine
+//! (devices/src/security/doe.rs) and guest user space its own driver of it
 //! through configuration space (the `trustdev-guest` tool).
 
 use std::fmt;
@@ -45,6 +45,49 @@ pub const MAX_OBJECT_DWORDS: usize = 1 << 18;
 pub const DOE_MAX_BYTES: usize = MAX_OBJECT_DWORDS * 4;
 /// Size of the header (two dwords).
 pub const HEADER_BYTES: usize = 8;
+
+/// Extended capability ID of DOE.
+pub const DOE_EXT_CAP_ID: u16 = 0x002e;
+
+/// Size of the DOE capability (header included).
+pub const DOE_CAP_SIZE: usize = 0x18;
+
+/// Register offsets relative to the DOE capability header (PCIe §7.9.24),
+/// for the device model of the registers and for drivers of them.
+pub mod reg {
+    /// DOE Capabilities.
+    pub const CAP: u16 = 0x04;
+    /// DOE Control.
+    pub const CTRL: u16 = 0x08;
+    /// DOE Status.
+    pub const STATUS: u16 = 0x0c;
+    /// DOE Write Data Mailbox.
+    pub const WRITE: u16 = 0x10;
+    /// DOE Read Data Mailbox.
+    pub const READ: u16 = 0x14;
+}
+
+/// DOE Control bits.
+pub mod ctrl {
+    /// Abort.
+    pub const ABORT: u32 = 1 << 0;
+    /// Interrupt enable.
+    pub const INT_EN: u32 = 1 << 1;
+    /// Go.
+    pub const GO: u32 = 1 << 31;
+}
+
+/// DOE Status bits.
+pub mod status {
+    /// Busy.
+    pub const BUSY: u32 = 1 << 0;
+    /// Interrupt status.
+    pub const INT_STATUS: u32 = 1 << 1;
+    /// Error.
+    pub const ERROR: u32 = 1 << 2;
+    /// Data Object Ready.
+    pub const READY: u32 = 1 << 31;
+}
 
 /// A data object protocol: (Vendor ID, Data Object Type).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
