@@ -176,7 +176,8 @@ fn guest_verdict_is_the_exit_status() {
 
 /// `trustdev vm -i` has no timeout of its own (a person is typing): the test
 /// bounds it, so a shell that never reads our `exit` fails the test instead
-/// of hanging CI.
+/// of hanging CI. It types only once the shell's prompt is on the console
+/// (input sent while the kernel still boots can lose characters).
 #[test]
 fn interactive_console_takes_commands() {
     if support::skip() {
@@ -191,30 +192,44 @@ fn interactive_console_takes_commands() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(INTERACTIVE_LIMIT_S);
     let mut stdin = child.stdin.take().unwrap();
-    // Type at the shell once it is likely up; the console buffers early input.
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(15));
-        let _ = stdin.write_all(b"echo INTERACTIVE-$((6*7))-OK\n");
-        std::thread::sleep(Duration::from_secs(3));
-        let _ = stdin.write_all(b"exit\n");
-        std::thread::sleep(Duration::from_secs(60));
-    });
-    let out = support::wait_with_timeout(
-        child,
-        Duration::from_secs(INTERACTIVE_LIMIT_S),
-        "trustdev vm -i",
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::Collector::start(child.stdout.take());
+    let err = support::Collector::start(child.stderr.take());
+    // Waits for `needle` after `from` in the console; false at the deadline
+    // or when trustdev vm ended.
+    let mut appeared = |needle: &str, from: &str| loop {
+        let text = out.text();
+        if text
+            .split_once(from)
+            .is_some_and(|(_, after)| after.contains(needle))
+        {
+            return true;
+        }
+        if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shell = "interactive shell; exit it to power off";
+    let mut typed = appeared("/ # ", shell);
+    if typed {
+        stdin.write_all(b"echo INTERACTIVE-$((6*7))-OK\n").unwrap();
+        typed = appeared("INTERACTIVE-42-OK", shell);
+    }
+    if typed {
+        stdin.write_all(b"exit\n").unwrap();
+    }
+    let status = support::wait_until(&mut child, deadline);
+    drop(stdin);
+    let (stdout, stderr) = (out.finish(), err.finish());
+    let stdout = String::from_utf8_lossy(&stdout);
+    let dump = format!("{stdout}\n--- stderr\n{}", String::from_utf8_lossy(&stderr));
     assert!(
-        stdout.contains("INTERACTIVE-42-OK"),
-        "the shell ran our command: {stdout}"
+        status.is_some(),
+        "trustdev vm -i: no result within {INTERACTIVE_LIMIT_S} s; killed\n{dump}"
     );
-    assert!(stdout.contains("survived the guest's poweroff"), "{stdout}");
+    assert!(typed, "the shell ran our command:\n{dump}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{dump}");
+    assert!(stdout.contains("survived the guest's poweroff"), "{dump}");
 }

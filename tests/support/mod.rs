@@ -166,36 +166,65 @@ pub fn guest_script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Waits for `child` at most `limit`, collecting its output; on expiry kills
-/// it (SIGKILL; its own children die with it: `trustdev vm` gives them
-/// PR_SET_PDEATHSIG) and fails the test with what it printed.
-pub fn wait_with_timeout(mut child: Child, limit: Duration, what: &str) -> Output {
-    fn drain(r: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
+/// Everything a child's pipe produces, readable while the child runs.
+pub struct Collector {
+    buf: std::sync::Arc<Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Starts reading `r` (nothing if `None`) on a thread.
+    pub fn start(r: Option<impl std::io::Read + Send + 'static>) -> Collector {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let b = std::sync::Arc::clone(&buf);
+        let thread = std::thread::spawn(move || {
+            let Some(mut r) = r else { return };
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                b.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..n]);
             }
-            buf
-        })
+        });
+        Collector { buf, thread }
     }
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let deadline = Instant::now() + limit;
-    let status = loop {
+
+    /// What arrived so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Everything, once the pipe closed.
+    pub fn finish(self) -> Vec<u8> {
+        let _ = self.thread.join();
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Waits until `child` exits or `deadline` passes; then kills it (SIGKILL;
+/// its own children die with it: `trustdev vm` gives them
+/// PR_SET_PDEATHSIG) and returns `None`.
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    loop {
         match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
+            Ok(Some(st)) => return Some(st),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Ok(None) => {
+            _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                break None;
+                return None;
             }
-            Err(e) => panic!("{what}: waiting for pid {}: {e}", child.id()),
         }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    }
+}
+
+/// Waits for `child` at most `limit`, collecting its output; on expiry kills
+/// it and fails the test with what it printed.
+pub fn wait_with_timeout(mut child: Child, limit: Duration, what: &str) -> Output {
+    let out = Collector::start(child.stdout.take());
+    let err = Collector::start(child.stderr.take());
+    let status = wait_until(&mut child, Instant::now() + limit);
+    let (stdout, stderr) = (out.finish(), err.finish());
     match status {
         Some(status) => Output {
             status,
