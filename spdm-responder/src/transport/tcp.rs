@@ -169,7 +169,9 @@ pub fn serve_connection(
                 };
                 match reply {
                     Some(r) => write_frame(stream, CMD_NORMAL, tt, &r)?,
-                    // spdm-emu drops the connection on a message it cannot answer.
+                    // spdm-emu drops the connection on a message it cannot answer
+                    // (over PCI_DOE also a discarded secured record, see
+                    // transport::doe for that policy).
                     None => return Ok(ConnectionEnd::Continue),
                 }
             }
