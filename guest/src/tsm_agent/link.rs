@@ -51,15 +51,10 @@ fn errno_of(e: &RequesterError) -> i32 {
     }
 }
 
-/// A requester error of `step` as a [`Failure`], with the transport's full text.
-fn requester_failure(
-    r: &mut Requester<KernelDoe>,
-    step: &'static str,
-    e: RequesterError,
-) -> Failure {
-    let msg = match (&e, &r.transport_mut().last_error) {
-        (RequesterError::Transport(_), Some(full)) => full.clone(),
-        (RequesterError::ErrorResponse { code, raw, .. }, _) => format!(
+/// A requester error of `step` as a [`Failure`].
+fn requester_failure(step: &'static str, e: RequesterError) -> Failure {
+    let msg = match &e {
+        RequesterError::ErrorResponse { code, raw, .. } => format!(
             "the device answered SPDM ERROR {} ({raw:#04x})",
             code.map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"))
         ),
@@ -109,7 +104,7 @@ impl SessionStep for MeasurementsStep {
         let m = cx
             .requester
             .get_measurements(Some(cx.session), 0xff, false, self.slot)
-            .map_err(|e| requester_failure(cx.requester, "MEASUREMENTS in session", e))?;
+            .map_err(|e| requester_failure("MEASUREMENTS in session", e))?;
         Ok(format!(
             "{} measurement blocks in the session",
             m.blocks.len()
@@ -206,16 +201,16 @@ pub fn connect(
     let step = "VERSION/CAPABILITIES/ALGORITHMS";
     let conn = match r.init_connection() {
         Ok(c) => c.clone(),
-        Err(e) => return Err(requester_failure(&mut r, step, e)),
+        Err(e) => return Err(requester_failure(step, e)),
     };
     checkpoint("version");
 
     let step = "CERTIFICATE";
     r.get_digests()
-        .map_err(|e| requester_failure(&mut r, "DIGESTS", e))?;
+        .map_err(|e| requester_failure("DIGESTS", e))?;
     let chain = r
         .get_certificate(policy.slot)
-        .map_err(|e| requester_failure(&mut r, step, e))?;
+        .map_err(|e| requester_failure(step, e))?;
     let hash = conn
         .hash
         .ok_or_else(|| Failure::new(libc::EPROTO, step, "no hash negotiated"))?;
@@ -248,13 +243,13 @@ pub fn connect(
 
     let step = "CHALLENGE";
     r.challenge(policy.slot, 0xff)
-        .map_err(|e| requester_failure(&mut r, step, e))?;
+        .map_err(|e| requester_failure(step, e))?;
     checkpoint("challenge");
 
     let step = "KEY_EXCHANGE+FINISH";
     let sid = r
         .key_exchange(policy.slot, 0)
-        .map_err(|e| requester_failure(&mut r, step, e))?;
+        .map_err(|e| requester_failure(step, e))?;
     checkpoint("session");
 
     let mut link = Link {
@@ -329,7 +324,7 @@ impl Link {
         match self.requester.end_session(sid) {
             Ok(()) => done.push(format!("session {sid:#010x} ended (END_SESSION_ACK)")),
             Err(e) => {
-                let f = requester_failure(&mut self.requester, "END_SESSION", e);
+                let f = requester_failure("END_SESSION", e);
                 first.get_or_insert(f);
             }
         }
@@ -348,6 +343,6 @@ pub fn reset_device(transport: KernelDoe, policy: &Policy) -> Result<String, Fai
         Ok(_) => {
             Ok("no session known to this agent; GET_VERSION reset the device's SPDM state".into())
         }
-        Err(e) => Err(requester_failure(&mut r, "GET_VERSION", e)),
+        Err(e) => Err(requester_failure("GET_VERSION", e)),
     }
 }

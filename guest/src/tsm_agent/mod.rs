@@ -25,29 +25,40 @@ mod transport;
 mod uapi;
 
 use link::{Link, Policy};
-pub use san::{parse_policy as parse_san_policy, SanPolicy};
+use san::SanPolicy;
 use spdm_responder::identity;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
-use transport::{Channel, KernelDoe};
+use transport::{kernel_doe, Channel};
 use uapi::{Request, TsmDevice};
 
 /// Options of `trustdev-guest tsm-agent`.
-pub struct Options {
+#[derive(clap::Args, Debug)]
+pub struct Args {
     /// The module's device.
+    #[arg(long, default_value = "/dev/trustdev-tsm")]
     pub device: PathBuf,
-    /// Trusted root certificates: files, or directories of them.
+    /// Trusted root certificate, PEM or DER, or a directory of them
+    /// (repeatable; default /etc/trustdev/roots, which `trustdev vm` fills).
+    #[arg(long = "root")]
     pub roots: Vec<PathBuf>,
-    /// Certificate slot.
+    /// Certificate slot to authenticate and key the session with.
+    #[arg(long, default_value_t = 0)]
     pub slot: u8,
-    /// Only this SPDM version.
+    /// Offer only this SPDM version (1.0 .. 1.3).
+    #[arg(long, value_parser = crate::spdm::parse_version)]
     pub version: Option<u8>,
-    /// Only this signature algorithm (BaseAsymAlgo bits).
+    /// Offer only this signature algorithm: p256 or p384.
+    #[arg(long, value_parser = crate::spdm::parse_asym)]
     pub asym: Option<u32>,
-    /// The CMA SAN check.
+    /// Check the leaf certificate's CMA SAN against the device as the
+    /// kernel's CMA code does: enforce, warn or off.
+    #[arg(long, default_value = "warn", value_parser = san::parse_policy)]
     pub san: SanPolicy,
-    /// Stop answering after this connect step (fault injection).
+    /// Fault injection: stop answering after this connect step (claim,
+    /// version, certificate, challenge, session, steps).
+    #[arg(long, value_parser = parse_step)]
     pub hang_after: Option<String>,
 }
 
@@ -148,7 +159,7 @@ impl Agent {
             );
         }
         self.checkpoint(req.id, "claim");
-        let t = KernelDoe::new(Rc::clone(&self.ch));
+        let t = kernel_doe(&self.ch);
         let steps = self.session_steps(req);
         let id = req.id;
         let cp = |s: &str| self.checkpoint(id, s);
@@ -172,7 +183,7 @@ impl Agent {
                     Err(f) => (-f.errno, sid, f.text()),
                 }
             }
-            None => match link::reset_device(KernelDoe::new(Rc::clone(&self.ch)), &self.policy) {
+            None => match link::reset_device(kernel_doe(&self.ch), &self.policy) {
                 Ok(s) => (0, 0, s),
                 Err(f) => (-f.errno, 0, f.text()),
             },
@@ -237,26 +248,31 @@ impl Agent {
 }
 
 /// `trustdev-guest tsm-agent`.
-pub fn run(o: &Options) -> Result<(), String> {
-    let roots = load_roots(&o.roots)?;
-    let dev = TsmDevice::open(&o.device).map_err(|e| {
+pub fn run(a: Args) -> Result<(), String> {
+    let root_paths = if a.roots.is_empty() {
+        vec![PathBuf::from(DEFAULT_ROOTS)]
+    } else {
+        a.roots
+    };
+    let roots = load_roots(&root_paths)?;
+    let dev = TsmDevice::open(&a.device).map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::ENOENT) => " (is the trustdev_tsm module loaded?)",
             Some(libc::EBUSY) => " (another agent is attached)",
             _ => "",
         };
-        format!("{}: {e}{hint}", o.device.display())
+        format!("{}: {e}{hint}", a.device.display())
     })?;
     log(&format!(
         "attached to {}; {} trusted root(s) from {}; SAN check {:?}",
-        o.device.display(),
+        a.device.display(),
         roots.len(),
-        o.roots
+        root_paths
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        o.san
+        a.san
     ));
     let mut agent = Agent {
         ch: Rc::new(Channel {
@@ -266,18 +282,16 @@ pub fn run(o: &Options) -> Result<(), String> {
         }),
         policy: Policy {
             roots,
-            slot: o.slot,
-            version: o.version,
-            asym: o.asym,
-            san: o.san,
+            slot: a.slot,
+            version: a.version,
+            asym: a.asym,
+            san: a.san,
         },
-        hang_after: o.hang_after.clone(),
+        hang_after: a.hang_after,
         links: HashMap::new(),
     };
     agent.serve()
 }
 
-/// The default trust store `trustdev vm` fills.
-pub fn default_roots() -> PathBuf {
-    Path::new("/etc/trustdev/roots").to_path_buf()
-}
+/// The trust store `trustdev vm` fills.
+const DEFAULT_ROOTS: &str = "/etc/trustdev/roots";

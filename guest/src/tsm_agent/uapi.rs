@@ -53,11 +53,6 @@ pub const IDE_MODE_KERNEL: u32 = 1;
 /// `TDTSM_IDE_MODE_PLATFORM`: the module programs the device's registers.
 pub const IDE_MODE_PLATFORM: u32 = 2;
 
-/// DOE data object type of CMA/SPDM.
-pub const DOE_CMA: u8 = 1;
-/// DOE data object type of secured CMA/SPDM.
-pub const DOE_SECURED_CMA: u8 = 2;
-
 /// `struct tdtsm_request`: one connect or disconnect the kernel waits on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
