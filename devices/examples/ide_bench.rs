@@ -31,7 +31,8 @@ use trustdev_devices::nvme::host::{HostDriver, HostMemory};
 #[path = "common/bench.rs"]
 mod bench_util;
 use bench_util::{cpu_seconds, IOVA};
-use trustdev_devices::security::ide::host::IdeHost;
+use spdm_responder::idekm::regs::StreamSettings;
+use trustdev_devices::security::ide::host;
 use trustdev_devices::security::ide::km::IdeKmPorts;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
 use vfio_user_server::client::Client;
@@ -232,10 +233,11 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool, variants: &[String
                 .filter_map(|a| std::fs::read(id_dir.join(a).join("root.cert.pem")).ok())
                 .flat_map(|p| spdm_responder::identity::parse_certs(&p).unwrap_or_default())
                 .collect();
-            let mut host = IdeHost::connect(c, roots).expect("SPDM session");
-            host.setup(0, 1, true, 0).unwrap();
+            let mut host = host::connect(c, roots).expect("SPDM session");
+            let sel = StreamSettings::endpoint(1, 0);
+            host.setup(0, &sel).unwrap();
             host.program(1, KeySet::K0, key).unwrap();
-            assert_eq!(host.enable(0).unwrap(), 2, "stream SECURE");
+            assert_eq!(host.enable(0, &sel).unwrap(), 2, "stream SECURE");
             let mut d = HostDriver::enable(host, mem, 32).unwrap();
             d.create_io_queues(1, 1024).unwrap();
             if shadow {

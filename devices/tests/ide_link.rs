@@ -7,6 +7,7 @@
 mod ide_common;
 
 use spdm_responder::crypto::AsymAlgo;
+use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot, SubStream};
 use spdm_responder::identity::{Identity, PciIds};
 use spdm_responder::rng::DeterministicEntropy;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use trustdev_devices::example::{self, reg, status, DmaCopy};
 use trustdev_devices::security;
-use trustdev_devices::security::ide::host::IdeHost;
+use trustdev_devices::security::ide::host;
 use trustdev_devices::security::ide::link::FaultTarget;
 use trustdev_devices::security::ide::trace::read_trace;
 use trustdev_devices::security::ide::{
@@ -161,14 +162,19 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn protected_copies_key_refresh_and_a_verified_trace() {
     let rig = start("main");
-    let mut host = IdeHost::connect(rig.client(), identity().roots_der()).unwrap();
+    let mut host = host::connect(rig.client(), identity().roots_der()).unwrap();
     let q = host.query().unwrap();
     assert_eq!(q.regs, rig.ide.register_image());
     // pci_ide_stream_setup, IDE_KM, pci_ide_stream_enable.
-    host.setup(0, 1, true, 0x0008).unwrap();
+    let sel = StreamSettings::endpoint(1, 0x0008);
+    host.setup(0, &sel).unwrap();
     host.program(1, KeySet::K0, |s| key_for(KeySet::K0, s))
         .unwrap();
-    assert_eq!(host.enable(0).unwrap(), 2, "SECURE right after Enable");
+    assert_eq!(
+        host.enable(0, &sel).unwrap(),
+        2,
+        "SECURE right after Enable"
+    );
     assert!(rig.ide.is_secure(1));
 
     // Device traffic on the stream: MMIO (BAR0) and DMA both ways.
@@ -214,7 +220,7 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     rig.ram_write(0x60000, &[0xee; 64]);
     assert_ne!(copy(host.access(), 0x1000, 0x60000, 64) & status::ERROR, 0);
     assert_eq!(rig.ram_read(0x60000, 64), vec![0xee; 64]);
-    host.disable(0).unwrap();
+    host.disable(0, &sel).unwrap();
     assert_eq!(
         copy(host.access(), 0x1000, 0x60000, 64) & status::ERROR,
         0,
@@ -248,11 +254,12 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
 #[test]
 fn one_flipped_bit_on_the_wire() {
     let rig = start("fault");
-    let mut host = IdeHost::connect(rig.client(), identity().roots_der()).unwrap();
-    host.setup(0, 3, true, 0).unwrap();
+    let mut host = host::connect(rig.client(), identity().roots_der()).unwrap();
+    let sel = StreamSettings::endpoint(3, 0);
+    host.setup(0, &sel).unwrap();
     host.program(3, KeySet::K0, |s| key_for(KeySet::K0, s))
         .unwrap();
-    assert_eq!(host.enable(0).unwrap(), 2);
+    assert_eq!(host.enable(0, &sel).unwrap(), 2);
     let src = pattern(4096, 9);
     rig.ram_write(0x1000, &src);
     rig.ram_write(0x9000, &[0x11; 4096]);
@@ -278,10 +285,14 @@ fn one_flipped_bit_on_the_wire() {
     assert!(rig.ide.key_states(3).is_empty());
     assert_eq!(rig.ide.link_stats().integrity_failures, 1);
     // The device is still usable: new keys, enabled again, copies work.
-    host.disable(0).unwrap();
+    host.disable(0, &sel).unwrap();
     host.program(3, KeySet::K1, |s| key_for(KeySet::K1, s))
         .unwrap();
-    assert_eq!(host.enable(0).unwrap(), 2);
+    assert_eq!(
+        host.enable(0, &sel).unwrap() & 0xf,
+        2,
+        "SECURE (IDE_FAIL stays set until cleared)"
+    );
     assert_eq!(copy(host.access(), 0x1000, 0x9000, 4096) & status::ERROR, 0);
     assert!(rig.ram_read(0x9000, 4096) == src);
     drop(host);

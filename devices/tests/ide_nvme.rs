@@ -8,12 +8,13 @@
 
 mod ide_common;
 
+use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use trustdev_devices::nvme::host::{HostDriver, HostMemory};
-use trustdev_devices::security::ide::host::IdeHost;
+use trustdev_devices::security::ide::host;
 use trustdev_devices::security::ide::trace::read_trace;
 use vfio_user_server::client::Client;
 
@@ -73,10 +74,11 @@ fn nvme_data_through_a_secure_stream_with_key_refresh() {
         .filter_map(|a| std::fs::read(id_dir.join(a).join("root.cert.pem")).ok())
         .flat_map(|p| spdm_responder::identity::parse_certs(&p).unwrap())
         .collect();
-    let mut host = IdeHost::connect(c, roots).unwrap();
-    host.setup(0, 7, true, 0).unwrap();
+    let mut host = host::connect(c, roots).unwrap();
+    let sel = StreamSettings::endpoint(7, 0);
+    host.setup(0, &sel).unwrap();
     host.program(7, KeySet::K0, |s| key(KeySet::K0, s)).unwrap();
-    assert_eq!(host.enable(0).unwrap(), 2, "SECURE");
+    assert_eq!(host.enable(0, &sel).unwrap(), 2, "SECURE");
     let mut d = HostDriver::enable(host, mem, 32).unwrap();
     d.create_io_queues(1, 256).unwrap();
     let data: Vec<u8> = (0..64 * 1024)

@@ -9,6 +9,11 @@
 //! - [`responder`]: a [`crate::vendor::VendorHandler`] answering IDE_KM for a
 //!   device model behind the [`responder::IdeKmBackend`] trait.
 //! - [`requester`]: IDE_KM requests from a [`crate::Requester`] in a session.
+//! - [`regs`]: the IDE capability's register layout and a driver of a
+//!   port's stream registers through configuration space.
+//! - [`host`]: the TSM side of IDE setup in one place ([`IdeHost`]): the
+//!   DOE mailbox, the SPDM session, IDE_KM and the stream registers of one
+//!   function, used by the guest tool, host tests and benchmarks.
 //!
 //! # Key and IFV byte order (the interop trap)
 //!
@@ -25,12 +30,16 @@
 //! bytes and the IFV as a number, and converts at the wire.
 
 pub mod codec;
+pub mod host;
+pub mod regs;
 pub mod requester;
 pub mod responder;
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 pub use codec::{DecodeError, KpAckStatus, QueryResp, Request, Response};
+pub use host::{IdeHost, IdeHostError};
+pub use requester::IdeKmError;
 pub use responder::{IdeKmBackend, IdeKmRefusal, IdeKmResponder};
 
 /// IDE_KM object IDs (second byte of the vendor payload).
@@ -287,6 +296,43 @@ impl IdeKey {
         let mut iv = [0u8; 12];
         iv[4..].copy_from_slice(&invocation.to_be_bytes());
         iv
+    }
+
+    /// A fresh key from the operating system's random source, with a
+    /// random IFV below 2^32 (so the 64-bit counter never wraps).
+    pub fn random() -> Self {
+        use rand_core::{OsRng, RngCore};
+        let mut key = [0u8; KEY_LEN];
+        OsRng.fill_bytes(&mut key);
+        let k = IdeKey {
+            key,
+            ifv: u64::from(OsRng.next_u32()),
+        };
+        key.zeroize();
+        k
+    }
+
+    /// **Test keys, not secret**: the key of `slot` of Stream ID `stream_id`
+    /// derived from `seed` alone (SHA-512 of a label, the seed, the Stream
+    /// ID and the KeySubStream byte: key = bytes 0..32, IFV = bytes 32..36),
+    /// so a test that knows the seed can decrypt a recorded link trace.
+    /// Anyone who knows the seed can; tools offer it only behind an option
+    /// named as insecure.
+    pub fn test_key(seed: &str, stream_id: u8, slot: KeySlot) -> Self {
+        use sha2::{Digest, Sha512};
+        let mut h = Sha512::new();
+        h.update(b"trustdev IDE test key v1\0");
+        h.update(seed.as_bytes());
+        h.update([0, stream_id, slot.to_byte()]);
+        let d = h.finalize();
+        let mut key = [0u8; KEY_LEN];
+        key.copy_from_slice(&d[..KEY_LEN]);
+        let k = IdeKey {
+            key,
+            ifv: u64::from(u32::from_le_bytes([d[32], d[33], d[34], d[35]])),
+        };
+        key.zeroize();
+        k
     }
 }
 

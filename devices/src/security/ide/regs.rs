@@ -15,81 +15,12 @@
 //!      +14h + 12k Address Association k: Reg 1, Reg 2 (limit upper), Reg 3 (base upper)
 //! ```
 
-/// IDE Capability register bits.
-pub mod cap {
-    /// Link IDE streams supported.
-    pub const LINK: u32 = 1 << 0;
-    /// Selective IDE streams supported.
-    pub const SELECTIVE: u32 = 1 << 1;
-    /// Flow-through IDE stream supported.
-    pub const FLOWTHROUGH: u32 = 1 << 2;
-    /// Partial header encryption supported.
-    pub const PARTIAL_HEADER: u32 = 1 << 3;
-    /// Aggregation supported.
-    pub const AGGREGATION: u32 = 1 << 4;
-    /// PCRC supported.
-    pub const PCRC: u32 = 1 << 5;
-    /// IDE_KM protocol supported (responder).
-    pub const IDE_KM: u32 = 1 << 6;
-    /// Selective IDE for configuration requests supported.
-    pub const SEL_CFG: u32 = 1 << 7;
-    /// Supported algorithms (5 bits, 0 = AES-GCM-256 with a 96-bit MAC).
-    pub const ALG_SHIFT: u32 = 8;
-    /// Number of TCs supported for link IDE, minus one.
-    pub const LINK_TC_NUM_SHIFT: u32 = 13;
-    /// Number of selective streams supported, minus one.
-    pub const SEL_NUM_SHIFT: u32 = 16;
-    /// TEE-limited stream supported.
-    pub const TEE_LIMITED: u32 = 1 << 24;
-}
-
-/// IDE Control: Flow-Through IDE stream enabled.
-pub const CTL_FLOWTHROUGH: u32 = 1 << 2;
-
-/// Link / selective stream Control register fields.
-pub mod ctl {
-    /// Stream enable.
-    pub const EN: u32 = 1 << 0;
-    /// Tx aggregation mode NPR, PR, CPL (2 bits each, bits 7:2).
-    pub const TX_AGGR: u32 = 0xfc;
-    /// PCRC enable.
-    pub const PCRC_EN: u32 = 1 << 8;
-    /// Selective IDE for configuration requests (selective streams).
-    pub const CFG_EN: u32 = 1 << 9;
-    /// Partial header encryption mode (bits 13:10).
-    pub const PART_ENC: u32 = 0xf << 10;
-    /// Algorithm (bits 18:14).
-    pub const ALG: u32 = 0x1f << 14;
-    /// Traffic class (bits 21:19).
-    pub const TC: u32 = 0x7 << 19;
-    /// Default stream (selective streams).
-    pub const DEFAULT: u32 = 1 << 22;
-    /// TEE-limited stream (selective streams).
-    pub const TEE_LIMITED: u32 = 1 << 23;
-    /// Stream ID (bits 31:24).
-    pub const ID_SHIFT: u32 = 24;
-    /// Stream ID mask.
-    pub const ID: u32 = 0xff << 24;
-}
-
-/// Stream Status register fields.
-pub mod sts {
-    /// State field (bits 3:0).
-    pub const STATE: u32 = 0xf;
-    /// Insecure.
-    pub const INSECURE: u32 = 0;
-    /// Secure.
-    pub const SECURE: u32 = 2;
-    /// An IDE Fail message was received for the stream (RW1C).
-    pub const IDE_FAIL: u32 = 1 << 31;
-}
-
-/// RID Association register 1: RID limit (bits 23:8).
-pub const RID1_MASK: u32 = 0x00ff_ff00;
-/// RID Association register 2: valid, RID base (23:8), segment base (31:24).
-pub const RID2_MASK: u32 = 0xffff_ff01;
-/// Address Association register 1: valid, base (19:8 = address 31:20), limit (31:20).
-pub const ADDR1_MASK: u32 = 0xffff_ff01;
+// The capability's register layout has one home, next to IDE_KM (whose
+// QUERY_RESP carries this register image) in spdm-responder, shared with
+// the TSM side that programs these registers.
+pub use spdm_responder::idekm::regs::{
+    cap, ctl, sts, ADDR1_MASK, CTL_FLOWTHROUGH, RID1_MASK, RID2_MASK,
+};
 
 /// The AER extended capability body (offsets relative to the body, i.e.
 /// AER register offset - 4).
