@@ -77,8 +77,11 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct VmArgs {
-    /// Device to attach: KIND[:rciep] (repeatable). dma-copy sits behind a
-    /// pcie-root-port unless `:rciep` puts it on pcie.0.
+    /// Device to attach: KIND[:OPT,...] (repeatable). A device sits behind a
+    /// pcie-root-port unless `rciep` puts it on pcie.0. Options of every
+    /// kind: no-spdm, no-tee, ide=SPEC (`serve --ide` with `+` between
+    /// items, e.g. ide=selective=4+assoc=2), ide-trace=FILE (`serve
+    /// --ide-trace`); NVMe also takes KEY=VALUE (see `trustdev serve --help`).
     #[arg(long = "device", short = 'd')]
     devices: Vec<DeviceSpec>,
     /// Guest script to run (its exit status is the verdict).
