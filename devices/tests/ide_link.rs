@@ -4,8 +4,6 @@
 //! accesses, guest memory), then the wire trace decrypted with the keys the
 //! client programmed, by an AES-GCM implementation that is not ring.
 
-mod ide_common;
-
 use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot, SubStream};
@@ -20,7 +18,7 @@ use trustdev_devices::example::{self, reg, status, DmaCopy};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::host;
 use trustdev_devices::security::ide::link::FaultTarget;
-use trustdev_devices::security::ide::trace::read_trace;
+use trustdev_devices::security::ide::trace::{read_trace, verify};
 use trustdev_devices::security::ide::{
     Ide, IdeConfig, IdeDevice, IdeEvent, InsecureReason, LinkEnd, WireFault,
 };
@@ -234,7 +232,9 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     rig.ide.flush_trace().unwrap();
     let recs = read_trace(&rig.dir.join("wire.pcap")).unwrap();
     assert_eq!(recs.len() as u64, rig.ide.link_stats().ide_tlps);
-    let kinds = ide_common::verify_trace(&recs, |_, slot| key_for(slot.set, slot));
+    let kinds = verify(&recs, |_, slot| key_for(slot.set, slot), |_, _| {})
+        .unwrap()
+        .kinds;
     assert!(recs.iter().all(|r| r.verified));
     // MWr, MRd, CplD of the copies; MWr/MRd/CplD of the BAR accesses.
     for k in [(0, 0), (0, 1), (1, 2), (1, 0), (1, 1), (0, 2)] {

@@ -6,8 +6,6 @@
 //! keys programmed here (RustCrypto AES-256-GCM with a 96-bit tag), every
 //! counter counts up from its IFV, and no plaintext block is on the wire.
 
-mod ide_common;
-
 use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
 use std::path::PathBuf;
@@ -15,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use trustdev_devices::nvme::host::{HostDriver, HostMemory};
 use trustdev_devices::security::ide::host;
-use trustdev_devices::security::ide::trace::read_trace;
+use trustdev_devices::security::ide::trace::{read_trace, verify};
 use vfio_user_server::client::Client;
 
 struct Server {
@@ -106,7 +104,7 @@ fn nvme_data_through_a_secure_stream_with_key_refresh() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(recs.len() > 100, "{} TLPs", recs.len());
-    ide_common::verify_trace(&recs, |_, slot| key(slot.set, slot));
+    verify(&recs, |_, slot| key(slot.set, slot), |_, _| {}).unwrap();
     assert!(recs.iter().all(|r| r.verified && r.stream_id == 7));
     assert!(recs.iter().any(|r| r.key_set == 0) && recs.iter().any(|r| r.key_set == 1));
     // The data blocks were on the wire only as ciphertext.

@@ -114,6 +114,9 @@ pub fn run(args: Args) -> Result<(), String> {
         prefix: format!("dma-copy {bdf}"),
         quiet: opts.json,
     };
+    if opts.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
     let result = with_device(&bdf, opts, &log, |c| {
         for iter in 0..opts.count {
             c.copy(iter)
@@ -486,9 +489,6 @@ pub(crate) fn with_device<T>(
 ) -> Result<(Outcome, T), String> {
     if opts.size == 0 || opts.size > PAGE {
         return Err(format!("--size must be 1..={PAGE} (got {})", opts.size));
-    }
-    if opts.count == 0 {
-        return Err("--count must be at least 1".into());
     }
     let dir = sysfs::dev_dir(bdf);
     if !dir.exists() {

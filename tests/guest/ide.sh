@@ -10,7 +10,14 @@
 #    Endpoint's capability: every Control register keeps its reset value 0.
 # Also: the capability's layout (IDE Capability register, one address
 # association block per stream, AER after it), INSECURE status everywhere.
+# Then, per device, the IDE flow of `trustdev-guest ide` over the real DOE
+# and IDE registers (SPDM session, IDE_KM QUERY/KEY_PROG/K_SET_GO, Enable,
+# SECURE, verified NVMe I/O through the kernel's nvme driver or DMA copies
+# through vfio-pci, a K0 -> K1 refresh while the I/O runs, K_SET_STOP,
+# disable, teardown, END_SESSION) with test keys from a seed the host side
+# knows, and the stream's registers read back afterwards.
 # Prints "IDE <bdf> <placement> ..." and "CHECK-OK/CHECK-FAIL" lines.
+SEED=e2e-ide-seed
 fail=0
 ok() { echo "CHECK-OK $bdf $*"; }
 bad() { echo "CHECK-FAIL $bdf $1: $2"; fail=1; }
@@ -54,6 +61,18 @@ for d in /sys/bus/pci/devices/*; do
     expect insecure "$link_sts $(dw "$d" $((sel0 + 8))) $(dw "$d" $((sel1 + 8)))" "00000000 00000000 00000000"
     expect aer-after-ide "$aer" $((ide + 4 + 80))
     expect aer-uncorrectable "$(dw "$d" $((aer + 4)))" 00000000
+    if trustdev-guest ide --bdf "$bdf" --insecure-test-keys "$SEED" --ios 16; then
+        ok ide-flow
+    else
+        bad ide-flow "trustdev-guest ide exited $?"
+    fi
+    # Back to the idle registers the tool found. For the DMA-copy device
+    # that is the reset value 0 even on pcie.0: vfio-pci resets the function
+    # when the tool opens it (before the flow), which clears the ID 255 the
+    # kernel wrote at boot.
+    idle=$want
+    [ "$(cat "$d/device")" = 0xd3a0 ] && idle=00000000
+    expect ide-idle-after "$(dw "$d" $((sel0 + 4))) $(dw "$d" $((sel0 + 8))) $(dw "$d" $((sel0 + 12))) $(dw "$d" $((sel0 + 16)))" "$idle 00000000 00000000 00000000"
 done
 dmesg | grep -i -E "PCI/IDE|ide_" | head -20
 exit $fail

@@ -26,6 +26,9 @@
 //! AAD = prefix | header, and a 96-bit tag = the MAC. No key is ever written.
 //! The file is created new (an existing file is never overwritten), mode 0600.
 
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -203,4 +206,97 @@ pub fn read_trace(path: &Path) -> io::Result<Vec<TraceRecord>> {
         pos += 16 + n;
     }
     Ok(out)
+}
+
+/// What [`verify`] found in a trace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceCheck {
+    /// Records checked.
+    pub records: usize,
+    /// Records per (direction, sub-stream): direction 0 upstream, 1 downstream.
+    pub kinds: BTreeMap<(u8, u8), usize>,
+    /// Records per key set (K0, K1).
+    pub key_sets: [usize; 2],
+    /// Records whose integrity check failed at the receiver (and whose MAC
+    /// indeed does not verify).
+    pub failed: usize,
+}
+
+/// AES-256-GCM with IDE's 96-bit MAC, from RustCrypto: an implementation
+/// independent of the link's own.
+type Gcm96 =
+    aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
+
+/// Checks a recorded trace against the keys that were programmed, with an
+/// AES-GCM implementation that is not the link's (RustCrypto): every
+/// record decrypts and its MAC verifies with `key(stream_id, slot)` of its
+/// transmitter (the device's TX key upstream, its RX key downstream)
+/// exactly when the record says it was verified, and each (stream,
+/// sub-stream, direction, key set) counts up by one from its key's IFV.
+/// `plain` sees the plaintext of every verified record.
+pub fn verify(
+    recs: &[TraceRecord],
+    key: impl Fn(u8, KeySlot) -> IdeKey,
+    mut plain: impl FnMut(&TraceRecord, &[u8]),
+) -> Result<TraceCheck, String> {
+    let mut next: HashMap<(u8, u8, u8, u8), u64> = HashMap::new();
+    let mut ciphers: HashMap<(u8, KeySlot), (Gcm96, u64)> = HashMap::new();
+    let mut c = TraceCheck::default();
+    for (i, r) in recs.iter().enumerate() {
+        let set = KeySet::from_bit(r.key_set == 1);
+        let dir = match r.flow {
+            Flow::Upstream => KeyDirection::Tx,
+            Flow::Downstream => KeyDirection::Rx,
+        };
+        let ss = SubStream::from_bits(r.sub_stream)
+            .ok_or_else(|| format!("record {i}: sub-stream {}", r.sub_stream))?;
+        let slot = KeySlot::new(set, dir, ss);
+        let (gcm, ifv) = ciphers.entry((r.stream_id, slot)).or_insert_with(|| {
+            let k = key(r.stream_id, slot);
+            (Gcm96::new(k.key_bytes().into()), k.ifv())
+        });
+        let n = next
+            .entry((r.stream_id, r.sub_stream, r.flow as u8, r.key_set))
+            .or_insert(*ifv);
+        if r.invocation != *n {
+            return Err(format!(
+                "record {i} ({:?} {} K{} Stream ID {}): invocation {:#x}, expected {:#x}",
+                r.flow,
+                ss.name(),
+                r.key_set,
+                r.stream_id,
+                r.invocation,
+                *n
+            ));
+        }
+        *n += 1;
+        let mut p = r.payload.clone();
+        let ok = gcm
+            .decrypt_in_place_detached(
+                &IdeKey::iv(r.invocation).into(),
+                &r.header,
+                &mut p,
+                (&r.mac).into(),
+            )
+            .is_ok();
+        if ok != r.verified {
+            return Err(format!(
+                "record {i} ({:?} {} K{}): the MAC {} with the programmed key but the link {} it",
+                r.flow,
+                ss.name(),
+                r.key_set,
+                if ok { "verifies" } else { "does not verify" },
+                if r.verified { "accepted" } else { "rejected" }
+            ));
+        }
+        if ok {
+            plain(r, &p);
+        } else {
+            c.failed += 1;
+        }
+        c.records += 1;
+        *c.kinds.entry((r.flow as u8, r.sub_stream)).or_insert(0) += 1;
+        c.key_sets[usize::from(r.key_set & 1)] += 1;
+    }
+    Ok(c)
 }
