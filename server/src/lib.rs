@@ -19,6 +19,7 @@
 pub mod client;
 pub mod device;
 pub mod dma;
+mod extension;
 pub mod irq;
 pub mod pci;
 pub mod protocol;

@@ -7,9 +7,13 @@
 //! worker threads may send. An unmap waits for copies in flight on the window
 //! and no copy starts on a withdrawn one.
 
+mod ops;
+mod pasid;
 mod region;
 mod remote;
 
+pub use ops::{copy, fill, read_stream, Bounce, OpFault, Operand};
+pub use pasid::{DmaFault, DmaSpace, PasidError, PasidMemory, PasidSpace, PasidStats, Piece};
 pub use region::GuestSlice;
 
 pub(crate) use remote::Requester;
@@ -270,6 +274,25 @@ impl GuestMemory {
         };
         let region = self.find(iova).ok_or(oob)?;
         direct(&region, iova, len, access, f)
+    }
+
+    /// Runs `f` on a direct view of up to `max_len` bytes at `iova`: as many
+    /// as the fd-backed window holding `iova` has from there (at least one).
+    /// For device engines that walk a range window by window.
+    pub fn with_slice_upto<R>(
+        &self,
+        iova: u64,
+        max_len: usize,
+        access: Access,
+        f: impl FnOnce(GuestSlice<'_>) -> R,
+    ) -> Result<R, DmaError> {
+        let oob = DmaError::OutOfBounds {
+            iova,
+            len: max_len as u64,
+        };
+        let region = self.find(iova).ok_or(oob)?;
+        let avail = usize::try_from(region.end() - iova).unwrap_or(usize::MAX);
+        direct(&region, iova, max_len.min(avail), access, f)
     }
 
     /// Splits `[iova, iova+len)` into pieces that each lie in one window

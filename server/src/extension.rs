@@ -1,0 +1,66 @@
+//! Server side of the client-to-server commands of the vfio-user PASID
+//! extension (docs/VFIO-USER-PASID.md): translated-space DMA windows, ATS
+//! invalidations and PRG responses. The server core hands these commands
+//! here; they act on the device's [`PasidMemory`].
+
+use crate::dma::PasidMemory;
+use crate::protocol::pasid::{InvalidateRequest, PageResponse};
+use crate::protocol::{Command, DmaMapRequest, DmaUnmapKind, DmaUnmapRequest, ProtocolError};
+use crate::server::RequestError;
+use log::debug;
+use std::os::fd::OwnedFd;
+
+/// Handles one extension command; returns the reply payload.
+pub(crate) fn dispatch(
+    cmd: Command,
+    pasid: &PasidMemory,
+    payload: &[u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<Vec<u8>, RequestError> {
+    let features = pasid.features();
+    let negotiated = match cmd {
+        Command::TranslatedDmaMap | Command::TranslatedDmaUnmap | Command::AtsInvalidate => {
+            features.ats
+        }
+        Command::PageResponse => features.pri,
+        _ => false,
+    };
+    if !negotiated {
+        return Err(ProtocolError::Unsupported(cmd).into());
+    }
+    match cmd {
+        Command::TranslatedDmaMap => {
+            let req = DmaMapRequest::decode(payload)?;
+            let fd = std::mem::take(fds).into_iter().next();
+            debug!(
+                "TRANSLATED_DMA_MAP {:#x}+{:#x} {} fd",
+                req.address,
+                req.size,
+                if fd.is_some() { "with" } else { "without" }
+            );
+            pasid.translated().map(&req, fd)?;
+            Ok(Vec::new())
+        }
+        Command::TranslatedDmaUnmap => {
+            let req = DmaUnmapRequest::decode(payload)?;
+            match req.kind {
+                DmaUnmapKind::Range { address, size } => {
+                    pasid.translated().unmap(address, size)?;
+                }
+                DmaUnmapKind::All => pasid.translated().unmap_all(),
+            }
+            Ok(req.encode())
+        }
+        Command::AtsInvalidate => {
+            let req = InvalidateRequest::decode(payload)?;
+            pasid.invalidate(&req);
+            Ok(Vec::new())
+        }
+        Command::PageResponse => {
+            let rsp = PageResponse::decode(payload)?;
+            pasid.page_response(&rsp);
+            Ok(Vec::new())
+        }
+        _ => Err(ProtocolError::Unsupported(cmd).into()),
+    }
+}
