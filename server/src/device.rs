@@ -30,10 +30,7 @@ impl DeviceContext {
     pub fn new(irqs: &[IrqInfo]) -> Self {
         let memory = Arc::new(GuestMemory::new(DEFAULT_MAX_DMA_MAPS));
         DeviceContext {
-            pasid: Arc::new(PasidMemory::new(
-                Arc::clone(&memory),
-                DEFAULT_MAX_DMA_MAPS,
-            )),
+            pasid: Arc::new(PasidMemory::new(Arc::clone(&memory), DEFAULT_MAX_DMA_MAPS)),
             memory,
             irqs: Arc::new(Interrupts::new(irqs)),
         }

@@ -73,13 +73,8 @@ fn at(fault: DmaFault, operand: Operand, done: u64) -> OpFault {
 }
 
 fn offset(base: u64, done: u64, operand: Operand) -> Result<u64, OpFault> {
-    base.checked_add(done).ok_or_else(|| {
-        at(
-            DmaFault::OutOfBounds { addr: base },
-            operand,
-            done,
-        )
-    })
+    base.checked_add(done)
+        .ok_or_else(|| at(DmaFault::OutOfBounds { addr: base }, operand, done))
 }
 
 /// Copies `len` bytes from `src`@`sa` to `dst`@`da`. When both are the same
@@ -94,9 +89,7 @@ pub fn copy(
     len: u64,
     bounce: &mut Bounce,
 ) -> Result<(), OpFault> {
-    let overlap = src.same_as(dst)
-        && sa < da.saturating_add(len)
-        && da < sa.saturating_add(len);
+    let overlap = src.same_as(dst) && sa < da.saturating_add(len) && da < sa.saturating_add(len);
     if overlap {
         return copy_staged(src, sa, dst, da, len, bounce, da > sa);
     }
@@ -164,7 +157,9 @@ fn staged_chunk(
     bounce: &mut Bounce,
     done: u64,
 ) -> Result<u64, OpFault> {
-    let n = usize::try_from(rest).unwrap_or(usize::MAX).min(bounce.len());
+    let n = usize::try_from(rest)
+        .unwrap_or(usize::MAX)
+        .min(bounce.len());
     let b = &mut bounce.as_mut()[..n];
     src.read(s, b).map_err(|f| at(f, Operand::Source, done))?;
     dst.write(d, b)
@@ -259,7 +254,9 @@ pub fn fill(
                 }
             }
             Piece::Indirect => {
-                let n = usize::try_from(rest).unwrap_or(usize::MAX).min(block_len - phase);
+                let n = usize::try_from(rest)
+                    .unwrap_or(usize::MAX)
+                    .min(block_len - phase);
                 let mut chunk = block[phase..].to_vec();
                 chunk.truncate(n);
                 dst.write(d, &chunk)
@@ -314,7 +311,10 @@ mod tests {
             write: true,
         };
         // Two adjacent windows (pieces split at 0x10000) and a hole after.
-        for (a, fd) in [(0u64, Some(memfd(0x10000))), (0x10000, Some(memfd(0x10000)))] {
+        for (a, fd) in [
+            (0u64, Some(memfd(0x10000))),
+            (0x10000, Some(memfd(0x10000))),
+        ] {
             m.map(
                 &DmaMapRequest {
                     prot: rw,

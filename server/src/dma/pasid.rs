@@ -31,9 +31,9 @@ use super::remote::{check_reply, Requester};
 use super::{Access, DmaError, GuestMemory, GuestSlice};
 use crate::pci::TranslationRegs;
 use crate::protocol::pasid::{
-    decode_translation, InvalidateRequest, InvalidateScope, PageRequest, PageResponse,
+    decode_translation, entry_flags, InvalidateRequest, InvalidateScope, PageRequest, PageResponse,
     PageResponseCode, PasidFeatures, PasidTag, PasidTransfer, TranslateRequest, TranslationEntry,
-    entry_flags, PAGE,
+    PAGE,
 };
 use crate::protocol::Command;
 use log::{debug, info, warn};
@@ -406,7 +406,10 @@ impl PasidMemory {
         }
         bump(&self.stats.invalidations, 1);
         bump(&self.stats.entries_invalidated, removed.len() as u64);
-        debug!("ATS invalidation {req:?}: {} translation(s) dropped", removed.len());
+        debug!(
+            "ATS invalidation {req:?}: {} translation(s) dropped",
+            removed.len()
+        );
         removed.len()
     }
 
@@ -461,7 +464,11 @@ impl PasidMemory {
     }
 
     fn flush_atc(&self) {
-        let all = self.atc.write().unwrap_or_else(|p| p.into_inner()).take_all();
+        let all = self
+            .atc
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_all();
         for e in &all {
             e.live.retire();
         }
@@ -741,10 +748,7 @@ impl PasidMemory {
                 Some(_) => {}
                 None => return Err(DmaFault::Aborted),
             }
-            if self.aborted_since(abort)
-                || regs.pri_epoch() != pri_epoch
-                || space.cancelled()
-            {
+            if self.aborted_since(abort) || regs.pri_epoch() != pri_epoch || space.cancelled() {
                 return Err(DmaFault::Aborted);
             }
             if t0.elapsed() > PAGE_RESPONSE_TIMEOUT {

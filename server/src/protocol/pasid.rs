@@ -152,7 +152,11 @@ pub struct PasidTag {
     pub exec: bool,
 }
 
-fn what_pasid(what: &'static str, flags: u32, pasid: u32) -> Result<Option<PasidTag>, ProtocolError> {
+fn what_pasid(
+    what: &'static str,
+    flags: u32,
+    pasid: u32,
+) -> Result<Option<PasidTag>, ProtocolError> {
     if flags & flags::PASID_VALID == 0 {
         if pasid != 0 || flags & (flags::PRIV | flags::EXEC) != 0 {
             return Err(ProtocolError::InvalidField {
@@ -334,7 +338,10 @@ pub fn decode_translation(
         if e.present() && e.flags & entry_flags::U == 0 && !translated_ok {
             return Err(ProtocolError::InvalidField {
                 what,
-                detail: format!("translated address {:#x} unaligned or overflowing", e.translated),
+                detail: format!(
+                    "translated address {:#x} unaligned or overflowing",
+                    e.translated
+                ),
             });
         }
         next = e.address + e.size;
@@ -514,7 +521,12 @@ impl PageRequest {
             f |= flags::LAST;
         }
         let mut w = Writer::with_capacity(Self::SIZE);
-        w.u32(f).u32(pasid).u64(self.address).u16(self.group).u16(0).u32(0);
+        w.u32(f)
+            .u32(pasid)
+            .u64(self.address)
+            .u16(self.group)
+            .u16(0)
+            .u32(0);
         w.into_vec()
     }
 }
@@ -599,7 +611,11 @@ impl PageResponse {
             None => (0, 0),
         };
         let mut w = Writer::with_capacity(Self::SIZE);
-        w.u32(f).u32(pasid).u16(self.group).u16(self.code.raw()).u32(0);
+        w.u32(f)
+            .u32(pasid)
+            .u16(self.group)
+            .u16(self.code.raw())
+            .u32(0);
         w.into_vec()
     }
 }
@@ -654,7 +670,11 @@ impl PasidTransfer {
     pub fn encode(&self, data: &[u8]) -> Vec<u8> {
         let (f, pasid) = tag_flags(Some(self.tag));
         let mut w = Writer::with_capacity(Self::SIZE + data.len());
-        w.u32(f).u32(pasid).u64(self.address).u64(self.count).bytes(data);
+        w.u32(f)
+            .u32(pasid)
+            .u64(self.address)
+            .u64(self.count)
+            .bytes(data);
         w.into_vec()
     }
 }
