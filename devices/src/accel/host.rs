@@ -136,7 +136,17 @@ impl AccelHost {
     }
 
     fn off(&self, iova: u64) -> usize {
-        usize::try_from(iova - self.base).unwrap_or(usize::MAX)
+        iova.checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok())
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Writes memory in `space` if the range exists there; false if not.
+    pub fn try_write(&mut self, space: RingSpace, addr: u64, buf: &[u8]) -> bool {
+        match space {
+            RingSpace::Untranslated => self.mem.write(self.off(addr), buf),
+            RingSpace::Pasid(p) => self.iommu().write_va(p, addr, buf).is_ok(),
+        }
     }
 
     /// Reads memory in `space`.
@@ -265,7 +275,8 @@ impl AccelHost {
         if d.completion == 0 {
             d.completion = q.record(slot);
         }
-        self.write(q.space, d.completion, &[0u8; COMPLETION_SIZE]);
+        // A deliberately bad record address (tests) is left alone.
+        self.try_write(q.space, d.completion, &[0u8; COMPLETION_SIZE]);
         self.write(
             q.space,
             q.ring + u64::from(slot) * DESC_SIZE as u64,
