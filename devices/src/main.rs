@@ -29,7 +29,7 @@ struct Cli {
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
     Serve {
-        /// Device model: dma-copy, nvme.
+        /// Device model: dma-copy, nvme, accel.
         kind: String,
         /// Socket path (created 0600).
         #[arg(long)]
@@ -216,9 +216,30 @@ fn serve(
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
             return run_server(dev, socket);
         }
+        "accel" => {
+            use trustdev_devices::accel;
+            let mut cfg = accel::AccelArgs::default().config();
+            let i = accel::pci_ids();
+            let ids = spdm_responder::PciIds {
+                vendor: i.vendor,
+                device: i.device,
+                class_code: i.class,
+                revision: i.revision,
+                subsystem_vendor: i.subsystem_vendor,
+                subsystem: i.subsystem,
+            };
+            let identity = security.identity(kind, &ids)?;
+            cfg.port = port;
+            // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
+            cfg.tee = identity.is_some();
+            cfg.security_caps = vec![security::doe_capability(identity)];
+            let dev = accel::AccelDevice::new(cfg)
+                .map_err(|e| format!("cannot create the accelerator: {e}"))?;
+            return run_server(dev, socket);
+        }
         other => {
             return Err(format!(
-                "unknown device kind {other:?} (known: dma-copy, nvme)"
+                "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
             ))
         }
     };

@@ -1,5 +1,6 @@
 //! Work descriptors, completion records and the AES-GCM parameter block
-//! (docs/ACCEL.md has the tables). All little-endian.
+//! (docs/ACCEL.md has the tables). All little-endian. Dependency-free: the
+//! guest tool includes this file as its own module.
 
 /// Size of a descriptor in a ring.
 pub const DESC_SIZE: usize = 64;
@@ -299,12 +300,6 @@ impl std::fmt::Debug for AesParams {
             .field("aad_len", &self.aad_len)
             .field("aad_addr", &self.aad_addr)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for AesParams {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.key);
     }
 }
 

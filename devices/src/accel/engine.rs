@@ -13,7 +13,8 @@ use super::desc::{
     flags, status, Completion, Descriptor, COMPLETION_ALIGN, COMPLETION_SIZE, DESC_SIZE,
 };
 use super::exec::{self, Limits, Scratch};
-use super::regs::{ctrl, qerr, qpasid, Counters, QueueRegs, RING_ALIGN};
+use super::regs::{ctrl, qerr, qpasid, RING_ALIGN};
+use super::state::{Counters, QueueRegs};
 use log::{debug, warn};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

@@ -351,6 +351,22 @@ fn run(
     }
 }
 
+/// Zeroizes the key of a parameter block when it goes out of scope.
+struct KeyGuard(AesParams);
+
+impl std::ops::Deref for KeyGuard {
+    type Target = AesParams;
+    fn deref(&self) -> &AesParams {
+        &self.0
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.0.key.zeroize();
+    }
+}
+
 fn aes_gcm(
     d: &Descriptor,
     space: &DmaSpace<'_>,
@@ -360,7 +376,7 @@ fn aes_gcm(
     let len = d.len as usize;
     let mut raw = [0u8; AES_PARAMS_SIZE];
     let read = space.read(d.arg2, &mut raw);
-    let params = AesParams::decode(&raw);
+    let params = KeyGuard(AesParams::decode(&raw));
     raw.zeroize();
     read.map_err(|f| dma_failure(f, operand::PARAMS, false, d.arg2, 0))?;
     if params.rsvd != 0 {

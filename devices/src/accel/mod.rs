@@ -18,12 +18,17 @@ pub mod desc;
 pub mod engine;
 pub mod exec;
 pub mod host;
+pub mod options;
 pub mod regs;
+pub mod state;
+
+pub use options::AccelArgs;
 
 use engine::Engine;
 use exec::Limits;
 use log::{info, warn};
-use regs::{ctrl, global, merge_word, qstatus, queue, read_words, QueueRegs};
+use regs::{ctrl, global, qstatus, queue as qreg};
+use state::{merge_word, read_words, QueueRegs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -216,27 +221,27 @@ impl AccelDevice {
         if let Some((q, r)) = self.queue_of(at) {
             let qr = &e.queues[q];
             return match r {
-                queue::RING_LO => lo(qr.ring.load(Ordering::Acquire)),
-                queue::RING_HI => hi(qr.ring.load(Ordering::Acquire)),
-                queue::RING_SIZE => qr.size.load(Ordering::Acquire),
-                queue::CTRL => {
+                qreg::RING_LO => lo(qr.ring.load(Ordering::Acquire)),
+                qreg::RING_HI => hi(qr.ring.load(Ordering::Acquire)),
+                qreg::RING_SIZE => qr.size.load(Ordering::Acquire),
+                qreg::CTRL => {
                     let mut c = qr.ctrl.load(Ordering::Acquire);
                     if qr.reset_pending.load(Ordering::Acquire) {
                         c |= ctrl::RESET;
                     }
                     c
                 }
-                queue::PASID => qr.pasid.load(Ordering::Acquire),
-                queue::VECTOR => qr.vector.load(Ordering::Acquire),
-                queue::TAIL => qr.tail.load(Ordering::Acquire),
-                queue::HEAD => qr.head.load(Ordering::Acquire),
-                queue::STATUS => qr.status_value(),
-                queue::ERR_INDEX => qr.err_index.load(Ordering::Acquire),
+                qreg::PASID => qr.pasid.load(Ordering::Acquire),
+                qreg::VECTOR => qr.vector.load(Ordering::Acquire),
+                qreg::TAIL => qr.tail.load(Ordering::Acquire),
+                qreg::HEAD => qr.head.load(Ordering::Acquire),
+                qreg::STATUS => qr.status_value(),
+                qreg::ERR_INDEX => qr.err_index.load(Ordering::Acquire),
                 0x28 => lo(qr.err_addr.load(Ordering::Acquire)),
                 0x2c => hi(qr.err_addr.load(Ordering::Acquire)),
                 0x30 => lo(qr.completed.load(Ordering::Acquire)),
                 0x34 => hi(qr.completed.load(Ordering::Acquire)),
-                queue::CR_FAULTS => qr.cr_faults.load(Ordering::Acquire),
+                qreg::CR_FAULTS => qr.cr_faults.load(Ordering::Acquire),
                 _ => 0,
             };
         }
@@ -288,22 +293,22 @@ impl AccelDevice {
         let qr: &QueueRegs = &self.engine.queues[q];
         let enabled = qr.ctrl.load(Ordering::Acquire) & ctrl::ENABLE != 0;
         match r {
-            queue::RING_LO | queue::RING_HI | queue::RING_SIZE if enabled => {
+            qreg::RING_LO | qreg::RING_HI | qreg::RING_SIZE if enabled => {
                 warn!("queue {q}: ring registers are read-only while enabled");
             }
-            queue::RING_LO => {
+            qreg::RING_LO => {
                 let old = qr.ring.load(Ordering::Acquire);
                 qr.ring
                     .store((old & !0xffff_ffff) | u64::from(v), Ordering::Release);
             }
-            queue::RING_HI => {
+            qreg::RING_HI => {
                 let old = qr.ring.load(Ordering::Acquire);
                 qr.ring
                     .store((old & 0xffff_ffff) | u64::from(v) << 32, Ordering::Release);
             }
-            queue::RING_SIZE => qr.size.store(v, Ordering::Release),
-            queue::CTRL if mask & 1 == 0 => {}
-            queue::CTRL => {
+            qreg::RING_SIZE => qr.size.store(v, Ordering::Release),
+            qreg::CTRL if mask & 1 == 0 => {}
+            qreg::CTRL => {
                 if v & ctrl::RESET != 0 {
                     self.request_reset(q);
                     return;
@@ -330,16 +335,16 @@ impl AccelDevice {
                 qr.ctrl.store(want, Ordering::Release);
                 self.engine.kick(q);
             }
-            queue::PASID => qr.pasid.store(
+            qreg::PASID => qr.pasid.store(
                 v & (regs::qpasid::PASID_MASK | regs::qpasid::PRIV),
                 Ordering::Release,
             ),
-            queue::VECTOR => qr.vector.store(v, Ordering::Release),
-            queue::TAIL => {
+            qreg::VECTOR => qr.vector.store(v, Ordering::Release),
+            qreg::TAIL => {
                 qr.tail.store(v, Ordering::Release);
                 self.engine.kick(q);
             }
-            queue::STATUS => {
+            qreg::STATUS => {
                 if mask & 1 != 0 && v & qstatus::CR_FAULT != 0 {
                     qr.status.fetch_and(!qstatus::CR_FAULT, Ordering::AcqRel);
                 }
