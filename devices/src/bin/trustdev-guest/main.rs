@@ -5,6 +5,8 @@
 //! ```text
 //! trustdev-guest lspci [--json] [BDF]
 //! trustdev-guest dma-copy --bdf BDF [--size N] [--count K] [--vector V] [--poll] [--reset] [--json]
+//! trustdev-guest accel --bdf BDF [--size N] [--poll] [--timeout S] [--json]
+//! trustdev-guest sva --bdf BDF [--json]
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
@@ -12,13 +14,16 @@
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
 
+mod accel;
 mod dma_copy;
 mod doe;
 mod lspci;
 mod pciconf;
 mod spdm;
+mod sva;
 mod sysfs;
 mod vfio;
+mod vfio_session;
 mod wait_dev;
 
 use clap::{Parser, Subcommand};
@@ -113,6 +118,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Drive the trustdev accelerator through vfio-pci: every operation on
+    /// rings in user memory, verified against software, with MSI-X or polling.
+    Accel(accel::Args),
+    /// Bind the accelerator to uio_pci_generic_sva and try shared virtual
+    /// addressing: report how far it gets, drive it with process addresses
+    /// if the PASID bind succeeds.
+    Sva(sva::Args),
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev {
         /// Vendor and device ID in hex, e.g. 7d0c:d3a0.
@@ -179,6 +191,8 @@ fn run(cli: Cli) -> Result<(), String> {
             slot,
             asym,
         }),
+        Cmd::Accel(a) => accel::run(a),
+        Cmd::Sva(a) => sva::run(a),
         Cmd::WaitDev {
             ids,
             timeout,
