@@ -68,15 +68,27 @@ fn accelerator_in_a_real_guest() {
         "900",
     ]);
     let fails = run.lines("CHECK-FAIL");
-    assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{}", run.dump());
+    assert!(
+        fails.is_empty(),
+        "guest checks failed: {fails:#?}\n{}",
+        run.dump()
+    );
     assert_eq!(run.code, Some(0), "{}", run.dump());
     let devices = run.lines("DEVICES");
     let bdfs: Vec<String> = devices
         .first()
         .map(|l| l.split_whitespace().skip(1).map(str::to_string).collect())
         .unwrap_or_default();
-    assert_eq!(bdfs.len(), 2, "both accelerators enumerated: {}", run.dump());
-    assert!(bdfs.iter().any(|b| b.starts_with("0000:00:")), "one on pcie.0");
+    assert_eq!(
+        bdfs.len(),
+        2,
+        "both accelerators enumerated: {}",
+        run.dump()
+    );
+    assert!(
+        bdfs.iter().any(|b| b.starts_with("0000:00:")),
+        "one on pcie.0"
+    );
     let oks = run.lines("CHECK-OK");
     for bdf in &bdfs {
         for what in [
@@ -106,7 +118,8 @@ fn accelerator_in_a_real_guest() {
             .find(|l| l.starts_with(&format!("CHECK-OK {bdf} accel-msix")))
             .unwrap();
         assert!(
-            msix.contains("10 operations verified") && msix.contains("MSI-X interrupts on 8 vectors"),
+            msix.contains("10 operations verified")
+                && msix.contains("MSI-X interrupts on 8 vectors"),
             "{msix}"
         );
         // Where SVA stops with QEMU 11.1.3's VT-d: open() fails with EINVAL
@@ -123,7 +136,9 @@ fn accelerator_in_a_real_guest() {
     }
     let iommu = run.lines("IOMMU ecap=");
     assert!(
-        iommu.first().is_some_and(|l| l.contains("smpwc=0") && l.contains("pasid=1")),
+        iommu
+            .first()
+            .is_some_and(|l| l.contains("smpwc=0") && l.contains("pasid=1")),
         "{iommu:?}"
     );
     assert_eq!(

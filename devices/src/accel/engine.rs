@@ -30,6 +30,9 @@ const FETCH_BATCH: usize = 32;
 const QUEUE_BUDGET: usize = 256;
 /// How long an idle worker sleeps before looking again unprompted.
 const IDLE_PARK: Duration = Duration::from_millis(100);
+/// How long a worker that just ran out of work keeps looking before it
+/// parks: a driver refilling the ring does not pay a thread wake-up.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 /// One worker's slot: held while it works, and its thread to wake.
 #[derive(Debug, Default)]
@@ -142,6 +145,7 @@ impl Engine {
             .filter(|q| q % self.slots.len() == w)
             .collect();
         let mut fetch = vec![0u8; FETCH_BATCH * DESC_SIZE];
+        let mut idle_since: Option<std::time::Instant> = None;
         while !self.stop.load(Ordering::Acquire) {
             let mut worked = false;
             {
@@ -150,9 +154,17 @@ impl Engine {
                     worked |= self.service(q, &mut scratch, &mut fetch);
                 }
             }
-            if !worked {
-                std::thread::park_timeout(IDLE_PARK);
+            if worked {
+                idle_since = None;
+                continue;
             }
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() < IDLE_SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            std::thread::park_timeout(IDLE_PARK);
+            idle_since = None;
         }
     }
 

@@ -15,8 +15,11 @@ use vfio_user_server::dma::{
 use vfio_user_server::protocol::pasid::{PasidTag, PASID_MAX};
 use zeroize::Zeroize;
 
-/// Staging buffer size of the streaming operations.
+/// Staging buffer size of copies and compares.
 pub const STAGE: usize = 64 << 10;
+/// Chunk of the hashing operations (CRC-32C, SHA-256): small enough that the
+/// staged chunk stays in L1 while it is hashed.
+pub const STREAM_CHUNK: usize = 16 << 10;
 
 /// Per-descriptor limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +44,7 @@ impl Default for Limits {
 pub struct Scratch {
     a: Bounce,
     b: Bounce,
+    stream: Bounce,
     crypto: Vec<u8>,
     aad: Vec<u8>,
 }
@@ -51,6 +55,7 @@ impl Scratch {
         Scratch {
             a: Bounce::new(STAGE),
             b: Bounce::new(STAGE),
+            stream: Bounce::new(STREAM_CHUNK),
             crypto: Vec::with_capacity(limits.max_crypto as usize),
             aad: Vec::new(),
         }
@@ -304,7 +309,7 @@ fn run(
             data_ok(0, limits.max_xfer)?;
             range(d.src, len, operand::SRC, false)?;
             let mut crc = d.arg;
-            dma::read_stream(&space, d.src, len, &mut s.a, |chunk| {
+            dma::read_stream(&space, d.src, len, &mut s.stream, |chunk| {
                 crc = crc32c::crc32c_append(crc, chunk);
             })
             .map_err(|f| op_failure(f, d.src, d.dst))?;
@@ -320,7 +325,7 @@ fn run(
                 return Err(Failure::plain(status::OVERLAP));
             }
             let mut h = sha2::Sha256::new();
-            dma::read_stream(&space, d.src, len, &mut s.a, |chunk| h.update(chunk))
+            dma::read_stream(&space, d.src, len, &mut s.stream, |chunk| h.update(chunk))
                 .map_err(|f| op_failure(f, d.src, d.dst))?;
             let digest = h.finalize();
             space
@@ -400,10 +405,13 @@ fn aes_gcm(
     space
         .read(params.aad_addr, &mut s.aad)
         .map_err(|f| dma_failure(f, operand::AAD, false, params.aad_addr, 0))?;
-    s.crypto.clear();
-    s.crypto.resize(len, 0);
+    // Grow the staging buffer once; never clear it (it is overwritten).
+    if s.crypto.len() < len {
+        s.crypto.resize(len, 0);
+    }
+    let buf = &mut s.crypto[..len];
     space
-        .read(d.src, &mut s.crypto)
+        .read(d.src, buf)
         .map_err(|f| dma_failure(f, operand::SRC, false, d.src, 0))?;
     // ring keeps its expanded key schedule in the key object, which it
     // does not zeroize; the raw key bytes are (AesParams' Drop).
@@ -414,10 +422,10 @@ fn aes_gcm(
     let aad = Aad::from(&s.aad[..]);
     if encrypt {
         let tag = key
-            .seal_in_place_separate_tag(nonce, aad, &mut s.crypto)
+            .seal_in_place_separate_tag(nonce, aad, buf)
             .map_err(|_| Failure::plain(status::BAD_LENGTH))?;
         space
-            .write(d.dst, &s.crypto)
+            .write(d.dst, buf)
             .map_err(|f| dma_failure(f, operand::DST, true, d.dst, 0))?;
         space
             .write(d.arg2 + AES_TAG_OFFSET, tag.as_ref())
@@ -425,15 +433,14 @@ fn aes_gcm(
     } else {
         // Verify before anything is written: unauthenticated plaintext
         // never reaches client memory.
-        let opened =
-            key.open_in_place_separate_tag(nonce, aad, Tag::from(params.tag), &mut s.crypto, 0..);
+        let opened = key.open_in_place_separate_tag(nonce, aad, Tag::from(params.tag), buf, 0..);
         if opened.is_err() {
             // Nothing unauthenticated stays behind either.
-            s.crypto.fill(0);
+            buf.fill(0);
             return Err(Failure::plain(status::AUTH_FAIL));
         }
         space
-            .write(d.dst, &s.crypto)
+            .write(d.dst, buf)
             .map_err(|f| dma_failure(f, operand::DST, true, d.dst, 0))?;
     }
     Ok(())

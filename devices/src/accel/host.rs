@@ -111,6 +111,11 @@ impl AccelHost {
         })
     }
 
+    /// The memfd of the untranslated memory (e.g. to map it elsewhere).
+    pub fn memory_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.mem.fd()
+    }
+
     /// The IOMMU model (with the PASID extension).
     pub fn iommu(&mut self) -> &mut IommuModel {
         &mut self

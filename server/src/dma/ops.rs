@@ -99,11 +99,9 @@ pub fn copy(
         let s = offset(sa, done, Operand::Source)?;
         let d = offset(da, done, Operand::Destination)?;
         let rest = len - done;
-        src.prepare(s, rest, Access::Read)
-            .map_err(|f| at(f, Operand::Source, done))?;
-        dst.prepare(d, rest, Access::Write)
-            .map_err(|f| at(f, Operand::Destination, done))?;
         let max = usize::try_from(rest).unwrap_or(usize::MAX).min(MAX_PIECE);
+        // Try the cached translations first; translate (prepare) only on a
+        // miss, so a warm copy costs one lookup per piece and side.
         let r = src.with_piece(s, max, Access::Read, |sv| {
             dst.with_piece(d, sv.len(), Access::Write, |dv| {
                 let n = dv.len();
@@ -121,10 +119,25 @@ pub fn copy(
                         done,
                     ))
                 }
-                Piece::Done(None) | Piece::NotResident => None,
+                Piece::Done(None) => {
+                    return Err(at(
+                        DmaFault::Transport("destination view longer than the source's".into()),
+                        Operand::Destination,
+                        done,
+                    ))
+                }
+                Piece::NotResident => {
+                    dst.prepare(d, rest, Access::Write)
+                        .map_err(|f| at(f, Operand::Destination, done))?;
+                    None
+                }
                 Piece::Indirect => Some(staged_chunk(src, s, dst, d, rest, bounce, done)?),
             },
-            Piece::NotResident => None,
+            Piece::NotResident => {
+                src.prepare(s, rest, Access::Read)
+                    .map_err(|f| at(f, Operand::Source, done))?;
+                None
+            }
             Piece::Indirect => Some(staged_chunk(src, s, dst, d, rest, bounce, done)?),
         };
         match step {
@@ -215,8 +228,6 @@ pub fn fill(
     while done < len {
         let d = offset(da, done, Operand::Destination)?;
         let rest = len - done;
-        dst.prepare(d, rest, Access::Write)
-            .map_err(|f| at(f, Operand::Destination, done))?;
         let phase = (done % plen as u64) as usize;
         let max = usize::try_from(rest).unwrap_or(usize::MAX).min(MAX_PIECE);
         let piece = dst

@@ -118,10 +118,15 @@ impl Driver<'_> {
                 }
             }
             self.s.wr(self.qreg(q, queue::RING_LO), ring as u32)?;
-            self.s.wr(self.qreg(q, queue::RING_HI), (ring >> 32) as u32)?;
+            self.s
+                .wr(self.qreg(q, queue::RING_HI), (ring >> 32) as u32)?;
             self.s.wr(self.qreg(q, queue::RING_SIZE), RING_ENTRIES)?;
             self.s.wr(self.qreg(q, queue::VECTOR), q as u32)?;
-            let c = if poll { ctrl::ENABLE } else { ctrl::ENABLE | ctrl::IRQ };
+            let c = if poll {
+                ctrl::ENABLE
+            } else {
+                ctrl::ENABLE | ctrl::IRQ
+            };
             self.s.wr(self.qreg(q, queue::CTRL), c)?;
             let st = self.s.rd(self.qreg(q, queue::STATUS))?;
             if st & 1 == 0 {
@@ -278,7 +283,10 @@ fn operations(d: &mut Driver<'_>, size: usize) -> Result<Vec<String>, String> {
     expect("crc32c", &c, status::SUCCESS)?;
     let want = crc32c_sw(0xfeed_f00d, &src);
     if c.result != u64::from(want) {
-        return Err(format!("crc32c: device {:#010x}, software {want:#010x}", c.result));
+        return Err(format!(
+            "crc32c: device {:#010x}, software {want:#010x}",
+            c.result
+        ));
     }
     done.push("crc32c".into());
 
@@ -334,7 +342,11 @@ fn operations(d: &mut Driver<'_>, size: usize) -> Result<Vec<String>, String> {
     d.buf.write(CT + 5, &[want_ct[5] ^ 1])?;
     d.buf.write(PT, &vec![0x77; size])?;
     let c = d.run(next(d), dec)?;
-    expect("aes-gcm decrypt of tampered ciphertext", &c, status::AUTH_FAIL)?;
+    expect(
+        "aes-gcm decrypt of tampered ciphertext",
+        &c,
+        status::AUTH_FAIL,
+    )?;
     d.buf.read(PT, &mut out)?;
     if out.iter().any(|&b| b != 0x77) {
         return Err("aes-gcm: unauthenticated plaintext was written".into());
@@ -365,49 +377,50 @@ pub fn run(a: Args) -> Result<(), String> {
             println!("accel {bdf}: {m}");
         }
     };
-    let r = (|| {
-        let s = Session::open(&bdf, IDS, &say)?;
-        let id = s.rd(global::ID)?;
-        if id != regs::ID_VALUE {
-            return Err(format!("ID register {id:#010x}"));
-        }
-        let queues = (s.rd(global::CAP)? & 0xff) as usize;
-        let xlat = s.rd(global::XLAT)?;
-        say(format!(
+    let r =
+        (|| {
+            let s = Session::open(&bdf, IDS, &say)?;
+            let id = s.rd(global::ID)?;
+            if id != regs::ID_VALUE {
+                return Err(format!("ID register {id:#010x}"));
+            }
+            let queues = (s.rd(global::CAP)? & 0xff) as usize;
+            let xlat = s.rd(global::XLAT)?;
+            say(format!(
             "{queues} queues; PASID control {:#x}, ATS {} (STU {}), PRI {} as the kernel left them",
             xlat & 7,
             if xlat & 0x8000 != 0 { "enabled" } else { "disabled" },
             (xlat >> 8) & 0x1f,
             if xlat & (1 << 16) != 0 { "enabled" } else { "disabled" },
         ));
-        let buf = DmaBuffer::new(&s.container, BUF_LEN, IOVA)?;
-        let fds = if a.poll {
-            Vec::new()
-        } else {
-            s.msix_eventfds(queues as u32)?
-        };
-        let mut d = Driver {
-            s: &s,
-            buf,
-            queues: queues.max(1),
-            tails: vec![0; queues.max(1)],
-            timeout: Duration::from_secs_f64(a.timeout.clamp(0.1, 3600.0)),
-            interrupts: 0,
-            vectors_seen: vec![false; queues.max(1)],
-            fds,
-        };
-        d.setup_queues(a.poll)?;
-        let ops = operations(&mut d, a.size);
-        for q in 0..d.queues {
-            let _ = s.wr(d.qreg(q, queue::CTRL), 0);
-        }
-        if !a.poll {
-            s.disable_msix();
-        }
-        let ops = ops?;
-        let vectors = d.vectors_seen.iter().filter(|&&v| v).count();
-        Ok((ops, d.interrupts, vectors, d.queues, xlat))
-    })();
+            let buf = DmaBuffer::new(&s.container, BUF_LEN, IOVA)?;
+            let fds = if a.poll {
+                Vec::new()
+            } else {
+                s.msix_eventfds(queues as u32)?
+            };
+            let mut d = Driver {
+                s: &s,
+                buf,
+                queues: queues.max(1),
+                tails: vec![0; queues.max(1)],
+                timeout: Duration::from_secs_f64(a.timeout.clamp(0.1, 3600.0)),
+                interrupts: 0,
+                vectors_seen: vec![false; queues.max(1)],
+                fds,
+            };
+            d.setup_queues(a.poll)?;
+            let ops = operations(&mut d, a.size);
+            for q in 0..d.queues {
+                let _ = s.wr(d.qreg(q, queue::CTRL), 0);
+            }
+            if !a.poll {
+                s.disable_msix();
+            }
+            let ops = ops?;
+            let vectors = d.vectors_seen.iter().filter(|&&v| v).count();
+            Ok((ops, d.interrupts, vectors, d.queues, xlat))
+        })();
     match (&r, a.json) {
         (Ok((ops, irqs, vectors, queues, xlat)), true) => println!(
             "{}",
@@ -427,7 +440,8 @@ pub fn run(a: Args) -> Result<(), String> {
         (Err(e), true) => println!("{}", json!({"bdf": bdf, "ok": false, "error": e})),
         (Err(_), false) => {}
     }
-    r.map(|_| ()).map_err(|e| format!("accel {bdf}: FAILED: {e}"))
+    r.map(|_| ())
+        .map_err(|e| format!("accel {bdf}: FAILED: {e}"))
 }
 
 #[cfg(test)]

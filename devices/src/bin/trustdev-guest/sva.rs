@@ -63,7 +63,9 @@ fn uio_name(bdf: &str) -> Option<String> {
 fn maps(uio: &str) -> Vec<(String, u64, u64)> {
     let mut out = Vec::new();
     for i in 0..5 {
-        let d = Path::new("/sys/class/uio").join(uio).join(format!("maps/map{i}"));
+        let d = Path::new("/sys/class/uio")
+            .join(uio)
+            .join(format!("maps/map{i}"));
         let (Some(addr), Some(size)) = (
             sysfs::read_hex(&d.join("addr")),
             sysfs::read_hex(&d.join("size")),
@@ -98,10 +100,7 @@ impl Bar {
         if p == libc::MAP_FAILED {
             return Err(format!("mmap map0: {}", std::io::Error::last_os_error()));
         }
-        Ok(Bar {
-            ptr: p.cast(),
-            len,
-        })
+        Ok(Bar { ptr: p.cast(), len })
     }
 
     fn rd(&self, off: u64) -> u32 {
@@ -129,7 +128,10 @@ impl Drop for Bar {
 /// A memmove with process virtual addresses (the SVA path proper).
 fn drive(bar: &Bar, pasid: u32) -> Result<(), String> {
     if bar.rd(global::ID) != regs::ID_VALUE {
-        return Err(format!("ID register {:#x} through map0", bar.rd(global::ID)));
+        return Err(format!(
+            "ID register {:#x} through map0",
+            bar.rd(global::ID)
+        ));
     }
     // Everything lives in ordinary process memory: no pinning, no IOVA.
     const RING: usize = 0;
@@ -175,7 +177,10 @@ fn drive(bar: &Bar, pasid: u32) -> Result<(), String> {
     let c = Completion::decode(&b);
     bar.wr(q + queue::CTRL, 0);
     if c.status != status::SUCCESS {
-        return Err(format!("memmove with PASID {pasid}: {}", status::name(c.status)));
+        return Err(format!(
+            "memmove with PASID {pasid}: {}",
+            status::name(c.status)
+        ));
     }
     let mut got = vec![0u8; LEN];
     m.read(DST, &mut got)?;
@@ -243,8 +248,8 @@ fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
 
 /// Runs the subcommand.
 pub fn run(a: Args) -> Result<(), String> {
-    let bdf = sysfs::normalize_bdf(&a.bdf)
-        .ok_or_else(|| format!("'{}' is not a PCI address", a.bdf))?;
+    let bdf =
+        sysfs::normalize_bdf(&a.bdf).ok_or_else(|| format!("'{}' is not a PCI address", a.bdf))?;
     let mut r = Report::default();
     let res = attempt(&bdf, &mut r);
     if let Err(e) = &res {
@@ -270,7 +275,9 @@ pub fn run(a: Args) -> Result<(), String> {
             println!("sva {bdf}: bound to {DRIVER} as {u} ({})", m.join(", "));
         }
         match (&res, r.open_errno) {
-            (Err(e), Some(errno)) => println!("sva {bdf}: stopped at {}: {e} (errno {errno})", r.stage),
+            (Err(e), Some(errno)) => {
+                println!("sva {bdf}: stopped at {}: {e} (errno {errno})", r.stage)
+            }
             (Err(e), None) => println!("sva {bdf}: stopped at {}: {e}", r.stage),
             (Ok(()), _) => println!(
                 "sva {bdf}: PASID {} bound; memmove with process virtual addresses verified",

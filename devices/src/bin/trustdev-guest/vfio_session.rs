@@ -187,7 +187,9 @@ impl Session {
             .map_err(|e| format!("writing the command register: {e}"))?;
         let got = self.dev.read16(off).unwrap_or(0);
         if got & want != want {
-            return Err(format!("command register reads {got:#06x} after {want:#06x}"));
+            return Err(format!(
+                "command register reads {got:#06x} after {want:#06x}"
+            ));
         }
         Ok(())
     }
@@ -287,7 +289,10 @@ impl Anon {
     fn check(&self, off: usize, n: usize) -> Result<(), String> {
         match off.checked_add(n) {
             Some(e) if e <= self.len => Ok(()),
-            _ => Err(format!("buffer access {off:#x}+{n} out of {} bytes", self.len)),
+            _ => Err(format!(
+                "buffer access {off:#x}+{n} out of {} bytes",
+                self.len
+            )),
         }
     }
 
