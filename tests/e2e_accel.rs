@@ -46,27 +46,30 @@ fn accelerator_in_a_real_guest() {
     let ko = uio_sva_module();
     let module = format!("{ko}:/lib/modules/uio_pci_generic_sva.ko");
     let script = support::guest_script("accel.sh");
-    let run = support::vm(&[
-        "-d",
-        "accel",
-        "-d",
-        "accel:rciep",
-        "--iommu",
-        "--qemu-arg",
-        "-global",
-        "--qemu-arg",
-        "intel-iommu.pasid-bits=20",
-        "--qemu-arg",
-        "-global",
-        "--qemu-arg",
-        "intel-iommu.device-iotlb=on",
-        "--file",
-        &module,
-        "--script",
-        script.to_str().unwrap(),
-        "--timeout",
-        "900",
-    ]);
+    let (run, logs) = support::vm_with_server_logs(
+        &[
+            "-d",
+            "accel",
+            "-d",
+            "accel:rciep",
+            "--iommu",
+            "--qemu-arg",
+            "-global",
+            "--qemu-arg",
+            "intel-iommu.pasid-bits=20",
+            "--qemu-arg",
+            "-global",
+            "--qemu-arg",
+            "intel-iommu.device-iotlb=on",
+            "--file",
+            &module,
+            "--script",
+            script.to_str().unwrap(),
+            "--timeout",
+            "900",
+        ],
+        &["accel0", "accel1"],
+    );
     let fails = run.lines("CHECK-FAIL");
     assert!(
         fails.is_empty(),
@@ -132,6 +135,36 @@ fn accelerator_in_a_real_guest() {
             )],
             "{}",
             run.dump()
+        );
+    }
+    // What the guest kernel wrote to PASID/ATS/PRI control, as each device
+    // logged it: the IOMMU driver enabled PASID (exec, priv) and ATS at
+    // probe; vfio-pci's reset cleared them and the kernel restored them.
+    for (name, log) in ["accel0", "accel1"].iter().zip(&logs) {
+        let writes: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" control <- "))
+            .map(|l| l.split_once("] ").map_or(l, |(_, r)| r))
+            .collect();
+        eprintln!(
+            "{name}: translation control writes:\n  {}",
+            writes.join("\n  ")
+        );
+        assert!(
+            writes
+                .iter()
+                .any(|w| w.contains("PASID control <- 0x0007 (enable, exec, priv)")),
+            "{name}: {writes:#?}"
+        );
+        assert!(
+            writes
+                .iter()
+                .any(|w| w.contains("ATS control <- 0x8000 (enable true, STU 4096 bytes)")),
+            "{name}: {writes:#?}"
+        );
+        assert!(
+            !writes.iter().any(|w| w.contains("PRI control")),
+            "PRI is enabled only for SVA, which never gets that far: {writes:#?}"
         );
     }
     let iommu = run.lines("IOMMU ecap=");

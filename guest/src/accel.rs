@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 // The register map and descriptor formats are the device's own
 // dependency-free files: one source for device and driver.
 #[allow(dead_code)]
-#[path = "../../accel/desc.rs"]
+#[path = "../../devices/src/accel/desc.rs"]
 mod desc;
 #[allow(dead_code)]
-#[path = "../../accel/regs.rs"]
+#[path = "../../devices/src/accel/regs.rs"]
 mod regs;
 
 use desc::{flags, opcode, status, AesParams, Completion, Descriptor};
@@ -41,8 +41,8 @@ pub struct Args {
     #[arg(long)]
     pub poll: bool,
     /// Seconds to wait for each completion.
-    #[arg(long, default_value_t = 10.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "10", value_parser = crate::parse_seconds)]
+    pub timeout: Duration,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -404,7 +404,7 @@ pub fn run(a: Args) -> Result<(), String> {
                 buf,
                 queues: queues.max(1),
                 tails: vec![0; queues.max(1)],
-                timeout: Duration::from_secs_f64(a.timeout.clamp(0.1, 3600.0)),
+                timeout: a.timeout.max(Duration::from_millis(100)),
                 interrupts: 0,
                 vectors_seen: vec![false; queues.max(1)],
                 fds,

@@ -16,10 +16,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)]
-#[path = "../../accel/desc.rs"]
+#[path = "../../devices/src/accel/desc.rs"]
 mod desc;
 #[allow(dead_code)]
-#[path = "../../accel/regs.rs"]
+#[path = "../../devices/src/accel/regs.rs"]
 mod regs;
 
 use desc::{flags, opcode, status, Completion, Descriptor};
