@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 // dependency-free files: one source for device and driver.
 #[allow(dead_code)]
 #[path = "../../devices/src/accel/desc.rs"]
-mod desc;
+pub mod desc;
 #[allow(dead_code)]
 #[path = "../../devices/src/accel/regs.rs"]
-mod regs;
+pub mod regs;
 
 use desc::{flags, opcode, status, AesParams, Completion, Descriptor};
 use regs::{ctrl, global, queue, QUEUE_BASE, QUEUE_STRIDE};

@@ -15,15 +15,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[allow(dead_code)]
-#[path = "../../devices/src/accel/desc.rs"]
-mod desc;
-#[allow(dead_code)]
-#[path = "../../devices/src/accel/regs.rs"]
-mod regs;
-
-use desc::{flags, opcode, status, Completion, Descriptor};
-use regs::{ctrl, global, qpasid, queue, QUEUE_BASE};
+use crate::accel::desc::{flags, opcode, status, Completion, Descriptor};
+use crate::accel::regs::{self, ctrl, global, qpasid, queue, QUEUE_BASE};
 
 /// The driver name of uio_pci_generic_sva.
 pub const DRIVER: &str = "uio_pci_sva";

@@ -524,8 +524,7 @@ impl Client {
             address,
             size,
         };
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        self.request(Command::DmaMap, &req.encode(), &fds)?;
+        self.map_window(Command::DmaMap, &req, fd)?;
         if fd.is_none() {
             self.remote.insert(address, vec![0; size as usize]);
         }
@@ -539,13 +538,31 @@ impl Client {
 
     /// DMA_UNMAP of exactly `address+size`.
     pub fn dma_unmap(&mut self, address: u64, size: u64) -> Result<(), ClientError> {
+        self.unmap_window(Command::DmaUnmap, address, size)?;
+        self.remote.remove(&address);
+        Ok(())
+    }
+
+    /// DMA_MAP or TRANSLATED_DMA_MAP of `req` with `fd`.
+    fn map_window(
+        &mut self,
+        cmd: Command,
+        req: &DmaMapRequest,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        self.request(cmd, &req.encode(), &fds)?;
+        Ok(())
+    }
+
+    /// DMA_UNMAP or TRANSLATED_DMA_UNMAP of exactly `address+size`.
+    fn unmap_window(&mut self, cmd: Command, address: u64, size: u64) -> Result<(), ClientError> {
         let mut p = Vec::with_capacity(24);
         p.extend_from_slice(&24u32.to_le_bytes());
         p.extend_from_slice(&0u32.to_le_bytes());
         p.extend_from_slice(&address.to_le_bytes());
         p.extend_from_slice(&size.to_le_bytes());
-        self.request(Command::DmaUnmap, &p, &[])?;
-        self.remote.remove(&address);
+        self.request(cmd, &p, &[])?;
         Ok(())
     }
 
@@ -577,20 +594,12 @@ impl Client {
             address,
             size,
         };
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        self.request(Command::TranslatedDmaMap, &req.encode(), &fds)?;
-        Ok(())
+        self.map_window(Command::TranslatedDmaMap, &req, fd)
     }
 
     /// TRANSLATED_DMA_UNMAP of exactly `address+size`.
     pub fn translated_dma_unmap(&mut self, address: u64, size: u64) -> Result<(), ClientError> {
-        let mut p = Vec::with_capacity(24);
-        p.extend_from_slice(&24u32.to_le_bytes());
-        p.extend_from_slice(&0u32.to_le_bytes());
-        p.extend_from_slice(&address.to_le_bytes());
-        p.extend_from_slice(&size.to_le_bytes());
-        self.request(Command::TranslatedDmaUnmap, &p, &[])?;
-        Ok(())
+        self.unmap_window(Command::TranslatedDmaUnmap, address, size)
     }
 
     /// ATS_INVALIDATE; returns when the device no longer uses the

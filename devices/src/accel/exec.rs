@@ -286,11 +286,11 @@ fn run(
             let mut done = 0u64;
             while done < len {
                 let n = (len - done).min(STAGE as u64) as usize;
-                let a = &mut s.a.as_mut()[..n];
+                let a = &mut s.a.bytes_mut()[..n];
                 space
                     .read(d.src + done, a)
                     .map_err(|f| dma_failure(f, operand::SRC, false, d.src, done))?;
-                let b = &mut s.b.as_mut()[..n];
+                let b = &mut s.b.bytes_mut()[..n];
                 space
                     .read(d.dst + done, b)
                     .map_err(|f| dma_failure(f, operand::DST, false, d.dst, done))?;

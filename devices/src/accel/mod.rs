@@ -344,10 +344,8 @@ impl AccelDevice {
                 qr.tail.store(v, Ordering::Release);
                 self.engine.kick(q);
             }
-            qreg::STATUS => {
-                if mask & 1 != 0 && v & qstatus::CR_FAULT != 0 {
-                    qr.status.fetch_and(!qstatus::CR_FAULT, Ordering::AcqRel);
-                }
+            qreg::STATUS if mask & 1 != 0 && v & qstatus::CR_FAULT != 0 => {
+                qr.status.fetch_and(!qstatus::CR_FAULT, Ordering::AcqRel);
             }
             _ => {}
         }
@@ -363,6 +361,18 @@ impl AccelDevice {
             }
         }
     }
+}
+
+/// BAR0 takes accesses of 1 to 8 bytes.
+fn check_width(region: u32, offset: u64, len: usize) -> Result<(), DeviceError> {
+    if len == 0 || len > 8 {
+        return Err(DeviceError::BadAccess {
+            region,
+            offset,
+            len,
+        });
+    }
+    Ok(())
 }
 
 impl Device for AccelDevice {
@@ -382,13 +392,7 @@ impl Device for AccelDevice {
     ) -> Result<(), DeviceError> {
         match region {
             0 => {
-                if data.len() > 8 {
-                    return Err(DeviceError::BadAccess {
-                        region,
-                        offset,
-                        len: data.len(),
-                    });
-                }
+                check_width(region, offset, data.len())?;
                 read_words(offset, data, |w| self.read_word(w));
                 Ok(())
             }
@@ -405,13 +409,7 @@ impl Device for AccelDevice {
     fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         match region {
             0 => {
-                if data.len() > 8 {
-                    return Err(DeviceError::BadAccess {
-                        region,
-                        offset,
-                        len: data.len(),
-                    });
-                }
+                check_width(region, offset, data.len())?;
                 // Each dword touched, in address order (a 64-bit write of
                 // RING_LO/HI sets both halves).
                 let first = offset & !3;

@@ -39,7 +39,7 @@ impl Bounce {
     }
 
     /// The whole buffer.
-    pub fn as_mut(&mut self) -> &mut [u8] {
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.buf
     }
 }
@@ -70,6 +70,20 @@ fn at(fault: DmaFault, operand: Operand, done: u64) -> OpFault {
         operand,
         done,
     }
+}
+
+/// Counts one more translation miss in a row; fails once they keep coming
+/// (translations invalidated faster than they are used).
+fn missed(misses: &mut u32, operand: Operand, done: u64) -> Result<(), OpFault> {
+    *misses += 1;
+    if *misses > MAX_MISSES {
+        return Err(at(
+            DmaFault::Transport("translations keep disappearing".into()),
+            operand,
+            done,
+        ));
+    }
+    Ok(())
 }
 
 fn offset(base: u64, done: u64, operand: Operand) -> Result<u64, OpFault> {
@@ -145,16 +159,7 @@ pub fn copy(
                 done += n;
                 misses = 0;
             }
-            None => {
-                misses += 1;
-                if misses > MAX_MISSES {
-                    return Err(at(
-                        DmaFault::Transport("translations keep disappearing".into()),
-                        Operand::Source,
-                        done,
-                    ));
-                }
-            }
+            None => missed(&mut misses, Operand::Source, done)?,
         }
     }
     Ok(())
@@ -173,7 +178,7 @@ fn staged_chunk(
     let n = usize::try_from(rest)
         .unwrap_or(usize::MAX)
         .min(bounce.len());
-    let b = &mut bounce.as_mut()[..n];
+    let b = &mut bounce.bytes_mut()[..n];
     src.read(s, b).map_err(|f| at(f, Operand::Source, done))?;
     dst.write(d, b)
         .map_err(|f| at(f, Operand::Destination, done))?;
@@ -197,7 +202,7 @@ fn copy_staged(
         let off = if backwards { len - done - n } else { done };
         let s = offset(sa, off, Operand::Source)?;
         let d = offset(da, off, Operand::Destination)?;
-        let b = &mut bounce.as_mut()[..n as usize];
+        let b = &mut bounce.bytes_mut()[..n as usize];
         src.read(s, b).map_err(|f| at(f, Operand::Source, done))?;
         dst.write(d, b)
             .map_err(|f| at(f, Operand::Destination, done))?;
@@ -255,14 +260,9 @@ pub fn fill(
                 misses = 0;
             }
             Piece::NotResident => {
-                misses += 1;
-                if misses > MAX_MISSES {
-                    return Err(at(
-                        DmaFault::Transport("translations keep disappearing".into()),
-                        Operand::Destination,
-                        done,
-                    ));
-                }
+                dst.prepare(d, rest, Access::Write)
+                    .map_err(|f| at(f, Operand::Destination, done))?;
+                missed(&mut misses, Operand::Destination, done)?;
             }
             Piece::Indirect => {
                 let n = usize::try_from(rest)
@@ -292,7 +292,7 @@ pub fn read_stream(
     while done < len {
         let s = offset(sa, done, Operand::Source)?;
         let n = (len - done).min(bounce.len() as u64) as usize;
-        let b = &mut bounce.as_mut()[..n];
+        let b = &mut bounce.bytes_mut()[..n];
         src.read(s, b).map_err(|e| at(e, Operand::Source, done))?;
         f(b);
         done += n as u64;
