@@ -415,7 +415,7 @@ pub fn run(a: Args) -> Result<(), String> {
                 let _ = s.wr(d.qreg(q, queue::CTRL), 0);
             }
             if !a.poll {
-                s.disable_msix();
+                let _ = s.disable_msix();
             }
             let ops = ops?;
             let vectors = d.vectors_seen.iter().filter(|&&v| v).count();

@@ -190,7 +190,7 @@ fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
             "driver {DRIVER} is not registered (insmod uio_pci_generic_sva.ko first)"
         ));
     }
-    bind(bdf, DRIVER)?;
+    bind(bdf, DRIVER, false)?;
     r.stage = "uio";
     let t0 = Instant::now();
     let uio = loop {

@@ -1,13 +1,15 @@
-//! A vfio-pci session for a user-space driver in a guest with a vIOMMU:
-//! the function bound to vfio-pci, its group in a type1 container, the
-//! device fd with memory decoding and bus mastering on, and DMA buffers
-//! mapped at IOVAs of the driver's choice.
+//! A vfio-pci session for a user-space driver in a guest: the function
+//! bound to vfio-pci, its group in a container (type1 with a vIOMMU, or
+//! no-IOMMU where the kernel allows it), the device fd with memory decoding
+//! and bus mastering on, and DMA buffers. The one home of that setup for
+//! the guest tool's drivers (dma-copy, accel).
 
 use crate::sysfs;
 use crate::vfio::{self, Container, Device, EventFd, Group, RegionInfo};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+const NOIOMMU_PARAM: &str = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";
 const VFIO_PCI_DRIVER: &str = "/sys/bus/pci/drivers/vfio-pci";
 const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 const PCI_COMMAND: u64 = 0x04;
@@ -18,7 +20,7 @@ const PAGE: usize = 4096;
 /// An open device.
 #[derive(Debug)]
 pub struct Session {
-    /// The type1 container.
+    /// The container.
     pub container: Container,
     /// The device's group.
     pub group: Group,
@@ -28,23 +30,103 @@ pub struct Session {
     pub bar0: RegionInfo,
     /// Configuration space region.
     pub config: RegionInfo,
+    /// /dev/vfio/N (or noiommu-N).
+    pub group_path: PathBuf,
+    /// No-IOMMU mode (physical addresses) instead of type1 (IOVAs).
+    pub noiommu: bool,
+    /// Driver bound before vfio-pci.
+    pub previous_driver: Option<String>,
 }
 
-fn modprobe(name: &str) -> Result<(), String> {
-    match std::process::Command::new("modprobe").arg(name).output() {
+fn module_loaded(name: &str) -> bool {
+    Path::new("/sys/module").join(name).exists()
+}
+
+/// Tries `modprobe NAME ARGS...`; returns a description of the failure.
+fn modprobe(name: &str, args: &[&str]) -> Result<(), String> {
+    match std::process::Command::new("modprobe")
+        .arg(name)
+        .args(args)
+        .output()
+    {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => Err(format!(
-            "modprobe {name}: {}",
+            "modprobe {name} failed: {}",
             String::from_utf8_lossy(&o.stderr).trim()
         )),
         Err(e) => Err(format!("cannot run modprobe: {e}")),
     }
 }
 
+const MODULE_HINT: &str = "load, in this order: insmod vfio.ko enable_unsafe_noiommu_mode=1; \
+     insmod vfio_iommu_type1.ko; insmod irqbypass.ko; insmod vfio-pci-core.ko; insmod vfio-pci.ko";
+
+/// Makes sure vfio + vfio-pci are present and, if wanted, no-IOMMU mode is
+/// allowed.
+fn ensure_modules(say: &dyn Fn(String), want_noiommu: bool) -> Result<(), String> {
+    if !module_loaded("vfio") {
+        modprobe("vfio", &["enable_unsafe_noiommu_mode=1"]).map_err(|e| {
+            format!("kernel module vfio is not loaded (and not built in); {e}; {MODULE_HINT}")
+        })?;
+        say("loaded vfio with modprobe".into());
+    }
+    if !Path::new(VFIO_PCI_DRIVER).exists() {
+        let missing: Vec<&str> = [
+            "vfio",
+            "vfio_iommu_type1",
+            "irqbypass",
+            "vfio_pci_core",
+            "vfio_pci",
+        ]
+        .into_iter()
+        .filter(|m| !module_loaded(m))
+        .collect();
+        modprobe("vfio-pci", &[]).map_err(|e| {
+            format!(
+                "driver vfio-pci is not registered ({VFIO_PCI_DRIVER} missing; modules not \
+                 loaded: {}); {e}; {MODULE_HINT}",
+                if missing.is_empty() {
+                    "none".to_string()
+                } else {
+                    missing.join(" ")
+                }
+            )
+        })?;
+        say("loaded vfio-pci with modprobe".into());
+    }
+    if want_noiommu {
+        let p = Path::new(NOIOMMU_PARAM);
+        let cur = sysfs::read_str(p).ok_or_else(|| {
+            format!(
+                "the device has no IOMMU group and {NOIOMMU_PARAM} does not exist: this \
+                 kernel's vfio was built without CONFIG_VFIO_NOIOMMU (Debian's is), so \
+                 no-IOMMU mode is impossible; give the guest a vIOMMU instead (QEMU \
+                 -device intel-iommu,caching-mode=on and kernel parameter intel_iommu=on) \
+                 so that vfio-pci uses type1 DMA maps"
+            )
+        })?;
+        if cur != "Y" && cur != "1" {
+            sysfs::write_attr(p, "Y")?;
+            say(
+                "enabled vfio no-IOMMU mode (enable_unsafe_noiommu_mode=Y; taints the kernel)"
+                    .into(),
+            );
+        }
+    }
+    if !Path::new(VFIO_CONTAINER).exists() {
+        return Err(format!(
+            "{VFIO_CONTAINER} does not exist (vfio is loaded; is devtmpfs mounted on /dev? \
+             does the kernel have CONFIG_VFIO_CONTAINER?)"
+        ));
+    }
+    Ok(())
+}
+
 fn iommu_group(bdf: &str) -> Option<String> {
     sysfs::link_name(&sysfs::dev_dir(bdf).join("iommu_group"))
 }
 
+/// Waits for a device node (devtmpfs creates it asynchronously to us).
 fn wait_path(p: &Path, timeout: Duration) -> bool {
     let t0 = Instant::now();
     while !p.exists() {
@@ -57,11 +139,13 @@ fn wait_path(p: &Path, timeout: Duration) -> bool {
 }
 
 /// Binds `bdf` to `driver` through driver_override; returns the driver it
-/// had before.
-pub fn bind(bdf: &str, driver: &str) -> Result<Option<String>, String> {
+/// had before. A function already bound to `driver` is left alone unless
+/// `rebind` says it must be bound again (vfio-pci bound before no-IOMMU
+/// mode was on: it has no group yet).
+pub fn bind(bdf: &str, driver: &str, rebind: bool) -> Result<Option<String>, String> {
     let dir = sysfs::dev_dir(bdf);
     let before = sysfs::link_name(&dir.join("driver"));
-    if before.as_deref() == Some(driver) {
+    if before.as_deref() == Some(driver) && !rebind {
         return Ok(before);
     }
     if let Some(drv) = &before {
@@ -71,24 +155,105 @@ pub fn bind(bdf: &str, driver: &str) -> Result<Option<String>, String> {
     sysfs::write_attr(&dir.join("driver_override"), driver)?;
     let bind = Path::new("/sys/bus/pci/drivers").join(driver).join("bind");
     if let Err(e) = sysfs::write_attr(&bind, bdf) {
+        // drivers_probe honours driver_override too; try it before giving up.
         let _ = sysfs::write_attr(Path::new("/sys/bus/pci/drivers_probe"), bdf);
         if sysfs::link_name(&dir.join("driver")).as_deref() != Some(driver) {
-            return Err(format!("binding to {driver} failed: {e} (see dmesg)"));
+            return Err(format!(
+                "binding to {driver} failed: {e} (see dmesg; vfio-pci refuses devices \
+                 without an IOMMU group unless no-IOMMU mode is on)"
+            ));
         }
     }
     match sysfs::link_name(&dir.join("driver")) {
         Some(d) if d == driver => Ok(before),
         other => Err(format!(
-            "after binding, the driver is {}, not {driver}",
+            "after binding, the device's driver is {}, not {driver}",
             other.as_deref().unwrap_or("(none)")
         )),
     }
 }
 
+/// Opens the container for `group_path` with the right IOMMU type.
+fn open_container(
+    group_path: &Path,
+    group_id: &str,
+    noiommu: bool,
+) -> Result<(Container, Group), String> {
+    let container = Container::open(Path::new(VFIO_CONTAINER))
+        .map_err(|e| format!("open {VFIO_CONTAINER}: {e}"))?;
+    let api = container
+        .api_version()
+        .map_err(|e| format!("VFIO_GET_API_VERSION: {e}"))?;
+    if api != vfio::VFIO_API_VERSION {
+        return Err(format!(
+            "VFIO API version {api}, expected {}",
+            vfio::VFIO_API_VERSION
+        ));
+    }
+    let iommu_type = if noiommu {
+        vfio::VFIO_NOIOMMU_IOMMU
+    } else if container
+        .check_extension(vfio::VFIO_TYPE1V2_IOMMU)
+        .unwrap_or(0)
+        > 0
+    {
+        vfio::VFIO_TYPE1V2_IOMMU
+    } else {
+        vfio::VFIO_TYPE1_IOMMU
+    };
+    let ext = container
+        .check_extension(iommu_type)
+        .map_err(|e| format!("VFIO_CHECK_EXTENSION({iommu_type}): {e}"))?;
+    if ext <= 0 {
+        return Err(if noiommu {
+            "the VFIO container does not offer VFIO_NOIOMMU_IOMMU (is \
+             enable_unsafe_noiommu_mode=Y?)"
+                .to_string()
+        } else {
+            format!(
+                "the VFIO container does not offer IOMMU type {iommu_type} \
+                 (is vfio_iommu_type1 loaded?)"
+            )
+        });
+    }
+    let group =
+        Group::open(group_path).map_err(|e| format!("open {}: {e}", group_path.display()))?;
+    let st = group
+        .status()
+        .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
+    if st & vfio::VFIO_GROUP_FLAGS_VIABLE == 0 {
+        return Err(format!(
+            "IOMMU group {group_id} is not viable: every device in \
+             /sys/kernel/iommu_groups/{group_id}/devices must be bound to vfio-pci or unbound"
+        ));
+    }
+    group
+        .set_container(&container)
+        .map_err(|e| format!("VFIO_GROUP_SET_CONTAINER: {e}"))?;
+    let st = group
+        .status()
+        .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
+    if st & vfio::VFIO_GROUP_FLAGS_CONTAINER_SET == 0 {
+        return Err(format!(
+            "group status {st:#x} lacks CONTAINER_SET after VFIO_GROUP_SET_CONTAINER"
+        ));
+    }
+    container
+        .set_iommu(iommu_type)
+        .map_err(|e| format!("VFIO_SET_IOMMU({iommu_type}): {e}"))?;
+    Ok((container, group))
+}
+
 impl Session {
-    /// Opens `bdf` (which must have IDs `ids`) through vfio-pci with a
-    /// type1 container. `say` reports progress.
+    /// Opens `bdf` (which must have IDs `ids`) through vfio-pci: type1 when
+    /// the function has an IOMMU group, no-IOMMU mode otherwise (if the
+    /// kernel allows it). `say` reports progress.
     pub fn open(bdf: &str, ids: (u16, u16), say: &dyn Fn(String)) -> Result<Session, String> {
+        let dir = sysfs::dev_dir(bdf);
+        if !dir.exists() {
+            let present = sysfs::list_bdfs().unwrap_or_default().join(" ");
+            return Err(format!("no such PCI device (present: {present})"));
+        }
         match sysfs::ids(bdf) {
             Some(found) if found == ids => {}
             Some((v, d)) => {
@@ -97,98 +262,116 @@ impl Session {
                     ids.0, ids.1
                 ))
             }
-            None => return Err("no such PCI device (or unreadable IDs)".into()),
+            None => return Err("cannot read vendor/device from sysfs".into()),
         }
-        let group_id = iommu_group(bdf).ok_or(
-            "the device has no IOMMU group: give the guest a vIOMMU (QEMU -device \
-             intel-iommu,caching-mode=on and intel_iommu=on); Debian's kernel has no \
-             no-IOMMU vfio",
-        )?;
-        for m in ["vfio", "vfio_iommu_type1", "vfio-pci"] {
-            if !Path::new(VFIO_PCI_DRIVER).exists() || m == "vfio_iommu_type1" {
-                let _ = modprobe(m);
-            }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("must run as root (sysfs binding, /dev/vfio, /proc/self/pagemap)".into());
         }
-        if !Path::new(VFIO_PCI_DRIVER).exists() {
-            return Err(format!("{VFIO_PCI_DRIVER} missing: vfio-pci is not loaded"));
-        }
-        let previous_driver = bind(bdf, "vfio-pci")?;
+        // An IOMMU group before binding means a real (v)IOMMU: use type1.
+        let has_iommu = iommu_group(bdf).is_some_and(|g| {
+            let name = Path::new("/sys/kernel/iommu_groups").join(g).join("name");
+            sysfs::read_str(&name).as_deref() != Some("vfio-noiommu")
+        });
+        ensure_modules(say, !has_iommu)?;
+        let rebind = !has_iommu && iommu_group(bdf).is_none();
+        let previous_driver = bind(bdf, "vfio-pci", rebind)?;
         say(format!(
             "bound to vfio-pci (was: {})",
             previous_driver.as_deref().unwrap_or("no driver")
         ));
-        let group_path = PathBuf::from(format!("/dev/vfio/{group_id}"));
-        if !wait_path(&group_path, Duration::from_secs(2)) {
-            return Err(format!("{} does not exist", group_path.display()));
-        }
-        let container = Container::open(Path::new(VFIO_CONTAINER))
-            .map_err(|e| format!("open {VFIO_CONTAINER}: {e}"))?;
-        let api = container
-            .api_version()
-            .map_err(|e| format!("VFIO_GET_API_VERSION: {e}"))?;
-        if api != vfio::VFIO_API_VERSION {
-            return Err(format!("VFIO API version {api}"));
-        }
-        let t = if container
-            .check_extension(vfio::VFIO_TYPE1V2_IOMMU)
-            .unwrap_or(0)
-            > 0
-        {
-            vfio::VFIO_TYPE1V2_IOMMU
+        let group_id = iommu_group(bdf).ok_or_else(|| {
+            format!(
+                "no IOMMU group after binding to vfio-pci ({}/iommu_group missing)",
+                dir.display()
+            )
+        })?;
+        // vfio names the fake groups it creates for no-IOMMU devices.
+        let group_name = Path::new("/sys/kernel/iommu_groups")
+            .join(&group_id)
+            .join("name");
+        let noiommu = sysfs::read_str(&group_name).as_deref() == Some("vfio-noiommu");
+        let group_path = PathBuf::from(if noiommu {
+            format!("/dev/vfio/noiommu-{group_id}")
         } else {
-            vfio::VFIO_TYPE1_IOMMU
-        };
-        let group =
-            Group::open(&group_path).map_err(|e| format!("open {}: {e}", group_path.display()))?;
-        let st = group
-            .status()
-            .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
-        if st & vfio::VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(format!("IOMMU group {group_id} is not viable"));
+            format!("/dev/vfio/{group_id}")
+        });
+        if !wait_path(&group_path, Duration::from_secs(2)) {
+            return Err(format!(
+                "{} does not exist for IOMMU group {group_id} (devtmpfs not mounted on /dev?)",
+                group_path.display()
+            ));
         }
-        group
-            .set_container(&container)
-            .map_err(|e| format!("VFIO_GROUP_SET_CONTAINER: {e}"))?;
-        container
-            .set_iommu(t)
-            .map_err(|e| format!("VFIO_SET_IOMMU({t}): {e}"))?;
+        let (container, group) = open_container(&group_path, &group_id, noiommu)?;
         let dev = group
             .device(bdf)
             .map_err(|e| format!("VFIO_GROUP_GET_DEVICE_FD({bdf}): {e}"))?;
+        if dev.info.flags & vfio::VFIO_DEVICE_FLAGS_PCI == 0
+            || dev.info.num_regions <= vfio::VFIO_PCI_CONFIG_REGION_INDEX
+            || dev.info.num_irqs <= vfio::VFIO_PCI_MSIX_IRQ_INDEX
+        {
+            return Err(format!(
+                "unexpected VFIO device info: flags {:#x}, {} regions, {} irqs",
+                dev.info.flags, dev.info.num_regions, dev.info.num_irqs
+            ));
+        }
         let bar0 = dev
             .region_info(vfio::VFIO_PCI_BAR0_REGION_INDEX)
             .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(BAR0): {e}"))?;
         let config = dev
             .region_info(vfio::VFIO_PCI_CONFIG_REGION_INDEX)
             .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(config): {e}"))?;
-        say(format!("type1 container via {}", group_path.display()));
         let s = Session {
             container,
             group,
             dev,
             bar0,
             config,
+            group_path,
+            noiommu,
+            previous_driver,
         };
-        s.enable_bus_master()?;
+        s.enable_bus_master(say)?;
         Ok(s)
     }
 
-    /// Turns on memory decoding and bus mastering (vfio-pci leaves bus
-    /// mastering to the user; without it QEMU drops MSI-X writes).
-    pub fn enable_bus_master(&self) -> Result<(), String> {
+    /// "type1" or "no-IOMMU".
+    pub fn mode(&self) -> &'static str {
+        if self.noiommu {
+            "no-IOMMU"
+        } else {
+            "type1"
+        }
+    }
+
+    /// Turns on memory decoding and bus mastering: vfio-pci enables the
+    /// device (memory decode) but leaves bus mastering to the user; without
+    /// it QEMU drops the device's MSI-X writes. Also needed again after a
+    /// VFIO_DEVICE_RESET.
+    pub fn enable_bus_master(&self, say: &dyn Fn(String)) -> Result<(), String> {
         let off = self.config.offset + PCI_COMMAND;
         let cmd = self
             .dev
             .read16(off)
             .map_err(|e| format!("reading the command register: {e}"))?;
         let want = cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-        self.dev
-            .write16(off, want)
-            .map_err(|e| format!("writing the command register: {e}"))?;
-        let got = self.dev.read16(off).unwrap_or(0);
-        if got & want != want {
+        if want != cmd {
+            self.dev
+                .write16(off, want)
+                .map_err(|e| format!("writing the command register: {e}"))?;
+            say(format!(
+                "command register {cmd:#06x} -> {want:#06x} (memory decode + bus master)"
+            ));
+        }
+        let got = self
+            .dev
+            .read16(off)
+            .map_err(|e| format!("reading the command register: {e}"))?;
+        let both = PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
+        if got & both != both {
             return Err(format!(
-                "command register reads {got:#06x} after {want:#06x}"
+                "command register reads {got:#06x} after writing {want:#06x}: memory decode / \
+                 bus master did not stick"
             ));
         }
         Ok(())
@@ -215,8 +398,11 @@ impl Session {
             .irq_info(vfio::VFIO_PCI_MSIX_IRQ_INDEX)
             .map_err(|e| format!("VFIO_DEVICE_GET_IRQ_INFO(MSI-X): {e}"))?;
         let n = irq.count.min(max);
-        if n == 0 {
-            return Err("the device offers no MSI-X vectors".into());
+        if n == 0 || irq.flags & vfio::VFIO_IRQ_INFO_EVENTFD == 0 {
+            return Err(format!(
+                "device offers no MSI-X eventfds (count {}, flags {:#x})",
+                irq.count, irq.flags
+            ));
         }
         let fds: Vec<EventFd> = (0..n)
             .map(|_| EventFd::new().map_err(|e| format!("eventfd: {e}")))
@@ -224,13 +410,15 @@ impl Session {
         let raw: Vec<i32> = fds.iter().map(EventFd::raw).collect();
         self.dev
             .set_irq_eventfds(vfio::VFIO_PCI_MSIX_IRQ_INDEX, 0, &raw)
-            .map_err(|e| format!("VFIO_DEVICE_SET_IRQS(MSI-X x{n}): {e}"))?;
+            .map_err(|e| format!("VFIO_DEVICE_SET_IRQS(MSI-X, {n} eventfds): {e}"))?;
         Ok(fds)
     }
 
     /// Turns MSI-X off again.
-    pub fn disable_msix(&self) {
-        let _ = self.dev.disable_irq(vfio::VFIO_PCI_MSIX_IRQ_INDEX);
+    pub fn disable_msix(&self) -> Result<(), String> {
+        self.dev
+            .disable_irq(vfio::VFIO_PCI_MSIX_IRQ_INDEX)
+            .map_err(|e| format!("disabling MSI-X: {e}"))
     }
 }
 
