@@ -31,14 +31,19 @@ pub(crate) fn dispatch(
     match cmd {
         Command::TranslatedDmaMap => {
             let req = DmaMapRequest::decode(payload)?;
-            let fd = std::mem::take(fds).into_iter().next();
-            debug!(
-                "TRANSLATED_DMA_MAP {:#x}+{:#x} {} fd",
-                req.address,
-                req.size,
-                if fd.is_some() { "with" } else { "without" }
-            );
-            pasid.translated().map(&req, fd)?;
+            // Translated memory is only ever accessed directly: there is no
+            // message to reach a translated address (a client marks such
+            // ranges U in its translations instead).
+            let Some(fd) = std::mem::take(fds).into_iter().next() else {
+                return Err(ProtocolError::BadFdCount {
+                    what: "TRANSLATED_DMA_MAP",
+                    got: 0,
+                    expected: "one",
+                }
+                .into());
+            };
+            debug!("TRANSLATED_DMA_MAP {:#x}+{:#x}", req.address, req.size);
+            pasid.translated().map(&req, Some(fd))?;
             Ok(Vec::new())
         }
         Command::TranslatedDmaUnmap => {

@@ -77,6 +77,11 @@ fn extension_commands_and_malformed_payloads() {
         libc::EINVAL,
         "unaligned"
     );
+    assert_eq!(
+        errno(c.translated_dma_map(0x9000_0000, 0x1000, 0, RW, None)),
+        libc::EINVAL,
+        "translated memory needs an fd"
+    );
     c.ats_invalidate(&InvalidateRequest {
         scope: InvalidateScope::Pasid(Some(5)),
         range: Some((0x7f00_0000_0000, 0x1000)),
