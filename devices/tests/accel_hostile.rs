@@ -416,3 +416,49 @@ fn random_descriptors_never_crash() {
     still_works(&mut h, &mut q);
     assert!(s.alive());
 }
+
+#[test]
+fn pasids_that_cannot_be_used() {
+    let (s, mut h, mut q) = setup();
+    let a = h.alloc(4096, 4096);
+    let pasid_desc = |pasid: u32, extra: u8| Descriptor {
+        opcode: opcode::CRC32C,
+        flags: flags::COMPLETION | flags::PASID | extra,
+        pasid,
+        src: a,
+        len: 64,
+        ..Descriptor::default()
+    };
+    // The PASID capability was never enabled by the host.
+    assert_eq!(st(&mut h, &mut q, pasid_desc(1, 0)), status::PASID_DISABLED);
+    // Beyond 20 bits (and beyond the advertised width).
+    assert_eq!(
+        st(&mut h, &mut q, pasid_desc(1 << 20, 0)),
+        status::PASID_INVALID
+    );
+    assert_eq!(
+        st(&mut h, &mut q, pasid_desc(u32::MAX, 0)),
+        status::PASID_INVALID
+    );
+    // Enabled, but this client offers no PASID path (QEMU 11.1's case);
+    // privileged mode without Privileged Mode Enable; blocking on faults
+    // changes nothing without a path.
+    let cap = h.ext_cap(vfio_user_server::pci::ext_cap_id::PASID).unwrap();
+    h.set_config(cap + 6, &1u16.to_le_bytes()).unwrap();
+    assert_eq!(st(&mut h, &mut q, pasid_desc(1, 0)), status::NO_PASID_PATH);
+    assert_eq!(
+        st(&mut h, &mut q, pasid_desc(1, flags::PRIV)),
+        status::PASID_DISABLED
+    );
+    assert_eq!(
+        st(&mut h, &mut q, pasid_desc(1, flags::BLOCK_ON_FAULT)),
+        status::NO_PASID_PATH
+    );
+    // A ring in a PASID's space that cannot be reached halts that queue only.
+    h.setup_queue_at(1, 8, RingSpace::Pasid(3), 0x1000, 0x2000);
+    h.set_qreg(1, queue::TAIL, 1);
+    let st1 = wait_status(&mut h, 1, qstatus::HALTED);
+    assert_eq!(st1 >> qstatus::ERR_SHIFT & 0xff, qerr::RING_PASID);
+    still_works(&mut h, &mut q);
+    assert!(s.alive());
+}
