@@ -48,6 +48,9 @@ fn map_scattered(h: &mut AccelHost, pasid: u32, va: u64, len: u64) {
 fn sva_host(s: &Served, pasid: u32) -> (AccelHost, trustdev_devices::accel::host::HostQueue) {
     let mut h = s.pasid_host(1 << 20, 64 << 20);
     h.enable_translation(32).unwrap();
+    // The device mirrors what the host enabled: PASID (exec, priv), ATS
+    // (STU 4 KiB), PRI.
+    assert_eq!(h.reg(global::XLAT), 0x0001_8007);
     h.iommu().bind(pasid).unwrap();
     map_scattered(&mut h, pasid, RING_VA, 2 * PAGE);
     let q = h.setup_queue_at(0, 32, RingSpace::Pasid(pasid), RING_VA, RING_VA + PAGE);
@@ -396,5 +399,48 @@ fn unusable_pasids_complete_with_errors() {
         4,
         "ring PASID error"
     );
+    assert!(s.alive());
+}
+
+#[test]
+fn translations_outside_the_translated_space_fault() {
+    let s = Served::start(AccelConfig::default());
+    let (mut h, mut q) = sva_host(&s, 6);
+    // The client withdraws all but the first 4 MiB of its physical memory
+    // from the translated space, then answers translations pointing beyond.
+    let (base, size) = (h.iommu().base(), h.iommu().size());
+    h.client.translated_dma_unmap(base, size).unwrap();
+    let fd = h.iommu().fd().try_clone_to_owned().unwrap();
+    h.client
+        .translated_dma_map(
+            base,
+            4 << 20,
+            0,
+            trustdev_devices::accel::host::RW,
+            Some(std::os::fd::AsFd::as_fd(&fd)),
+        )
+        .unwrap();
+    let mut low = Vec::new();
+    let far = loop {
+        let pa = h.iommu().alloc_page().unwrap();
+        if pa >= base + (4 << 20) {
+            break pa;
+        }
+        low.push(pa);
+    };
+    h.iommu().map(6, SRC_VA, far, PTE_W).unwrap();
+    let c = h
+        .run(&mut q, pasid_desc(opcode::CRC32C, 6, SRC_VA + 8, 0, 64))
+        .unwrap();
+    assert_eq!(c.status, status::ADDRESS_FAULT, "{c:?}");
+    assert_eq!(c.fault_addr, SRC_VA + 8);
+    // The queue and device carry on with memory inside the window.
+    let near = low.pop().expect("pages below 4 MiB");
+    h.iommu().map(6, DST_VA, near, PTE_W).unwrap();
+    h.iommu().write_va(6, DST_VA, &[7; 64]).unwrap();
+    let c = h
+        .run(&mut q, pasid_desc(opcode::CRC32C, 6, DST_VA, 0, 64))
+        .unwrap();
+    assert_eq!(c.result, u64::from(crc32c::crc32c(&[7; 64])));
     assert!(s.alive());
 }

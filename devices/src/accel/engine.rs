@@ -201,7 +201,10 @@ impl Engine {
         };
         let size = regs.size.load(Ordering::Acquire);
         let ring = regs.ring.load(Ordering::Acquire);
-        if size < 2 || !size.is_power_of_two() || ring % RING_ALIGN != 0 {
+        let fits = ring
+            .checked_add(u64::from(size) * DESC_SIZE as u64)
+            .is_some();
+        if size < 2 || !size.is_power_of_two() || ring % RING_ALIGN != 0 || !fits {
             // Cannot happen (checked at enable); never index with it.
             regs.halt(qerr::BAD_RING, 0, ring);
             return true;
@@ -223,7 +226,8 @@ impl Engine {
             }
             let avail = (tail + size - head) % size;
             let n = (avail.min(size - head) as usize).min(FETCH_BATCH);
-            let addr = ring + u64::from(head) * DESC_SIZE as u64;
+            // The whole ring fits below 2^64 (checked at enable).
+            let addr = ring.wrapping_add(u64::from(head) * DESC_SIZE as u64);
             let buf = &mut fetch[..n * DESC_SIZE];
             if let Err(f) = space.read(addr, buf) {
                 let code = match f {

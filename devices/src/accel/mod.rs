@@ -207,7 +207,9 @@ impl AccelDevice {
     fn xlat_word(&self) -> u32 {
         let x = &self.xlat;
         let mut w = u32::from(x.pasid_control() & 0x7);
-        w |= u32::from(x.ats_control()) << 8 & 0x9f00;
+        let ats = u32::from(x.ats_control());
+        // STU (ATS Control bits 4:0) in bits 12:8, Enable (bit 15) in place.
+        w |= (ats & 0x1f) << 8 | (ats & 0x8000);
         if x.pri_enabled() {
             w |= 1 << 16;
         }
@@ -324,6 +326,7 @@ impl AccelDevice {
                     if !(2..=regs::MAX_RING_ENTRIES).contains(&size)
                         || !size.is_power_of_two()
                         || ring % regs::RING_ALIGN != 0
+                        || ring.checked_add(u64::from(size) * 64).is_none()
                     {
                         warn!("queue {q}: bad ring {ring:#x} x{size}; not enabled");
                         qr.halt(regs::qerr::BAD_RING, 0, ring);

@@ -229,12 +229,14 @@ impl Atc {
             .take_while(|(_, e)| e.end() > start)
             .map(|(&k, _)| k)
             .collect();
+        let mut removed = 0;
         for k in keys {
             if let Some(e) = map.remove(&k) {
                 out.push(e);
+                removed += 1;
             }
         }
-        self.count -= out.len().min(self.count);
+        self.count -= removed.min(self.count);
     }
 
     fn take_all(&mut self) -> Vec<Arc<AtcEntry>> {
@@ -543,10 +545,15 @@ impl PasidMemory {
         access: Access,
     ) -> Result<(TranslationEntry, bool), DmaFault> {
         let start = addr & !(PAGE - 1);
+        // The last page of the 64-bit space cannot be asked for (its end
+        // does not fit): nothing a client maps lives there.
+        let first_end = start
+            .checked_add(PAGE)
+            .ok_or(DmaFault::OutOfBounds { addr })?;
         let want_end = addr.saturating_add(len.max(1)).saturating_add(PAGE - 1) & !(PAGE - 1);
         let end = want_end
             .min(start.saturating_add(TRANSLATE_AHEAD))
-            .max(start + PAGE);
+            .max(first_end);
         let req = TranslateRequest {
             tag: Some(tag),
             no_write: access == Access::Read,
