@@ -3,7 +3,8 @@
 # guest has intel-iommu in scalable mode with pasid-bits and device-iotlb,
 # and one accelerator behind a root port plus one on pcie.0. For each:
 #  - enumeration: IDs, BARs (BAR0 32-bit non-prefetchable), MSI-X, DEVCAP2
-#    End-End TLP Prefix, the extended capability chain (DSN ATS PRI PASID DOE);
+#    End-End TLP Prefix, the extended capability chain (DSN ATS PRI PASID DOE
+#    IDE AER);
 #  - what the IOMMU driver wrote to PASID/ATS/PRI at probe;
 #  - DOE discovery and CMA/SPDM authentication with the device's root;
 #  - every operation from user space through vfio-pci, with MSI-X and polled;
@@ -92,7 +93,7 @@ for bdf in $bdfs; do
         ext="$ext $(printf '%04x' $((v & 0xffff)))"
         p=$(( (v >> 20) & 0xffc )); n=$((n + 1))
     done
-    expect ext-caps "$ext" " 0003 000f 0013 001b 002e"
+    expect ext-caps "$ext" " 0003 000f 0013 001b 002e 0030 0001"
     pa=$(ext_cap "$d" 27)
     expect pasid-cap-20bit-exec-priv $(( $(hex "$(dw "$d" $((pa + 4)))") & 0xffff )) $((0x1406))
     # What the IOMMU driver did at probe (no driver bound yet).

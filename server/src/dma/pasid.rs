@@ -315,8 +315,16 @@ impl PasidMemory {
         self.regs.get()
     }
 
-    /// The translated address space (TRANSLATED_DMA_MAP windows).
+    /// The translated address space (TRANSLATED_DMA_MAP windows). The link
+    /// between device and client is the same for translated requests: an
+    /// interposer installed on the untranslated space (an IDE link model)
+    /// is installed here too.
     pub fn translated(&self) -> &GuestMemory {
+        if let Some(link) = self.untranslated.interposer() {
+            if self.translated.interposer().is_none() {
+                let _ = self.translated.set_interposer(link);
+            }
+        }
         &self.translated
     }
 
@@ -971,7 +979,7 @@ impl<'a> PasidSpace<'a> {
         };
         let off = addr - e.va;
         let n = usize::try_from(e.len - off).unwrap_or(usize::MAX).min(max);
-        mem.translated
+        mem.translated()
             .with_slice_upto(e.ta + off, n, access, f)
             .map(Piece::Done)
             .map_err(|err| match err {
