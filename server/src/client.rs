@@ -518,13 +518,7 @@ impl Client {
         prot: DmaProt,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
-        let req = DmaMapRequest {
-            prot,
-            offset,
-            address,
-            size,
-        };
-        self.map_window(Command::DmaMap, &req, fd)?;
+        self.map_window(Command::DmaMap, (address, size, offset), prot, fd)?;
         if fd.is_none() {
             self.remote.insert(address, vec![0; size as usize]);
         }
@@ -543,13 +537,21 @@ impl Client {
         Ok(())
     }
 
-    /// DMA_MAP or TRANSLATED_DMA_MAP of `req` with `fd`.
+    /// DMA_MAP or TRANSLATED_DMA_MAP of `size` bytes at `address` from
+    /// `fd` at `offset`.
     fn map_window(
         &mut self,
         cmd: Command,
-        req: &DmaMapRequest,
+        (address, size, offset): (u64, u64, u64),
+        prot: DmaProt,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
+        let req = DmaMapRequest {
+            prot,
+            offset,
+            address,
+            size,
+        };
         let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
         self.request(cmd, &req.encode(), &fds)?;
         Ok(())
@@ -588,13 +590,7 @@ impl Client {
         prot: DmaProt,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
-        let req = DmaMapRequest {
-            prot,
-            offset,
-            address,
-            size,
-        };
-        self.map_window(Command::TranslatedDmaMap, &req, fd)
+        self.map_window(Command::TranslatedDmaMap, (address, size, offset), prot, fd)
     }
 
     /// TRANSLATED_DMA_UNMAP of exactly `address+size`.

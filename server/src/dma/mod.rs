@@ -558,11 +558,12 @@ fn retire(region: &DmaRegion) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn memfd(len: u64) -> OwnedFd {
+    /// A memfd of `len` bytes (test "client memory").
+    pub(crate) fn memfd(len: u64) -> OwnedFd {
         let fd =
             nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
         let f = std::fs::File::from(fd);

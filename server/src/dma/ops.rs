@@ -178,11 +178,23 @@ fn staged_chunk(
     let n = usize::try_from(rest)
         .unwrap_or(usize::MAX)
         .min(bounce.len());
-    let b = &mut bounce.bytes_mut()[..n];
+    through(src, s, dst, d, &mut bounce.bytes_mut()[..n], done)?;
+    Ok(n as u64)
+}
+
+/// Reads `b.len()` bytes at `src`@`s` into `b`, then writes them to
+/// `dst`@`d`.
+fn through(
+    src: &DmaSpace<'_>,
+    s: u64,
+    dst: &DmaSpace<'_>,
+    d: u64,
+    b: &mut [u8],
+    done: u64,
+) -> Result<(), OpFault> {
     src.read(s, b).map_err(|f| at(f, Operand::Source, done))?;
     dst.write(d, b)
-        .map_err(|f| at(f, Operand::Destination, done))?;
-    Ok(n as u64)
+        .map_err(|f| at(f, Operand::Destination, done))
 }
 
 /// An overlapping copy: staged chunks walked so that no chunk reads bytes
@@ -202,10 +214,7 @@ fn copy_staged(
         let off = if backwards { len - done - n } else { done };
         let s = offset(sa, off, Operand::Source)?;
         let d = offset(da, off, Operand::Destination)?;
-        let b = &mut bounce.bytes_mut()[..n as usize];
-        src.read(s, b).map_err(|f| at(f, Operand::Source, done))?;
-        dst.write(d, b)
-            .map_err(|f| at(f, Operand::Destination, done))?;
+        through(src, s, dst, d, &mut bounce.bytes_mut()[..n as usize], done)?;
         done += n;
     }
     Ok(())
@@ -303,17 +312,9 @@ pub fn read_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dma::tests::memfd;
     use crate::dma::GuestMemory;
     use crate::protocol::{DmaMapRequest, DmaProt};
-    use std::os::fd::OwnedFd;
-
-    fn memfd(len: u64) -> OwnedFd {
-        let fd =
-            nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
-        let f = std::fs::File::from(fd);
-        f.set_len(len).unwrap();
-        f.into()
-    }
 
     fn mem() -> GuestMemory {
         let m = GuestMemory::new(8);
