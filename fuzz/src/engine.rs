@@ -188,10 +188,7 @@ fn install_panic_hook() {
         std::panic::set_hook(Box::new(move |info| {
             let thread = std::thread::current();
             let msg = format!("thread '{}': {info}", thread.name().unwrap_or("unnamed"));
-            PANICS
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(msg);
+            PANICS.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
             default(info);
         }));
     });
@@ -299,9 +296,10 @@ fn run_loop(
             .unwrap_or_else(|p| p.into_inner())
             .clone_from(&input);
         let t0 = Instant::now();
-        watch
-            .started
-            .store(t0.duration_since(watch.epoch).as_nanos() as u64 + 1, Ordering::Relaxed);
+        watch.started.store(
+            t0.duration_since(watch.epoch).as_nanos() as u64 + 1,
+            Ordering::Relaxed,
+        );
         let outcome = catch_unwind(AssertUnwindSafe(|| target.run(&input)));
         let mut check = Ok(());
         if (i + 1) % cfg.check_every.max(1) == 0 {
@@ -413,11 +411,13 @@ pub fn run(name: &str, target: &mut dyn Target, cfg: &RunConfig) -> Report {
 
 /// Runs the given inputs (a saved failure, a regression corpus).
 pub fn replay(name: &str, target: &mut dyn Target, inputs: &[Vec<u8>], cfg: &RunConfig) -> Report {
-    run_loop(name, target, cfg, |_, i, out| match inputs.get(i as usize) {
-        Some(x) => {
-            out.clone_from(x);
-            true
+    run_loop(name, target, cfg, |_, i, out| {
+        match inputs.get(i as usize) {
+            Some(x) => {
+                out.clone_from(x);
+                true
+            }
+            None => false,
         }
-        None => false,
     })
 }

@@ -19,7 +19,10 @@ use trustdev_fuzz::targets::{make, TARGETS};
 static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "trustdev-fuzz", about = "Fuzz trustdev's decoders (stable toolchain)")]
+#[command(
+    name = "trustdev-fuzz",
+    about = "Fuzz trustdev's decoders (stable toolchain)"
+)]
 struct Args {
     /// Target to run (repeatable); see --list.
     #[arg(long = "target", short = 't')]

@@ -40,7 +40,10 @@ fn fuzz(name: &str, inputs: u64) {
     let report = run(name, target.as_mut(), &cfg);
     println!("{}", report.summary());
     println!("  reached: {}", report.stats);
-    assert!(report.alloc_counted, "the counting allocator is not installed");
+    assert!(
+        report.alloc_counted,
+        "the counting allocator is not installed"
+    );
     if let Some(f) = report.failure {
         panic!(
             "{name}: input #{} failed: {}\n  input ({} bytes){}: {:02x?}",

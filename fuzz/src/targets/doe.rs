@@ -21,9 +21,8 @@ use super::spdm::{recorded_flows, responder};
 use crate::engine::Target;
 use crate::mutate::{mutate, mutated_seed, push_chunk, Cursor, Rng};
 use spdm_responder::transport::doe::{
-    ctrl, decode_object, discover, discovery_request, encode_object, parse_discovery_response,
-    reg, status, DoeEndpoint, DoeProtocol, ProtocolId, DOE_CAP_SIZE, DOE_MAX_BYTES,
-    MAX_OBJECT_DWORDS,
+    ctrl, decode_object, discover, discovery_request, encode_object, parse_discovery_response, reg,
+    status, DoeEndpoint, DoeProtocol, ProtocolId, DOE_CAP_SIZE, DOE_MAX_BYTES, MAX_OBJECT_DWORDS,
 };
 use spdm_responder::Message;
 use trustdev_devices::security::doe::DoeMailbox;
@@ -61,7 +60,8 @@ fn object_flows() -> Vec<Vec<Vec<u8>>> {
 fn check_response(req: &[u8], rsp: &[u8], table: &[ProtocolId]) -> Result<(), String> {
     let (rp, payload) =
         decode_object(rsp).map_err(|e| format!("malformed response object ({e}): {rsp:02x?}"))?;
-    let (qp, _) = decode_object(req).map_err(|e| format!("an invalid request was answered: {e}"))?;
+    let (qp, _) =
+        decode_object(req).map_err(|e| format!("an invalid request was answered: {e}"))?;
     if rp != qp {
         return Err(format!("a {qp} request was answered with a {rp} object"));
     }
@@ -82,7 +82,11 @@ fn check_response(req: &[u8], rsp: &[u8], table: &[ProtocolId]) -> Result<(), St
 
 fn check_discovery(ep: &mut DoeEndpoint) -> Result<(), String> {
     let found = discover(ep, 2).map_err(|e| format!("discovery walk: {e}"))?;
-    let want = [ProtocolId::DISCOVERY, ProtocolId::CMA, ProtocolId::SECURED_CMA];
+    let want = [
+        ProtocolId::DISCOVERY,
+        ProtocolId::CMA,
+        ProtocolId::SECURED_CMA,
+    ];
     if found != want {
         return Err(format!("discovery lists {found:?}"));
     }
@@ -184,7 +188,10 @@ impl Target for DoeEndpointTarget {
     }
 
     fn stats(&self) -> String {
-        format!("objects answered {}, discarded {}", self.answered, self.discarded)
+        format!(
+            "objects answered {}, discarded {}",
+            self.answered, self.discarded
+        )
     }
 }
 
@@ -221,7 +228,9 @@ const OPS: [Op; 9] = [
 ];
 
 fn op_byte(op: Op) -> u8 {
-    OPS.iter().position(|o| std::mem::discriminant(o) == std::mem::discriminant(&op)).unwrap_or(0) as u8
+    OPS.iter()
+        .position(|o| std::mem::discriminant(o) == std::mem::discriminant(&op))
+        .unwrap_or(0) as u8
 }
 
 struct Regs<'a>(&'a mut DoeMailbox);
@@ -238,7 +247,9 @@ impl Regs<'_> {
     fn status(&mut self) -> Result<u32, String> {
         let s = self.read(reg::STATUS);
         if s & status::READY != 0 && s & status::ERROR != 0 {
-            return Err(format!("DOE Status {s:#010x}: Data Object Ready with Error"));
+            return Err(format!(
+                "DOE Status {s:#010x}: Data Object Ready with Error"
+            ));
         }
         Ok(s)
     }
@@ -290,7 +301,10 @@ impl DoeMailboxTarget {
     pub fn new() -> Self {
         let flows = object_flows();
         let objects: Vec<Vec<u8>> = flows.iter().flatten().cloned().collect();
-        let mut seeds: Vec<Vec<u8>> = flows.iter().map(|f| encode_ops(&f[..f.len().min(6)])).collect();
+        let mut seeds: Vec<Vec<u8>> = flows
+            .iter()
+            .map(|f| encode_ops(&f[..f.len().min(6)]))
+            .collect();
         // Abort in the middle of a write, Go with an object pending, a
         // write-mailbox overflow, sub-dword accesses.
         let disc = &flows[flows.len() - 1][0];
@@ -405,7 +419,8 @@ impl Target for DoeMailboxTarget {
         let req = object(ProtocolId::DISCOVERY, &discovery_request(0, 2));
         r.send(&req);
         let rsp = r.read_all(64)?;
-        let (p, payload) = decode_object(&rsp).map_err(|e| format!("discovery after Abort: {e}"))?;
+        let (p, payload) =
+            decode_object(&rsp).map_err(|e| format!("discovery after Abort: {e}"))?;
         match (p, parse_discovery_response(payload)) {
             (ProtocolId::DISCOVERY, Ok((ProtocolId::DISCOVERY, 1))) => Ok(()),
             other => Err(format!("discovery after Abort answered {other:?}")),
@@ -428,7 +443,9 @@ impl Target for DoeMailboxTarget {
         let rsp = r.read_all(4096)?;
         match decode_object(&rsp) {
             Ok((ProtocolId::CMA, p)) if p.get(1) == Some(&0x04) => Ok(()),
-            other => Err(format!("GET_VERSION through the mailbox answered {other:?}")),
+            other => Err(format!(
+                "GET_VERSION through the mailbox answered {other:?}"
+            )),
         }
     }
 }

@@ -11,14 +11,38 @@ use crate::engine::Target;
 
 /// Every target: name and what it fuzzes.
 pub const TARGETS: [(&str, &str); 8] = [
-    ("vfio-decode", "vfio-user header and every command's payload decoder"),
-    ("vfio-server", "whole messages against a live server (NVMe device) over its socket"),
-    ("nvme-dptr", "PRP and SGL walks over adversarial host memory"),
-    ("nvme-ctrl", "admin and I/O submission entries against a live NVMe controller"),
-    ("doe-endpoint", "DOE objects into DoeEndpoint::handle (discovery, CMA, secured CMA)"),
-    ("doe-mailbox", "DOE mailbox registers driven by arbitrary config reads/writes"),
-    ("spdm", "SPDM request sequences (valid prefix + mutated requests) into a fresh responder"),
-    ("spdm-secured", "secured-message records into a responder with a live session"),
+    (
+        "vfio-decode",
+        "vfio-user header and every command's payload decoder",
+    ),
+    (
+        "vfio-server",
+        "whole messages against a live server (NVMe device) over its socket",
+    ),
+    (
+        "nvme-dptr",
+        "PRP and SGL walks over adversarial host memory",
+    ),
+    (
+        "nvme-ctrl",
+        "admin and I/O submission entries against a live NVMe controller",
+    ),
+    (
+        "doe-endpoint",
+        "DOE objects into DoeEndpoint::handle (discovery, CMA, secured CMA)",
+    ),
+    (
+        "doe-mailbox",
+        "DOE mailbox registers driven by arbitrary config reads/writes",
+    ),
+    (
+        "spdm",
+        "SPDM request sequences (valid prefix + mutated requests) into a fresh responder",
+    ),
+    (
+        "spdm-secured",
+        "secured-message records into a responder with a live session",
+    ),
 ];
 
 /// Builds the target called `name`.

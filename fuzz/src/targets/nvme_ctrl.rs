@@ -217,7 +217,11 @@ fn generate_command(rng: &mut Rng) -> Vec<u8> {
             let n = 1 + rng.below(6);
             for i in 0..n {
                 let kind = if rng.one_in(6) { 1 } else { 0 };
-                win.extend(sgl_desc(WIN + page * (2 + i as u64), 512 * (1 + rng.below(8) as u32), kind));
+                win.extend(sgl_desc(
+                    WIN + page * (2 + i as u64),
+                    512 * (1 + rng.below(8) as u32),
+                    kind,
+                ));
             }
             let last_at = WIN + 0x800;
             win.extend(sgl_desc(last_at, 32, 3));
@@ -293,14 +297,7 @@ fn generate_command(rng: &mut Rng) -> Vec<u8> {
             }));
             [rng.below(16) as u32, 4, 0, 0, 0, 0]
         }
-        _ => [
-            rng.interesting() as u32,
-            small(rng),
-            small(rng),
-            0,
-            0,
-            0,
-        ],
+        _ => [rng.interesting() as u32, small(rng), small(rng), 0, 0, 0],
     };
     encode(queue, &cmd, &win)
 }
@@ -430,19 +427,27 @@ impl Target for NvmeCtrl {
         let cid = drv.submit(qid, cmd);
         let aer = qid == 0 && cmd.opcode == admin::ASYNC_EVENT;
         if !aer {
-            let done = drv.wait(qid, cid).map_err(|e| format!("{e} (opcode {:#04x})", cmd.opcode))?;
+            let done = drv
+                .wait(qid, cid)
+                .map_err(|e| format!("{e} (opcode {:#04x})", cmd.opcode))?;
             if Status(done.status).is_success() {
                 self.ok += 1;
             } else {
                 self.errors += 1;
             }
             if done.sq_id != qid {
-                return Err(format!("completion for queue {qid} names SQ {}", done.sq_id));
+                return Err(format!(
+                    "completion for queue {qid} names SQ {}",
+                    done.sq_id
+                ));
             }
         }
         let st = drv.bar.read_reg32(reg::CSTS);
         if st & csts::CFS != 0 {
-            return Err(format!("Controller Fatal Status after opcode {:#04x} (CSTS {st:#x})", cmd.opcode));
+            return Err(format!(
+                "Controller Fatal Status after opcode {:#04x} (CSTS {st:#x})",
+                cmd.opcode
+            ));
         }
         if qid == 0 && changes_queues(cmd.opcode) {
             self.reset()?;

@@ -103,9 +103,23 @@ impl NvmeDptr {
             input(0, data, 0, 512, none, &[]),
             input(0, data + 0x800, data + p, 4096, none, &[]),
             input(0, data, MEM, 4 * 4096, none, &list),
-            input(0, data, MEM + 8, 3 * 4096, none, &qwords(&[0, data + p, data + 2 * p])),
+            input(
+                0,
+                data,
+                MEM + 8,
+                3 * 4096,
+                none,
+                &qwords(&[0, data + p, data + 2 * p]),
+            ),
             input(0, data, MEM, 513 * 4096, none, &chained),
-            input(1, data, MEM, 3 * 8192, none, &qwords(&[data + 8192, data + 16384])),
+            input(
+                1,
+                data,
+                MEM,
+                3 * 8192,
+                none,
+                &qwords(&[data + 8192, data + 16384]),
+            ),
             input(4, 0, 0, 2048, sgl_desc(data, 4096, 0), &[]),
             input(4, 0, 0, 1536, sgl_desc(MEM, 32, 2), &sgl),
             input(0, 0, 0, 2048, sgl_desc(MEM, 32, 2), &sgl),
@@ -194,6 +208,9 @@ impl Target for NvmeDptr {
     }
 
     fn stats(&self) -> String {
-        format!("PRP walks accepted {}, SGL walks accepted {}", self.prp_ok, self.sgl_ok)
+        format!(
+            "PRP walks accepted {}, SGL walks accepted {}",
+            self.prp_ok, self.sgl_ok
+        )
     }
 }

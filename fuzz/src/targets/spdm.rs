@@ -33,7 +33,9 @@ use spdm_responder::identity::{Identity, PciIds};
 use spdm_responder::responder::PskEntry;
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
-use spdm_responder::{Message, Requester, RequesterConfig, Responder, ResponderConfig, SecuredReply};
+use spdm_responder::{
+    Message, Requester, RequesterConfig, Responder, ResponderConfig, SecuredReply,
+};
 use std::sync::OnceLock;
 
 /// The device identity every SPDM target uses (P-256 and P-384, two
@@ -231,7 +233,9 @@ pub struct Spdm {
 
 impl std::fmt::Debug for Spdm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spdm").field("seeds", &self.seeds.len()).finish()
+        f.debug_struct("Spdm")
+            .field("seeds", &self.seeds.len())
+            .finish()
     }
 }
 
@@ -353,7 +357,9 @@ pub fn vca(r: &mut Responder) -> Result<(), String> {
     caps.extend_from_slice(&0x1200u32.to_le_bytes());
     let c = r.handle_message(&caps);
     if c.get(1) != Some(&0x61) {
-        return Err(format!("GET_CAPABILITIES after the input answered {c:02x?}"));
+        return Err(format!(
+            "GET_CAPABILITIES after the input answered {c:02x?}"
+        ));
     }
     let mut algs = vec![V12, 0xE3, 4, 0, 48, 0, 1, 2];
     algs.extend_from_slice(&ASYM_ECDSA_P256.to_le_bytes());
@@ -365,7 +371,9 @@ pub fn vca(r: &mut Responder) -> Result<(), String> {
     }
     let a = r.handle_message(&algs);
     if a.get(1) != Some(&0x63) {
-        return Err(format!("NEGOTIATE_ALGORITHMS after the input answered {a:02x?}"));
+        return Err(format!(
+            "NEGOTIATE_ALGORITHMS after the input answered {a:02x?}"
+        ));
     }
     Ok(())
 }
@@ -412,17 +420,17 @@ impl SpdmSecured {
         // Application messages a requester sends in a session.
         let v = V12;
         let apps: Vec<Vec<u8>> = vec![
-            vec![v, 0xE8, 0, 0],                      // HEARTBEAT
-            vec![v, 0xE9, 1, 0x42],                   // KEY_UPDATE UpdateKey
-            vec![v, 0xE9, 3, 0x43],                   // KEY_UPDATE VerifyNewKey
-            vec![v, 0xE0, 0, 0xFF],                   // GET_MEASUREMENTS all, unsigned
-            vec![v, 0xE0, 0, 1],                      // GET_MEASUREMENTS index 1
-            vec![v, 0x81, 0, 0],                      // GET_DIGESTS
-            vec![v, 0x82, 0, 0, 0, 0, 0, 1],          // GET_CERTIFICATE
+            vec![v, 0xE8, 0, 0],                            // HEARTBEAT
+            vec![v, 0xE9, 1, 0x42],                         // KEY_UPDATE UpdateKey
+            vec![v, 0xE9, 3, 0x43],                         // KEY_UPDATE VerifyNewKey
+            vec![v, 0xE0, 0, 0xFF],                         // GET_MEASUREMENTS all, unsigned
+            vec![v, 0xE0, 0, 1],                            // GET_MEASUREMENTS index 1
+            vec![v, 0x81, 0, 0],                            // GET_DIGESTS
+            vec![v, 0x82, 0, 0, 0, 0, 0, 1],                // GET_CERTIFICATE
             vec![v, 0xFE, 0, 0, 3, 0, 2, 1, 0, 2, 0, 1, 2], // VENDOR_DEFINED_REQUEST
-            vec![v, 0xEC, 0, 0],                      // END_SESSION
-            vec![v, 0x84, 0, 0],                      // GET_VERSION (not in a session)
-            vec![v, 0xE5, 0, 0],                      // FINISH (handshake is over)
+            vec![v, 0xEC, 0, 0],                            // END_SESSION
+            vec![v, 0x84, 0, 0],                            // GET_VERSION (not in a session)
+            vec![v, 0xE5, 0, 0],                            // FINISH (handshake is over)
         ];
         for (i, app) in apps.iter().enumerate() {
             let mut s = vec![MODE_SEALED];
@@ -535,7 +543,9 @@ impl Target for SpdmSecured {
                     .seal_only(sid, body)
                     .map_err(|e| format!("seal: {e}"))?;
                 // Deterministic corruption derived from the input.
-                let h = body.iter().fold(0x9e37u64, |h, &b| h.wrapping_mul(31) ^ u64::from(b));
+                let h = body
+                    .iter()
+                    .fold(0x9e37u64, |h, &b| h.wrapping_mul(31) ^ u64::from(b));
                 let mut rng = Rng::new(h);
                 mutate(&mut rng, &mut rec, &[], 8192);
                 rec

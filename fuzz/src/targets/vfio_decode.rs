@@ -11,8 +11,8 @@
 use crate::engine::Target;
 use vfio_user_server::protocol::{
     decode_write_multi, encode_write_multi, Command, DmaMapRequest, DmaProt, DmaTransfer,
-    DmaUnmapRequest, Header, InfoRequest, IrqAction, IrqData, MultiWrite, RegionAccess,
-    ServerCaps, SetIrqsRequest, VersionRequest, HEADER_SIZE, MAX_WRITE_MULTI,
+    DmaUnmapRequest, Header, InfoRequest, IrqAction, IrqData, MultiWrite, RegionAccess, ServerCaps,
+    SetIrqsRequest, VersionRequest, HEADER_SIZE, MAX_WRITE_MULTI,
 };
 
 /// The decoders, by selector (input byte 0 modulo the count).
@@ -70,7 +70,10 @@ fn seed(d: Decoder, payload: Vec<u8>) -> Vec<u8> {
 }
 
 fn info(argsz: u32, a: u32, b: u32, c: u32) -> Vec<u8> {
-    [argsz, a, b, c].iter().flat_map(|x| x.to_le_bytes()).collect()
+    [argsz, a, b, c]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect()
 }
 
 /// QEMU 11.1's VERSION proposal.

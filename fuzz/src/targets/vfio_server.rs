@@ -88,7 +88,10 @@ fn posted(id: u16, cmd: Command, payload: &[u8]) -> Vec<u8> {
 }
 
 fn info_payload(argsz: u32, index: u32) -> Vec<u8> {
-    [argsz, 0, index, 0].iter().flat_map(|x| x.to_le_bytes()).collect()
+    [argsz, 0, index, 0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect()
 }
 
 fn region_write(id: u16, region: u32, offset: u64, data: &[u8]) -> Vec<u8> {
@@ -167,7 +170,16 @@ fn seeds(doe: u64) -> Vec<Vec<u8>> {
     };
     // Enabling the controller: AQA, ASQ, ACQ, CC.EN, then an admin doorbell.
     let enable = [
-        posted(20, Command::RegionWrite, &RegionAccess { offset: 0x24, region: 0, count: 4 }.encode(&0x000f_000fu32.to_le_bytes())),
+        posted(
+            20,
+            Command::RegionWrite,
+            &RegionAccess {
+                offset: 0x24,
+                region: 0,
+                count: 4,
+            }
+            .encode(&0x000f_000fu32.to_le_bytes()),
+        ),
         region_write(21, 0, 0x28, &IOVA.to_le_bytes()),
         region_write(22, 0, 0x30, &(IOVA + 0x1000).to_le_bytes()),
         region_write(23, 0, 0x14, &0x0046_0001u32.to_le_bytes()),
@@ -196,33 +208,119 @@ fn seeds(doe: u64) -> Vec<Vec<u8>> {
         region_write(36, 7, doe + 0x14, &0u32.to_le_bytes()),
     ];
     let mut s = vec![
-        with(0, &[msg(1, Command::Version, &version_payload(QEMU_VERSION_JSON))]),
+        with(
+            0,
+            &[msg(
+                1,
+                Command::Version,
+                &version_payload(QEMU_VERSION_JSON),
+            )],
+        ),
         with(ATTACH_MEMFD, &[msg(2, Command::DmaMap, &map)]),
         with(0, &[msg(3, Command::DmaMap, &map)]),
-        with(0, &[msg(4, Command::DmaUnmap, &unmap(DmaUnmapKind::Range { address: IOVA, size: MEMFD_SIZE }, IOVA, MEMFD_SIZE, 0))]),
-        with(0, &[msg(5, Command::DmaUnmap, &unmap(DmaUnmapKind::All, 0, 0, 2))]),
-        with(0, &[msg(6, Command::DeviceGetInfo, &info_payload(16, 0)[..16])]),
-        with(0, &[msg(7, Command::DeviceGetRegionInfo, &info_payload(32, 0))]),
-        with(0, &[msg(8, Command::DeviceGetRegionInfo, &info_payload(32, 7))]),
-        with(0, &[msg(9, Command::DeviceGetRegionIoFds, &info_payload(32, 0))]),
-        with(0, &[msg(10, Command::DeviceGetIrqInfo, &info_payload(16, 2)[..16])]),
-        with(ATTACH_EVENTFD, &[msg(11, Command::DeviceSetIrqs, &irqs(2, IrqData::Eventfd, IrqAction::Trigger, 1))]),
-        with(0, &[msg(12, Command::DeviceSetIrqs, &irqs(2, IrqData::Bool(vec![true, false]), IrqAction::Mask, 2))]),
-        with(0, &[msg(13, Command::DeviceSetIrqs, &irqs(0, IrqData::None, IrqAction::Unmask, 1))]),
+        with(
+            0,
+            &[msg(
+                4,
+                Command::DmaUnmap,
+                &unmap(
+                    DmaUnmapKind::Range {
+                        address: IOVA,
+                        size: MEMFD_SIZE,
+                    },
+                    IOVA,
+                    MEMFD_SIZE,
+                    0,
+                ),
+            )],
+        ),
+        with(
+            0,
+            &[msg(
+                5,
+                Command::DmaUnmap,
+                &unmap(DmaUnmapKind::All, 0, 0, 2),
+            )],
+        ),
+        with(
+            0,
+            &[msg(6, Command::DeviceGetInfo, &info_payload(16, 0)[..16])],
+        ),
+        with(
+            0,
+            &[msg(7, Command::DeviceGetRegionInfo, &info_payload(32, 0))],
+        ),
+        with(
+            0,
+            &[msg(8, Command::DeviceGetRegionInfo, &info_payload(32, 7))],
+        ),
+        with(
+            0,
+            &[msg(9, Command::DeviceGetRegionIoFds, &info_payload(32, 0))],
+        ),
+        with(
+            0,
+            &[msg(
+                10,
+                Command::DeviceGetIrqInfo,
+                &info_payload(16, 2)[..16],
+            )],
+        ),
+        with(
+            ATTACH_EVENTFD,
+            &[msg(
+                11,
+                Command::DeviceSetIrqs,
+                &irqs(2, IrqData::Eventfd, IrqAction::Trigger, 1),
+            )],
+        ),
+        with(
+            0,
+            &[msg(
+                12,
+                Command::DeviceSetIrqs,
+                &irqs(2, IrqData::Bool(vec![true, false]), IrqAction::Mask, 2),
+            )],
+        ),
+        with(
+            0,
+            &[msg(
+                13,
+                Command::DeviceSetIrqs,
+                &irqs(0, IrqData::None, IrqAction::Unmask, 1),
+            )],
+        ),
         with(0, &[region_read(14, 7, 0, 64)]),
         with(0, &[region_read(15, 7, 0x100, 4)]),
         with(0, &[region_read(16, 0, 0, 8)]),
         with(0, &[region_write(17, 7, 4, &[6, 0])]),
         with(0, &[region_write(18, 4, 0, &[0; 16])]),
         with(0, &[msg(19, Command::DeviceReset, &[])]),
-        with(0, &[msg(26, Command::DeviceFeature, &[16, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])]),
+        with(
+            0,
+            &[msg(
+                26,
+                Command::DeviceFeature,
+                &[16, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            )],
+        ),
         with(0, &[msg(27, Command::DirtyPages, &[])]),
-        with(0, &[msg(28, Command::MigDataRead, &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0])]),
-        with(0, &[{
-            let mut h = Header::command(29, Command::DmaRead, 0);
-            h.kind = MessageType::Reply;
-            h.encode().to_vec()
-        }]),
+        with(
+            0,
+            &[msg(
+                28,
+                Command::MigDataRead,
+                &[16, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0],
+            )],
+        ),
+        with(
+            0,
+            &[{
+                let mut h = Header::command(29, Command::DmaRead, 0);
+                h.kind = MessageType::Reply;
+                h.encode().to_vec()
+            }],
+        ),
     ];
     let mut all = vec![msg(2, Command::DmaMap, &map)];
     all.extend(enable.iter().cloned());
@@ -296,7 +394,8 @@ impl VfioServer {
             for _ in 0..200 {
                 match Client::connect(&self.path) {
                     Ok(c) => {
-                        c.set_timeout(Some(REPLY_TIMEOUT)).map_err(|e| e.to_string())?;
+                        c.set_timeout(Some(REPLY_TIMEOUT))
+                            .map_err(|e| e.to_string())?;
                         self.client = Some(c);
                         break;
                     }
@@ -346,10 +445,13 @@ impl VfioServer {
             if r.header.msg_id != id || r.header.error.is_some() || r.payload.len() != 16 {
                 continue;
             }
-            let le = |i: usize| u32::from_le_bytes(r.payload[i..i + 4].try_into().unwrap_or([0; 4]));
+            let le =
+                |i: usize| u32::from_le_bytes(r.payload[i..i + 4].try_into().unwrap_or([0; 4]));
             let got = (le(4), le(8), le(12));
             if got != want {
-                return Err(format!("DEVICE_GET_INFO answered {got:?}, expected {want:?}"));
+                return Err(format!(
+                    "DEVICE_GET_INFO answered {got:?}, expected {want:?}"
+                ));
             }
             return Ok(true);
         }
