@@ -605,3 +605,27 @@ impl Target for SpdmSecured {
             .map_err(|e| format!("measurements in the session: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_oracle() {
+        let get_version = [V10, 0x84, 0, 0];
+        assert!(check_plain_reply(&get_version, &[V10, 0x04, 0, 0, 0, 1, 0, 0x12], 64).is_ok());
+        assert!(check_plain_reply(&get_version, &[V12, 0x7F, 0x01, 0], 64).is_ok());
+        // Wrong response code, version, size, or a short reply.
+        assert!(check_plain_reply(&get_version, &[V10, 0x01, 0, 0], 64).is_err());
+        assert!(check_plain_reply(&[V12, 0x81, 0, 0], &[V11, 0x01, 0, 0], 64).is_err());
+        assert!(check_plain_reply(&get_version, &[0x20, 0x7F, 1, 0], 64).is_err());
+        assert!(check_plain_reply(&get_version, &[V10, 0x04, 0], 64).is_err());
+        assert!(check_plain_reply(&get_version, &[V10, 0x04, 0, 0, 0], 4).is_err());
+    }
+
+    #[test]
+    fn sequences_round_trip() {
+        let m = vec![Message::Spdm(vec![1, 2, 3]), Message::Secured(vec![4; 300])];
+        assert_eq!(decode_sequence(&encode_sequence(&m)), m);
+    }
+}

@@ -595,3 +595,24 @@ impl Drop for VfioServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_oracle_follows_the_header_sizes() {
+        let a = msg(1, Command::DeviceGetInfo, &[0; 16]);
+        let b = msg(2, Command::DeviceReset, &[]);
+        assert!(whole_messages(&[a.clone(), b.clone()].concat()));
+        assert!(whole_messages(&[]));
+        // Truncated second message, a size below the header, a size past the end.
+        assert!(!whole_messages(&[a.clone(), b[..10].to_vec()].concat()));
+        let mut small = b.clone();
+        small[4..8].copy_from_slice(&8u32.to_le_bytes());
+        assert!(!whole_messages(&small));
+        let mut big = a;
+        big[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(!whole_messages(&big));
+    }
+}
