@@ -29,14 +29,18 @@ use spdm_responder::crypto::{
     AsymAlgo, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384,
     DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
 };
+use spdm_responder::idekm::codec::StreamHeader;
+use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream, KEY_LEN};
 use spdm_responder::identity::{Identity, PciIds};
 use spdm_responder::responder::PskEntry;
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
+use spdm_responder::vendor::{PCISIG_VENDOR_ID, STANDARD_ID_PCISIG};
 use spdm_responder::{
     Message, Requester, RequesterConfig, Responder, ResponderConfig, SecuredReply,
 };
 use std::sync::OnceLock;
+use trustdev_devices::security::ide::{km::IdeKmPorts, Ide, IdeConfig};
 
 /// The device identity every SPDM target uses (P-256 and P-384, two
 /// slots), generated once from a fixed seed.
@@ -64,13 +68,52 @@ pub fn responder_config() -> ResponderConfig {
     }
 }
 
-/// A responder on deterministic entropy (so recorded sessions replay).
+/// A responder on deterministic entropy (so recorded sessions replay),
+/// answering IDE_KM in secured sessions for one IDE port (as `trustdev
+/// serve` devices with IDE do).
 pub fn responder() -> Responder {
-    Responder::with_entropy(
+    let mut r = Responder::with_entropy(
         responder_config(),
         identity(),
         Box::new(DeterministicEntropy::new(b"trustdev fuzz responder")),
-    )
+    );
+    let (key, handler) = IdeKmPorts::new(vec![Ide::new(IdeConfig::default())]).handler();
+    r.register_vendor(key, handler);
+    r
+}
+
+/// IDE_KM requests a TSM sends: QUERY, KEY_PROG for two slots, K_SET_GO,
+/// K_SET_STOP.
+pub fn ide_km_requests() -> Vec<spdm_responder::idekm::Request> {
+    use spdm_responder::idekm::Request;
+    let slot = KeySlot::new(KeySet::K0, KeyDirection::Rx, SubStream::Posted);
+    let tx = KeySlot::new(KeySet::K0, KeyDirection::Tx, SubStream::Completion);
+    let h = StreamHeader::new(0, slot, 0);
+    vec![
+        Request::Query { port_index: 0 },
+        Request::KeyProg {
+            header: h,
+            key: IdeKey::new([0x5a; KEY_LEN], 0x1122_3344_5566_7788),
+        },
+        Request::KeyProg {
+            header: StreamHeader::new(0, tx, 0),
+            key: IdeKey::new([0xa5; KEY_LEN], 1),
+        },
+        Request::KSetGo(h),
+        Request::KSetStop(h),
+    ]
+}
+
+/// An IDE_KM request as the SPDM VENDOR_DEFINED_REQUEST carrying it.
+fn ide_km_message(version: u8, req: &spdm_responder::idekm::Request) -> Vec<u8> {
+    let payload = req.encode();
+    let mut m = vec![version, 0xFE, 0, 0];
+    m.extend_from_slice(&STANDARD_ID_PCISIG.to_le_bytes());
+    m.push(2);
+    m.extend_from_slice(&PCISIG_VENDOR_ID.to_le_bytes());
+    m.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+    m.extend_from_slice(&payload);
+    m
 }
 
 /// An algorithm set the recording requester offers.
@@ -149,8 +192,11 @@ pub fn recorded_flows() -> Vec<Vec<Message>> {
                 r.heartbeat(sid)?;
                 r.get_measurements(Some(sid), 0xFF, false, 0)?;
                 r.key_update(sid, false)?;
-                // No vendor protocol is registered: an ERROR, still a seed.
-                let _ = r.vendor_request(Some(sid), 3, &[1, 0], &[0, 1, 2, 3]);
+                // An unknown vendor protocol (an ERROR), then IDE_KM.
+                let _ = r.vendor_request(Some(sid), 3, &[1, 0], &[0x7f, 1, 2, 3]);
+                for req in ide_km_requests() {
+                    let _ = r.ide_km(sid, &req);
+                }
                 r.end_session(sid)?;
                 let psk = r.psk_exchange(0)?;
                 r.get_measurements(Some(psk), 1, false, 0)?;
@@ -432,6 +478,10 @@ impl SpdmSecured {
             vec![v, 0x84, 0, 0],                            // GET_VERSION (not in a session)
             vec![v, 0xE5, 0, 0],                            // FINISH (handshake is over)
         ];
+        let apps: Vec<Vec<u8>> = apps
+            .into_iter()
+            .chain(ide_km_requests().iter().map(|r| ide_km_message(v, r)))
+            .collect();
         for (i, app) in apps.iter().enumerate() {
             let mut s = vec![MODE_SEALED];
             s.extend_from_slice(app);
@@ -621,6 +671,18 @@ mod tests {
         assert!(check_plain_reply(&get_version, &[0x20, 0x7F, 1, 0], 64).is_err());
         assert!(check_plain_reply(&get_version, &[V10, 0x04, 0], 64).is_err());
         assert!(check_plain_reply(&get_version, &[V10, 0x04, 0, 0, 0], 4).is_err());
+    }
+
+    #[test]
+    fn ide_km_is_answered_in_the_session() {
+        let mut t = SpdmSecured::new().unwrap();
+        for req in ide_km_requests() {
+            let before = t.sealed_ok;
+            let mut input = vec![MODE_SEALED];
+            input.extend(ide_km_message(V12, &req));
+            t.run(&input).unwrap();
+            assert_eq!(t.sealed_ok, before + 1, "{req:?} was not answered");
+        }
     }
 
     #[test]
