@@ -10,6 +10,7 @@ pub mod identity;
 pub mod keyschedule;
 pub mod measurement;
 pub mod opaque;
+pub mod psk;
 pub mod responder;
 pub mod rng;
 pub mod secured;

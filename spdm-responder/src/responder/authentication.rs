@@ -1,8 +1,8 @@
 //! Authentication: GET_DIGESTS, GET_CERTIFICATE, CHALLENGE, GET_MEASUREMENTS.
 
 use super::{
-    fail, invalid, rd_hash, unexpected, unsupported, ConnState, Fail, NotReady, Reply, Responder,
-    NONCE_SIZE, R, REQ_CONTEXT_SIZE,
+    fail, invalid, rd_hash, unexpected, ConnState, Fail, NotReady, Reply, Responder, NONCE_SIZE, R,
+    REQ_CONTEXT_SIZE,
 };
 use crate::codec::{caps, error_response, rsp, RequestCode, Writer, V11, V12, V13};
 use crate::crypto::{self, AsymAlgo, HashAlgo};
@@ -34,11 +34,12 @@ impl Responder {
             .map_or(0, |a| a.slot_mask())
     }
 
+    /// GET_DIGESTS (CERT_CAP checked by the dispatcher). Param1/Param2 are
+    /// reserved and ignored.
     pub(super) fn get_digests(&mut self, req: &[u8], sid: Option<u32>) -> R {
         let (hash, _) = self.require_negotiated()?;
-        if self.conn.neg.rsp_caps & caps::CERT == 0 {
-            return Err(unsupported(req[1]));
-        }
+        // 1.3: Param1 SupportedSlotMask, Param2 ProvisionedSlotMask; before
+        // 1.3 Param1 is reserved (0).
         let mask = self.slot_mask();
         let p1 = if self.conn.neg.version >= V13 {
             mask
@@ -65,18 +66,15 @@ impl Responder {
         Ok(Reply::new(msg))
     }
 
+    /// GET_CERTIFICATE (CERT_CAP checked by the dispatcher).
     pub(super) fn get_certificate(&mut self, req: &[u8], sid: Option<u32>) -> R {
         self.require_negotiated()?;
-        if self.conn.neg.rsp_caps & caps::CERT == 0 {
-            return Err(unsupported(req[1]));
-        }
         if req.len() < 8 {
             return Err(invalid());
         }
+        // Param1 bits 7:4 are reserved in 1.0-1.3 (1.4's LargeCertChain is
+        // bit 7): ignored.
         let slot = req[2] & 0x0F;
-        if req[2] & 0x80 != 0 {
-            return Err(invalid()); // 1.4 LargeCertChain
-        }
         let attrs = req[3];
         let offset = u16::from_le_bytes([req[4], req[5]]) as usize;
         let length = u16::from_le_bytes([req[6], req[7]]) as usize;
@@ -119,7 +117,9 @@ impl Responder {
         match ty {
             0 => Ok(Vec::new()),
             1 | 0xFF => {
-                if self.conn.neg.rsp_caps & caps::MEAS_MASK == 0 {
+                // A summary needs measurements and a negotiated measurement
+                // specification.
+                if self.conn.neg.rsp_caps & caps::MEAS_MASK == 0 || self.conn.neg.meas_spec == 0 {
                     return Err(invalid());
                 }
                 let mut data = Vec::new();
@@ -143,14 +143,9 @@ impl Responder {
             .map_err(|_| fail(ErrorCode::Unspecified))
     }
 
-    pub(super) fn challenge(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_some() {
-            return Err(unexpected());
-        }
+    /// CHALLENGE (outside a session, CHAL_CAP: checked by the dispatcher).
+    pub(super) fn challenge(&mut self, req: &[u8]) -> R {
         let (hash, _) = self.require_negotiated()?;
-        if self.conn.neg.rsp_caps & caps::CHAL == 0 {
-            return Err(unsupported(req[1]));
-        }
         let ver = self.conn.neg.version;
         let need = 4 + NONCE_SIZE + if ver >= V13 { REQ_CONTEXT_SIZE } else { 0 };
         if req.len() < need {
@@ -164,7 +159,10 @@ impl Responder {
         let chain = self.slot_chain(slot).ok_or_else(invalid)?;
         let summary = self.summary_hash(hash_type)?;
         let nonce: [u8; NONCE_SIZE] = self.random();
-        let mut w = Writer::header(ver, rsp::CHALLENGE_AUTH, slot & 0x0F, 1 << slot);
+        // Param1: SlotID (BasicMutAuthReq never set); Param2: SlotMask, the
+        // slots that hold a certificate chain (as in DIGESTS).
+        let mask = self.slot_mask();
+        let mut w = Writer::header(ver, rsp::CHALLENGE_AUTH, slot & 0x0F, mask);
         w.bytes(&hash.hash(&chain))
             .bytes(&nonce)
             .bytes(&summary)
@@ -185,7 +183,7 @@ impl Responder {
         self.conn.message_b.clear();
         self.conn.message_c.clear();
         self.conn.state = ConnState::Authenticated;
-        self.maybe_not_ready(RequestCode::Challenge, msg, sid)
+        self.maybe_not_ready(RequestCode::Challenge, msg, None)
     }
 
     pub(super) fn maybe_not_ready(
@@ -210,10 +208,9 @@ impl Responder {
         Ok(Reply::new(e))
     }
 
+    /// RESPOND_IF_READY: the response held back by ResponseNotReady, if the
+    /// request code and token match and it comes from the same place.
     pub(super) fn respond_if_ready(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if self.conn.state < ConnState::Negotiated {
-            return Err(unexpected());
-        }
         match self.not_ready.take() {
             Some(nr) if nr.session == sid => {
                 if nr.code != req[2] || nr.token != req[3] {
@@ -229,11 +226,16 @@ impl Responder {
         }
     }
 
+    /// GET_MEASUREMENTS (MEAS_CAP, and inside a session the application
+    /// phase: checked by the dispatcher).
     pub(super) fn get_measurements(&mut self, req: &[u8], sid: Option<u32>) -> R {
         let (_, _) = self.require_negotiated()?;
         let n = &self.conn.neg;
-        if n.rsp_caps & caps::MEAS_MASK == 0 || n.meas_spec == 0 {
-            return Err(unsupported(req[1]));
+        // No measurement specification was negotiated (the requester sent
+        // MeasurementSpecification 0): measurements are not usable on this
+        // connection.
+        if n.meas_spec == 0 {
+            return Err(unexpected());
         }
         let ver = n.version;
         let attrs = req[2];

@@ -3,7 +3,7 @@
 use log::debug;
 
 use super::{
-    fail, invalid, unexpected, unsupported, ChunkIn, ChunkOut, ConnState, Post, Reply, Responder, R,
+    fail, invalid, unexpected, unsupported, ChunkIn, ChunkOut, ConnState, Reply, Responder, R,
 };
 use crate::codec::{caps, error_response, rsp, Reader, Writer, V12};
 use crate::error::ErrorCode;
@@ -136,10 +136,7 @@ impl Responder {
             return Ok(Reply::new(w.finish()));
         }
         let big = self.chunk_in.take().map(|c| c.data).unwrap_or_default();
-        let (inner, post) = match self.process(&big, sid, true) {
-            Ok(r) => (r.msg, r.post),
-            Err(f) => (self.error_msg(f), Post::None),
-        };
+        let Reply { msg: inner, post } = self.respond(&big, sid, true);
         w.bytes(&inner);
         Ok(Reply {
             msg: w.finish(),

@@ -1,13 +1,12 @@
 //! Responder configuration.
 
-use zeroize::Zeroizing;
-
 use crate::codec::{V10, V11, V12, V13};
 use crate::crypto::{
     AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1,
     DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
 };
 use crate::measurement::{self, Measurement};
+use crate::psk::PskEntry;
 
 /// Size of nonces and random data.
 pub const NONCE_SIZE: usize = 32;
@@ -17,34 +16,6 @@ pub const REQ_CONTEXT_SIZE: usize = 8;
 pub const MAX_OPAQUE: usize = 1024;
 /// Error code the responder uses for an unknown session id (libspdm's InvalidSession).
 pub const ERROR_INVALID_SESSION: u8 = 0x02;
-
-/// A pre-shared key selected by its hint.
-#[derive(Clone)]
-pub struct PskEntry {
-    pub hint: Vec<u8>,
-    pub key: Zeroizing<Vec<u8>>,
-}
-
-impl std::fmt::Debug for PskEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "PskEntry {{ hint: {:?}, key: <redacted> }}",
-            String::from_utf8_lossy(&self.hint)
-        )
-    }
-}
-
-impl PskEntry {
-    /// The PSK and hint DMTF's spdm-emu uses by default ("TestPskData\0", "TestPskHint\0").
-    pub fn dmtf_test() -> Self {
-        Self {
-            hint: b"TestPskHint\0".to_vec(),
-            key: Zeroizing::new(b"TestPskData\0".to_vec()),
-        }
-    }
-}
-
 /// Responder configuration.
 #[derive(Clone, Debug)]
 pub struct ResponderConfig {
@@ -91,7 +62,8 @@ impl Default for ResponderConfig {
             dhe: DHE_SECP256R1 | DHE_SECP384R1,
             aead: AEAD_AES_256_GCM | AEAD_CHACHA20_POLY1305,
             encrypt: true,
-            psks: vec![PskEntry::dmtf_test()],
+            // PSK sessions only with a key the user provides.
+            psks: Vec::new(),
             heartbeat_period: 0,
             max_sessions: 4,
             max_sequence_number: u64::MAX - 1,

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::codec::{error_response, rsp, Reader, RequestCode, Writer, V10, V12};
+use crate::codec::{error_response, rsp, V10};
 use crate::crypto::{AeadAlgo, AsymAlgo, DheGroup, HashAlgo};
 use crate::error::ErrorCode;
 use crate::identity::Identity;
@@ -16,19 +16,22 @@ use crate::keyschedule::{self, HandshakeSecrets};
 use crate::measurement::Measurement;
 use crate::rng::{EntropySource, OsEntropy};
 use crate::secured::{self, Direction, SecureChannel};
-use crate::vendor::{VendorContext, VendorHandler, VendorKey, VendorRegistry};
-use log::{debug, info, warn};
+use crate::vendor::{VendorHandler, VendorKey, VendorRegistry};
+use log::{info, warn};
 
 mod authentication;
 mod chunking;
 mod config;
+pub use crate::psk::{PskEntry, MAX_PSK_HINT};
+mod dispatch;
 mod negotiation;
 mod session;
 #[cfg(test)]
 mod tests;
+mod vendor_defined;
 
 pub use config::{
-    PskEntry, ResponderConfig, ERROR_INVALID_SESSION, MAX_OPAQUE, NONCE_SIZE, REQ_CONTEXT_SIZE,
+    ResponderConfig, ERROR_INVALID_SESSION, MAX_OPAQUE, NONCE_SIZE, REQ_CONTEXT_SIZE,
 };
 
 /// Connection state (ordered).
@@ -285,6 +288,7 @@ impl Responder {
         self.not_ready = None;
     }
 
+    /// SPDMVersion of an ERROR about a secured record (not about a request).
     fn err_version(&self) -> u8 {
         if self.conn.state >= ConnState::AfterCapabilities {
             self.conn.neg.version
@@ -305,14 +309,9 @@ impl Responder {
 
     /// Handle one plain (non-secured) SPDM request and return the response.
     pub fn handle_message(&mut self, req: &[u8]) -> Vec<u8> {
-        let out = self.process(req, None, false);
-        match out {
-            Ok(r) => {
-                self.apply_post(None, r.post);
-                r.msg
-            }
-            Err(f) => self.error_msg(f),
-        }
+        let r = self.respond(req, None, false);
+        self.apply_post(None, r.post);
+        r.msg
     }
 
     /// Handle one DSP0277 record (PCIe DOE binding: no sequence number field).
@@ -371,16 +370,7 @@ impl Responder {
             }
         };
         self.sessions[idx].last_activity = Instant::now();
-        let (msg_out, post) = match self.process(&msg, Some(sid), false) {
-            Ok(r) => (r.msg, r.post),
-            Err(f) => {
-                let kill = matches!(f.2, Some(Post2::KillSession));
-                (
-                    self.error_msg(f),
-                    if kill { Post::KillSession } else { Post::None },
-                )
-            }
-        };
+        let Reply { msg: msg_out, post } = self.respond(&msg, Some(sid), false);
         let sealed = self.seal_for(sid, &msg_out);
         self.apply_post(Some(sid), post);
         match sealed {
@@ -455,210 +445,5 @@ impl Responder {
             }
             Post::KillSession => self.remove_session(sid),
         }
-    }
-
-    fn error_msg(&mut self, f: Fail) -> Vec<u8> {
-        debug!("answering ERROR {:?} data {:#04x}", f.0, f.1);
-        error_response(self.err_version(), f.0, f.1)
-    }
-
-    // ------------------------------------------------------------------
-    // Dispatch
-    // ------------------------------------------------------------------
-
-    fn process(&mut self, req: &[u8], sid: Option<u32>, from_chunk: bool) -> R {
-        if req.len() < 4 {
-            return Err(invalid());
-        }
-        let (ver, code_u8) = (req[0], req[1]);
-        let code = RequestCode::from_u8(code_u8);
-        // Version checks.
-        match code {
-            Some(RequestCode::GetVersion) => {
-                if ver != V10 {
-                    return Err(fail(ErrorCode::VersionMismatch));
-                }
-            }
-            _ if self.conn.state < ConnState::AfterVersion => return Err(unexpected()),
-            Some(RequestCode::GetCapabilities) if self.conn.state == ConnState::AfterVersion => {
-                if !self.cfg.versions.contains(&ver) {
-                    return Err(fail(ErrorCode::VersionMismatch));
-                }
-            }
-            _ if self.conn.state == ConnState::AfterVersion => {
-                // Only GET_CAPABILITIES may follow VERSION.
-                if code.is_none() {
-                    return Err(unsupported(code_u8));
-                }
-                return Err(unexpected());
-            }
-            _ => {
-                if ver != self.conn.neg.version {
-                    return Err(fail(ErrorCode::VersionMismatch));
-                }
-            }
-        }
-        let Some(code) = code else {
-            return Err(unsupported(code_u8));
-        };
-        let version = if self.conn.state >= ConnState::AfterCapabilities {
-            self.conn.neg.version
-        } else {
-            ver
-        };
-        if code.min_version() > version {
-            return Err(unsupported(code_u8));
-        }
-        // 1.2+: a single message larger than our DataTransferSize must be chunked.
-        if !from_chunk
-            && version >= V12
-            && self.conn.state >= ConnState::AfterCapabilities
-            && req.len() > self.cfg.data_transfer_size as usize
-        {
-            return Err(fail(ErrorCode::RequestTooLarge));
-        }
-        // A pending ResponseNotReady is abandoned by any other request.
-        if code != RequestCode::RespondIfReady {
-            self.not_ready = None;
-        }
-        if !matches!(code, RequestCode::ChunkGet) && !from_chunk {
-            self.chunk_out = None;
-        }
-        self.reset_transcripts_for(code, sid);
-        let r = match code {
-            RequestCode::GetVersion => self.get_version(req, sid),
-            RequestCode::GetCapabilities => self.get_capabilities(req, sid),
-            RequestCode::NegotiateAlgorithms => self.negotiate_algorithms(req, sid),
-            RequestCode::GetDigests => self.get_digests(req, sid),
-            RequestCode::GetCertificate => self.get_certificate(req, sid),
-            RequestCode::Challenge => self.challenge(req, sid),
-            RequestCode::GetMeasurements => self.get_measurements(req, sid),
-            RequestCode::KeyExchange => self.key_exchange(req, sid),
-            RequestCode::Finish => self.finish(req, sid),
-            RequestCode::PskExchange => self.psk_exchange(req, sid),
-            RequestCode::PskFinish => self.psk_finish(req, sid),
-            RequestCode::Heartbeat => self.heartbeat(req, sid),
-            RequestCode::KeyUpdate => self.key_update(req, sid),
-            RequestCode::EndSession => self.end_session(req, sid),
-            RequestCode::VendorDefinedRequest => self.vendor_defined(req, sid),
-            RequestCode::RespondIfReady => self.respond_if_ready(req, sid),
-            RequestCode::ChunkSend => self.chunk_send(req, sid),
-            RequestCode::ChunkGet => self.chunk_get(req, sid),
-            // Recognised but not implemented by this responder.
-            RequestCode::GetEncapsulatedRequest
-            | RequestCode::DeliverEncapsulatedResponse
-            | RequestCode::GetCsr
-            | RequestCode::SetCertificate
-            | RequestCode::GetEndpointInfo
-            | RequestCode::GetSupportedEventTypes
-            | RequestCode::SubscribeEventTypes
-            | RequestCode::SendEvent
-            | RequestCode::GetMeasurementExtensionLog
-            | RequestCode::GetKeyPairInfo
-            | RequestCode::SetKeyPairInfo
-            | RequestCode::SlotManagement => Err(unsupported(code_u8)),
-        };
-        if r.is_err() && code == RequestCode::GetMeasurements {
-            self.message_m_mut(sid).clear();
-        }
-        let r = r?;
-        // Large responses: chunk (1.2+, both CHUNK_CAP) or refuse.
-        if !matches!(code, RequestCode::ChunkGet | RequestCode::ChunkSend) {
-            return self.maybe_chunk_response(r, sid);
-        }
-        Ok(r)
-    }
-
-    fn message_m_mut(&mut self, sid: Option<u32>) -> &mut Vec<u8> {
-        if let Some(id) = sid {
-            if let Some(p) = self.sessions.iter().position(|s| s.id == id) {
-                return &mut self.sessions[p].message_m;
-            }
-        }
-        &mut self.conn.message_m
-    }
-
-    /// libspdm-compatible transcript resets on each request code.
-    fn reset_transcripts_for(&mut self, code: RequestCode, sid: Option<u32>) {
-        use RequestCode::*;
-        if !matches!(
-            code,
-            GetMeasurements | RespondIfReady | ChunkGet | ChunkSend
-        ) {
-            self.message_m_mut(sid).clear();
-        }
-        match code {
-            KeyExchange
-            | GetMeasurements
-            | Finish
-            | PskExchange
-            | PskFinish
-            | KeyUpdate
-            | Heartbeat
-            | GetEncapsulatedRequest
-            | EndSession
-            | DeliverEncapsulatedResponse
-            | GetMeasurementExtensionLog
-                if self.conn.state < ConnState::Authenticated =>
-            {
-                self.conn.message_b.clear();
-                self.conn.message_c.clear();
-            }
-            GetDigests if sid.is_none() => self.conn.message_b.clear(),
-            _ => {}
-        }
-    }
-
-    // ------------------------------------------------------------------
-    // Vendor-defined requests (IDE_KM, TDISP... through crate::vendor)
-    // ------------------------------------------------------------------
-
-    fn vendor_defined(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if self.conn.state < ConnState::Negotiated {
-            return Err(unexpected());
-        }
-        let mut r = Reader::new(&req[4..]);
-        let std_id = r.u16().ok_or_else(invalid)?;
-        let vlen = r.u8().ok_or_else(invalid)? as usize;
-        let vendor_id = r.take(vlen).ok_or_else(invalid)?.to_vec();
-        let plen = r.u16().ok_or_else(invalid)? as usize;
-        let payload = r.take(plen).ok_or_else(invalid)?.to_vec();
-        let version = self.conn.neg.version;
-        if let Some(id) = sid {
-            if !self
-                .sessions
-                .iter()
-                .any(|s| s.id == id && s.state == SessState::Established)
-            {
-                return Err(unexpected());
-            }
-        }
-        let Some((key, handler)) = self.vendors.find(std_id, &vendor_id, &payload) else {
-            return Err(unsupported(req[1]));
-        };
-        if key.require_session && sid.is_none() {
-            return Err(if version >= V12 {
-                fail(ErrorCode::SessionRequired)
-            } else {
-                unexpected()
-            });
-        }
-        let ctx = VendorContext {
-            session_id: sid,
-            version,
-            standard_id: std_id,
-            vendor_id: vendor_id.clone(),
-        };
-        let out = handler.handle(&ctx, &payload).map_err(fail)?;
-        if out.len() > u16::MAX as usize {
-            return Err(fail(ErrorCode::Unspecified));
-        }
-        let mut w = Writer::header(version, rsp::VENDOR_DEFINED_RESPONSE, 0, 0);
-        w.u16(std_id)
-            .u8(vlen as u8)
-            .bytes(&vendor_id)
-            .u16(out.len() as u16)
-            .bytes(&out);
-        Ok(Reply::new(w.finish()))
     }
 }

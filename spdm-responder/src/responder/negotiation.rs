@@ -38,10 +38,9 @@ impl Responder {
         f & mask
     }
 
-    pub(super) fn get_version(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_some() {
-            return Err(unexpected());
-        }
+    /// GET_VERSION (the dispatcher checked SPDMVersion 1.0 and that it came
+    /// outside a session). Param1/Param2 are reserved and ignored.
+    pub(super) fn get_version(&mut self, req: &[u8]) -> R {
         // GET_VERSION resets the connection (and every session).
         self.reset();
         let mut w = Writer::header(V10, rsp::VERSION, 0, 0);
@@ -56,8 +55,10 @@ impl Responder {
         Ok(Reply::new(msg))
     }
 
-    pub(super) fn get_capabilities(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_some() || self.conn.state != ConnState::AfterVersion {
+    /// GET_CAPABILITIES: only right after VERSION; the dispatcher checked that
+    /// its SPDMVersion is one VERSION offered, which it selects.
+    pub(super) fn get_capabilities(&mut self, req: &[u8]) -> R {
+        if self.conn.state != ConnState::AfterVersion {
             return Err(unexpected());
         }
         let ver = req[0];
@@ -75,7 +76,9 @@ impl Responder {
             r.u8();
             ct = r.u8().unwrap_or(0);
             r.u16();
-            flags = r.u32().unwrap_or(0);
+            // Bits a requester of this version does not define are reserved
+            // (ignored).
+            flags = r.u32().unwrap_or(0) & caps::request_mask(ver);
         }
         if ver >= V12 {
             dts = r.u32().unwrap_or(0);
@@ -93,6 +96,13 @@ impl Responder {
             }
         }
         if ct > 31 {
+            return Err(invalid());
+        }
+        // 1.3 Param1 bit 0 (SupportedAlgorithms) asks for the algorithms
+        // block, which needs a chunked response: only with CHUNK_CAP. (We
+        // honour the request by not including the block, as Param1 bit 0 of
+        // CAPABILITIES says.)
+        if ver >= V13 && req[2] & 0x01 != 0 && flags & caps::CHUNK == 0 {
             return Err(invalid());
         }
         let rsp_caps = self.rsp_caps(ver);
@@ -115,8 +125,9 @@ impl Responder {
         Ok(Reply::new(msg))
     }
 
-    pub(super) fn negotiate_algorithms(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_some() || self.conn.state != ConnState::AfterCapabilities {
+    /// NEGOTIATE_ALGORITHMS: only right after CAPABILITIES.
+    pub(super) fn negotiate_algorithms(&mut self, req: &[u8]) -> R {
+        if self.conn.state != ConnState::AfterCapabilities {
             return Err(unexpected());
         }
         let ver = self.conn.neg.version;
@@ -160,7 +171,8 @@ impl Responder {
                 if !(2..=5).contains(&ty) || sup == 0 {
                     return Err(invalid());
                 }
-                if ver >= V12 && tables.last().is_some_and(|(t, _)| *t >= ty) {
+                // AlgType shall increase from one structure to the next.
+                if tables.last().is_some_and(|(t, _)| *t >= ty) {
                     return Err(invalid());
                 }
                 if tables.iter().any(|(t, _)| *t == ty) {
@@ -227,18 +239,11 @@ impl Responder {
                     };
                     aead.map_or(0, |a| a.bits())
                 }
-                // ReqBaseAsymAlg: we never request mutual authentication, but a
-                // requester that can sign (MUT_AUTH / EP_INFO_CAP_SIG) expects a
-                // selection; pick ECDSA if offered.
-                4 => {
-                    if sup & (ASYM_ECDSA_P384 as u16) != 0 {
-                        ASYM_ECDSA_P384 as u16
-                    } else if sup & (ASYM_ECDSA_P256 as u16) != 0 {
-                        ASYM_ECDSA_P256 as u16
-                    } else {
-                        0
-                    }
-                }
+                // ReqBaseAsymAlg: the requester's signing algorithm for mutual
+                // authentication. This responder has no MUT_AUTH_CAP, so it
+                // selects none (DSP0274 1.3 ALGORITHMS: zero when mutual
+                // authentication is not supported).
+                4 => 0,
                 5 => {
                     ks = sup & KEY_SCHEDULE_SPDM != 0;
                     if ks {
@@ -302,14 +307,21 @@ impl Responder {
     }
 }
 
-/// libspdm-compatible consistency checks of the requester's capability flags.
+/// Consistency rules of the requester's capability flags (DSP0274 1.3
+/// GET_CAPABILITIES, Table "Flag fields definitions for the Requester", the
+/// same rules libspdm's responder applies); a violation is InvalidRequest.
+/// `f` is already masked to the bits `ver` defines.
 pub(super) fn check_requester_flags(f: u32, ver: u8) -> bool {
     let bit = |b: u32| f & b != 0;
     let psk = (f >> 10) & 3;
+    let ep_info = (f & caps::EP_INFO_MASK) >> 22;
+    let multi_key = (f & caps::MULTI_KEY_MASK) >> 26;
+    // PSK_CAP 10b and 11b are reserved for a requester.
     if psk >= 2 {
         return false;
     }
     if bit(caps::KEY_EX) || psk != 0 {
+        // A session needs MAC (and maybe ENCRYPT).
         if !bit(caps::MAC) && !bit(caps::ENCRYPT) {
             return false;
         }
@@ -318,7 +330,9 @@ pub(super) fn check_requester_flags(f: u32, ver: u8) -> bool {
         || bit(caps::HANDSHAKE_IN_THE_CLEAR)
         || bit(caps::HBEAT)
         || bit(caps::KEY_UPD)
+        || (ver >= V13 && bit(caps::EVENT))
     {
+        // Session features without a way to open a session.
         return false;
     }
     if !bit(caps::KEY_EX) && psk == 1 && bit(caps::HANDSHAKE_IN_THE_CLEAR) {
@@ -328,10 +342,13 @@ pub(super) fn check_requester_flags(f: u32, ver: u8) -> bool {
         if bit(caps::CERT) && bit(caps::PUB_KEY_ID) {
             return false;
         }
-        if !bit(caps::CHAL) && !bit(caps::KEY_EX) && ver < V13 {
+        // A key is useless without a flow that uses it (1.3 adds signed
+        // GET_ENDPOINT_INFO).
+        let signed_ep_info = ver >= V13 && ep_info == 2;
+        if !(bit(caps::CHAL) || bit(caps::KEY_EX) || signed_ep_info) {
             return false;
         }
-    } else if bit(caps::CHAL) || bit(caps::MUT_AUTH) {
+    } else if bit(caps::CHAL) || bit(caps::MUT_AUTH) || (ver >= V13 && ep_info == 2) {
         return false;
     }
     if bit(caps::MUT_AUTH) && !bit(caps::KEY_EX) && !bit(caps::CHAL) {
@@ -339,6 +356,15 @@ pub(super) fn check_requester_flags(f: u32, ver: u8) -> bool {
     }
     if ver == V11 && bit(caps::MUT_AUTH) && !bit(caps::ENCAP) {
         return false;
+    }
+    if ver >= V13 {
+        // Reserved encodings.
+        if ep_info == 3 || multi_key == 3 {
+            return false;
+        }
+        if multi_key != 0 && (bit(caps::PUB_KEY_ID) || !bit(caps::CERT)) {
+            return false;
+        }
     }
     true
 }

@@ -5,10 +5,10 @@ use std::time::Instant;
 use log::{debug, info, warn};
 
 use super::{
-    fail, invalid, unexpected, unsupported, Fail, Post, Post2, Reply, Responder, SessState,
-    Session, MAX_OPAQUE, NONCE_SIZE, R,
+    fail, invalid, unexpected, Fail, Post, Post2, Reply, Responder, SessState, Session, MAX_OPAQUE,
+    MAX_PSK_HINT, NONCE_SIZE, R,
 };
-use crate::codec::{caps, rsp, Reader, Writer, V12};
+use crate::codec::{caps, rsp, Reader, Writer, V13};
 use crate::crypto::{self, AeadAlgo, DheSecret, HashAlgo};
 use crate::error::ErrorCode;
 use crate::identity::MAX_SLOTS;
@@ -66,14 +66,10 @@ impl Responder {
         }
     }
 
-    pub(super) fn key_exchange(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_some() {
-            return Err(unexpected());
-        }
+    /// KEY_EXCHANGE (outside a session, KEY_EX_CAP on both sides: checked by
+    /// the dispatcher).
+    pub(super) fn key_exchange(&mut self, req: &[u8]) -> R {
         let (hash, _) = self.require_negotiated()?;
-        if !self.session_caps_ok(caps::KEY_EX) {
-            return Err(unsupported(req[1]));
-        }
         let (Some(dhe), Some(aead), true) = (
             self.conn.neg.dhe,
             self.conn.neg.aead,
@@ -86,7 +82,14 @@ impl Responder {
         let slot = req[3];
         let mut r = Reader::new(&req[4..]);
         let req_sid = r.u16().ok_or_else(invalid)?;
-        r.skip(2).ok_or_else(invalid)?; // SessionPolicy (1.2), reserved
+        // SessionPolicy (1.2+): bit 0 TerminationPolicy (nothing here updates
+        // at runtime), bit 1 EventAllPolicy (1.3) needs EVENT_CAP, which this
+        // responder does not have. Then a reserved byte.
+        let policy = r.u8().ok_or_else(invalid)?;
+        if ver >= V13 && policy & 0x02 != 0 {
+            return Err(invalid());
+        }
+        r.skip(1).ok_or_else(invalid)?;
         r.skip(NONCE_SIZE).ok_or_else(invalid)?;
         let exchange = r.take(dhe.exchange_size()).ok_or_else(invalid)?;
         let olen = r.u16().ok_or_else(invalid)? as usize;
@@ -186,13 +189,9 @@ impl Responder {
             .ok_or_else(unexpected)
     }
 
+    /// FINISH (inside a session in its handshake phase, KEY_EX_CAP: checked by
+    /// the dispatcher).
     pub(super) fn finish(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_none() {
-            return Err(unexpected());
-        }
-        if !self.session_caps_ok(caps::KEY_EX) {
-            return Err(unsupported(req[1]));
-        }
         let s = self.session_mut(sid)?;
         if s.state != SessState::Handshaking || s.psk {
             return Err(unexpected());
@@ -226,15 +225,11 @@ impl Responder {
         })
     }
 
-    pub(super) fn psk_exchange(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_some() {
-            return Err(unexpected());
-        }
+    /// PSK_EXCHANGE (outside a session, PSK_CAP on both sides: checked by the
+    /// dispatcher).
+    pub(super) fn psk_exchange(&mut self, req: &[u8]) -> R {
         let (hash, _) = self.require_negotiated()?;
         let n = &self.conn.neg;
-        if n.rsp_caps & caps::PSK_MASK == 0 || n.req_caps & caps::PSK_MASK == 0 {
-            return Err(unsupported(req[1]));
-        }
         let (Some(aead), true) = (n.aead, n.key_schedule) else {
             return Err(unexpected());
         };
@@ -245,17 +240,18 @@ impl Responder {
         let hint_len = r.u16().ok_or_else(invalid)? as usize;
         let ctx_len = r.u16().ok_or_else(invalid)? as usize;
         let olen = r.u16().ok_or_else(invalid)? as usize;
-        if hint_len > 16 || olen > MAX_OPAQUE || ctx_len > 64 {
+        if hint_len > MAX_PSK_HINT || olen > MAX_OPAQUE {
             return Err(invalid());
         }
         let hint = r.take(hint_len).ok_or_else(invalid)?;
         r.skip(ctx_len).ok_or_else(invalid)?;
         let opaque_in = r.take(olen).ok_or_else(invalid)?;
         let req_len = 4 + r.pos();
+        // No hint: the first (usually only) key; else the key it names.
         let psk = if hint.is_empty() {
             self.cfg.psks.first()
         } else {
-            self.cfg.psks.iter().find(|p| p.hint == hint)
+            self.cfg.psks.iter().find(|p| p.matches(hint))
         }
         .ok_or_else(invalid)?
         .key
@@ -293,10 +289,9 @@ impl Responder {
         Ok(Reply::new(msg))
     }
 
+    /// PSK_FINISH (inside a session in its handshake phase, PSK_CAP: checked
+    /// by the dispatcher).
     pub(super) fn psk_finish(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if sid.is_none() {
-            return Err(unexpected());
-        }
         let s = self.session_mut(sid)?;
         if s.state != SessState::Handshaking || !s.psk {
             return Err(unexpected());
@@ -326,41 +321,29 @@ impl Responder {
         })
     }
 
-    pub(super) fn established_session(&mut self, sid: Option<u32>) -> Result<&mut Session, Fail> {
-        let ver = self.conn.neg.version;
-        let Some(id) = sid else {
-            return Err(if ver >= V12 {
-                fail(ErrorCode::SessionRequired)
-            } else {
-                unexpected()
-            });
-        };
-        let s = self
-            .sessions
-            .iter_mut()
-            .find(|s| s.id == id)
-            .ok_or_else(unexpected)?;
+    /// The session of a request the dispatcher let through as an
+    /// application-phase request.
+    fn app_session(&mut self, sid: Option<u32>) -> Result<&mut Session, Fail> {
+        let s = self.session_mut(sid)?;
         if s.state != SessState::Established {
             return Err(unexpected());
         }
         Ok(s)
     }
 
-    pub(super) fn heartbeat(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if !self.session_caps_ok(caps::HBEAT) {
-            return Err(unsupported(req[1]));
-        }
-        let s = self.established_session(sid)?;
+    /// HEARTBEAT (application phase, HBEAT_CAP on both sides). Param1/Param2
+    /// reserved.
+    pub(super) fn heartbeat(&mut self, sid: Option<u32>) -> R {
+        let s = self.app_session(sid)?;
         Ok(Reply::new(
             Writer::header(s.version, rsp::HEARTBEAT_ACK, 0, 0).finish(),
         ))
     }
 
+    /// KEY_UPDATE (application phase, KEY_UPD_CAP on both sides). Param1 the
+    /// operation, Param2 the tag echoed in KEY_UPDATE_ACK.
     pub(super) fn key_update(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        if !self.session_caps_ok(caps::KEY_UPD) {
-            return Err(unsupported(req[1]));
-        }
-        let s = self.established_session(sid)?;
+        let s = self.app_session(sid)?;
         let (op, tag) = (req[2], req[3]);
         let repeat = s.last_key_update == Some((op, tag));
         match op {
@@ -392,8 +375,9 @@ impl Responder {
         ))
     }
 
+    /// END_SESSION (application phase). Param1 bit 0: NegotiatedStateClearing.
     pub(super) fn end_session(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        let s = self.established_session(sid)?;
+        let s = self.app_session(sid)?;
         let clear_state = req[2] & 0x01 != 0;
         Ok(Reply {
             msg: Writer::header(s.version, rsp::END_SESSION_ACK, 0, 0).finish(),

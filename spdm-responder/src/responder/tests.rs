@@ -9,14 +9,14 @@ use crate::identity::PciIds;
 use crate::measurement;
 use crate::rng::DeterministicEntropy;
 
-pub(super) fn responder() -> Responder {
+fn responder() -> Responder {
     let mut rng = DeterministicEntropy::new(b"unit");
     let id = Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
     Responder::with_entropy(ResponderConfig::default(), id, Box::new(rng))
 }
 
 #[test]
-pub(super) fn version_response_and_reset() {
+fn version_response_and_reset() {
     let mut r = responder();
     assert_eq!(
         r.handle_message(&[0x10, 0x84, 0, 0]),
@@ -29,7 +29,7 @@ pub(super) fn version_response_and_reset() {
 }
 
 #[test]
-pub(super) fn capabilities_are_masked_per_version() {
+fn capabilities_are_masked_per_version() {
     let r = responder();
     assert_eq!(r.rsp_caps(V10) & !caps::MASK_10, 0);
     assert_eq!(
@@ -38,11 +38,21 @@ pub(super) fn capabilities_are_masked_per_version() {
     );
     assert_eq!(r.rsp_caps(V11) & caps::CHUNK, 0);
     assert_ne!(r.rsp_caps(V12) & caps::CHUNK, 0);
-    assert_ne!(r.rsp_caps(V13) & caps::PSK_WITH_CONTEXT, 0);
+    // PSK sessions are off unless a key is configured.
+    assert_eq!(r.rsp_caps(V13) & caps::PSK_MASK, 0);
+    let mut rng = DeterministicEntropy::new(b"unit");
+    let id = Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
+    let cfg = ResponderConfig {
+        psks: vec![PskEntry::dmtf_test()],
+        ..ResponderConfig::default()
+    };
+    let r = Responder::with_entropy(cfg, id, Box::new(rng));
+    assert_eq!(r.rsp_caps(V13) & caps::PSK_MASK, caps::PSK_WITH_CONTEXT);
+    assert_eq!(r.rsp_caps(V10) & caps::PSK_MASK, 0);
 }
 
 #[test]
-pub(super) fn requester_flag_rules() {
+fn requester_flag_rules() {
     let ok = caps::CERT | caps::CHAL | caps::ENCRYPT | caps::MAC | caps::KEY_EX;
     assert!(check_requester_flags(ok, V12));
     assert!(!check_requester_flags(ok | caps::PSK_MASK, V12));
@@ -58,7 +68,7 @@ pub(super) fn requester_flag_rules() {
 }
 
 #[test]
-pub(super) fn measurement_blocks() {
+fn measurement_blocks() {
     let m = &measurement::default_measurements("9.9", b"cfg")[2];
     let b = m.block(Some(HashAlgo::Sha256), false);
     assert_eq!(b, vec![3, 1, 6, 0, 0x86, 3, 0, b'9', b'.', b'9']);
@@ -75,7 +85,7 @@ pub(super) fn measurement_blocks() {
 }
 
 #[test]
-pub(super) fn every_request_code_is_answered_without_panic() {
+fn every_request_code_is_answered_without_panic() {
     let mut r = responder();
     for code in 0u8..=255 {
         for len in [0usize, 1, 4, 5, 12, 40, 200] {

@@ -8,6 +8,7 @@ use spdm_responder::crypto::{
     DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
 };
 use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::psk::PskEntry;
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
 use spdm_responder::{Requester, RequesterConfig, Responder, ResponderConfig};
@@ -77,7 +78,17 @@ pub fn requester_config(version: u8, a: &Algos) -> RequesterConfig {
         dhe: a.dhe,
         aead: a.aead,
         trusted_roots: identity().roots_der(),
+        psk: Some(PskEntry::dmtf_test()),
         ..RequesterConfig::default()
+    }
+}
+
+/// The default configuration plus DMTF's public test PSK (PSK sessions are
+/// off by default; these tests turn them on explicitly).
+pub fn psk_config() -> ResponderConfig {
+    ResponderConfig {
+        psks: vec![PskEntry::dmtf_test()],
+        ..ResponderConfig::default()
     }
 }
 
