@@ -55,6 +55,8 @@ enum Cmd {
         /// HeartbeatPeriod in seconds advertised in KEY_EXCHANGE_RSP (0: none).
         #[arg(long, default_value_t = 0)]
         heartbeat: u8,
+        #[command(flatten)]
+        psk: PskArgs,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -130,6 +132,47 @@ struct SecurityArgs {
     /// A DOE mailbox with discovery only (no CMA/SPDM).
     #[arg(long)]
     no_spdm: bool,
+    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
+    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
+    /// from the socket path (nvme: from the NVMe serial number).
+    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
+    dsn: Option<u64>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// PSK session options (off unless given).
+#[derive(clap::Args, Debug, Clone)]
+struct PskArgs {
+    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
+    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
+    #[arg(long, value_name = "HEX|@FILE")]
+    psk: Option<String>,
+    /// The PSKHint that names the key (at most 16 bytes; a requester's hint
+    /// with a trailing NUL matches too).
+    #[arg(long, value_name = "STRING", requires = "psk")]
+    psk_hint: Option<String>,
+}
+
+impl PskArgs {
+    /// The responder configuration: defaults, plus the PSK if one was given.
+    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
+        let mut cfg = spdm_responder::ResponderConfig::default();
+        if let Some(p) = &self.psk {
+            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
+                .map_err(|e| e.to_string())?;
+            cfg.psks.push(psk);
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_dsn(s: &str) -> Result<u64, String> {
+    let h = s.trim_start_matches("0x");
+    u64::from_str_radix(h, 16)
+        .ok()
+        .filter(|_| !h.is_empty() && h.len() <= 16)
+        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
 }
 
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
@@ -147,7 +190,7 @@ impl SecurityArgs {
     fn identity(
         &self,
         kind: &str,
-        ids: &spdm_responder::PciIds,
+        name: &spdm_responder::CmaDeviceName,
     ) -> Result<Option<spdm_responder::Identity>, String> {
         if self.no_spdm {
             return Ok(None);
@@ -156,7 +199,7 @@ impl SecurityArgs {
             .identity_dir
             .clone()
             .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, ids)
+        security::cma::load_identity(&dir, name)
             .map(Some)
             .map_err(|e| e.to_string())
     }
@@ -174,43 +217,48 @@ fn serve(
     } else {
         PortType::Endpoint
     };
+    let spdm_cfg = security.psk.responder_config()?;
     let dev = match kind {
         "dma-copy" => {
             use trustdev_devices::example;
-            let ids = spdm_responder::PciIds {
+            let dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
                 vendor: example::VENDOR_ID,
                 device: example::DEVICE_ID,
                 class_code: 0x12_00_00,
                 revision: 1,
-                subsystem_vendor: example::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((example::VENDOR_ID, 0x0001)),
+                serial: Some(dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
             let tee = identity.is_some();
-            let doe = security::doe_capability(identity);
-            DmaCopy::with_capabilities(port, tee, vec![doe])
+            let doe = security::doe_capability(identity, spdm_cfg);
+            DmaCopy::with_capabilities(port, tee, dsn, vec![doe])
                 .map_err(|e| format!("cannot create the device: {e}"))?
         }
         "nvme" => {
-            let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let ids = spdm_responder::PciIds {
+            let mut cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
+            if let Some(dsn) = security.dsn {
+                cfg.dsn = dsn;
+            }
+            let name = spdm_responder::CmaDeviceName {
                 vendor: trustdev_devices::nvme::VENDOR_ID,
                 device: trustdev_devices::nvme::DEVICE_ID,
                 class_code: 0x01_08_02,
                 revision: 2,
-                subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((trustdev_devices::nvme::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let sec = NvmeSecurity {
-                ext_caps: vec![security::doe_capability(identity.clone())],
+                ext_caps: vec![security::doe_capability(identity.clone(), spdm_cfg.clone())],
                 // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
                 tee: identity.is_some(),
                 // The same identity also answers over Security Send/Receive.
-                storage: identity.map(|id| {
-                    spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
-                }),
+                storage: identity.map(|id| spdm_responder::Responder::new(spdm_cfg, id)),
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
@@ -239,10 +287,16 @@ fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), 
     server.run().map_err(|e| e.to_string())
 }
 
-fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<(), String> {
-    let ids = spdm_responder::PciIds::default();
+fn spdm_responder_tcp(
+    port: u16,
+    dir: Option<PathBuf>,
+    heartbeat: u8,
+    psk: &PskArgs,
+) -> Result<(), String> {
+    // The device behind QEMU's `-device nvme,spdm_port=N`.
+    let name = spdm_responder::CmaDeviceName::QEMU_NVME;
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
-    let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+    let identity = security::cma::load_identity(&dir, &name).map_err(|e| e.to_string())?;
     for (algo, root) in security::cma::root_certificates(&dir) {
         eprintln!(
             "trustdev spdm-responder: {algo} root certificate: {}",
@@ -251,7 +305,7 @@ fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<
     }
     let cfg = spdm_responder::ResponderConfig {
         heartbeat_period: heartbeat,
-        ..Default::default()
+        ..psk.responder_config()?
     };
     let responder = spdm_responder::Responder::new(cfg, identity);
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
@@ -432,7 +486,8 @@ fn main() -> ExitCode {
             port,
             identity_dir,
             heartbeat,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat) {
+            psk,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &psk) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use spdm_responder::crypto::*;
 use spdm_responder::error::ErrorCode;
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::OsEntropy;
 use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{VendorContext, VendorHandler, VendorKey};
@@ -36,7 +36,7 @@ fn main() {
     }
     let id = Identity::generate(
         &[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384],
-        &PciIds::default(),
+        &CmaDeviceName::default(),
         1,
         &mut OsEntropy,
     )

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::OsEntropy;
 use spdm_responder::{serve_tcp, Responder, ResponderConfig};
 
@@ -44,7 +44,8 @@ fn main() {
         }
     }
     let identity = if chains.is_empty() {
-        Identity::load_or_generate(&dir, &PciIds::default(), &mut OsEntropy).expect("identity")
+        Identity::load_or_generate(&dir, &CmaDeviceName::default(), &mut OsEntropy)
+            .expect("identity")
     } else {
         let mut id = Identity::default();
         for (c, k, s) in &chains {

@@ -17,7 +17,7 @@ pub mod secured;
 pub mod vendor;
 
 pub use error::ErrorCode;
-pub use identity::{Identity, PciIds};
+pub use identity::{CmaDeviceName, Identity};
 pub use responder::{Responder, ResponderConfig, SecuredReply};
 pub mod requester;
 pub mod transport;

@@ -89,6 +89,7 @@ fn golden_1_3_p256() {
 }
 
 // Changed when ALGORITHMS stopped selecting a ReqBaseAsymAlg and
-// CHALLENGE_AUTH Param2 became the slot mask (DSP0274 1.3 conformance).
-const GOLDEN_12: &str = "5fbed4a0c6bffa2ade3214789c576d8795b2718566c08300a63ad89c550e2d79";
-const GOLDEN_13: &str = "c388557a4775d09b5993e9b226533f119051c7be61c18546da2fdbb24a7c09d4";
+// CHALLENGE_AUTH Param2 became the slot mask (DSP0274 1.3 conformance), and
+// when the leaf otherName took the kernel's lowercase format.
+const GOLDEN_12: &str = "7c312f5f0d839ce11c358e889d351d728becdf72f9a3515846fa7a12b472fb1f";
+const GOLDEN_13: &str = "858cd20e0a28985c14dad48f697ce1fcca20e59d97da8f70ec32e23aaf83ebb5";

@@ -6,7 +6,7 @@ pub mod cma;
 pub mod doe;
 
 use spdm_responder::{Identity, ResponderConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use vfio_user_server::pci::ExtCap;
 
 /// Where a device kind keeps its SPDM identity unless told otherwise:
@@ -24,13 +24,22 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
 }
 
 /// The DOE mailbox capability of a device: discovery, plus CMA/SPDM and
-/// secured CMA/SPDM answered by an SPDM responder with `identity` (see
-/// [`cma::load_identity`]); without an identity the mailbox serves discovery
-/// only.
-pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
+/// secured CMA/SPDM answered by an SPDM responder configured by `config`
+/// with `identity` (see [`cma::load_identity`]); without an identity the
+/// mailbox serves discovery only.
+pub fn doe_capability(identity: Option<Identity>, config: ResponderConfig) -> ExtCap {
     let protocols = match identity {
-        Some(identity) => cma::doe_protocols(ResponderConfig::default(), identity),
+        Some(identity) => cma::doe_protocols(config, identity),
         None => Vec::new(),
     };
     doe::DoeMailbox::new(protocols).into_ext_cap()
+}
+
+/// The default Device Serial Number of a device instance: a stable value
+/// derived from its kind and the absolute path of its socket (FNV-1a), so
+/// two instances of a kind differ and one instance keeps its number across
+/// restarts. Never 0 (Linux reads 0 as "no serial number").
+pub fn default_dsn(kind: &str, socket: &Path) -> u64 {
+    let abs = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    crate::nvme::options::fnv64(format!("{kind}\0{}", abs.display()).as_bytes()).max(1)
 }

@@ -5,13 +5,19 @@ use super::*;
 use crate::codec::{caps, rsp, V10, V11, V12, V13};
 use crate::crypto::AsymAlgo;
 use crate::crypto::HashAlgo;
-use crate::identity::PciIds;
+use crate::identity::CmaDeviceName;
 use crate::measurement;
 use crate::rng::DeterministicEntropy;
 
 fn responder() -> Responder {
     let mut rng = DeterministicEntropy::new(b"unit");
-    let id = Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
+    let id = Identity::generate(
+        &[AsymAlgo::EcdsaP256],
+        &CmaDeviceName::default(),
+        1,
+        &mut rng,
+    )
+    .unwrap();
     Responder::with_entropy(ResponderConfig::default(), id, Box::new(rng))
 }
 
@@ -41,7 +47,13 @@ fn capabilities_are_masked_per_version() {
     // PSK sessions are off unless a key is configured.
     assert_eq!(r.rsp_caps(V13) & caps::PSK_MASK, 0);
     let mut rng = DeterministicEntropy::new(b"unit");
-    let id = Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
+    let id = Identity::generate(
+        &[AsymAlgo::EcdsaP256],
+        &CmaDeviceName::default(),
+        1,
+        &mut rng,
+    )
+    .unwrap();
     let cfg = ResponderConfig {
         psks: vec![PskEntry::dmtf_test()],
         ..ResponderConfig::default()

@@ -7,7 +7,7 @@ use spdm_responder::crypto::{
     AsymAlgo, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384,
     DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
 };
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::psk::PskEntry;
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
@@ -20,7 +20,7 @@ pub fn identity() -> Identity {
         let mut rng = DeterministicEntropy::new(b"trustdev test identity");
         Identity::generate(
             &[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384],
-            &PciIds::default(),
+            &CmaDeviceName::default(),
             2,
             &mut rng,
         )
