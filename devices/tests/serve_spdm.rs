@@ -252,15 +252,29 @@ fn psk_sessions_only_with_psk() {
     std::fs::write(&file, key).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let arg = format!("@{}", file.display());
-    let out = Command::new(env!("CARGO_BIN_EXE_trustdev"))
+    let mut refused = Command::new(env!("CARGO_BIN_EXE_trustdev"))
         .args(["serve", "nvme", "--socket"])
         .arg(d.path("b.sock"))
         .args(["--psk", &arg])
         .env("TRUSTDEV_IDENTITY_DIR", &identity)
-        .output()
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = refused.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = refused.kill();
+            let _ = refused.wait();
+            panic!("trustdev serve started with a PSK file readable by others");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("chmod 600"), "{err}");
     assert!(!d.path("b.sock").exists());
 
