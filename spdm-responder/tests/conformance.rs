@@ -459,3 +459,50 @@ fn psk_sessions_are_off_by_default() {
         r.end_session(s).unwrap();
     }
 }
+
+/// DSP0274 1.3.0 "CHUNK_GET request and CHUNK_RESPONSE response message":
+/// a chunked transfer is not interrupted by requests outside the chunk
+/// sequence (GET_VERSION excepted): they get UnexpectedRequest and the
+/// transfer continues; a wrong handle is InvalidRequest, also without ending
+/// it.
+#[test]
+fn a_chunked_response_is_not_interrupted() {
+    let v = V12;
+    let mut cfg = requester_config(v, &ALGOS[0]);
+    cfg.data_transfer_size = 64;
+    let mut r = Requester::with_entropy(
+        cfg,
+        InMemory::recording(responder(ResponderConfig::default())),
+        Box::new(DeterministicEntropy::new(b"chunk")),
+    );
+    r.init_connection().unwrap();
+    // 1 KiB of certificate chain: larger than our 64-byte DataTransferSize.
+    let resp = r.raw_exchange(None, &[v, 0x82, 0, 0, 0, 0, 0, 4]).unwrap();
+    assert_error(&resp, v, ErrorCode::LargeResponse as u8, "GET_CERTIFICATE");
+    let handle = resp[4];
+    for (what, m) in [
+        ("GET_DIGESTS", vec![v, 0x81, 0, 0]),
+        ("CHALLENGE", [vec![v, 0x83, 0, 0], vec![0u8; 32]].concat()),
+        (
+            "CHUNK_SEND",
+            vec![
+                v, 0x85, 0, 1, 0, 0, 0, 0, 4, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4,
+            ],
+        ),
+    ] {
+        assert_error(&r.raw_exchange(None, &m).unwrap(), v, UNEXPECTED, what);
+    }
+    let bad = r
+        .raw_exchange(None, &[v, 0x86, 0, handle.wrapping_add(1), 0, 0])
+        .unwrap();
+    assert_error(&bad, v, INVALID, "CHUNK_GET with another handle");
+    // The transfer is still there: chunk 0 of it.
+    let c0 = r.raw_exchange(None, &[v, 0x86, 0, handle, 0, 0]).unwrap();
+    assert_eq!(c0[1], 0x06, "CHUNK_RESPONSE {c0:02x?}");
+    assert_eq!(c0[3], handle);
+    // GET_VERSION ends it.
+    assert_eq!(r.raw_exchange(None, &[V10, 0x84, 0, 0]).unwrap()[1], 0x04);
+    r.init_connection().unwrap();
+    let after = r.raw_exchange(None, &[v, 0x86, 0, handle, 1, 0]).unwrap();
+    assert_error(&after, v, UNEXPECTED, "CHUNK_GET after GET_VERSION");
+}

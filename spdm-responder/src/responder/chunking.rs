@@ -56,8 +56,8 @@ impl Responder {
         let Some(c) = self.chunk_out.as_mut() else {
             return Err(unexpected());
         };
+        // A wrong handle or sequence number is refused; the transfer goes on.
         if c.handle != handle || c.next_seq != seq || c.session != sid {
-            self.chunk_out = None;
             return Err(invalid());
         }
         let hdr = 12 + if seq == 0 { 4 } else { 0 };
