@@ -27,9 +27,17 @@ use std::time::{Duration, Instant};
 
 const DYNDBG: &str = r#"dyndbg="file drivers/pci/doe.c +p""#;
 
+/// The guest's TIMING lines, and the per-message times `trustdev-guest spdm`
+/// prints ("  STEP  OK  x.xx ms  detail") for docs/PERFORMANCE.md.
 fn print_timings(run: &support::VmRun) {
     for l in run.lines("TIMING") {
         eprintln!("{l}");
+    }
+    for l in run.serial.lines() {
+        let l = l.trim_end();
+        if l.starts_with("  ") && l.contains(" OK ") && l.contains(" ms") {
+            eprintln!("SPDM-STEP {}", l.trim_start());
+        }
     }
 }
 
