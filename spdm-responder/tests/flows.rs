@@ -232,3 +232,24 @@ fn several_concurrent_sessions_are_independent() {
         r.end_session(s).unwrap();
     }
 }
+
+/// KEY_EXCHANGE with the responder's ECDHE keys from ring: every version and
+/// algorithm set interoperates with the (RustCrypto) requester.
+#[test]
+fn ring_ecdhe_sessions() {
+    use spdm_responder::crypto::EcdhBackend;
+    for v in [V11, V12, V13] {
+        for a in &ALGOS {
+            let cfg = ResponderConfig {
+                ecdh: EcdhBackend::Ring,
+                ..psk_config()
+            };
+            let mut r = in_memory(v, a, cfg);
+            r.authenticate(0).unwrap();
+            let s = r.key_exchange(0, 0).unwrap();
+            r.heartbeat(s).unwrap();
+            r.key_update(s, true).unwrap();
+            r.end_session(s).unwrap();
+        }
+    }
+}

@@ -2,8 +2,8 @@
 
 use crate::codec::{V10, V11, V12, V13};
 use crate::crypto::{
-    AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1,
-    DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
+    EcdhBackend, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384,
+    DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
 };
 use crate::measurement::{self, Measurement};
 use crate::psk::PskEntry;
@@ -48,6 +48,9 @@ pub struct ResponderConfig {
     pub respond_not_ready: bool,
     /// Advertise the CHUNK capability (1.2+).
     pub chunk: bool,
+    /// Ephemeral ECDHE keys of KEY_EXCHANGE: RustCrypto (default; zeroized,
+    /// from the injected entropy) or ring (faster, not zeroized by ring).
+    pub ecdh: EcdhBackend,
 }
 
 impl Default for ResponderConfig {
@@ -74,6 +77,7 @@ impl Default for ResponderConfig {
             ),
             respond_not_ready: false,
             chunk: true,
+            ecdh: EcdhBackend::RustCrypto,
         }
     }
 }

@@ -104,7 +104,9 @@ impl Responder {
         let chain = self.slot_chain(slot).ok_or_else(invalid)?;
         let summary = self.summary_hash(hash_type)?;
         let sec_ver = self.select_secured_version(opaque_in)?;
-        let secret = DheSecret::generate(dhe, &mut *self.rng);
+        let secret = DheSecret::generate_with(dhe, self.cfg.ecdh, &mut *self.rng)
+            .map_err(|_| fail(ErrorCode::Unspecified))?;
+        let public = secret.public_exchange();
         let shared = secret.agree(exchange).map_err(|_| invalid())?;
         let session_id = self.new_session_id(req_sid)?;
         let random: [u8; NONCE_SIZE] = self.random();
@@ -118,7 +120,7 @@ impl Responder {
             .u8(0)
             .u8(0)
             .bytes(&random)
-            .bytes(&secret.public_exchange())
+            .bytes(&public)
             .bytes(&summary);
         let op = self.rsp_opaque(sec_ver);
         w.u16(op.len() as u16).bytes(&op);
