@@ -1,7 +1,9 @@
 //! The dispatcher: the checks every request goes through, in one order, before
 //! its handler runs (see CONFORMANCE.md "Error precedence").
 //!
-//! 1. framing (a 4-byte header) -> InvalidRequest;
+//! 1. framing (a 4-byte header) -> InvalidRequest; a request other than
+//!    CHUNK_GET/CHUNK_SEND (or GET_VERSION) during a chunked transfer ->
+//!    UnexpectedRequest;
 //! 2. SPDMVersion (GET_VERSION is 1.0; before CAPABILITIES only GET_CAPABILITIES
 //!    with a version VERSION offered; afterwards the negotiated one) ->
 //!    VersionMismatch / UnexpectedRequest;
@@ -149,6 +151,17 @@ impl Responder {
         }
         let (ver, code_u8) = (req[0], req[1]);
         let code = RequestCode::from_u8(code_u8);
+        // DSP0274 1.3 CHUNK_SEND / CHUNK_GET: a chunked transfer is not
+        // interrupted by other requests (GET_VERSION excepted); they get
+        // UnexpectedRequest and the transfer goes on.
+        if !from_chunk && code != Some(RequestCode::GetVersion) {
+            let other_than = |c| code != Some(c);
+            if (self.chunk_out.is_some() && other_than(RequestCode::ChunkGet))
+                || (self.chunk_in.is_some() && other_than(RequestCode::ChunkSend))
+            {
+                return Err(unexpected());
+            }
+        }
         self.check_version(ver, code_u8)?;
         let Some(code) = code else {
             return Err(unsupported(code_u8));
@@ -184,9 +197,6 @@ impl Responder {
         // A pending ResponseNotReady is abandoned by any other request.
         if code != RequestCode::RespondIfReady {
             self.not_ready = None;
-        }
-        if !matches!(code, RequestCode::ChunkGet) && !from_chunk {
-            self.chunk_out = None;
         }
         self.reset_transcripts_for(code, sid);
         let r = match code {
