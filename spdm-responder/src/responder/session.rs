@@ -194,15 +194,28 @@ impl Responder {
     /// FINISH (inside a session in its handshake phase, KEY_EX_CAP: checked by
     /// the dispatcher).
     pub(super) fn finish(&mut self, req: &[u8], sid: Option<u32>) -> R {
+        // A signature is only allowed when we requested mutual authentication
+        // (never).
+        if req[2] & 0x01 != 0 {
+            return Err(invalid());
+        }
+        self.end_handshake(req, sid, false)
+    }
+
+    /// FINISH or PSK_FINISH: check RequesterVerifyData over the transcript,
+    /// answer, and move the session to its application phase. A mismatch is
+    /// DecryptError and ends the session.
+    fn end_handshake(&mut self, req: &[u8], sid: Option<u32>, psk: bool) -> R {
+        let (name, code) = if psk {
+            ("PSK_FINISH", rsp::PSK_FINISH_RSP)
+        } else {
+            ("FINISH", rsp::FINISH_RSP)
+        };
         let s = self.session_mut(sid)?;
-        if s.state != SessState::Handshaking || s.psk {
+        if s.state != SessState::Handshaking || s.psk != psk {
             return Err(unexpected());
         }
         let h = s.hash.size();
-        if req[2] & 0x01 != 0 {
-            // A signature is only allowed when we requested mutual authentication (never).
-            return Err(invalid());
-        }
         if req.len() < 4 + h {
             return Err(invalid());
         }
@@ -212,10 +225,10 @@ impl Responder {
             .hash
             .hmac_verify(&s.hs.req_finished_key, &s.hash.hash(&th), &req[4..4 + h]);
         if !ok {
-            warn!("FINISH: RequesterVerifyData mismatch; session terminated");
+            warn!("{name}: RequesterVerifyData mismatch; session terminated");
             return Err(Fail(ErrorCode::DecryptError, 0, Some(Post2::KillSession)));
         }
-        let msg = Writer::header(s.version, rsp::FINISH_RSP, 0, 0).finish();
+        let msg = Writer::header(s.version, code, 0, 0).finish();
         s.transcript.extend_from_slice(&req[..4 + h]);
         s.transcript.extend_from_slice(&msg);
         let th2 = s.hash.hash(&s.transcript);
@@ -227,8 +240,6 @@ impl Responder {
         })
     }
 
-    /// PSK_EXCHANGE (outside a session, PSK_CAP on both sides: checked by the
-    /// dispatcher).
     pub(super) fn psk_exchange(&mut self, req: &[u8]) -> R {
         let (hash, _) = self.require_negotiated()?;
         let n = &self.conn.neg;
@@ -294,33 +305,7 @@ impl Responder {
     /// PSK_FINISH (inside a session in its handshake phase, PSK_CAP: checked
     /// by the dispatcher).
     pub(super) fn psk_finish(&mut self, req: &[u8], sid: Option<u32>) -> R {
-        let s = self.session_mut(sid)?;
-        if s.state != SessState::Handshaking || !s.psk {
-            return Err(unexpected());
-        }
-        let h = s.hash.size();
-        if req.len() < 4 + h {
-            return Err(invalid());
-        }
-        let mut th = s.transcript.clone();
-        th.extend_from_slice(&req[..4]);
-        if !s
-            .hash
-            .hmac_verify(&s.hs.req_finished_key, &s.hash.hash(&th), &req[4..4 + h])
-        {
-            warn!("PSK_FINISH: RequesterVerifyData mismatch; session terminated");
-            return Err(Fail(ErrorCode::DecryptError, 0, Some(Post2::KillSession)));
-        }
-        let msg = Writer::header(s.version, rsp::PSK_FINISH_RSP, 0, 0).finish();
-        s.transcript.extend_from_slice(&req[..4 + h]);
-        s.transcript.extend_from_slice(&msg);
-        let th2 = s.hash.hash(&s.transcript);
-        let ds = keyschedule::data_secrets(s.hash, s.version, &s.hs.handshake_secret, &th2)
-            .map_err(|_| fail(ErrorCode::Unspecified))?;
-        Ok(Reply {
-            msg,
-            post: Post::EnterApplication(Box::new(ds)),
-        })
+        self.end_handshake(req, sid, true)
     }
 
     /// The session of a request the dispatcher let through as an

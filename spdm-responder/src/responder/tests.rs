@@ -9,7 +9,7 @@ use crate::identity::CmaDeviceName;
 use crate::measurement;
 use crate::rng::DeterministicEntropy;
 
-fn responder() -> Responder {
+fn responder_with(cfg: ResponderConfig) -> Responder {
     let mut rng = DeterministicEntropy::new(b"unit");
     let id = Identity::generate(
         &[AsymAlgo::EcdsaP256],
@@ -18,7 +18,11 @@ fn responder() -> Responder {
         &mut rng,
     )
     .unwrap();
-    Responder::with_entropy(ResponderConfig::default(), id, Box::new(rng))
+    Responder::with_entropy(cfg, id, Box::new(rng))
+}
+
+fn responder() -> Responder {
+    responder_with(ResponderConfig::default())
 }
 
 #[test]
@@ -46,19 +50,10 @@ fn capabilities_are_masked_per_version() {
     assert_ne!(r.rsp_caps(V12) & caps::CHUNK, 0);
     // PSK sessions are off unless a key is configured.
     assert_eq!(r.rsp_caps(V13) & caps::PSK_MASK, 0);
-    let mut rng = DeterministicEntropy::new(b"unit");
-    let id = Identity::generate(
-        &[AsymAlgo::EcdsaP256],
-        &CmaDeviceName::default(),
-        1,
-        &mut rng,
-    )
-    .unwrap();
-    let cfg = ResponderConfig {
+    let r = responder_with(ResponderConfig {
         psks: vec![PskEntry::dmtf_test()],
         ..ResponderConfig::default()
-    };
-    let r = Responder::with_entropy(cfg, id, Box::new(rng));
+    });
     assert_eq!(r.rsp_caps(V13) & caps::PSK_MASK, caps::PSK_WITH_CONTEXT);
     assert_eq!(r.rsp_caps(V10) & caps::PSK_MASK, 0);
 }
