@@ -159,8 +159,9 @@ struct PskArgs {
     /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
     #[arg(long, value_name = "HEX|@FILE")]
     psk: Option<String>,
-    /// The PSKHint that names the key (at most 16 bytes; a requester's hint
-    /// with a trailing NUL matches too).
+    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
+    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
+    /// a hint configured without it).
     #[arg(long, value_name = "STRING", requires = "psk")]
     psk_hint: Option<String>,
 }

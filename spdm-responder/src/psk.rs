@@ -64,13 +64,20 @@ impl PskEntry {
 
     /// From the command line: `psk` is the key in hex, or `@PATH` of a file
     /// holding the raw key bytes (mode 0600 or stricter, else refused);
-    /// `hint` is the PSKHint as a string (empty when absent).
+    /// `hint` is the PSKHint as a string (empty when absent); a trailing `\0`
+    /// (backslash, zero) stands for a NUL byte, as DMTF's tools send their
+    /// hint "TestPskHint\0".
     pub fn from_arg(psk: &str, hint: Option<&str>) -> Result<Self, PskError> {
         let key = match psk.strip_prefix('@') {
             Some(path) => read_key_file(Path::new(path))?,
             None => decode_hex(psk)?,
         };
-        Self::new(hint.unwrap_or("").as_bytes(), key)
+        let hint = hint.unwrap_or("");
+        let hint = match hint.strip_suffix("\\0") {
+            Some(h) => [h.as_bytes(), &[0]].concat(),
+            None => hint.as_bytes().to_vec(),
+        };
+        Self::new(&hint, key)
     }
 
     /// Whether a requester's PSKHint names this key. A hint sent as a
@@ -132,6 +139,8 @@ mod tests {
         assert!(p.matches(b"TestPskHint\0"));
         assert!(!p.matches(b"TestPskHin"));
         assert!(!p.matches(b""));
+        let nul = PskEntry::from_arg("00", Some("TestPskHint\\0")).unwrap();
+        assert_eq!(nul.hint, b"TestPskHint\0");
         assert!(PskEntry::from_arg("abc", None).is_err());
         assert!(PskEntry::from_arg("zz", None).is_err());
         assert!(PskEntry::from_arg("", None).is_err());
