@@ -15,12 +15,6 @@ use spdm_responder::transport::InMemory;
 use spdm_responder::{Requester, ResponderConfig};
 
 const ERROR: u8 = 0x7F;
-const INVALID: u8 = ErrorCode::InvalidRequest as u8;
-const UNEXPECTED: u8 = ErrorCode::UnexpectedRequest as u8;
-const UNSUPPORTED: u8 = ErrorCode::UnsupportedRequest as u8;
-const MISMATCH: u8 = ErrorCode::VersionMismatch as u8;
-const SESSION_REQUIRED: u8 = ErrorCode::SessionRequired as u8;
-const DECRYPT: u8 = ErrorCode::DecryptError as u8;
 
 /// An ERROR with this SPDMVersion and code.
 fn assert_error(resp: &[u8], version: u8, code: u8, what: &str) {

@@ -12,12 +12,6 @@ use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{VendorContext, VendorHandler, VendorKey};
 use spdm_responder::{Requester, ResponderConfig};
 
-const INVALID: u8 = ErrorCode::InvalidRequest as u8;
-const UNEXPECTED: u8 = ErrorCode::UnexpectedRequest as u8;
-const UNSUPPORTED: u8 = ErrorCode::UnsupportedRequest as u8;
-const MISMATCH: u8 = ErrorCode::VersionMismatch as u8;
-const SESSION_REQUIRED: u8 = ErrorCode::SessionRequired as u8;
-const DECRYPT: u8 = ErrorCode::DecryptError as u8;
 const TOO_LARGE: u8 = ErrorCode::RequestTooLarge as u8;
 const INVALID_SESSION: u8 = 0x02;
 
