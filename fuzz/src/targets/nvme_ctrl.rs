@@ -49,7 +49,10 @@ pub fn device() -> Result<NvmeDevice, String> {
     };
     let cfg = NvmeConfig::from_args(&args, "trustdev-fuzz")?;
     let sec = NvmeSecurity {
-        ext_caps: vec![trustdev_devices::security::doe_capability(Some(identity()))],
+        ext_caps: vec![trustdev_devices::security::doe_capability(
+            Some(identity()),
+            super::spdm::responder_config(),
+        )],
         tee: true,
         storage: Some(responder()),
     };

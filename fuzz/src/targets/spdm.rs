@@ -31,7 +31,7 @@ use spdm_responder::crypto::{
 };
 use spdm_responder::idekm::codec::StreamHeader;
 use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream, KEY_LEN};
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::responder::PskEntry;
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
@@ -50,7 +50,7 @@ pub fn identity() -> Identity {
         let mut rng = DeterministicEntropy::new(b"trustdev fuzz identity");
         Identity::generate(
             &[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384],
-            &PciIds::default(),
+            &CmaDeviceName::default(),
             2,
             &mut rng,
         )
