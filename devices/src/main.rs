@@ -26,6 +26,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
@@ -64,6 +66,8 @@ enum Cmd {
         /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
         ide_ports: u16,
+        #[command(flatten)]
+        psk: PskArgs,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -160,6 +164,48 @@ struct SecurityArgs {
     /// device unless it has IDE).
     #[arg(long)]
     no_tee: bool,
+    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
+    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
+    /// from the socket path (nvme: from the NVMe serial number).
+    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
+    dsn: Option<u64>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// PSK session options (off unless given).
+#[derive(clap::Args, Debug, Clone)]
+struct PskArgs {
+    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
+    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
+    #[arg(long, value_name = "HEX|@FILE")]
+    psk: Option<String>,
+    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
+    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
+    /// a hint configured without it).
+    #[arg(long, value_name = "STRING", requires = "psk")]
+    psk_hint: Option<String>,
+}
+
+impl PskArgs {
+    /// The responder configuration: defaults, plus the PSK if one was given.
+    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
+        let mut cfg = spdm_responder::ResponderConfig::default();
+        if let Some(p) = &self.psk {
+            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
+                .map_err(|e| e.to_string())?;
+            cfg.psks.push(psk);
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_dsn(s: &str) -> Result<u64, String> {
+    let h = s.trim_start_matches("0x");
+    u64::from_str_radix(h, 16)
+        .ok()
+        .filter(|_| !h.is_empty() && h.len() <= 16)
+        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
 }
 
 impl SecurityArgs {
@@ -193,7 +239,7 @@ impl SecurityArgs {
     fn identity(
         &self,
         kind: &str,
-        ids: &spdm_responder::PciIds,
+        name: &spdm_responder::CmaDeviceName,
     ) -> Result<Option<spdm_responder::Identity>, String> {
         if self.no_spdm {
             return Ok(None);
@@ -202,7 +248,7 @@ impl SecurityArgs {
             .identity_dir
             .clone()
             .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, ids)
+        security::cma::load_identity(&dir, name)
             .map(Some)
             .map_err(|e| e.to_string())
     }
@@ -220,40 +266,52 @@ fn serve(
     } else {
         PortType::Endpoint
     };
+    let spdm_cfg = security.psk.responder_config()?;
     match kind {
         "dma-copy" => {
             use trustdev_devices::example;
-            let ids = spdm_responder::PciIds {
+            let dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
                 vendor: example::VENDOR_ID,
                 device: example::DEVICE_ID,
                 class_code: 0x12_00_00,
                 revision: 1,
-                subsystem_vendor: example::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((example::VENDOR_ID, 0x0001)),
+                serial: Some(dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let tee = !security.no_tee;
             let ide = security.ide()?;
-            let mut caps = vec![security::doe_capability_with_ide(identity, ide.as_ref())];
+            let mut caps = vec![security::doe_capability_with_ide(
+                identity,
+                spdm_cfg,
+                ide.as_ref(),
+            )];
             caps.extend(ide.iter().flat_map(|i| i.capabilities()));
-            let dev = DmaCopy::with_capabilities(port, tee, caps)
+            let dev = DmaCopy::with_capabilities(port, tee, dsn, caps)
                 .map_err(|e| format!("cannot create the device: {e}"))?;
             run_linked(dev, ide, socket)
         }
         "nvme" => {
-            let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let ids = spdm_responder::PciIds {
+            let mut cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
+            if let Some(dsn) = security.dsn {
+                cfg.dsn = dsn;
+            }
+            let name = spdm_responder::CmaDeviceName {
                 vendor: trustdev_devices::nvme::VENDOR_ID,
                 device: trustdev_devices::nvme::DEVICE_ID,
                 class_code: 0x01_08_02,
                 revision: 2,
-                subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((trustdev_devices::nvme::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let ide = security.ide()?;
             let mut ext_caps = vec![security::doe_capability_with_ide(
                 identity.clone(),
+                spdm_cfg.clone(),
                 ide.as_ref(),
             )];
             ext_caps.extend(ide.iter().flat_map(|i| i.capabilities()));
@@ -261,9 +319,7 @@ fn serve(
                 ext_caps,
                 tee: !security.no_tee,
                 // The same identity also answers over Security Send/Receive.
-                storage: identity.map(|id| {
-                    spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
-                }),
+                storage: identity.map(|id| spdm_responder::Responder::new(spdm_cfg, id)),
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
@@ -272,21 +328,27 @@ fn serve(
         "accel" => {
             use trustdev_devices::accel;
             let mut cfg = accel::AccelArgs::default().config();
-            let i = accel::pci_ids();
-            let ids = spdm_responder::PciIds {
-                vendor: i.vendor,
-                device: i.device,
-                class_code: i.class,
-                revision: i.revision,
-                subsystem_vendor: i.subsystem_vendor,
-                subsystem: i.subsystem,
+            cfg.dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
+                vendor: accel::VENDOR_ID,
+                device: accel::DEVICE_ID,
+                class_code: accel::CLASS,
+                revision: accel::REVISION,
+                subsystem: Some((accel::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
             };
             // The security blocks every device carries, built the same way.
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let ide = security.ide()?;
             cfg.port = port;
             cfg.tee = !security.no_tee;
-            cfg.security_caps = vec![security::doe_capability_with_ide(identity, ide.as_ref())];
+            cfg.security_caps = vec![security::doe_capability_with_ide(
+                identity,
+                spdm_cfg,
+                ide.as_ref(),
+            )];
             cfg.security_caps
                 .extend(ide.iter().flat_map(|i| i.capabilities()));
             let dev = accel::AccelDevice::new(cfg)
@@ -331,10 +393,12 @@ fn spdm_responder_tcp(
     heartbeat: u8,
     ide: &str,
     ide_ports: u16,
+    psk: &PskArgs,
 ) -> Result<(), String> {
-    let ids = spdm_responder::PciIds::default();
+    // The device behind QEMU's `-device nvme,spdm_port=N`.
+    let name = spdm_responder::CmaDeviceName::QEMU_NVME;
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
-    let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+    let identity = security::cma::load_identity(&dir, &name).map_err(|e| e.to_string())?;
     for (algo, root) in security::cma::root_certificates(&dir) {
         eprintln!(
             "trustdev spdm-responder: {algo} root certificate: {}",
@@ -343,7 +407,7 @@ fn spdm_responder_tcp(
     }
     let cfg = spdm_responder::ResponderConfig {
         heartbeat_period: heartbeat,
-        ..Default::default()
+        ..psk.responder_config()?
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
     if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
@@ -536,7 +600,8 @@ fn main() -> ExitCode {
             heartbeat,
             ide,
             ide_ports,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports) {
+            psk,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &psk) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

@@ -7,7 +7,7 @@
 
 use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::DeterministicEntropy;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -63,10 +63,17 @@ fn run(c: &mut Client, ram: &SharedMemory, slot: u32, mut d: Descriptor) -> Comp
 #[test]
 fn accelerator_dma_over_a_secure_ide_stream() {
     let mut rng = DeterministicEntropy::new(b"trustdev accel_ide test identity");
-    let id = Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap();
+    let id = Identity::generate(
+        &[AsymAlgo::EcdsaP256],
+        &CmaDeviceName::default(),
+        1,
+        &mut rng,
+    )
+    .unwrap();
     let ide = Ide::new(IdeConfig::default());
     let mut caps = vec![security::doe_capability_with_ide(
         Some(id.clone()),
+        spdm_responder::ResponderConfig::default(),
         Some(&ide),
     )];
     caps.extend(ide.capabilities());
@@ -79,6 +86,7 @@ fn accelerator_dma_over_a_secure_ide_stream() {
     .unwrap();
     let dev = IdeDevice::new(dev, std::sync::Arc::clone(&ide)).unwrap();
     let dir = std::env::temp_dir().join(format!("trustdev-accel-ide-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("accel.sock");
     let mut server = Server::new(dev, &socket).unwrap();

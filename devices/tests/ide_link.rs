@@ -8,8 +8,9 @@ mod ide_common;
 
 use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot, SubStream};
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::DeterministicEntropy;
+use spdm_responder::ResponderConfig;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -36,7 +37,13 @@ fn identity() -> Identity {
     static ID: OnceLock<Identity> = OnceLock::new();
     ID.get_or_init(|| {
         let mut rng = DeterministicEntropy::new(b"trustdev ide_link test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
+        Identity::generate(
+            &[AsymAlgo::EcdsaP256],
+            &CmaDeviceName::default(),
+            1,
+            &mut rng,
+        )
+        .unwrap()
     })
     .clone()
 }
@@ -69,10 +76,17 @@ fn start(tag: &str) -> Rig {
     ide.set_trace(&dir.join("wire.pcap")).unwrap();
     let mut caps = vec![security::doe_capability_with_ide(
         Some(identity()),
+        ResponderConfig::default(),
         Some(&ide),
     )];
     caps.extend(ide.capabilities());
-    let dev = DmaCopy::with_capabilities(PortType::RcIntegratedEndpoint, true, caps).unwrap();
+    let dev = DmaCopy::with_capabilities(
+        PortType::RcIntegratedEndpoint,
+        true,
+        example::DEFAULT_SERIAL,
+        caps,
+    )
+    .unwrap();
     let dev = IdeDevice::new(dev, Arc::clone(&ide)).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let e2 = Arc::clone(&events);

@@ -49,6 +49,8 @@ pub const CLASS: u32 = 0x12_00_00;
 pub const REVISION: u8 = 1;
 /// The MSI-X BAR.
 pub const MSIX_BAR: usize = 2;
+/// Device Serial Number unless configured otherwise.
+pub const DEFAULT_DSN: u64 = 0x7d0c_acc1_0000_0001;
 
 /// The accelerator's configuration.
 #[derive(Debug)]
@@ -67,6 +69,9 @@ pub struct AccelConfig {
     pub port: PortType,
     /// DEVCAP.TEE (set for function 0 with a CMA mailbox).
     pub tee: bool,
+    /// Device Serial Number (the DSN capability; also in the CMA name of
+    /// the leaf certificate).
+    pub dsn: u64,
     /// Extended capabilities of the security blocks (DOE mailbox, ...).
     pub security_caps: Vec<ExtCap>,
 }
@@ -81,6 +86,7 @@ impl Default for AccelConfig {
             pri_capacity: 512,
             port: PortType::Endpoint,
             tee: false,
+            dsn: DEFAULT_DSN,
             security_caps: Vec::new(),
         }
     }
@@ -117,7 +123,7 @@ impl std::fmt::Debug for AccelDevice {
 }
 
 fn config_space(cfg: &mut AccelConfig, xlat: &Arc<TranslationRegs>) -> ConfigSpace {
-    let serial: u64 = 0x7d0c_acc1_0000_0001;
+    let serial = cfg.dsn;
     let mut b = ConfigBuilder::new(pci_ids())
         .bar(0, Bar::mem32(regs::BAR0_SIZE))
         .bar(MSIX_BAR, Bar::mem32(0x1000))
