@@ -32,7 +32,7 @@ struct Cli {
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
     Serve {
-        /// Device model: dma-copy, nvme.
+        /// Device model: dma-copy, nvme, accel.
         kind: String,
         /// Socket path (created 0600).
         #[arg(long)]
@@ -325,8 +325,38 @@ fn serve(
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
             run_linked(dev, ide, socket)
         }
+        "accel" => {
+            use trustdev_devices::accel;
+            let mut cfg = accel::AccelArgs::default().config();
+            cfg.dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
+                vendor: accel::VENDOR_ID,
+                device: accel::DEVICE_ID,
+                class_code: accel::CLASS,
+                revision: accel::REVISION,
+                subsystem: Some((accel::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
+            };
+            // The security blocks every device carries, built the same way.
+            let identity = security.identity(kind, &name)?;
+            let ide = security.ide()?;
+            cfg.port = port;
+            cfg.tee = !security.no_tee;
+            cfg.security_caps = vec![security::doe_capability_with_ide(
+                identity,
+                spdm_cfg,
+                ide.as_ref(),
+            )];
+            cfg.security_caps
+                .extend(ide.iter().flat_map(|i| i.capabilities()));
+            let dev = accel::AccelDevice::new(cfg)
+                .map_err(|e| format!("cannot create the accelerator: {e}"))?;
+            run_linked(dev, ide, socket)
+        }
         other => Err(format!(
-            "unknown device kind {other:?} (known: dma-copy, nvme)"
+            "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
         )),
     }
 }

@@ -2,13 +2,15 @@
 //! benchmarks and host-side tools. It also serves the server's DMA_READ and
 //! DMA_WRITE requests for memory it registered without an fd.
 
+use crate::iommu::{IommuModel, PasidClient, Served};
+use crate::protocol::pasid::{InvalidateRequest, PageResponse};
 use crate::protocol::{
     encode_write_multi, Command, DmaMapRequest, DmaProt, DmaTransfer, Header, IrqAction, IrqData,
     MessageType, MultiWrite, ProtocolError, Reader, RegionAccess, SetIrqsRequest, SparseArea,
     REGION_INFO_SIZE,
 };
 use crate::transport::{recv_message, send_message, Message, TransportError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -83,6 +85,13 @@ pub struct Client {
     remote: BTreeMap<u64, Vec<u8>>,
     /// DMA_READ/WRITE requests served so far.
     pub dma_requests_served: u64,
+    /// The PASID extension's client side, once enabled.
+    pasid: Option<PasidClient>,
+    /// Commands sent without waiting for their reply (automatic page
+    /// responses); their replies are consumed when they arrive.
+    detached: HashSet<u16>,
+    /// Error replies received for detached commands: (id, errno).
+    pub detached_errors: Vec<(u16, i32)>,
 }
 
 impl Client {
@@ -95,8 +104,18 @@ impl Client {
 
     /// Sends VERSION with QEMU 11.1's capability proposal and checks the reply.
     pub fn negotiate(&mut self) -> Result<(), ClientError> {
+        self.negotiate_with("")
+    }
+
+    /// Sends VERSION with QEMU 11.1's capability proposal plus `extra`
+    /// members of the capabilities object (e.g.
+    /// `"pasid":{"ats":true,"pri":true,"dma":true}`), and checks the reply.
+    pub fn negotiate_with(&mut self, extra: &str) -> Result<(), ClientError> {
         let c = self;
-        let json = r#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#;
+        let sep = if extra.is_empty() { "" } else { "," };
+        let json = format!(
+            r#"{{"capabilities":{{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true{sep}{extra}}}}}"#
+        );
         let mut p = vec![0, 0, 0, 0];
         p.extend_from_slice(json.as_bytes());
         p.push(0);
@@ -120,6 +139,9 @@ impl Client {
             server_caps: String::new(),
             remote: BTreeMap::new(),
             dma_requests_served: 0,
+            pasid: None,
+            detached: HashSet::new(),
+            detached_errors: Vec::new(),
         })
     }
 
@@ -200,6 +222,12 @@ impl Client {
                 self.serve_dma(m)?;
                 continue;
             }
+            if m.header.msg_id != id && self.detached.remove(&m.header.msg_id) {
+                if let Some(e) = m.header.error {
+                    self.detached_errors.push((m.header.msg_id, e as i32));
+                }
+                continue;
+            }
             if m.header.msg_id != id {
                 return Err(ClientError::Unexpected(format!(
                     "reply id {} while waiting for {id}",
@@ -225,6 +253,11 @@ impl Client {
         let r = loop {
             match self.recv() {
                 Ok(m) if m.header.kind == MessageType::Command => self.serve_dma(m)?,
+                Ok(m) if self.detached.remove(&m.header.msg_id) => {
+                    if let Some(e) = m.header.error {
+                        self.detached_errors.push((m.header.msg_id, e as i32));
+                    }
+                }
                 Ok(m) => {
                     break Err(ClientError::Unexpected(format!(
                         "reply {} with nothing outstanding",
@@ -274,9 +307,35 @@ impl Client {
                     _ => Err(libc::EFAULT),
                 }
             }
+            Some(
+                c @ (Command::AtsTranslate
+                | Command::PageRequest
+                | Command::PasidDmaRead
+                | Command::PasidDmaWrite),
+            ) if self.pasid.is_some() => {
+                let served = self.pasid.as_mut().map(|p| p.serve(c, &m.payload));
+                match served {
+                    Some(Served::Reply(p)) => Ok(p),
+                    Some(Served::Error(e)) => Err(e),
+                    Some(Served::Posted(rsp)) => {
+                        if let Some(rsp) = rsp {
+                            let payload = rsp.encode();
+                            let hdr =
+                                Header::command(self.id(), Command::PageResponse, payload.len());
+                            self.detached.insert(hdr.msg_id);
+                            send_message(&self.stream, &hdr, &payload, &[])?;
+                        }
+                        return Ok(());
+                    }
+                    None => Err(libc::ENOSYS),
+                }
+            }
             _ => Err(libc::ENOSYS),
         };
         self.dma_requests_served += 1;
+        if h.no_reply {
+            return Ok(());
+        }
         match reply {
             Ok(p) => send_message(&self.stream, &h.reply(p.len()), &p, &[])?,
             Err(e) => send_message(&self.stream, &h.error_reply(e), &[], &[])?,
@@ -459,14 +518,7 @@ impl Client {
         prot: DmaProt,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
-        let req = DmaMapRequest {
-            prot,
-            offset,
-            address,
-            size,
-        };
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        self.request(Command::DmaMap, &req.encode(), &fds)?;
+        self.map_window(Command::DmaMap, (address, size, offset), prot, fd)?;
         if fd.is_none() {
             self.remote.insert(address, vec![0; size as usize]);
         }
@@ -480,13 +532,82 @@ impl Client {
 
     /// DMA_UNMAP of exactly `address+size`.
     pub fn dma_unmap(&mut self, address: u64, size: u64) -> Result<(), ClientError> {
+        self.unmap_window(Command::DmaUnmap, address, size)?;
+        self.remote.remove(&address);
+        Ok(())
+    }
+
+    /// DMA_MAP or TRANSLATED_DMA_MAP of `size` bytes at `address` from
+    /// `fd` at `offset`.
+    fn map_window(
+        &mut self,
+        cmd: Command,
+        (address, size, offset): (u64, u64, u64),
+        prot: DmaProt,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
+        let req = DmaMapRequest {
+            prot,
+            offset,
+            address,
+            size,
+        };
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        self.request(cmd, &req.encode(), &fds)?;
+        Ok(())
+    }
+
+    /// DMA_UNMAP or TRANSLATED_DMA_UNMAP of exactly `address+size`.
+    fn unmap_window(&mut self, cmd: Command, address: u64, size: u64) -> Result<(), ClientError> {
         let mut p = Vec::with_capacity(24);
         p.extend_from_slice(&24u32.to_le_bytes());
         p.extend_from_slice(&0u32.to_le_bytes());
         p.extend_from_slice(&address.to_le_bytes());
         p.extend_from_slice(&size.to_le_bytes());
-        self.request(Command::DmaUnmap, &p, &[])?;
-        self.remote.remove(&address);
+        self.request(cmd, &p, &[])?;
+        Ok(())
+    }
+
+    /// Enables the PASID extension's client side around `iommu` (after
+    /// negotiating `"pasid"`): ATS_TRANSLATE, PAGE_REQUEST and PASID DMA
+    /// requests are then served from the model.
+    pub fn enable_pasid(&mut self, iommu: IommuModel) {
+        self.pasid = Some(PasidClient::new(iommu));
+    }
+
+    /// The extension's client side, if enabled.
+    pub fn pasid(&mut self) -> Option<&mut PasidClient> {
+        self.pasid.as_mut()
+    }
+
+    /// TRANSLATED_DMA_MAP: like [`Client::dma_map`], into the translated
+    /// (physical) address space.
+    pub fn translated_dma_map(
+        &mut self,
+        address: u64,
+        size: u64,
+        offset: u64,
+        prot: DmaProt,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
+        self.map_window(Command::TranslatedDmaMap, (address, size, offset), prot, fd)
+    }
+
+    /// TRANSLATED_DMA_UNMAP of exactly `address+size`.
+    pub fn translated_dma_unmap(&mut self, address: u64, size: u64) -> Result<(), ClientError> {
+        self.unmap_window(Command::TranslatedDmaUnmap, address, size)
+    }
+
+    /// ATS_INVALIDATE; returns when the device no longer uses the
+    /// translations.
+    pub fn ats_invalidate(&mut self, req: &InvalidateRequest) -> Result<(), ClientError> {
+        self.request(Command::AtsInvalidate, &req.encode(), &[])?;
+        Ok(())
+    }
+
+    /// PAGE_RESPONSE, waiting for its reply.
+    pub fn page_response(&mut self, rsp: &PageResponse) -> Result<(), ClientError> {
+        self.request(Command::PageResponse, &rsp.encode(), &[])?;
         Ok(())
     }
 

@@ -343,6 +343,7 @@ impl<D: Device> Server<D> {
         // Workers waiting for a DMA reply fail now rather than after the
         // timeout (the device reset below waits for them).
         sess.requester.cancel_all();
+        ctx.pasid.disconnect();
         self.device.config().reset();
         self.device.reset();
         ctx.memory.unmap_all();
@@ -441,7 +442,7 @@ impl<D: Device> Server<D> {
             .into());
         }
         let fd_limit = match cmd {
-            Command::DmaMap => 1,
+            Command::DmaMap | Command::TranslatedDmaMap => 1,
             Command::DeviceSetIrqs => self.caps.max_msg_fds as usize,
             _ => 0,
         };
@@ -482,6 +483,9 @@ impl<D: Device> Server<D> {
                 .context()
                 .memory
                 .set_requester(Some(Arc::clone(&sess.requester)));
+            let pasid = &self.device.context().pasid;
+            pasid.set_features(self.caps.pasid_agreed(&req));
+            pasid.log_features();
             sess.client = Some(req.caps);
             return Ok(Reply::data(reply));
         }
@@ -606,11 +610,24 @@ impl<D: Device> Server<D> {
                 // worker waiting for a reply (which only this thread can route)
                 // releases the device instead of stalling the reset.
                 sess.requester.cancel_all();
+                self.device.context().pasid.reset();
                 self.device.config().reset();
                 self.device.reset();
                 Ok(Reply::empty())
             }
-            Command::DmaRead | Command::DmaWrite => Err(ProtocolError::WrongDirection(cmd).into()),
+            Command::TranslatedDmaMap
+            | Command::TranslatedDmaUnmap
+            | Command::AtsInvalidate
+            | Command::PageResponse => {
+                let pasid = &self.device.context().pasid;
+                crate::extension::dispatch(cmd, pasid, p, &mut msg.fds).map(Reply::data)
+            }
+            Command::DmaRead
+            | Command::DmaWrite
+            | Command::AtsTranslate
+            | Command::PageRequest
+            | Command::PasidDmaRead
+            | Command::PasidDmaWrite => Err(ProtocolError::WrongDirection(cmd).into()),
             Command::DirtyPages
             | Command::DeviceFeature
             | Command::MigDataRead
