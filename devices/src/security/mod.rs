@@ -28,7 +28,9 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
 /// The DOE mailbox capability of a device: discovery, plus CMA/SPDM and
 /// secured CMA/SPDM answered by an SPDM responder with `identity` (see
 /// [`cma::load_identity`]); without an identity the mailbox serves discovery
-/// only.
+/// only. A device that serves more (vendor-defined data objects, or a
+/// responder with IDE_KM/TDISP handlers registered) builds
+/// [`doe::DoeMailbox::new`] with its own protocol set.
 pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
     doe_capability_with_ide(identity, None)
 }
@@ -36,16 +38,14 @@ pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
 /// [`doe_capability`] whose SPDM responder also answers IDE_KM (inside
 /// secured sessions) for the device's IDE port.
 pub fn doe_capability_with_ide(identity: Option<Identity>, ide: Option<&Arc<ide::Ide>>) -> ExtCap {
-    let protocols = match identity {
-        Some(identity) => {
-            let mut r = Responder::new(ResponderConfig::default(), identity);
-            if let Some(ide) = ide {
-                let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
-                r.register_vendor(key, handler);
-            }
-            cma::doe_protocols_for(r)
+    let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
+    if let Some(identity) = identity {
+        let mut r = Responder::new(ResponderConfig::default(), identity);
+        if let Some(ide) = ide {
+            let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
+            r.register_vendor(key, handler);
         }
-        None => Vec::new(),
-    };
+        protocols.push(Box::new(r));
+    }
     doe::DoeMailbox::new(protocols).into_ext_cap()
 }
