@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod idekm;
 pub mod identity;
 pub mod keyschedule;
 pub mod measurement;
@@ -13,8 +14,8 @@ pub mod opaque;
 pub mod responder;
 pub mod rng;
 pub mod secured;
+pub mod tdisp;
 pub mod vendor;
-pub mod idekm;
 
 pub use error::ErrorCode;
 pub use identity::{Identity, PciIds};
