@@ -5,6 +5,7 @@
 pub mod cma;
 pub mod doe;
 pub mod ide;
+pub mod tdisp;
 
 use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::PathBuf;
