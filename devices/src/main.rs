@@ -11,6 +11,7 @@ use trustdev_devices::example::DmaCopy;
 use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig, TdispDevice};
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -64,6 +65,12 @@ enum Cmd {
         /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
         ide_ports: u16,
+        /// TDISP for one TDI (see `serve --tdisp`; here LOCK requires keys
+        /// armed for its stream by IDE_KM, `ide=keys`, as there is no
+        /// configuration space to enable a stream in; its report shows the
+        /// DMA-copy example's BARs as firmware would place them).
+        #[arg(long, default_value = "on")]
+        tdisp: String,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -149,6 +156,13 @@ struct SecurityArgs {
     /// key set; never keys) in this new pcap file.
     #[arg(long)]
     ide_trace: Option<PathBuf>,
+    /// TDISP (answered over the DOE mailbox's SPDM sessions): `on`, `off`,
+    /// or a comma list of rid=BB:DD.F (the function's Requester ID; by
+    /// default any, bound by LOCK_INTERFACE), segment=N, ide=secure|keys|none
+    /// (what LOCK requires of its IDE stream; default secure, none without
+    /// --ide).
+    #[arg(long, default_value = "on")]
+    tdisp: String,
 }
 
 impl SecurityArgs {
@@ -177,6 +191,23 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
 }
 
 impl SecurityArgs {
+    /// The device's TDI (needs SPDM), bound to its IDE port if it has one.
+    fn tdisp(&self, kind: &str, ide: Option<&Arc<Ide>>) -> Result<Option<Arc<Tdi>>, String> {
+        if self.no_spdm {
+            return Ok(None);
+        }
+        let base = TdispConfig {
+            ide: if ide.is_some() {
+                IdeRequirement::Secure
+            } else {
+                IdeRequirement::None
+            },
+            ..TdispConfig::default()
+        };
+        let cfg = TdispConfig::parse(&self.tdisp, base).map_err(|e| format!("--tdisp: {e}"))?;
+        Ok(cfg.map(|c| Tdi::new(c, &format!("trustdev {kind}"), ide.into_iter().cloned().collect())))
+    }
+
     /// The device's SPDM identity (generated on first use), or `None` with
     /// `--no-spdm`.
     fn identity(
@@ -224,11 +255,16 @@ fn serve(
             // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
             let tee = identity.is_some();
             let ide = security.ide()?;
-            let mut caps = vec![security::doe_capability_with_ide(identity, ide.as_ref())];
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            let mut caps = vec![security::doe_capability_secure(
+                identity,
+                ide.as_ref(),
+                tdi.as_ref(),
+            )];
             caps.extend(ide.iter().flat_map(|i| i.capabilities()));
             let dev = DmaCopy::with_capabilities(port, tee, caps)
                 .map_err(|e| format!("cannot create the device: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
         }
         "nvme" => {
             let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
@@ -242,9 +278,11 @@ fn serve(
             };
             let identity = security.identity(kind, &ids)?;
             let ide = security.ide()?;
-            let mut ext_caps = vec![security::doe_capability_with_ide(
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            let mut ext_caps = vec![security::doe_capability_secure(
                 identity.clone(),
                 ide.as_ref(),
+                tdi.as_ref(),
             )];
             ext_caps.extend(ide.iter().flat_map(|i| i.capabilities()));
             let sec = NvmeSecurity {
@@ -258,7 +296,7 @@ fn serve(
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
         }
         other => Err(format!(
             "unknown device kind {other:?} (known: dma-copy, nvme)"
@@ -266,17 +304,31 @@ fn serve(
     }
 }
 
-/// Serves `dev`, behind its IDE link when it has an IDE port.
+/// Serves `dev`, behind its IDE link when it has an IDE port, with its TDI
+/// watching it when it has one.
 fn run_linked<D: vfio_user_server::Device>(
     dev: D,
     ide: Option<Arc<Ide>>,
+    tdi: Option<Arc<Tdi>>,
     socket: &Path,
 ) -> Result<(), String> {
     match ide {
-        Some(ide) => run_server(
+        Some(ide) => run_tdi(
             IdeDevice::new(dev, ide).map_err(|e| e.to_string())?,
+            tdi,
             socket,
         ),
+        None => run_tdi(dev, tdi, socket),
+    }
+}
+
+fn run_tdi<D: vfio_user_server::Device>(
+    dev: D,
+    tdi: Option<Arc<Tdi>>,
+    socket: &Path,
+) -> Result<(), String> {
+    match tdi {
+        Some(tdi) => run_server(TdispDevice::new(dev, tdi), socket),
         None => run_server(dev, socket),
     }
 }
@@ -301,6 +353,7 @@ fn spdm_responder_tcp(
     heartbeat: u8,
     ide: &str,
     ide_ports: u16,
+    tdisp: &str,
 ) -> Result<(), String> {
     let ids = spdm_responder::PciIds::default();
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
@@ -316,14 +369,32 @@ fn spdm_responder_tcp(
         ..Default::default()
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
+    let mut ports: Vec<Arc<Ide>> = Vec::new();
     if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
-        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
-        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports.clone()).handler();
         responder.register_vendor(key, handler);
         eprintln!(
             "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
             ide_ports - 1
         );
+    }
+    let base = TdispConfig {
+        ide: if ports.is_empty() {
+            IdeRequirement::None
+        } else {
+            IdeRequirement::KeysArmed
+        },
+        ..TdispConfig::default()
+    };
+    if let Some(c) = TdispConfig::parse(tdisp, base).map_err(|e| format!("--tdisp: {e}"))? {
+        let tdi = Tdi::new(c, "trustdev spdm-responder (dma-copy layout)", ports);
+        let mut cfg = trustdev_devices::example::config_space(PortType::Endpoint, true, Vec::new());
+        security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
+        tdi.observe(&cfg);
+        let (key, handler) = security::tdisp::TdispFunctions::new(vec![tdi]).handler();
+        responder.register_vendor(key, handler);
+        eprintln!("trustdev spdm-responder: TDISP for one TDI");
     }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
@@ -505,7 +576,8 @@ fn main() -> ExitCode {
             heartbeat,
             ide,
             ide_ports,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports) {
+            tdisp,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

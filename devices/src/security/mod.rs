@@ -1,6 +1,6 @@
 //! Device-side PCIe security blocks shared by every trustdev device: the DOE
-//! mailbox, CMA/SPDM over it with the device's identity (and, as their issues
-//! land, IDE registers and key slots, TDISP interface state).
+//! mailbox, CMA/SPDM over it with the device's identity, IDE registers and
+//! key slots with the protected link, and TDISP interface state.
 
 pub mod cma;
 pub mod doe;
@@ -39,11 +39,25 @@ pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
 /// [`doe_capability`] whose SPDM responder also answers IDE_KM (inside
 /// secured sessions) for the device's IDE port.
 pub fn doe_capability_with_ide(identity: Option<Identity>, ide: Option<&Arc<ide::Ide>>) -> ExtCap {
+    doe_capability_secure(identity, ide, None)
+}
+
+/// [`doe_capability_with_ide`] whose SPDM responder also answers TDISP
+/// (inside secured sessions) for the device's TDI.
+pub fn doe_capability_secure(
+    identity: Option<Identity>,
+    ide: Option<&Arc<ide::Ide>>,
+    tdi: Option<&Arc<tdisp::Tdi>>,
+) -> ExtCap {
     let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
     if let Some(identity) = identity {
         let mut r = Responder::new(ResponderConfig::default(), identity);
         if let Some(ide) = ide {
             let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
+            r.register_vendor(key, handler);
+        }
+        if let Some(tdi) = tdi {
+            let (key, handler) = tdisp::TdispFunctions::new(vec![Arc::clone(tdi)]).handler();
             r.register_vendor(key, handler);
         }
         protocols.push(Box::new(r));

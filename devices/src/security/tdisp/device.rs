@@ -24,6 +24,7 @@ impl<D: Device> std::fmt::Debug for TdispDevice<D> {
 impl<D: Device> TdispDevice<D> {
     /// Puts `inner`'s function under `tdi`.
     pub fn new(mut inner: D, tdi: Arc<Tdi>) -> Self {
+        tdi.attach_interrupts(inner.context().irqs.clone());
         tdi.observe(inner.config());
         TdispDevice { inner, tdi }
     }

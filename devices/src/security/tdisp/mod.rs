@@ -51,7 +51,7 @@ use spdm_responder::tdisp::{
     lock_flags, ErrorCode, InterfaceId, InterfaceReport, LockParams, TdiState, NONCE_LEN,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use vfio_user_server::irq::Interrupts;
 use vfio_user_server::pci::ConfigSpace;
 use vfio_user_server::protocol::irq_index;
@@ -125,7 +125,7 @@ pub struct Tdi {
     cfg: TdispConfig,
     device_info: Vec<u8>,
     ports: Vec<Arc<Ide>>,
-    irqs: Option<Arc<Interrupts>>,
+    irqs: OnceLock<Arc<Interrupts>>,
     inner: Mutex<Inner>,
     /// CONFIG_LOCKED or RUN: observations are compared with the locked view.
     watching: AtomicBool,
@@ -140,8 +140,8 @@ impl std::fmt::Debug for Tdi {
     }
 }
 
-fn msix_vectors(irqs: &Option<Arc<Interrupts>>) -> Vec<bool> {
-    irqs.as_ref().map_or(Vec::new(), |i| {
+fn msix_vectors(irqs: &OnceLock<Arc<Interrupts>>) -> Vec<bool> {
+    irqs.get().map_or(Vec::new(), |i| {
         i.trigger_fds(irq_index::MSIX)
             .iter()
             .map(Option::is_some)
@@ -150,21 +150,15 @@ fn msix_vectors(irqs: &Option<Arc<Interrupts>>) -> Vec<bool> {
 }
 
 impl Tdi {
-    /// A TDI in CONFIG_UNLOCKED whose traffic uses the streams of `ports`
-    /// and whose interrupts are `irqs`; `device_info` goes into its
-    /// interface report (DEVICE_SPECIFIC_INFO). It follows the ports' IDE
-    /// events from now on.
-    pub fn new(
-        cfg: TdispConfig,
-        device_info: &str,
-        ports: Vec<Arc<Ide>>,
-        irqs: Option<Arc<Interrupts>>,
-    ) -> Arc<Tdi> {
+    /// A TDI in CONFIG_UNLOCKED whose traffic uses the streams of `ports`;
+    /// `device_info` goes into its interface report (DEVICE_SPECIFIC_INFO).
+    /// It follows the ports' IDE events from now on.
+    pub fn new(cfg: TdispConfig, device_info: &str, ports: Vec<Arc<Ide>>) -> Arc<Tdi> {
         let tdi = Arc::new(Tdi {
             cfg,
             device_info: device_info.as_bytes().to_vec(),
             ports,
-            irqs,
+            irqs: OnceLock::new(),
             inner: Mutex::new(Inner {
                 state: TdiState::ConfigUnlocked,
                 current: ConfigView::default(),
@@ -182,6 +176,12 @@ impl Tdi {
             });
         }
         tdi
+    }
+
+    /// Watches `irqs` (the device's interrupts) for MSI-X changes under
+    /// LOCK_MSIX; [`TdispDevice::new`] attaches the device's.
+    pub fn attach_interrupts(&self, irqs: Arc<Interrupts>) {
+        let _ = self.irqs.set(irqs);
     }
 
     /// The configuration.

@@ -64,7 +64,7 @@ fn rig(mode: IdeRequirement) -> Rig {
         ide: mode,
         ..TdispConfig::default()
     };
-    let tdi = Tdi::new(cfg, "test", vec![Arc::clone(&ide)], None);
+    let tdi = Tdi::new(cfg, "test", vec![Arc::clone(&ide)]);
     let cfg = config();
     tdi.observe(&cfg);
     Rig {
@@ -383,8 +383,19 @@ fn interface_ids() {
         },
         "",
         Vec::new(),
-        None,
     );
     assert!(fixed.matches(&InterfaceId::from_rid(0xbeef)));
     assert!(!fixed.matches(&a));
+}
+
+#[test]
+fn firmware_like_layout() {
+    let mut c = config();
+    c.write(0x10, &0u32.to_le_bytes());
+    c.write(0x20, &0u32.to_le_bytes());
+    view::assign_bars(&mut c, 0xe000_0000);
+    let v = ConfigView::read(&c);
+    assert_eq!(v.bars[0].unwrap().addr, 0xe000_0000);
+    assert_eq!(v.bars[4].unwrap().addr, 0xe000_4000);
+    assert_eq!(v.command & 2, 2);
 }

@@ -251,3 +251,30 @@ impl ConfigView {
         }
     }
 }
+
+/// Programs every memory BAR of `cfg` the way firmware would, naturally
+/// aligned from `base` up in BAR order, and enables memory decoding: for a
+/// TDI without a guest (`trustdev spdm-responder`), so its interface report
+/// shows a plausible layout.
+pub fn assign_bars(cfg: &mut ConfigSpace, base: u64) {
+    let mut next = base;
+    for i in 0..6usize {
+        let Some(bar) = cfg.bar(i) else { continue };
+        let size = bar.size.max(16).next_power_of_two();
+        let addr = next.next_multiple_of(size);
+        let off = (BAR0 + 4 * i) as u64;
+        let flags = u64::from(cfg.read_u32(off as usize) & 0xf);
+        match bar.kind {
+            BarKind::Mem32 { .. } => {
+                cfg.write(off, &((addr as u32) | flags as u32).to_le_bytes());
+            }
+            BarKind::Mem64 { .. } if i < 5 => {
+                cfg.write(off, &(addr | flags).to_le_bytes());
+            }
+            _ => continue,
+        }
+        next = addr + size;
+    }
+    let cmd = cfg.read_u16(COMMAND) | 0x2;
+    cfg.write(COMMAND as u64, &cmd.to_le_bytes());
+}
