@@ -176,7 +176,7 @@ impl ConfigView {
     }
 
     /// The interface report of a TDI locked with `params` in this
-    /// configuration: every memory BAR (not the ROM) as 4 KiB-page ranges
+    /// configuration: every placed memory BAR (not the ROM) as 4 KiB-page ranges
     /// with RANGE_ID = the BAR index, the pages holding the MSI-X table and
     /// PBA as their own ranges (non-TEE memory unless LOCK_MSIX), each
     /// address plus MMIO_REPORTING_OFFSET.
@@ -184,7 +184,8 @@ impl ConfigView {
         let lock_msix = params.flags & lock_flags::LOCK_MSIX != 0;
         let msix_attr = if lock_msix { 0 } else { range_attr::IS_NON_TEE_MEM };
         let mut ranges = Vec::new();
-        for b in self.bars[..6].iter().flatten() {
+        // A BAR the guest did not place (still 0) decodes nothing.
+        for b in self.bars[..6].iter().flatten().filter(|b| b.addr != 0) {
             let first = b.addr.wrapping_add(params.mmio_reporting_offset) / PAGE;
             let pages = b.size.div_ceil(PAGE).max(1);
             let attr_of = |page: u64| -> u16 {
