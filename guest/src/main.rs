@@ -8,6 +8,7 @@
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
+//! trustdev-guest tdisp --bdf BDF --root PEM [--stream-id N] [--stream-index N] [--mmio-offset A] [--io FILE] [--keep] [--json]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
@@ -27,6 +28,7 @@ mod lspci;
 mod pciconf;
 mod spdm;
 mod sysfs;
+mod tdisp;
 mod vfio;
 mod wait_dev;
 
@@ -69,6 +71,10 @@ subcommands! {
     Spdm => spdm,
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev => wait_dev,
+    /// TDISP as a TSM drives it: SPDM session, IDE keys and a SECURE stream,
+    /// LOCK, the interface report, START (RUN); a locked register touched
+    /// (ERROR); STOP.
+    Tdisp => tdisp,
 }
 
 #[derive(Parser, Debug)]
