@@ -36,7 +36,8 @@ fn tdisp_flow_in_a_real_guest() {
     // TRUSTDEV_KEEP: the servers' logs stay for the checks below.
     let run = {
         let _g = support::lock();
-        let log = std::env::temp_dir().join(format!("trustdev-e2e-tdisp-{}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("trustdev-e2e-tdisp-{}.log", std::process::id()));
         let out = support::vm_command(&args, &log)
             .env("TRUSTDEV_KEEP", "1")
             .output()
@@ -58,7 +59,11 @@ fn tdisp_flow_in_a_real_guest() {
         }
     }
     let fails = run.lines("CHECK-FAIL");
-    assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{}", run.dump());
+    assert!(
+        fails.is_empty(),
+        "guest checks failed: {fails:#?}\n{}",
+        run.dump()
+    );
     assert_eq!(run.code, Some(0), "{}", run.dump());
     let oks = run.lines("CHECK-OK");
     for what in [
@@ -84,7 +89,8 @@ fn tdisp_flow_in_a_real_guest() {
         "nvme-dmesg-clean",
     ] {
         assert!(
-            oks.iter().any(|l| format!("{l} ").starts_with(&format!("CHECK-OK {what}"))),
+            oks.iter()
+                .any(|l| format!("{l} ").starts_with(&format!("CHECK-OK {what}"))),
             "missing check {what:?}:\n{}",
             run.dump()
         );
@@ -98,7 +104,10 @@ fn tdisp_flow_in_a_real_guest() {
     // The servers saw it: every transition, and the ERROR with its reason.
     for (needle, n) in [
         ("TDISP: TDI 01:00.0 locked", 2),
-        ("TDISP: TDI RUN -> ERROR: locked configuration changed: Command register", 4),
+        (
+            "TDISP: TDI RUN -> ERROR: locked configuration changed: Command register",
+            4,
+        ),
         ("TDISP: TDI ERROR -> CONFIG_UNLOCKED (STOP)", 4),
         ("TDISP START_INTERFACE_REQUEST for 01:00.0: ok, TDI RUN", 2),
         ("refused in ERROR: TDISP_ERROR InvalidInterfaceState", 4),

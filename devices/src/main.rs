@@ -205,7 +205,13 @@ impl SecurityArgs {
             ..TdispConfig::default()
         };
         let cfg = TdispConfig::parse(&self.tdisp, base).map_err(|e| format!("--tdisp: {e}"))?;
-        Ok(cfg.map(|c| Tdi::new(c, &format!("trustdev {kind}"), ide.into_iter().cloned().collect())))
+        Ok(cfg.map(|c| {
+            Tdi::new(
+                c,
+                &format!("trustdev {kind}"),
+                ide.into_iter().cloned().collect(),
+            )
+        }))
     }
 
     /// The device's SPDM identity (generated on first use), or `None` with

@@ -94,7 +94,10 @@ impl Rig {
             for ss in SubStream::ALL {
                 let s = KeySlot::new(KeySet::K0, d, ss);
                 let k = IdeKey::new([s.to_byte() ^ 0x33; 32], 1);
-                self.r.ide_km_key_prog(sid, STREAM, s, 0, &k).unwrap().unwrap();
+                self.r
+                    .ide_km_key_prog(sid, STREAM, s, 0, &k)
+                    .unwrap()
+                    .unwrap();
                 self.r.ide_km_key_set_go(sid, STREAM, s, 0).unwrap();
             }
         }
@@ -103,8 +106,12 @@ impl Rig {
     }
 
     fn raw(&mut self, sid: Option<u32>, payload: &[u8]) -> Result<Vec<u8>, RequesterError> {
-        self.r
-            .vendor_request(sid, STANDARD_ID_PCISIG, &PCISIG_VENDOR_ID.to_le_bytes(), payload)
+        self.r.vendor_request(
+            sid,
+            STANDARD_ID_PCISIG,
+            &PCISIG_VENDOR_ID.to_le_bytes(),
+            payload,
+        )
     }
 }
 
@@ -118,7 +125,8 @@ fn params(flags: u16, stream: u8) -> LockParams {
 }
 
 fn code_of(e: TdispError) -> ErrorCode {
-    e.code().unwrap_or_else(|| panic!("expected TDISP_ERROR, got {e}"))
+    e.code()
+        .unwrap_or_else(|| panic!("expected TDISP_ERROR, got {e}"))
 }
 
 /// What spdm_requester_emu's APP step does after IDE_KM (and the checks it
@@ -139,13 +147,18 @@ fn dmtf_sequence() {
     assert_eq!(caps.lock_flags_supported, 0x7);
     assert!(caps.dev_addr_width >= 52);
     assert!(caps.num_req_this > 0 && caps.num_req_all > 0);
-    assert_eq!(t.r.tdisp_get_state(sid, dmtf).unwrap(), TdiState::ConfigUnlocked);
-    let nonce = t
-        .r
-        .tdisp_lock(sid, dmtf, &params(caps.lock_flags_supported, STREAM))
-        .unwrap();
+    assert_eq!(
+        t.r.tdisp_get_state(sid, dmtf).unwrap(),
+        TdiState::ConfigUnlocked
+    );
+    let nonce =
+        t.r.tdisp_lock(sid, dmtf, &params(caps.lock_flags_supported, STREAM))
+            .unwrap();
     assert_ne!(nonce, [0; NONCE_LEN]);
-    assert_eq!(t.r.tdisp_get_state(sid, dmtf).unwrap(), TdiState::ConfigLocked);
+    assert_eq!(
+        t.r.tdisp_get_state(sid, dmtf).unwrap(),
+        TdiState::ConfigLocked
+    );
     // The report in DMTF's 0x40-byte portions and in one piece agree.
     let small = t.r.tdisp_get_report_bytes(sid, dmtf, 0x40).unwrap();
     let rep = t.r.tdisp_get_report(sid, dmtf).unwrap();
@@ -172,9 +185,16 @@ fn dmtf_sequence() {
     assert_eq!(rep.device_specific, b"tdisp test");
     t.r.tdisp_start(sid, dmtf, &nonce).unwrap();
     assert_eq!(t.r.tdisp_get_state(sid, dmtf).unwrap(), TdiState::Run);
-    assert_eq!(t.r.tdisp_get_report(sid, dmtf).unwrap(), rep, "the same report in RUN");
+    assert_eq!(
+        t.r.tdisp_get_report(sid, dmtf).unwrap(),
+        rep,
+        "the same report in RUN"
+    );
     t.r.tdisp_stop(sid, dmtf).unwrap();
-    assert_eq!(t.r.tdisp_get_state(sid, dmtf).unwrap(), TdiState::ConfigUnlocked);
+    assert_eq!(
+        t.r.tdisp_get_state(sid, dmtf).unwrap(),
+        TdiState::ConfigUnlocked
+    );
     // STOP in CONFIG_UNLOCKED is answered (tee-io-validator's teardown).
     t.r.tdisp_stop(sid, dmtf).unwrap();
 }
@@ -193,7 +213,10 @@ fn session_end_and_recovery() {
     let s2 = t.r.key_exchange(0, 0).unwrap();
     assert_eq!(t.r.tdisp_get_state(s2, IFACE).unwrap(), TdiState::Error);
     t.r.tdisp_stop(s2, IFACE).unwrap();
-    assert_eq!(t.r.tdisp_get_state(s2, IFACE).unwrap(), TdiState::ConfigUnlocked);
+    assert_eq!(
+        t.r.tdisp_get_state(s2, IFACE).unwrap(),
+        TdiState::ConfigUnlocked
+    );
     t.sel_ctl(0);
     t.secure_stream(s2);
     let n = t.r.tdisp_lock(s2, IFACE, &params(0, STREAM)).unwrap();
@@ -232,11 +255,19 @@ fn check(t: &mut Rig, sid: u32, state: TdiState, cases: Vec<Case>) -> usize {
             }
             (Expect::Tdisp(code, data), Ok(rsp)) => {
                 assert_eq!(rsp.len(), 1 + 24, "{name}: TDISP_ERROR length");
-                assert_eq!(rsp[..3], [1, VERSION_10, code::ERROR], "{name}: TDISP_ERROR");
+                assert_eq!(
+                    rsp[..3],
+                    [1, VERSION_10, code::ERROR],
+                    "{name}: TDISP_ERROR"
+                );
                 assert_eq!(rsp[5..9], payload[5..9], "{name}: INTERFACE_ID echoed");
                 let c = u32::from_le_bytes(rsp[17..21].try_into().unwrap());
                 let d = u32::from_le_bytes(rsp[21..25].try_into().unwrap());
-                assert_eq!((c, d), (*code as u32, *data), "{name}: ERROR_CODE, ERROR_DATA");
+                assert_eq!(
+                    (c, d),
+                    (*code as u32, *data),
+                    "{name}: ERROR_CODE, ERROR_DATA"
+                );
             }
             (e, got) => panic!("{name}: expected {e:?}, got {got:?}"),
         }
@@ -266,9 +297,12 @@ fn catalogue_of_wrong_requests() {
         &mut t,
         sid,
         TdiState::ConfigUnlocked,
-        vec![
-            ("LOCK without IDE keys", Some(sid), msg(0x83, v, IFACE, &lock_body(0, STREAM)), Tdisp(ErrorCode::InvalidRequest, 0)),
-        ],
+        vec![(
+            "LOCK without IDE keys",
+            Some(sid),
+            msg(0x83, v, IFACE, &lock_body(0, STREAM)),
+            Tdisp(ErrorCode::InvalidRequest, 0),
+        )],
     );
     t.secure_stream(sid);
     total += check(
@@ -276,39 +310,181 @@ fn catalogue_of_wrong_requests() {
         sid,
         TdiState::ConfigUnlocked,
         vec![
-            ("GET_TDISP_VERSION outside a session", None, msg(0x81, v, IFACE, &[]), Spdm(SpdmError::SessionRequired)),
-            ("LOCK outside a session", None, msg(0x83, v, IFACE, &lock_body(0, STREAM)), Spdm(SpdmError::SessionRequired)),
-            ("GET_DEVICE_INTERFACE_STATE outside a session", None, msg(0x85, v, IFACE, &[]), Spdm(SpdmError::SessionRequired)),
-            ("STOP outside a session", None, msg(0x87, v, IFACE, &[]), Spdm(SpdmError::SessionRequired)),
-            ("TDISP without a header", Some(sid), vec![1], Spdm(SpdmError::InvalidRequest)),
-            ("TDISP header one byte short", Some(sid), msg(0x81, v, IFACE, &[])[..16].to_vec(), Spdm(SpdmError::InvalidRequest)),
-            ("unknown message type 8Ch", Some(sid), msg(0x8C, v, IFACE, &[]), Tdisp(ErrorCode::UnsupportedRequest, 0x8C)),
-            ("a response code (01h) as a request", Some(sid), msg(0x01, v, IFACE, &[0]), Tdisp(ErrorCode::UnsupportedRequest, 0x01)),
-            ("TDISP_ERROR as a request", Some(sid), msg(0x7F, v, IFACE, &[0; 8]), Tdisp(ErrorCode::UnsupportedRequest, 0x7F)),
-            ("BIND_P2P_STREAM (not supported)", Some(sid), msg(0x88, v, IFACE, &[1]), Tdisp(ErrorCode::UnsupportedRequest, 0x88)),
-            ("UNBIND_P2P_STREAM (not supported)", Some(sid), msg(0x89, v, IFACE, &[1]), Tdisp(ErrorCode::UnsupportedRequest, 0x89)),
-            ("SET_MMIO_ATTRIBUTE (not supported)", Some(sid), msg(0x8A, v, IFACE, &[0; 16]), Tdisp(ErrorCode::UnsupportedRequest, 0x8A)),
-            ("VDM (not supported)", Some(sid), msg(0x8B, v, IFACE, &[0, 2, 0x86, 0x80]), Tdisp(ErrorCode::UnsupportedRequest, 0x8B)),
-            ("GET_TDISP_VERSION 1.1", Some(sid), msg(0x81, 0x11, IFACE, &[]), Tdisp(ErrorCode::VersionMismatch, 0)),
-            ("LOCK with TDISPVersion 2.0", Some(sid), msg(0x83, 0x20, IFACE, &lock_body(0, STREAM)), Tdisp(ErrorCode::VersionMismatch, 0)),
-            ("GET_TDISP_VERSION one byte long", Some(sid), msg(0x81, v, IFACE, &[0]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("GET_TDISP_CAPABILITIES one byte short", Some(sid), msg(0x82, v, IFACE, &[0; 3]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("LOCK one byte short", Some(sid), msg(0x83, v, IFACE, &lock_body(0, STREAM)[..19]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("LOCK one byte long", Some(sid), msg(0x83, v, IFACE, &[lock_body(0, STREAM), vec![0]].concat()), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("GET_DEVICE_INTERFACE_REPORT one byte long", Some(sid), msg(0x84, v, IFACE, &[0; 5]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("START with a 31-byte nonce", Some(sid), msg(0x86, v, IFACE, &[0; 31]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("STOP one byte long", Some(sid), msg(0x87, v, IFACE, &[0]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("an interface in segment 1", Some(sid), msg(0x85, v, seg1, &[]), Tdisp(ErrorCode::InvalidInterface, 0)),
-            ("LOCK naming a stream without keys", Some(sid), msg(0x83, v, IFACE, &lock_body(0, STREAM + 1)), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("LOCK with BIND_P2P (not supported)", Some(sid), msg(0x83, v, IFACE, &lock_body(lock_flags::BIND_P2P, STREAM)), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("LOCK with reserved flag bit 15", Some(sid), msg(0x83, v, IFACE, &lock_body(0x8000, STREAM)), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("GET_DEVICE_INTERFACE_REPORT in CONFIG_UNLOCKED", Some(sid), msg(0x84, v, IFACE, &[0, 0, 0x40, 0]), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
-            ("START in CONFIG_UNLOCKED", Some(sid), msg(0x86, v, IFACE, &[0; 32]), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
+            (
+                "GET_TDISP_VERSION outside a session",
+                None,
+                msg(0x81, v, IFACE, &[]),
+                Spdm(SpdmError::SessionRequired),
+            ),
+            (
+                "LOCK outside a session",
+                None,
+                msg(0x83, v, IFACE, &lock_body(0, STREAM)),
+                Spdm(SpdmError::SessionRequired),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_STATE outside a session",
+                None,
+                msg(0x85, v, IFACE, &[]),
+                Spdm(SpdmError::SessionRequired),
+            ),
+            (
+                "STOP outside a session",
+                None,
+                msg(0x87, v, IFACE, &[]),
+                Spdm(SpdmError::SessionRequired),
+            ),
+            (
+                "TDISP without a header",
+                Some(sid),
+                vec![1],
+                Spdm(SpdmError::InvalidRequest),
+            ),
+            (
+                "TDISP header one byte short",
+                Some(sid),
+                msg(0x81, v, IFACE, &[])[..16].to_vec(),
+                Spdm(SpdmError::InvalidRequest),
+            ),
+            (
+                "unknown message type 8Ch",
+                Some(sid),
+                msg(0x8C, v, IFACE, &[]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x8C),
+            ),
+            (
+                "a response code (01h) as a request",
+                Some(sid),
+                msg(0x01, v, IFACE, &[0]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x01),
+            ),
+            (
+                "TDISP_ERROR as a request",
+                Some(sid),
+                msg(0x7F, v, IFACE, &[0; 8]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x7F),
+            ),
+            (
+                "BIND_P2P_STREAM (not supported)",
+                Some(sid),
+                msg(0x88, v, IFACE, &[1]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x88),
+            ),
+            (
+                "UNBIND_P2P_STREAM (not supported)",
+                Some(sid),
+                msg(0x89, v, IFACE, &[1]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x89),
+            ),
+            (
+                "SET_MMIO_ATTRIBUTE (not supported)",
+                Some(sid),
+                msg(0x8A, v, IFACE, &[0; 16]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x8A),
+            ),
+            (
+                "VDM (not supported)",
+                Some(sid),
+                msg(0x8B, v, IFACE, &[0, 2, 0x86, 0x80]),
+                Tdisp(ErrorCode::UnsupportedRequest, 0x8B),
+            ),
+            (
+                "GET_TDISP_VERSION 1.1",
+                Some(sid),
+                msg(0x81, 0x11, IFACE, &[]),
+                Tdisp(ErrorCode::VersionMismatch, 0),
+            ),
+            (
+                "LOCK with TDISPVersion 2.0",
+                Some(sid),
+                msg(0x83, 0x20, IFACE, &lock_body(0, STREAM)),
+                Tdisp(ErrorCode::VersionMismatch, 0),
+            ),
+            (
+                "GET_TDISP_VERSION one byte long",
+                Some(sid),
+                msg(0x81, v, IFACE, &[0]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "GET_TDISP_CAPABILITIES one byte short",
+                Some(sid),
+                msg(0x82, v, IFACE, &[0; 3]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "LOCK one byte short",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(0, STREAM)[..19]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "LOCK one byte long",
+                Some(sid),
+                msg(0x83, v, IFACE, &[lock_body(0, STREAM), vec![0]].concat()),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_REPORT one byte long",
+                Some(sid),
+                msg(0x84, v, IFACE, &[0; 5]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "START with a 31-byte nonce",
+                Some(sid),
+                msg(0x86, v, IFACE, &[0; 31]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "STOP one byte long",
+                Some(sid),
+                msg(0x87, v, IFACE, &[0]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "an interface in segment 1",
+                Some(sid),
+                msg(0x85, v, seg1, &[]),
+                Tdisp(ErrorCode::InvalidInterface, 0),
+            ),
+            (
+                "LOCK naming a stream without keys",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(0, STREAM + 1)),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "LOCK with BIND_P2P (not supported)",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(lock_flags::BIND_P2P, STREAM)),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "LOCK with reserved flag bit 15",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(0x8000, STREAM)),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_REPORT in CONFIG_UNLOCKED",
+                Some(sid),
+                msg(0x84, v, IFACE, &[0, 0, 0x40, 0]),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
+            (
+                "START in CONFIG_UNLOCKED",
+                Some(sid),
+                msg(0x86, v, IFACE, &[0; 32]),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
         ],
     );
 
     // CONFIG_LOCKED.
-    let nonce = t.r.tdisp_lock(sid, IFACE, &params(lock_flags::LOCK_MSIX, STREAM)).unwrap();
+    let nonce =
+        t.r.tdisp_lock(sid, IFACE, &params(lock_flags::LOCK_MSIX, STREAM))
+            .unwrap();
     let report_len = t.r.tdisp_get_report_bytes(sid, IFACE, 0x400).unwrap().len() as u16;
     let mut wrong = nonce;
     wrong[0] ^= 0x80;
@@ -318,17 +494,77 @@ fn catalogue_of_wrong_requests() {
         sid,
         TdiState::ConfigLocked,
         vec![
-            ("LOCK twice", Some(sid), msg(0x83, v, IFACE, &lock_body(0, STREAM)), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
-            ("START with a wrong nonce", Some(sid), msg(0x86, v, IFACE, &wrong), Tdisp(ErrorCode::InvalidNonce, 0)),
-            ("START with a zero nonce", Some(sid), msg(0x86, v, IFACE, &[0; 32]), Tdisp(ErrorCode::InvalidNonce, 0)),
-            ("START from another session", Some(other), msg(0x86, v, IFACE, &nonce), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("START outside a session", None, msg(0x86, v, IFACE, &nonce), Spdm(SpdmError::SessionRequired)),
-            ("GET_DEVICE_INTERFACE_REPORT outside a session", None, msg(0x84, v, IFACE, &[0, 0, 0x40, 0]), Spdm(SpdmError::SessionRequired)),
-            ("GET_DEVICE_INTERFACE_REPORT of length 0", Some(sid), msg(0x84, v, IFACE, &[0, 0, 0, 0]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("GET_DEVICE_INTERFACE_REPORT at offset FFFFh", Some(sid), msg(0x84, v, IFACE, &[0xff, 0xff, 1, 0]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("GET_DEVICE_INTERFACE_REPORT at the end of the report", Some(sid), msg(0x84, v, IFACE, &[report_len as u8, (report_len >> 8) as u8, 1, 0]), Tdisp(ErrorCode::InvalidRequest, 0)),
-            ("another interface while locked", Some(sid), msg(0x85, v, bound_elsewhere, &[]), Tdisp(ErrorCode::InvalidInterface, 0)),
-            ("START for another interface", Some(sid), msg(0x86, v, bound_elsewhere, &nonce), Tdisp(ErrorCode::InvalidInterface, 0)),
+            (
+                "LOCK twice",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(0, STREAM)),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
+            (
+                "START with a wrong nonce",
+                Some(sid),
+                msg(0x86, v, IFACE, &wrong),
+                Tdisp(ErrorCode::InvalidNonce, 0),
+            ),
+            (
+                "START with a zero nonce",
+                Some(sid),
+                msg(0x86, v, IFACE, &[0; 32]),
+                Tdisp(ErrorCode::InvalidNonce, 0),
+            ),
+            (
+                "START from another session",
+                Some(other),
+                msg(0x86, v, IFACE, &nonce),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "START outside a session",
+                None,
+                msg(0x86, v, IFACE, &nonce),
+                Spdm(SpdmError::SessionRequired),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_REPORT outside a session",
+                None,
+                msg(0x84, v, IFACE, &[0, 0, 0x40, 0]),
+                Spdm(SpdmError::SessionRequired),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_REPORT of length 0",
+                Some(sid),
+                msg(0x84, v, IFACE, &[0, 0, 0, 0]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_REPORT at offset FFFFh",
+                Some(sid),
+                msg(0x84, v, IFACE, &[0xff, 0xff, 1, 0]),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "GET_DEVICE_INTERFACE_REPORT at the end of the report",
+                Some(sid),
+                msg(
+                    0x84,
+                    v,
+                    IFACE,
+                    &[report_len as u8, (report_len >> 8) as u8, 1, 0],
+                ),
+                Tdisp(ErrorCode::InvalidRequest, 0),
+            ),
+            (
+                "another interface while locked",
+                Some(sid),
+                msg(0x85, v, bound_elsewhere, &[]),
+                Tdisp(ErrorCode::InvalidInterface, 0),
+            ),
+            (
+                "START for another interface",
+                Some(sid),
+                msg(0x86, v, bound_elsewhere, &nonce),
+                Tdisp(ErrorCode::InvalidInterface, 0),
+            ),
         ],
     );
 
@@ -339,9 +575,24 @@ fn catalogue_of_wrong_requests() {
         sid,
         TdiState::Run,
         vec![
-            ("LOCK in RUN", Some(sid), msg(0x83, v, IFACE, &lock_body(0, STREAM)), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
-            ("START in RUN (the nonce again)", Some(sid), msg(0x86, v, IFACE, &nonce), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
-            ("STOP for another interface in RUN", Some(sid), msg(0x87, v, bound_elsewhere, &[]), Tdisp(ErrorCode::InvalidInterface, 0)),
+            (
+                "LOCK in RUN",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(0, STREAM)),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
+            (
+                "START in RUN (the nonce again)",
+                Some(sid),
+                msg(0x86, v, IFACE, &nonce),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
+            (
+                "STOP for another interface in RUN",
+                Some(sid),
+                msg(0x87, v, bound_elsewhere, &[]),
+                Tdisp(ErrorCode::InvalidInterface, 0),
+            ),
         ],
     );
 
@@ -353,16 +604,34 @@ fn catalogue_of_wrong_requests() {
         sid,
         TdiState::Error,
         vec![
-            ("GET_DEVICE_INTERFACE_REPORT in ERROR", Some(sid), msg(0x84, v, IFACE, &[0, 0, 0x40, 0]), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
-            ("START in ERROR", Some(sid), msg(0x86, v, IFACE, &nonce), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
-            ("LOCK in ERROR", Some(sid), msg(0x83, v, IFACE, &lock_body(0, STREAM)), Tdisp(ErrorCode::InvalidInterfaceState, 0)),
+            (
+                "GET_DEVICE_INTERFACE_REPORT in ERROR",
+                Some(sid),
+                msg(0x84, v, IFACE, &[0, 0, 0x40, 0]),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
+            (
+                "START in ERROR",
+                Some(sid),
+                msg(0x86, v, IFACE, &nonce),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
+            (
+                "LOCK in ERROR",
+                Some(sid),
+                msg(0x83, v, IFACE, &lock_body(0, STREAM)),
+                Tdisp(ErrorCode::InvalidInterfaceState, 0),
+            ),
         ],
     );
     assert!(total >= 40, "{total} cases");
 
     // STOP leaves ERROR; the device works as before.
     t.r.tdisp_stop(sid, IFACE).unwrap();
-    assert_eq!(t.r.tdisp_get_state(sid, IFACE).unwrap(), TdiState::ConfigUnlocked);
+    assert_eq!(
+        t.r.tdisp_get_state(sid, IFACE).unwrap(),
+        TdiState::ConfigUnlocked
+    );
     t.sel_ctl(0);
     t.secure_stream(sid);
     let n = t.r.tdisp_lock(sid, IFACE, &params(0, STREAM)).unwrap();

@@ -71,11 +71,22 @@ fn start(tag: &str) -> Rig {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let ide = Ide::new(IdeConfig::default());
-    let tdi = Tdi::new(TdispConfig::default(), "trustdev dma-copy", vec![Arc::clone(&ide)]);
-    let mut caps = vec![security::doe_capability_secure(Some(identity()), Some(&ide), Some(&tdi))];
+    let tdi = Tdi::new(
+        TdispConfig::default(),
+        "trustdev dma-copy",
+        vec![Arc::clone(&ide)],
+    );
+    let mut caps = vec![security::doe_capability_secure(
+        Some(identity()),
+        Some(&ide),
+        Some(&tdi),
+    )];
     caps.extend(ide.capabilities());
     let dev = DmaCopy::with_capabilities(PortType::Endpoint, true, caps).unwrap();
-    let dev = TdispDevice::new(IdeDevice::new(dev, Arc::clone(&ide)).unwrap(), Arc::clone(&tdi));
+    let dev = TdispDevice::new(
+        IdeDevice::new(dev, Arc::clone(&ide)).unwrap(),
+        Arc::clone(&tdi),
+    );
     let socket = dir.join("dev.sock");
     let mut server = Server::new(dev, &socket).unwrap();
     let stop = server.stop_handle();
@@ -134,7 +145,10 @@ fn params(flags: u16) -> LockParams {
 /// LOCK (with `flags`) and START: the TDI in RUN.
 fn run(host: &mut IdeHost<Client>, flags: u16) {
     let sid = host.session();
-    let nonce = host.requester().tdisp_lock(sid, IFACE, &params(flags)).unwrap();
+    let nonce = host
+        .requester()
+        .tdisp_lock(sid, IFACE, &params(flags))
+        .unwrap();
     host.requester().tdisp_start(sid, IFACE, &nonce).unwrap();
     assert_eq!(state(host), TdiState::Run);
 }
@@ -152,10 +166,13 @@ fn stop(host: &mut IdeHost<Client>) {
 
 /// A DMA-copy job; returns STATUS.
 fn copy(c: &mut Client, src: u64, dst: u64, len: u32) -> u32 {
-    c.region_write(0, reg::SRC, &(IOVA + src).to_le_bytes()).unwrap();
-    c.region_write(0, reg::DST, &(IOVA + dst).to_le_bytes()).unwrap();
+    c.region_write(0, reg::SRC, &(IOVA + src).to_le_bytes())
+        .unwrap();
+    c.region_write(0, reg::DST, &(IOVA + dst).to_le_bytes())
+        .unwrap();
     c.write32(0, reg::LEN, len).unwrap();
-    c.write32(0, reg::STATUS, status::DONE | status::ERROR).unwrap();
+    c.write32(0, reg::STATUS, status::DONE | status::ERROR)
+        .unwrap();
     c.write32(0, reg::DOORBELL, 1).unwrap();
     let t = Instant::now();
     loop {
@@ -177,7 +194,11 @@ impl Rig {
         let s = copy(host.access(), 0x1000, dst, 4096);
         let mut got = vec![0; 4096];
         self.ram.read_exact_at(&mut got, dst).unwrap();
-        assert_eq!(s & status::ERROR == 0, got == data, "STATUS {s:#x} agrees with memory");
+        assert_eq!(
+            s & status::ERROR == 0,
+            got == data,
+            "STATUS {s:#x} agrees with memory"
+        );
         got == data
     }
 }
@@ -203,7 +224,12 @@ fn lock_report_run_error_on_a_locked_register_and_stop() {
         r,
         [
             (BAR0 >> 12, 1, 0, 0),
-            (BAR1 >> 12, 1, range_attr::MSIX_TABLE | range_attr::MSIX_PBA, 1)
+            (
+                BAR1 >> 12,
+                1,
+                range_attr::MSIX_TABLE | range_attr::MSIX_PBA,
+                1
+            )
         ]
     );
     assert_eq!(rep.device_specific, b"trustdev dma-copy");
@@ -240,7 +266,9 @@ fn lock_report_run_error_on_a_locked_register_and_stop() {
     assert!(rig.copy_lands(&mut host, 0x30000));
     // And locks again (the stream is still SECURE).
     run(&mut host, 0);
-    host.access().cfg_write32(0x10, (BAR0 + 0x10_0000) as u32).unwrap();
+    host.access()
+        .cfg_write32(0x10, (BAR0 + 0x10_0000) as u32)
+        .unwrap();
     assert_eq!(state(&mut host), TdiState::Error, "a BAR moved");
     stop(&mut host);
 }
@@ -271,9 +299,16 @@ fn dma_off_the_bound_stream_is_refused() {
     run(&mut host, 0);
     assert!(rig.copy_lands(&mut host, 0x8000), "the bound stream");
     let refused = rig.ide.link_stats().refused;
-    assert!(!rig.copy_lands(&mut host, RAM / 2 + 0x1000), "stream 6 is not the TDI's");
+    assert!(
+        !rig.copy_lands(&mut host, RAM / 2 + 0x1000),
+        "stream 6 is not the TDI's"
+    );
     assert!(rig.ide.link_stats().refused > refused);
-    assert_eq!(state(&mut host), TdiState::Run, "a refused DMA is not a TDI error");
+    assert_eq!(
+        state(&mut host),
+        TdiState::Run,
+        "a refused DMA is not a TDI error"
+    );
     stop(&mut host);
     assert!(rig.copy_lands(&mut host, RAM / 2 + 0x1000));
 }
@@ -284,21 +319,36 @@ fn msix_under_lock_msix_flr_and_stream_loss() {
     let mut host = tsm(&rig);
     let efd = EventFd::from_value_and_flags(0, EfdFlags::empty()).unwrap();
     let fds = [efd.as_raw_fd()];
-    let c = host.access();
-    c.set_irqs(irq_index::MSIX, 0, 1, IrqData::Eventfd, IrqAction::Trigger, &fds)
-        .unwrap();
+    let vector = |host: &mut IdeHost<Client>, v: u32| {
+        host.access()
+            .set_irqs(
+                irq_index::MSIX,
+                v,
+                1,
+                IrqData::Eventfd,
+                IrqAction::Trigger,
+                &fds,
+            )
+            .unwrap()
+    };
+    vector(&mut host, 0);
     // Without LOCK_MSIX the vectors may change.
     run(&mut host, 0);
-    let c = host.access();
-    c.set_irqs(irq_index::MSIX, 1, 1, IrqData::Eventfd, IrqAction::Trigger, &fds)
-        .unwrap();
+    vector(&mut host, 1);
     assert_eq!(state(&mut host), TdiState::Run);
     stop(&mut host);
     // With it, SET_IRQS on the MSI-X index is an ERROR...
     run(&mut host, lock_flags::LOCK_MSIX);
     let c = host.access();
-    c.set_irqs(irq_index::MSIX, 0, 0, IrqData::None, IrqAction::Trigger, &[])
-        .unwrap();
+    c.set_irqs(
+        irq_index::MSIX,
+        0,
+        0,
+        IrqData::None,
+        IrqAction::Trigger,
+        &[],
+    )
+    .unwrap();
     assert_eq!(state(&mut host), TdiState::Error);
     assert_eq!(rig.tdi.error_reason(), Some(ErrorReason::MsixVectors));
     stop(&mut host);
@@ -314,7 +364,9 @@ fn msix_under_lock_msix_flr_and_stream_loss() {
     run(&mut host, 0);
     let pcie = pcie_cap(host.access());
     let devctl = host.access().cfg_read32(pcie + 8).unwrap();
-    host.access().cfg_write32(pcie + 8, devctl | 1 << 15).unwrap();
+    host.access()
+        .cfg_write32(pcie + 8, devctl | 1 << 15)
+        .unwrap();
     assert_eq!(rig.tdi.state(), TdiState::Error);
     assert_eq!(rig.tdi.error_reason(), Some(ErrorReason::Flr));
     assert!(!rig.ide.is_secure(STREAM));

@@ -197,7 +197,11 @@ impl Config {
         if u32::from(index) >= nsel {
             return Err(format!("selective stream {index} of {nsel}"));
         }
-        let nlink = if cap & 1 != 0 { 1 + ((cap >> 13) & 7) } else { 0 } as u16;
+        let nlink = if cap & 1 != 0 {
+            1 + ((cap >> 13) & 7)
+        } else {
+            0
+        } as u16;
         let mut off = ide + 0x0c + 8 * nlink;
         for _ in 0..index {
             let assoc = (self.rd(off)? & 0xf) as u16;
@@ -209,7 +213,8 @@ impl Config {
 
 /// `trustdev-guest tdisp`.
 pub fn run(args: Args) -> Result<(), String> {
-    let bdf = sysfs::normalize_bdf(&args.bdf).ok_or_else(|| format!("bad PCI address {:?}", args.bdf))?;
+    let bdf =
+        sysfs::normalize_bdf(&args.bdf).ok_or_else(|| format!("bad PCI address {:?}", args.bdf))?;
     let roots = load_roots(&args.roots)?;
     let mut flow = Flow {
         json: args.json,
@@ -219,7 +224,12 @@ pub fn run(args: Args) -> Result<(), String> {
     if !args.json {
         println!("TDISP flow on {bdf}");
     }
-    let r = run_inner(&args, &bdf, roots.into_iter().map(|(_, d)| d).collect(), &mut flow);
+    let r = run_inner(
+        &args,
+        &bdf,
+        roots.into_iter().map(|(_, d)| d).collect(),
+        &mut flow,
+    );
     let mut out = json!({"bdf": bdf, "steps": flow.steps, "ok": r.is_ok()});
     match r {
         Ok(summary) => {
@@ -253,7 +263,9 @@ fn cma_mailbox(bdf: &str) -> Result<Mailbox, String> {
             return Ok(mb);
         }
     }
-    Err(format!("{bdf} has no DOE mailbox with CMA/SPDM and secured CMA/SPDM"))
+    Err(format!(
+        "{bdf} has no DOE mailbox with CMA/SPDM and secured CMA/SPDM"
+    ))
 }
 
 fn interface_of(bdf: &str) -> InterfaceId {
@@ -276,7 +288,13 @@ fn interface_of(bdf: &str) -> InterfaceId {
 
 type Req = Requester<DoeTransport<Mailbox>>;
 
-fn expect_state(r: &mut Req, sid: u32, iface: InterfaceId, want: TdiState, step: &'static str) -> StepResult<()> {
+fn expect_state(
+    r: &mut Req,
+    sid: u32,
+    iface: InterfaceId,
+    want: TdiState,
+    step: &'static str,
+) -> StepResult<()> {
     let s = r.tdisp_get_state(sid, iface).map_err(tdisp_err(step))?;
     if s == want {
         Ok(())
@@ -306,7 +324,12 @@ fn bars(bdf: &str) -> Result<Vec<(u16, u64, u64)>, String> {
 }
 
 /// Checks the report against the function's BARs and MSI-X capability.
-fn check_report(rep: &InterfaceReport, bars: &[(u16, u64, u64)], msix: Option<(u8, u32, u8, u32)>, offset: u64) -> Result<(), String> {
+fn check_report(
+    rep: &InterfaceReport,
+    bars: &[(u16, u64, u64)],
+    msix: Option<(u8, u32, u8, u32)>,
+    offset: u64,
+) -> Result<(), String> {
     for &(i, start, size) in bars {
         let mine: Vec<_> = rep.ranges.iter().filter(|r| r.range_id == i).collect();
         let first = start.wrapping_add(offset) >> 12;
@@ -327,14 +350,18 @@ fn check_report(rep: &InterfaceReport, bars: &[(u16, u64, u64)], msix: Option<(u
             (pbir, poff, range_attr::MSIX_PBA, "MSI-X PBA"),
         ] {
             let Some(&(_, start, _)) = bars.iter().find(|b| b.0 == u16::from(bir)) else {
-                return Err(format!("{what} in BAR{bir}, which the kernel did not place"));
+                return Err(format!(
+                    "{what} in BAR{bir}, which the kernel did not place"
+                ));
             };
             let page = (start + u64::from(off)).wrapping_add(offset) >> 12;
             let hit = rep.ranges.iter().find(|r| {
                 r.first_page <= page && page < r.first_page + u64::from(r.number_of_pages)
             });
             if !hit.is_some_and(|r| r.attributes & attr != 0) {
-                return Err(format!("{what} page {page:#x} is not marked in the report: {hit:?}"));
+                return Err(format!(
+                    "{what} page {page:#x} is not marked in the report: {hit:?}"
+                ));
             }
         }
     }
@@ -359,9 +386,11 @@ fn io_check(path: &Path, seed: u8) -> Result<(), String> {
         *b = (i as u8).wrapping_mul(31) ^ seed;
     }
     let want = buf.to_vec();
-    f.write_all_at(buf, AT).map_err(|e| format!("write {}: {e}", path.display()))?;
+    f.write_all_at(buf, AT)
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
     buf.fill(0);
-    f.read_exact_at(buf, AT).map_err(|e| format!("read {}: {e}", path.display()))?;
+    f.read_exact_at(buf, AT)
+        .map_err(|e| format!("read {}: {e}", path.display()))?;
     if buf != &want[..] {
         return Err(format!("{}: the data read back differs", path.display()));
     }
@@ -376,7 +405,12 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
             .read(true)
             .write(true)
             .open(&cfg_path)
-            .map_err(|e| ("open config", format!("{}: {e} (root needed)", cfg_path.display())))?,
+            .map_err(|e| {
+                (
+                    "open config",
+                    format!("{}: {e} (root needed)", cfg_path.display()),
+                )
+            })?,
     );
 
     // 1. SPDM session.
@@ -396,7 +430,14 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     // 2. IDE.
     let step = "IDE_KM QUERY";
     let q = r.ide_km_query(sid, 0).map_err(spdm_err(step))?;
-    flow.ok(step, format!("port 0 of {}, {} IDE register(s)", q.max_port_index + 1, q.regs.len()));
+    flow.ok(
+        step,
+        format!(
+            "port 0 of {}, {} IDE register(s)",
+            q.max_port_index + 1,
+            q.regs.len()
+        ),
+    );
     let step = "IDE stream setup";
     let ide = cfg
         .ext_cap(ide_regs::CAP_ID)
@@ -405,7 +446,13 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     let sel = cfg.sel_stream(ide, o.stream_index).map_err(|e| (step, e))?;
     let ctl = (u32::from(o.stream_id) << ide_regs::CTL_ID_SHIFT) | ide_regs::CTL_DEFAULT;
     cfg.wr(sel + 4, ctl).map_err(|e| (step, e))?;
-    flow.ok(step, format!("selective stream {} (config {sel:#x}): Stream ID {}, Default Stream", o.stream_index, o.stream_id));
+    flow.ok(
+        step,
+        format!(
+            "selective stream {} (config {sel:#x}): Stream ID {}, Default Stream",
+            o.stream_index, o.stream_id
+        ),
+    );
     let step = "IDE_KM KEY_PROG+K_SET_GO";
     let mut rng = OsEntropy;
     for d in [KeyDirection::Rx, KeyDirection::Tx] {
@@ -414,16 +461,21 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
             let mut k = zeroize::Zeroizing::new([0u8; 32]);
             rng.fill(&mut k[..]);
             let key = IdeKey::new(*k, 1);
-            match r.ide_km_key_prog(sid, o.stream_id, slot, 0, &key).map_err(spdm_err(step))? {
+            match r
+                .ide_km_key_prog(sid, o.stream_id, slot, 0, &key)
+                .map_err(spdm_err(step))?
+            {
                 Ok(KpAckStatus::Success) => {}
                 other => return Err((step, format!("KP_ACK {other:?} for {}", slot.name()))),
             }
-            r.ide_km_key_set_go(sid, o.stream_id, slot, 0).map_err(spdm_err(step))?;
+            r.ide_km_key_set_go(sid, o.stream_id, slot, 0)
+                .map_err(spdm_err(step))?;
         }
     }
     flow.ok(step, "fresh K0 keys, RX and TX × PR/NPR/CPL, armed".into());
     let step = "IDE stream enable";
-    cfg.wr(sel + 4, ctl | ide_regs::CTL_EN).map_err(|e| (step, e))?;
+    cfg.wr(sel + 4, ctl | ide_regs::CTL_EN)
+        .map_err(|e| (step, e))?;
     let st = cfg.rd(sel + 8).map_err(|e| (step, e))?;
     if st & ide_regs::STS_STATE != ide_regs::STS_SECURE {
         return Err((step, format!("Stream Status {st:#010x}: not SECURE")));
@@ -433,14 +485,25 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     // 3. TDISP.
     let step = "GET_TDISP_VERSION";
     let v = r.tdisp_get_version(sid, iface).map_err(tdisp_err(step))?;
-    flow.ok(step, format!("interface {iface} (FUNCTION_ID {:#x}): versions {v:02x?}", iface.function_id));
+    flow.ok(
+        step,
+        format!(
+            "interface {iface} (FUNCTION_ID {:#x}): versions {v:02x?}",
+            iface.function_id
+        ),
+    );
     let step = "GET_TDISP_CAPABILITIES";
-    let caps = r.tdisp_get_capabilities(sid, iface, 0).map_err(tdisp_err(step))?;
+    let caps = r
+        .tdisp_get_capabilities(sid, iface, 0)
+        .map_err(tdisp_err(step))?;
     flow.ok(
         step,
         format!(
             "REQ_MSGS_SUPPORTED {:02x} {:02x}, LOCK flags {:#06x}, address width {}",
-            caps.req_msgs_supported[0], caps.req_msgs_supported[1], caps.lock_flags_supported, caps.dev_addr_width
+            caps.req_msgs_supported[0],
+            caps.req_msgs_supported[1],
+            caps.lock_flags_supported,
+            caps.dev_addr_width
         ),
     );
     let step = "GET_DEVICE_INTERFACE_STATE";
@@ -450,7 +513,17 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         r.tdisp_stop(sid, iface).map_err(tdisp_err(step))?;
     }
     expect_state(&mut r, sid, iface, TdiState::ConfigUnlocked, step)?;
-    flow.ok(step, format!("{s0}{}", if s0 == TdiState::ConfigUnlocked { "" } else { ", STOP -> CONFIG_UNLOCKED" }));
+    flow.ok(
+        step,
+        format!(
+            "{s0}{}",
+            if s0 == TdiState::ConfigUnlocked {
+                ""
+            } else {
+                ", STOP -> CONFIG_UNLOCKED"
+            }
+        ),
+    );
     let step = "LOCK_INTERFACE";
     let params = LockParams {
         flags: caps.lock_flags_supported,
@@ -460,7 +533,13 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     };
     let nonce = r.tdisp_lock(sid, iface, &params).map_err(tdisp_err(step))?;
     expect_state(&mut r, sid, iface, TdiState::ConfigLocked, step)?;
-    flow.ok(step, format!("flags {:#06x}, stream {}: CONFIG_LOCKED", params.flags, o.stream_id));
+    flow.ok(
+        step,
+        format!(
+            "flags {:#06x}, stream {}: CONFIG_LOCKED",
+            params.flags, o.stream_id
+        ),
+    );
     let step = "GET_DEVICE_INTERFACE_REPORT";
     let rep = r.tdisp_get_report(sid, iface).map_err(tdisp_err(step))?;
     let msix = match cfg.std_cap(0x11).map_err(|e| (step, e))? {
@@ -476,9 +555,24 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     let ranges: Vec<String> = rep
         .ranges
         .iter()
-        .map(|r| format!("BAR{}:{:#x}+{}p/{:#x}", r.range_id, r.first_page << 12, r.number_of_pages, r.attributes))
+        .map(|r| {
+            format!(
+                "BAR{}:{:#x}+{}p/{:#x}",
+                r.range_id,
+                r.first_page << 12,
+                r.number_of_pages,
+                r.attributes
+            )
+        })
         .collect();
-    flow.ok(step, format!("{} range(s) match the BARs and MSI-X: {}", rep.ranges.len(), ranges.join(" ")));
+    flow.ok(
+        step,
+        format!(
+            "{} range(s) match the BARs and MSI-X: {}",
+            rep.ranges.len(),
+            ranges.join(" ")
+        ),
+    );
     let step = "START_INTERFACE";
     r.tdisp_start(sid, iface, &nonce).map_err(tdisp_err(step))?;
     expect_state(&mut r, sid, iface, TdiState::Run, step)?;
@@ -486,10 +580,16 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     if let Some(p) = &o.io {
         let step = "I/O in RUN";
         io_check(p, 0x5a).map_err(|e| (step, e))?;
-        flow.ok(step, format!("64 KiB written and read back through {}", p.display()));
+        flow.ok(
+            step,
+            format!("64 KiB written and read back through {}", p.display()),
+        );
     }
     if o.keep {
-        return Ok(format!("interface {iface} in RUN on stream {} (kept)", o.stream_id));
+        return Ok(format!(
+            "interface {iface} in RUN on stream {} (kept)",
+            o.stream_id
+        ));
     }
 
     // 5. A locked register.
@@ -501,13 +601,24 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     if s? != TdiState::Error {
         return Err((step, "the TDI did not go to ERROR".into()));
     }
-    flow.ok(step, format!("Command {cmd:#06x} -> {:#06x} (INTx Disable): ERROR; restored", cmd ^ 0x400));
+    flow.ok(
+        step,
+        format!(
+            "Command {cmd:#06x} -> {:#06x} (INTx Disable): ERROR; restored",
+            cmd ^ 0x400
+        ),
+    );
     let step = "report in ERROR";
     match r.tdisp_get_report(sid, iface) {
         Err(e) if e.code() == Some(ErrorCode::InvalidInterfaceState) => {
             flow.ok(step, format!("refused: {e}"))
         }
-        other => return Err((step, format!("expected INVALID_INTERFACE_STATE, got {other:?}"))),
+        other => {
+            return Err((
+                step,
+                format!("expected INVALID_INTERFACE_STATE, got {other:?}"),
+            ))
+        }
     }
     expect_state(&mut r, sid, iface, TdiState::Error, step)?;
 
@@ -567,8 +678,14 @@ mod tests {
         let bars = [(0, 0xfe00_0000, 0x4000), (4, 0xfe00_4000, 0x1000)];
         let msix = Some((4, 0, 4, 0x800));
         assert!(check_report(&rep, &bars, msix, 0).is_ok());
-        assert!(check_report(&rep, &bars, Some((0, 0, 4, 0x800)), 0).is_err(), "table not marked");
-        assert!(check_report(&rep, &bars, msix, 0x1000).is_err(), "offset not applied");
+        assert!(
+            check_report(&rep, &bars, Some((0, 0, 4, 0x800)), 0).is_err(),
+            "table not marked"
+        );
+        assert!(
+            check_report(&rep, &bars, msix, 0x1000).is_err(),
+            "offset not applied"
+        );
         let moved = [(0, 0xfd00_0000, 0x4000), (4, 0xfe00_4000, 0x1000)];
         assert!(check_report(&rep, &moved, msix, 0).is_err());
     }

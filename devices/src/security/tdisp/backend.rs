@@ -83,7 +83,12 @@ impl TdispBackend for TdispFunctions {
         self.tdi(tdi).report()
     }
 
-    fn start(&mut self, session: u32, tdi: usize, nonce: &[u8; NONCE_LEN]) -> Result<(), ErrorCode> {
+    fn start(
+        &mut self,
+        session: u32,
+        tdi: usize,
+        nonce: &[u8; NONCE_LEN],
+    ) -> Result<(), ErrorCode> {
         self.tdi(tdi).start(session, nonce)
     }
 

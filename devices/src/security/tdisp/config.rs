@@ -54,7 +54,9 @@ impl Default for TdispConfig {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TdispConfigError {
     /// Unknown key.
-    #[error("unknown TDISP option {0:?} (known: on, off, rid=BB:DD.F, segment=N, ide=secure|keys|none)")]
+    #[error(
+        "unknown TDISP option {0:?} (known: on, off, rid=BB:DD.F, segment=N, ide=secure|keys|none)"
+    )]
     UnknownKey(String),
     /// A bad value.
     #[error("TDISP option {key}: {why}")]

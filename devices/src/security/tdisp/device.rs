@@ -17,7 +17,9 @@ pub struct TdispDevice<D> {
 
 impl<D: Device> std::fmt::Debug for TdispDevice<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TdispDevice").field("tdi", &self.tdi).finish()
+        f.debug_struct("TdispDevice")
+            .field("tdi", &self.tdi)
+            .finish()
     }
 }
 
@@ -55,7 +57,12 @@ impl<D: Device> Device for TdispDevice<D> {
         cfg
     }
 
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn region_read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), DeviceError> {
         self.inner.region_read(region, offset, data)
     }
 

@@ -351,7 +351,12 @@ impl Tdi {
     }
 
     /// LOCK_INTERFACE_REQUEST.
-    pub fn lock(&self, session: u32, iface: InterfaceId, params: &LockParams) -> Result<[u8; NONCE_LEN], ErrorCode> {
+    pub fn lock(
+        &self,
+        session: u32,
+        iface: InterfaceId,
+        params: &LockParams,
+    ) -> Result<[u8; NONCE_LEN], ErrorCode> {
         let mut g = self.lock_inner();
         if g.state != TdiState::ConfigUnlocked {
             return Err(ErrorCode::InvalidInterfaceState);
@@ -410,7 +415,10 @@ impl Tdi {
             return Err(ErrorCode::InvalidInterfaceState);
         };
         if l.session != session {
-            warn!("TDISP START: from session {session:#010x}, locked in {:#010x}", l.session);
+            warn!(
+                "TDISP START: from session {session:#010x}, locked in {:#010x}",
+                l.session
+            );
             return Err(ErrorCode::InvalidRequest);
         }
         let ok = l

@@ -80,11 +80,13 @@ impl Rig {
     /// Gives selective stream 0 Stream ID `id` (disabled) and programs and
     /// arms K0 in every slot.
     fn program(&mut self, id: u8) {
-        if self.ide.stream(crate::security::ide::StreamRef {
-            kind: StreamKind::Selective,
-            index: 0,
-        })
-        .is_some_and(|s| !s.enabled)
+        if self
+            .ide
+            .stream(crate::security::ide::StreamRef {
+                kind: StreamKind::Selective,
+                index: 0,
+            })
+            .is_some_and(|s| !s.enabled)
         {
             self.sel_ctl(u32::from(id) << ctl::ID_SHIFT);
         }
@@ -136,15 +138,39 @@ fn lock_needs_a_secure_stream() {
     let mut r = rig(IdeRequirement::Secure);
     assert_eq!(r.lock(0, 3), Err(ErrorCode::InvalidRequest), "no keys");
     r.program(3);
-    assert_eq!(r.lock(0, 3), Err(ErrorCode::InvalidRequest), "keys, stream not enabled");
+    assert_eq!(
+        r.lock(0, 3),
+        Err(ErrorCode::InvalidRequest),
+        "keys, stream not enabled"
+    );
     r.sel_ctl(ctl::EN | (3 << ctl::ID_SHIFT));
-    assert_eq!(r.lock(0, 5), Err(ErrorCode::InvalidRequest), "another stream");
-    assert_eq!(r.lock(lock_flags::BIND_P2P, 3), Err(ErrorCode::InvalidRequest), "P2P");
-    assert_eq!(r.tdi.state(), TdiState::ConfigUnlocked, "refusals change nothing");
+    assert_eq!(
+        r.lock(0, 5),
+        Err(ErrorCode::InvalidRequest),
+        "another stream"
+    );
+    assert_eq!(
+        r.lock(lock_flags::BIND_P2P, 3),
+        Err(ErrorCode::InvalidRequest),
+        "P2P"
+    );
+    assert_eq!(
+        r.tdi.state(),
+        TdiState::ConfigUnlocked,
+        "refusals change nothing"
+    );
     r.lock(lock_flags::LOCK_MSIX, 3).unwrap();
     assert_eq!(r.tdi.state(), TdiState::ConfigLocked);
-    assert_eq!(r.lock(0, 3), Err(ErrorCode::InvalidInterfaceState), "LOCK twice");
-    assert_eq!(r.ide.dma_gate(), DmaGate::Open, "CONFIG_LOCKED: not yet bound");
+    assert_eq!(
+        r.lock(0, 3),
+        Err(ErrorCode::InvalidInterfaceState),
+        "LOCK twice"
+    );
+    assert_eq!(
+        r.ide.dma_gate(),
+        DmaGate::Open,
+        "CONFIG_LOCKED: not yet bound"
+    );
 }
 
 #[test]
@@ -154,9 +180,13 @@ fn keys_armed_mode_and_no_ide_mode() {
     r.program(0);
     r.lock(0, 0).unwrap();
     // Retiring a key of the bound stream: ERROR when next looked at.
-    r.km
-        .key_set_stop(SESSION, 0, 0, KeySlot::new(KeySet::K0, KeyDirection::Tx, SubStream::Posted))
-        .unwrap();
+    r.km.key_set_stop(
+        SESSION,
+        0,
+        0,
+        KeySlot::new(KeySet::K0, KeyDirection::Tx, SubStream::Posted),
+    )
+    .unwrap();
     assert_eq!(r.tdi.state(), TdiState::Error);
     assert_eq!(r.tdi.error_reason(), Some(ErrorReason::KeysLost { id: 0 }));
     let r = rig(IdeRequirement::None);
@@ -172,12 +202,22 @@ fn start_checks_the_nonce_and_binds_the_stream() {
     let mut wrong = nonce;
     wrong[31] ^= 1;
     assert_eq!(r.tdi.start(SESSION, &wrong), Err(ErrorCode::InvalidNonce));
-    assert_eq!(r.tdi.state(), TdiState::ConfigLocked, "a wrong nonce changes nothing");
-    assert_eq!(r.tdi.start(SESSION + 1, &nonce), Err(ErrorCode::InvalidRequest));
+    assert_eq!(
+        r.tdi.state(),
+        TdiState::ConfigLocked,
+        "a wrong nonce changes nothing"
+    );
+    assert_eq!(
+        r.tdi.start(SESSION + 1, &nonce),
+        Err(ErrorCode::InvalidRequest)
+    );
     r.tdi.start(SESSION, &nonce).unwrap();
     assert_eq!(r.tdi.state(), TdiState::Run);
     assert_eq!(r.ide.dma_gate(), DmaGate::Stream(2));
-    assert_eq!(r.tdi.start(SESSION, &nonce), Err(ErrorCode::InvalidInterfaceState));
+    assert_eq!(
+        r.tdi.start(SESSION, &nonce),
+        Err(ErrorCode::InvalidInterfaceState)
+    );
     assert!(r.tdi.report().is_ok(), "the report in RUN");
     r.tdi.stop();
     assert_eq!(r.tdi.state(), TdiState::ConfigUnlocked);
@@ -206,7 +246,10 @@ fn losing_the_stream_is_an_error_left_only_by_stop() {
     assert_eq!(r.ide.dma_gate(), DmaGate::Closed, "no DMA in ERROR");
     assert_eq!(r.tdi.report(), Err(ErrorCode::InvalidInterfaceState));
     assert_eq!(r.lock(0, 1), Err(ErrorCode::InvalidInterfaceState));
-    assert_eq!(r.tdi.start(SESSION, &n), Err(ErrorCode::InvalidInterfaceState));
+    assert_eq!(
+        r.tdi.start(SESSION, &n),
+        Err(ErrorCode::InvalidInterfaceState)
+    );
     // Re-enabling the stream does not leave ERROR; STOP does.
     r.secure_stream(1);
     assert_eq!(r.tdi.state(), TdiState::Error);
@@ -239,10 +282,7 @@ fn locked_configuration() {
         (
             "Command: Bus Master off",
             |r| r.write_cfg(0x04, &0x0002u16.to_le_bytes()),
-            ErrorReason::Config(ConfigChange::Command {
-                locked: 6,
-                now: 2,
-            }),
+            ErrorReason::Config(ConfigChange::Command { locked: 6, now: 2 }),
         ),
         (
             "MSI-X enable (LOCK_MSIX)",
@@ -256,7 +296,11 @@ fn locked_configuration() {
             }),
         ),
         ("FLR", |r| r.tdi.flr(), ErrorReason::Flr),
-        ("device reset", |r| r.tdi.device_reset(), ErrorReason::DeviceReset),
+        (
+            "device reset",
+            |r| r.tdi.device_reset(),
+            ErrorReason::DeviceReset,
+        ),
         (
             "session end",
             |r| r.tdi.session_ended(SESSION),
@@ -304,20 +348,31 @@ fn report_has_the_real_bars_and_msix_pages() {
         mmio_reporting_offset: 0xd000_0000,
         bind_p2p_address_mask: 0,
     };
-    r.tdi.lock(SESSION, InterfaceId::from_rid(0x100), &params).unwrap();
+    r.tdi
+        .lock(SESSION, InterfaceId::from_rid(0x100), &params)
+        .unwrap();
     let rep = r.tdi.report().unwrap();
     assert_eq!(
         rep.interface_info,
         spdm_responder::tdisp::interface_info::NO_UPDATE_AFTER_LOCK
             | spdm_responder::tdisp::interface_info::DMA_WITHOUT_PASID
     );
-    assert_eq!(rep.msix_message_control, 7, "8 vectors, disabled, as locked");
+    assert_eq!(
+        rep.msix_message_control, 7,
+        "8 vectors, disabled, as locked"
+    );
     assert_eq!(rep.ranges.len(), 2);
-    assert_eq!(rep.ranges[0].first_page, (0xfe00_0000u64 + 0xd000_0000) >> 12);
+    assert_eq!(
+        rep.ranges[0].first_page,
+        (0xfe00_0000u64 + 0xd000_0000) >> 12
+    );
     assert_eq!(rep.ranges[0].number_of_pages, 4);
     assert_eq!(rep.ranges[0].attributes, 0);
     assert_eq!(rep.ranges[0].range_id, 0);
-    assert_eq!(rep.ranges[1].first_page, (0xfe00_4000u64 + 0xd000_0000) >> 12);
+    assert_eq!(
+        rep.ranges[1].first_page,
+        (0xfe00_4000u64 + 0xd000_0000) >> 12
+    );
     assert_eq!(rep.ranges[1].number_of_pages, 1);
     assert_eq!(
         rep.ranges[1].attributes,
@@ -328,7 +383,9 @@ fn report_has_the_real_bars_and_msix_pages() {
     // Without LOCK_MSIX the MSI-X pages are not TEE memory.
     r.tdi.stop();
     let params = LockParams { flags: 0, ..params };
-    r.tdi.lock(SESSION, InterfaceId::from_rid(0x100), &params).unwrap();
+    r.tdi
+        .lock(SESSION, InterfaceId::from_rid(0x100), &params)
+        .unwrap();
     let rep = r.tdi.report().unwrap();
     assert_eq!(rep.msix_message_control, 0);
     assert_eq!(
@@ -366,7 +423,10 @@ fn interface_ids() {
     let r = rig(IdeRequirement::None);
     let a = InterfaceId::from_rid(0x0300);
     let b = InterfaceId::from_rid(0x0400);
-    assert!(r.tdi.matches(&a) && r.tdi.matches(&b), "unlocked: any function");
+    assert!(
+        r.tdi.matches(&a) && r.tdi.matches(&b),
+        "unlocked: any function"
+    );
     let seg1 = InterfaceId {
         function_id: 0x0300 | (1 << 16) | InterfaceId::SEGMENT_VALID,
         reserved: 0,

@@ -2,7 +2,9 @@
 //! where its MMIO lives and how it interrupts ([`ConfigView`], read from the
 //! device's configuration space), and the interface report built from it.
 
-use spdm_responder::tdisp::{interface_info, lock_flags, range_attr, InterfaceReport, LockParams, MmioRange};
+use spdm_responder::tdisp::{
+    interface_info, lock_flags, range_attr, InterfaceReport, LockParams, MmioRange,
+};
 use vfio_user_server::pci::{BarKind, ConfigSpace};
 
 const COMMAND: usize = 0x04;
@@ -112,7 +114,7 @@ impl ConfigView {
     /// values; no handler runs).
     pub fn read(cfg: &ConfigSpace) -> ConfigView {
         let mut bars = [None; 7];
-        for i in 0..7usize {
+        for (i, slot) in bars.iter_mut().enumerate() {
             let Some(bar) = cfg.bar(i) else { continue };
             let off = if i == 6 { ROM_BAR } else { BAR0 + 4 * i };
             let lo = cfg.read_u32(off);
@@ -120,12 +122,15 @@ impl ConfigView {
                 BarKind::Mem32 { .. } => (u64::from(lo & !0xf), u64::from(lo)),
                 BarKind::Mem64 { .. } if i < 5 => {
                     let hi = u64::from(cfg.read_u32(off + 4));
-                    ((hi << 32) | u64::from(lo & !0xf), (hi << 32) | u64::from(lo))
+                    (
+                        (hi << 32) | u64::from(lo & !0xf),
+                        (hi << 32) | u64::from(lo),
+                    )
                 }
                 BarKind::Rom => (u64::from(lo & !0x7ff), u64::from(lo)),
                 BarKind::Mem64 { .. } | BarKind::Io => continue,
             };
-            bars[i] = Some(BarView {
+            *slot = Some(BarView {
                 index: i as u8,
                 size: bar.size,
                 addr,
@@ -182,7 +187,11 @@ impl ConfigView {
     /// address plus MMIO_REPORTING_OFFSET.
     pub fn report(&self, params: &LockParams, device_info: &[u8]) -> InterfaceReport {
         let lock_msix = params.flags & lock_flags::LOCK_MSIX != 0;
-        let msix_attr = if lock_msix { 0 } else { range_attr::IS_NON_TEE_MEM };
+        let msix_attr = if lock_msix {
+            0
+        } else {
+            range_attr::IS_NON_TEE_MEM
+        };
         let mut ranges = Vec::new();
         // A BAR the guest did not place (still 0) decodes nothing.
         for b in self.bars[..6].iter().flatten().filter(|b| b.addr != 0) {
@@ -240,7 +249,8 @@ impl ConfigView {
         }
         ranges.sort_by_key(|r| r.first_page);
         InterfaceReport {
-            interface_info: interface_info::NO_UPDATE_AFTER_LOCK | interface_info::DMA_WITHOUT_PASID,
+            interface_info: interface_info::NO_UPDATE_AFTER_LOCK
+                | interface_info::DMA_WITHOUT_PASID,
             msix_message_control: match self.msix {
                 Some(m) if lock_msix => m.control,
                 _ => 0,
