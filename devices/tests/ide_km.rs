@@ -5,9 +5,7 @@
 
 use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::error::{ErrorCode, RequesterError};
-use spdm_responder::idekm::{
-    IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream,
-};
+use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
 use spdm_responder::identity::{Identity, PciIds};
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
@@ -53,8 +51,17 @@ fn connect(r: &mut Requester<InMemory>) {
     r.get_certificate(0).unwrap();
 }
 
-fn raw(r: &mut Requester<InMemory>, sid: Option<u32>, payload: &[u8]) -> Result<Vec<u8>, RequesterError> {
-    r.vendor_request(sid, STANDARD_ID_PCISIG, &PCISIG_VENDOR_ID.to_le_bytes(), payload)
+fn raw(
+    r: &mut Requester<InMemory>,
+    sid: Option<u32>,
+    payload: &[u8],
+) -> Result<Vec<u8>, RequesterError> {
+    r.vendor_request(
+        sid,
+        STANDARD_ID_PCISIG,
+        &PCISIG_VENDOR_ID.to_le_bytes(),
+        payload,
+    )
 }
 
 fn slot(set: KeySet, d: KeyDirection, ss: SubStream) -> KeySlot {
@@ -90,7 +97,8 @@ fn program_all(r: &mut Requester<InMemory>, sid: u32, stream: u8, set: KeySet, s
 fn stop_all(r: &mut Requester<InMemory>, sid: u32, stream: u8, set: KeySet) {
     for d in [KeyDirection::Rx, KeyDirection::Tx] {
         for ss in SubStream::ALL {
-            r.ide_km_key_set_stop(sid, stream, slot(set, d, ss), 0).unwrap();
+            r.ide_km_key_set_stop(sid, stream, slot(set, d, ss), 0)
+                .unwrap();
         }
     }
 }
@@ -104,7 +112,14 @@ fn dmtf_flow_query_program_go_stop() {
     assert_eq!(q.regs, t.ide.register_image(), "the live register image");
     assert_eq!(q.regs[0], IdeConfig::default().cap_register());
     program_all(&mut t.r, sid, 0, KeySet::K0, 0x10);
-    assert!(t.ide.key_states(0).iter().filter(|(_, s)| *s == "armed").count() == 6);
+    assert!(
+        t.ide
+            .key_states(0)
+            .iter()
+            .filter(|(_, s)| *s == "armed")
+            .count()
+            == 6
+    );
     stop_all(&mut t.r, sid, 0, KeySet::K0);
     assert!(t.ide.key_states(0).is_empty(), "K_SET_STOP zeroizes");
 }
@@ -157,54 +172,231 @@ fn catalogue_of_wrong_requests() {
     let k0txcpl = slot(KeySet::K0, KeyDirection::Tx, SubStream::Completion).to_byte();
     // A slot armed in `sid`, and one programmed (not armed) in `other`.
     let armed = slot(KeySet::K1, KeyDirection::Rx, SubStream::Posted);
-    t.r.ide_km_key_prog(sid, 0, armed, 0, &IdeKey::new([1; 32], 1)).unwrap().unwrap();
+    t.r.ide_km_key_prog(sid, 0, armed, 0, &IdeKey::new([1; 32], 1))
+        .unwrap()
+        .unwrap();
     t.r.ide_km_key_set_go(sid, 0, armed, 0).unwrap();
     let foreign = slot(KeySet::K1, KeyDirection::Tx, SubStream::NonPosted);
-    t.r.ide_km_key_prog(other, 0, foreign, 0, &IdeKey::new([2; 32], 1)).unwrap().unwrap();
+    t.r.ide_km_key_prog(other, 0, foreign, 0, &IdeKey::new([2; 32], 1))
+        .unwrap()
+        .unwrap();
 
     use Expect::*;
     use KpAckStatus::*;
     let mut kp_long = key_prog_payload(0, 0, 0);
     kp_long.push(0);
     let cases: Vec<(&str, Option<u32>, Vec<u8>, Expect)> = vec![
-        ("QUERY outside a session", None, vec![0, 0, 0, 0], Error(ErrorCode::SessionRequired)),
-        ("KEY_PROG outside a session", None, key_prog_payload(0, 0, 0), Error(ErrorCode::SessionRequired)),
-        ("K_SET_GO outside a session", None, stream_req(4, 0, 0, 0), Error(ErrorCode::SessionRequired)),
-        ("K_SET_STOP outside a session", None, stream_req(5, 0, 0, 0), Error(ErrorCode::SessionRequired)),
-        ("QUERY for a port the device does not have", Some(sid), vec![0, 0, 0, 1], Error(ErrorCode::InvalidRequest)),
-        ("QUERY one byte short", Some(sid), vec![0, 0, 0], Error(ErrorCode::InvalidRequest)),
-        ("QUERY one byte long", Some(sid), vec![0, 0, 0, 0, 0], Error(ErrorCode::InvalidRequest)),
-        ("IDE_KM without an object ID", Some(sid), vec![0], Error(ErrorCode::InvalidRequest)),
-        ("unknown object ID 07h", Some(sid), vec![0, 7, 0, 0], Error(ErrorCode::InvalidRequest)),
-        ("QUERY_RESP sent as a request", Some(sid), vec![0, 1, 0, 0, 0, 0, 0, 0], Error(ErrorCode::InvalidRequest)),
-        ("KP_ACK sent as a request", Some(sid), stream_req(3, 0, 0, 0), Error(ErrorCode::InvalidRequest)),
-        ("K_GOSTOP_ACK sent as a request", Some(sid), stream_req(6, 0, 0, 0), Error(ErrorCode::InvalidRequest)),
-        ("KEY_PROG one byte short", Some(sid), key_prog_payload(0, 0, 0)[..47].to_vec(), KpAck(IncorrectLength)),
-        ("KEY_PROG one byte long", Some(sid), kp_long, KpAck(IncorrectLength)),
-        ("KEY_PROG without a key", Some(sid), stream_req(2, 0, 0, 0), KpAck(IncorrectLength)),
-        ("KEY_PROG shorter than its header", Some(sid), vec![0, 2, 0, 0, 0, 0, 0], Error(ErrorCode::InvalidRequest)),
-        ("KEY_PROG to a port the device does not have", Some(sid), key_prog_payload(0, 0, 1), KpAck(UnsupportedPortIndex)),
-        ("KEY_PROG to port 255", Some(sid), key_prog_payload(0, 0, 255), KpAck(UnsupportedPortIndex)),
-        ("KEY_PROG with reserved sub-stream 3", Some(sid), key_prog_payload(0, 0x30, 0), KpAck(UnsupportedValue)),
-        ("KEY_PROG with reserved sub-stream 15", Some(sid), key_prog_payload(0, 0xf2, 0), KpAck(UnsupportedValue)),
-        ("KEY_PROG for a Stream ID no stream has", Some(sid), key_prog_payload(200, 0, 0), KpAck(UnsupportedValue)),
-        ("KEY_PROG to an armed slot", Some(sid), key_prog_payload(0, armed.to_byte(), 0), KpAck(UnspecifiedFailure)),
-        ("KEY_PROG over another session's key", Some(sid), key_prog_payload(0, foreign.to_byte(), 0), KpAck(UnspecifiedFailure)),
-        ("K_SET_GO without a key", Some(sid), stream_req(4, 0, k0txcpl, 0), Error(ErrorCode::UnexpectedRequest)),
-        ("K_SET_GO for a Stream ID no stream has", Some(sid), stream_req(4, 200, armed.to_byte(), 0), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_GO to a port the device does not have", Some(sid), stream_req(4, 0, armed.to_byte(), 3), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_GO with reserved sub-stream 4", Some(sid), stream_req(4, 0, 0x40, 0), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_GO one byte short", Some(sid), stream_req(4, 0, 0, 0)[..7].to_vec(), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_GO one byte long", Some(sid), [stream_req(4, 0, 0, 0), vec![0]].concat(), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_GO of another session's key", Some(sid), stream_req(4, 0, foreign.to_byte(), 0), Error(ErrorCode::UnexpectedRequest)),
-        ("K_SET_STOP for a Stream ID no stream has", Some(sid), stream_req(5, 200, armed.to_byte(), 0), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_STOP to a port the device does not have", Some(sid), stream_req(5, 0, armed.to_byte(), 1), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_STOP one byte long", Some(sid), [stream_req(5, 0, 0, 0), vec![0]].concat(), Error(ErrorCode::InvalidRequest)),
-        ("K_SET_STOP of another session's key", Some(sid), stream_req(5, 0, foreign.to_byte(), 0), Error(ErrorCode::UnexpectedRequest)),
+        (
+            "QUERY outside a session",
+            None,
+            vec![0, 0, 0, 0],
+            Error(ErrorCode::SessionRequired),
+        ),
+        (
+            "KEY_PROG outside a session",
+            None,
+            key_prog_payload(0, 0, 0),
+            Error(ErrorCode::SessionRequired),
+        ),
+        (
+            "K_SET_GO outside a session",
+            None,
+            stream_req(4, 0, 0, 0),
+            Error(ErrorCode::SessionRequired),
+        ),
+        (
+            "K_SET_STOP outside a session",
+            None,
+            stream_req(5, 0, 0, 0),
+            Error(ErrorCode::SessionRequired),
+        ),
+        (
+            "QUERY for a port the device does not have",
+            Some(sid),
+            vec![0, 0, 0, 1],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "QUERY one byte short",
+            Some(sid),
+            vec![0, 0, 0],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "QUERY one byte long",
+            Some(sid),
+            vec![0, 0, 0, 0, 0],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "IDE_KM without an object ID",
+            Some(sid),
+            vec![0],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "unknown object ID 07h",
+            Some(sid),
+            vec![0, 7, 0, 0],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "QUERY_RESP sent as a request",
+            Some(sid),
+            vec![0, 1, 0, 0, 0, 0, 0, 0],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "KP_ACK sent as a request",
+            Some(sid),
+            stream_req(3, 0, 0, 0),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_GOSTOP_ACK sent as a request",
+            Some(sid),
+            stream_req(6, 0, 0, 0),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "KEY_PROG one byte short",
+            Some(sid),
+            key_prog_payload(0, 0, 0)[..47].to_vec(),
+            KpAck(IncorrectLength),
+        ),
+        (
+            "KEY_PROG one byte long",
+            Some(sid),
+            kp_long,
+            KpAck(IncorrectLength),
+        ),
+        (
+            "KEY_PROG without a key",
+            Some(sid),
+            stream_req(2, 0, 0, 0),
+            KpAck(IncorrectLength),
+        ),
+        (
+            "KEY_PROG shorter than its header",
+            Some(sid),
+            vec![0, 2, 0, 0, 0, 0, 0],
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "KEY_PROG to a port the device does not have",
+            Some(sid),
+            key_prog_payload(0, 0, 1),
+            KpAck(UnsupportedPortIndex),
+        ),
+        (
+            "KEY_PROG to port 255",
+            Some(sid),
+            key_prog_payload(0, 0, 255),
+            KpAck(UnsupportedPortIndex),
+        ),
+        (
+            "KEY_PROG with reserved sub-stream 3",
+            Some(sid),
+            key_prog_payload(0, 0x30, 0),
+            KpAck(UnsupportedValue),
+        ),
+        (
+            "KEY_PROG with reserved sub-stream 15",
+            Some(sid),
+            key_prog_payload(0, 0xf2, 0),
+            KpAck(UnsupportedValue),
+        ),
+        (
+            "KEY_PROG for a Stream ID no stream has",
+            Some(sid),
+            key_prog_payload(200, 0, 0),
+            KpAck(UnsupportedValue),
+        ),
+        (
+            "KEY_PROG to an armed slot",
+            Some(sid),
+            key_prog_payload(0, armed.to_byte(), 0),
+            KpAck(UnspecifiedFailure),
+        ),
+        (
+            "KEY_PROG over another session's key",
+            Some(sid),
+            key_prog_payload(0, foreign.to_byte(), 0),
+            KpAck(UnspecifiedFailure),
+        ),
+        (
+            "K_SET_GO without a key",
+            Some(sid),
+            stream_req(4, 0, k0txcpl, 0),
+            Error(ErrorCode::UnexpectedRequest),
+        ),
+        (
+            "K_SET_GO for a Stream ID no stream has",
+            Some(sid),
+            stream_req(4, 200, armed.to_byte(), 0),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_GO to a port the device does not have",
+            Some(sid),
+            stream_req(4, 0, armed.to_byte(), 3),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_GO with reserved sub-stream 4",
+            Some(sid),
+            stream_req(4, 0, 0x40, 0),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_GO one byte short",
+            Some(sid),
+            stream_req(4, 0, 0, 0)[..7].to_vec(),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_GO one byte long",
+            Some(sid),
+            [stream_req(4, 0, 0, 0), vec![0]].concat(),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_GO of another session's key",
+            Some(sid),
+            stream_req(4, 0, foreign.to_byte(), 0),
+            Error(ErrorCode::UnexpectedRequest),
+        ),
+        (
+            "K_SET_STOP for a Stream ID no stream has",
+            Some(sid),
+            stream_req(5, 200, armed.to_byte(), 0),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_STOP to a port the device does not have",
+            Some(sid),
+            stream_req(5, 0, armed.to_byte(), 1),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_STOP one byte long",
+            Some(sid),
+            [stream_req(5, 0, 0, 0), vec![0]].concat(),
+            Error(ErrorCode::InvalidRequest),
+        ),
+        (
+            "K_SET_STOP of another session's key",
+            Some(sid),
+            stream_req(5, 0, foreign.to_byte(), 0),
+            Error(ErrorCode::UnexpectedRequest),
+        ),
     ];
     assert!(cases.len() >= 30);
     // Stopping an empty slot is acknowledged (nothing to stop).
-    assert_eq!(raw(&mut t.r, Some(sid), &stream_req(5, 0, k0txcpl, 0)).unwrap(), [0, 6, 0, 0, 0, 0, k0txcpl, 0]);
+    assert_eq!(
+        raw(&mut t.r, Some(sid), &stream_req(5, 0, k0txcpl, 0)).unwrap(),
+        [0, 6, 0, 0, 0, 0, k0txcpl, 0]
+    );
     let image = t.ide.register_image();
     for (name, s, payload, expect) in cases {
         let got = raw(&mut t.r, s, &payload);
@@ -228,7 +420,11 @@ fn catalogue_of_wrong_requests() {
         // Nothing changed and the port still answers.
         assert_eq!(t.ide.register_image(), image, "{name}: registers unchanged");
         assert_eq!(
-            t.ide.key_states(0).iter().filter(|(_, st)| *st != "empty").count(),
+            t.ide
+                .key_states(0)
+                .iter()
+                .filter(|(_, st)| *st != "empty")
+                .count(),
             2,
             "{name}: key slots unchanged"
         );

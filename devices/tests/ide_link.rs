@@ -18,17 +18,18 @@ use std::time::{Duration, Instant};
 use trustdev_devices::example::{self, reg, status, DmaCopy};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::host::IdeHost;
+use trustdev_devices::security::ide::link::FaultTarget;
 use trustdev_devices::security::ide::trace::{read_trace, Flow};
 use trustdev_devices::security::ide::{
     Ide, IdeConfig, IdeDevice, IdeEvent, InsecureReason, LinkEnd, WireFault,
 };
-use trustdev_devices::security::ide::link::FaultTarget;
 use vfio_user_server::client::Client;
 use vfio_user_server::pci::PortType;
 use vfio_user_server::protocol::DmaProt;
 use vfio_user_server::Server;
 
-type Gcm96 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
+type Gcm96 =
+    aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
 
 const IOVA: u64 = 0x8000_0000;
 const RAM: u64 = 4 << 20;
@@ -69,7 +70,10 @@ fn start(tag: &str) -> Rig {
     std::fs::create_dir_all(&dir).unwrap();
     let ide = Ide::new(IdeConfig::default());
     ide.set_trace(&dir.join("wire.pcap")).unwrap();
-    let mut caps = vec![security::doe_capability_with_ide(Some(identity()), Some(&ide))];
+    let mut caps = vec![security::doe_capability_with_ide(
+        Some(identity()),
+        Some(&ide),
+    )];
     caps.extend(ide.capabilities());
     let dev = DmaCopy::with_capabilities(PortType::RcIntegratedEndpoint, true, caps).unwrap();
     let dev = IdeDevice::new(dev, Arc::clone(&ide)).unwrap();
@@ -126,10 +130,13 @@ impl Rig {
 /// Programs a DMA-copy job through BAR0 (over the link when a stream is
 /// secure) and waits for it; returns STATUS.
 fn copy(c: &mut Client, src: u64, dst: u64, len: u32) -> u32 {
-    c.region_write(0, reg::SRC, &(IOVA + src).to_le_bytes()).unwrap();
-    c.region_write(0, reg::DST, &(IOVA + dst).to_le_bytes()).unwrap();
+    c.region_write(0, reg::SRC, &(IOVA + src).to_le_bytes())
+        .unwrap();
+    c.region_write(0, reg::DST, &(IOVA + dst).to_le_bytes())
+        .unwrap();
     c.write32(0, reg::LEN, len).unwrap();
-    c.write32(0, reg::STATUS, status::DONE | status::ERROR).unwrap();
+    c.write32(0, reg::STATUS, status::DONE | status::ERROR)
+        .unwrap();
     c.write32(0, reg::DOORBELL, 1).unwrap();
     let t = Instant::now();
     loop {
@@ -162,27 +169,45 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     assert_eq!(q.regs, rig.ide.register_image());
     // pci_ide_stream_setup, IDE_KM, pci_ide_stream_enable.
     host.setup(0, 1, true, 0x0008).unwrap();
-    host.program(1, KeySet::K0, |s| key_for(KeySet::K0, s)).unwrap();
+    host.program(1, KeySet::K0, |s| key_for(KeySet::K0, s))
+        .unwrap();
     assert_eq!(host.enable(0).unwrap(), 2, "SECURE right after Enable");
     assert!(rig.ide.is_secure(1));
 
     // Device traffic on the stream: MMIO (BAR0) and DMA both ways.
     let src = pattern(40000, 1);
     rig.ram_write(0x1000, &src);
-    assert_eq!(copy(host.access(), 0x1000, 0x20000, src.len() as u32) & status::ERROR, 0);
-    assert!(rig.ram_read(0x20000, src.len()) == src, "copied through the link");
+    assert_eq!(
+        copy(host.access(), 0x1000, 0x20000, src.len() as u32) & status::ERROR,
+        0
+    );
+    assert!(
+        rig.ram_read(0x20000, src.len()) == src,
+        "copied through the link"
+    );
     let before = rig.ide.link_stats();
     assert!(before.ide_tlps > 300, "{before:?}");
-    assert_eq!(host.access().read32(0, reg::ID).unwrap(), example::ID_VALUE, "MMIO read over the link");
+    assert_eq!(
+        host.access().read32(0, reg::ID).unwrap(),
+        example::ID_VALUE,
+        "MMIO read over the link"
+    );
 
     // Key refresh to K1 while copies run.
     let src2 = pattern(9000, 2);
     rig.ram_write(0x1000, &src2);
-    host.program(1, KeySet::K1, |s| key_for(KeySet::K1, s)).unwrap();
-    assert_eq!(copy(host.access(), 0x1000, 0x40000, src2.len() as u32) & status::ERROR, 0);
+    host.program(1, KeySet::K1, |s| key_for(KeySet::K1, s))
+        .unwrap();
+    assert_eq!(
+        copy(host.access(), 0x1000, 0x40000, src2.len() as u32) & status::ERROR,
+        0
+    );
     host.stop(1, KeySet::K0).unwrap();
     assert!(rig.ide.is_secure(1), "retiring K0 keeps the stream SECURE");
-    assert_eq!(copy(host.access(), 0x1000, 0x50000, src2.len() as u32) & status::ERROR, 0);
+    assert_eq!(
+        copy(host.access(), 0x1000, 0x50000, src2.len() as u32) & status::ERROR,
+        0
+    );
     assert!(rig.ram_read(0x50000, src2.len()) == src2);
 
     // Stopping the set in use drops the stream; the enabled stream then
@@ -193,7 +218,11 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     assert_ne!(copy(host.access(), 0x1000, 0x60000, 64) & status::ERROR, 0);
     assert_eq!(rig.ram_read(0x60000, 64), vec![0xee; 64]);
     host.disable(0).unwrap();
-    assert_eq!(copy(host.access(), 0x1000, 0x60000, 64) & status::ERROR, 0, "in the clear");
+    assert_eq!(
+        copy(host.access(), 0x1000, 0x60000, 64) & status::ERROR,
+        0,
+        "in the clear"
+    );
     host.end().unwrap();
 
     // The trace: every TLP decrypts with the keys programmed above, every
@@ -206,15 +235,26 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     let mut kinds = HashMap::new();
     for r in &recs {
         let set = KeySet::from_bit(r.key_set == 1);
-        let dir = if r.flow == Flow::Upstream { KeyDirection::Tx } else { KeyDirection::Rx };
+        let dir = if r.flow == Flow::Upstream {
+            KeyDirection::Tx
+        } else {
+            KeyDirection::Rx
+        };
         let slot = KeySlot::new(set, dir, SubStream::from_bits(r.sub_stream).unwrap());
         let key = key_for(set, slot);
-        let n = next.entry((r.sub_stream, r.flow as u8, r.key_set)).or_insert(key.ifv());
+        let n = next
+            .entry((r.sub_stream, r.flow as u8, r.key_set))
+            .or_insert(key.ifv());
         assert_eq!(r.invocation, *n, "counter");
         *n += 1;
         let mut p = r.payload.clone();
         Gcm96::new(key.key_bytes().into())
-            .decrypt_in_place_detached(&IdeKey::iv(r.invocation).into(), &r.header, &mut p, (&r.mac).into())
+            .decrypt_in_place_detached(
+                &IdeKey::iv(r.invocation).into(),
+                &r.header,
+                &mut p,
+                (&r.mac).into(),
+            )
             .expect("MAC verifies");
         assert!(r.verified);
         *kinds.entry((r.flow as u8, r.sub_stream)).or_insert(0) += 1;
@@ -225,7 +265,13 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     }
     assert!(recs.iter().any(|r| r.key_set == 1));
     let ev = rig.events.lock().unwrap();
-    assert!(ev.iter().any(|e| matches!(e, IdeEvent::StreamInsecure { reason: InsecureReason::KeySetStopped, .. })));
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        IdeEvent::StreamInsecure {
+            reason: InsecureReason::KeySetStopped,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -233,7 +279,8 @@ fn one_flipped_bit_on_the_wire() {
     let rig = start("fault");
     let mut host = IdeHost::connect(rig.client(), identity().roots_der()).unwrap();
     host.setup(0, 3, true, 0).unwrap();
-    host.program(3, KeySet::K0, |s| key_for(KeySet::K0, s)).unwrap();
+    host.program(3, KeySet::K0, |s| key_for(KeySet::K0, s))
+        .unwrap();
     assert_eq!(host.enable(0).unwrap(), 2);
     let src = pattern(4096, 9);
     rig.ram_write(0x1000, &src);
@@ -248,18 +295,30 @@ fn one_flipped_bit_on_the_wire() {
     assert_ne!(s & status::ERROR, 0, "the copy fails");
     // The first memory write TLP of the copy was corrupted: the host end
     // dropped it, the stream went INSECURE, nothing else went out.
-    assert!(rig.ram_read(0x9000, 4096).iter().all(|&b| b == 0x11), "no data landed");
-    assert_eq!(host.status(0).unwrap(), 0x8000_0000, "INSECURE, IDE_FAIL (host detected)");
+    assert!(
+        rig.ram_read(0x9000, 4096).iter().all(|&b| b == 0x11),
+        "no data landed"
+    );
+    assert_eq!(
+        host.status(0).unwrap(),
+        0x8000_0000,
+        "INSECURE, IDE_FAIL (host detected)"
+    );
     assert!(rig.ide.key_states(3).is_empty());
     assert_eq!(rig.ide.link_stats().integrity_failures, 1);
     // The device is still usable: new keys, enabled again, copies work.
     host.disable(0).unwrap();
-    host.program(3, KeySet::K1, |s| key_for(KeySet::K1, s)).unwrap();
+    host.program(3, KeySet::K1, |s| key_for(KeySet::K1, s))
+        .unwrap();
     assert_eq!(host.enable(0).unwrap(), 2);
     assert_eq!(copy(host.access(), 0x1000, 0x9000, 4096) & status::ERROR, 0);
     assert!(rig.ram_read(0x9000, 4096) == src);
     drop(host);
     rig.ide.flush_trace().unwrap();
     let recs = read_trace(&rig.dir.join("wire.pcap")).unwrap();
-    assert_eq!(recs.iter().filter(|r| !r.verified).count(), 1, "the failed TLP is in the trace");
+    assert_eq!(
+        recs.iter().filter(|r| !r.verified).count(),
+        1,
+        "the failed TLP is in the trace"
+    );
 }

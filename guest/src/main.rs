@@ -9,6 +9,7 @@
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
 //! trustdev-guest tdisp --bdf BDF --root PEM [--stream-id N] [--stream-index N] [--mmio-offset A] [--io FILE] [--keep] [--json]
+//! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
@@ -29,6 +30,7 @@ mod pciconf;
 mod spdm;
 mod sysfs;
 mod tdisp;
+mod tsm_agent;
 mod vfio;
 mod wait_dev;
 
@@ -75,6 +77,10 @@ subcommands! {
     /// LOCK, the interface report, START (RUN); a locked register touched
     /// (ERROR); STOP.
     Tdisp => tdisp,
+    /// The user-space agent of the trustdev_tsm link TSM module: runs SPDM
+    /// for the kernel's tsm/connect and tsm/disconnect over
+    /// pci_tsm_doe_transfer() (guest/kmod, docs/TSM.md).
+    TsmAgent => tsm_agent,
 }
 
 #[derive(Parser, Debug)]

@@ -253,7 +253,9 @@ impl Request {
     /// zeroize it after sending, see [`crate::idekm::requester`]).
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Request::Query { port_index } => vec![PCI_PROTOCOL_IDE_KM, object::QUERY, 0, *port_index],
+            Request::Query { port_index } => {
+                vec![PCI_PROTOCOL_IDE_KM, object::QUERY, 0, *port_index]
+            }
             Request::KeyProg { header, key } => {
                 let mut v = header.encode(object::KEY_PROG, 0);
                 v.extend_from_slice(&key.to_wire()[..]);
@@ -389,7 +391,10 @@ mod tests {
     #[test]
     fn malformed() {
         assert_eq!(Request::decode(&[]), Err(DecodeError::NotIdeKm(None)));
-        assert_eq!(Request::decode(&[1, 0, 0, 0]), Err(DecodeError::NotIdeKm(Some(1))));
+        assert_eq!(
+            Request::decode(&[1, 0, 0, 0]),
+            Err(DecodeError::NotIdeKm(Some(1)))
+        );
         assert_eq!(Request::decode(&[0]), Err(DecodeError::NoObject));
         assert_eq!(
             Request::decode(&[0, 0, 0, 0, 0]),
@@ -399,7 +404,10 @@ mod tests {
                 expected: 4
             })
         );
-        assert_eq!(Request::decode(&[0, 1, 0, 0]), Err(DecodeError::UnknownObject(1)));
+        assert_eq!(
+            Request::decode(&[0, 1, 0, 0]),
+            Err(DecodeError::UnknownObject(1))
+        );
         assert!(matches!(
             Request::decode(&[0, 2, 0, 0, 0, 0, 0, 0, 1]),
             Err(DecodeError::Length { object: 2, .. })

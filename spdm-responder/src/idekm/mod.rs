@@ -119,7 +119,11 @@ pub enum SubStream {
 
 impl SubStream {
     /// The three sub-streams.
-    pub const ALL: [SubStream; 3] = [SubStream::Posted, SubStream::NonPosted, SubStream::Completion];
+    pub const ALL: [SubStream; 3] = [
+        SubStream::Posted,
+        SubStream::NonPosted,
+        SubStream::Completion,
+    ];
     /// From the 4-bit field; `None` for the reserved values 3..=15.
     pub fn from_bits(v: u8) -> Option<SubStream> {
         match v {
@@ -338,6 +342,9 @@ mod tests {
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
             "PCIe IV: fixed field 0, invocation 1"
         );
-        assert!(!format!("{k:?}").contains("df"), "Debug must not print the key");
+        assert!(
+            !format!("{k:?}").contains("df"),
+            "Debug must not print the key"
+        );
     }
 }

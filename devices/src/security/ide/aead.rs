@@ -1,12 +1,14 @@
 //! AES-256-GCM with IDE's 96-bit MAC, on ring.
 //!
 //! IDE carries the first 96 bits of the GCM tag. ring seals with the full
-//! 128-bit tag and its open() only accepts a full tag, so the receiver
-//! cannot hand it the MAC it got. It recomputes the tag instead, with two
-//! seal passes (GCM encryption and decryption are the same CTR keystream):
-//! seal(C) yields the plaintext P, seal(P) yields C again and the tag over
-//! C, whose first 12 bytes are compared with the MAC in constant time. The
-//! plaintext is released only after that comparison succeeds.
+//! 128-bit tag and its open() only accepts a full tag (it compares inside
+//! and never returns the tag it computed), so the receiver cannot hand it
+//! the MAC it got. It recomputes the tag instead, with two seal passes (GCM
+//! encryption and decryption are the same CTR keystream): seal(C) yields the
+//! plaintext P, seal(P) yields C again and the tag over C, whose first 12
+//! bytes are compared with the MAC in constant time. The plaintext is
+//! released only after that comparison succeeds. Receiving thus costs two
+//! GCM passes where a full-tag open costs one.
 
 use ring::aead::{Aad, LessSafeKey, Nonce};
 use spdm_responder::idekm::IdeKey;
@@ -21,7 +23,12 @@ fn nonce(invocation: u64) -> Nonce {
 
 /// Encrypts `payload` in place; returns the 96-bit MAC over `aad` and the
 /// ciphertext.
-pub(crate) fn seal(key: &LessSafeKey, invocation: u64, aad: &[u8], payload: &mut [u8]) -> [u8; MAC_LEN] {
+pub(crate) fn seal(
+    key: &LessSafeKey,
+    invocation: u64,
+    aad: &[u8],
+    payload: &mut [u8],
+) -> [u8; MAC_LEN] {
     let mut mac = [0u8; MAC_LEN];
     // Sealing cannot fail for TLP-sized inputs (ring's limit is ~64 GiB).
     if let Ok(tag) = key.seal_in_place_separate_tag(nonce(invocation), Aad::from(aad), payload) {
@@ -30,25 +37,24 @@ pub(crate) fn seal(key: &LessSafeKey, invocation: u64, aad: &[u8], payload: &mut
     mac
 }
 
-/// Verifies `mac` over `aad` and `ciphertext` and decrypts into `plain`
-/// (`scratch`: working space). On failure `plain` is cleared.
+/// Verifies `mac` over `aad` and the ciphertext in `wire` and puts the
+/// plaintext into `plain` (cleared on failure). `wire` holds the ciphertext
+/// again afterwards.
 pub(crate) fn open(
     key: &LessSafeKey,
     invocation: u64,
     aad: &[u8],
-    ciphertext: &[u8],
+    wire: &mut [u8],
     mac: &[u8; MAC_LEN],
     plain: &mut Vec<u8>,
-    scratch: &mut Vec<u8>,
 ) -> bool {
+    // CTR keystream: "sealing" the ciphertext decrypts it (its tag, over
+    // the plaintext, is meaningless here)...
+    let _ = seal(key, invocation, aad, wire);
     plain.clear();
-    plain.extend_from_slice(ciphertext);
-    // CTR keystream: "sealing" the ciphertext decrypts it (its tag is over
-    // the plaintext and meaningless here).
-    let _ = seal(key, invocation, aad, plain);
-    scratch.clear();
-    scratch.extend_from_slice(plain);
-    let expected = seal(key, invocation, aad, scratch);
+    plain.extend_from_slice(wire);
+    // ...and sealing the plaintext gives back the ciphertext and its tag.
+    let expected = seal(key, invocation, aad, wire);
     let ok: bool = expected.ct_eq(mac).into();
     if !ok {
         plain.iter_mut().for_each(|b| *b = 0);
@@ -63,7 +69,11 @@ mod tests {
     use aes_gcm::aead::{AeadInPlace, KeyInit};
     use ring::aead::{UnboundKey, AES_256_GCM};
 
-    type Gcm96 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
+    type Gcm96 = aes_gcm::AesGcm<
+        aes_gcm::aes::Aes256,
+        aes_gcm::aead::consts::U12,
+        aes_gcm::aead::consts::U12,
+    >;
 
     #[test]
     fn matches_an_independent_gcm_with_96_bit_tags() {
@@ -81,21 +91,23 @@ mod tests {
                 .unwrap();
             assert_eq!(ct, ct2);
             assert_eq!(&mac[..], &tag[..]);
-            let (mut p, mut s) = (Vec::new(), Vec::new());
-            assert!(open(&key, 7, &aad, &ct, &mac, &mut p, &mut s));
+            let mut p = Vec::new();
+            let mut wire = ct.clone();
+            assert!(open(&key, 7, &aad, &mut wire, &mac, &mut p));
             assert_eq!(p, pt);
+            assert_eq!(wire, ct, "the wire buffer holds the ciphertext again");
             // Any flipped bit, in the data, the MAC, the AAD or the counter, fails.
             if len > 0 {
                 let mut bad = ct.clone();
                 bad[len / 2] ^= 1;
-                assert!(!open(&key, 7, &aad, &bad, &mac, &mut p, &mut s));
+                assert!(!open(&key, 7, &aad, &mut bad, &mac, &mut p));
                 assert!(p.is_empty());
             }
             let mut badmac = mac;
             badmac[11] ^= 0x80;
-            assert!(!open(&key, 7, &aad, &ct, &badmac, &mut p, &mut s));
-            assert!(!open(&key, 8, &aad, &ct, &mac, &mut p, &mut s));
-            assert!(!open(&key, 7, &aad[..4], &ct, &mac, &mut p, &mut s));
+            assert!(!open(&key, 7, &aad, &mut ct.clone(), &badmac, &mut p));
+            assert!(!open(&key, 8, &aad, &mut ct.clone(), &mac, &mut p));
+            assert!(!open(&key, 7, &aad[..4], &mut ct.clone(), &mac, &mut p));
         }
     }
 }

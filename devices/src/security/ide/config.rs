@@ -216,7 +216,10 @@ mod tests {
         assert!(IdeConfig::parse("bogus").is_err());
         assert!(IdeConfig::parse("selective=0").is_err());
         assert!(IdeConfig::parse("assoc=16").is_err());
-        assert!(IdeConfig::parse("selective=256,assoc=15").is_err(), "too big");
+        assert!(
+            IdeConfig::parse("selective=256,assoc=15").is_err(),
+            "too big"
+        );
         // The default: one link stream (TC num 0), two selective streams.
         let d = IdeConfig::default();
         assert_eq!(d.cap_register(), 0x0001_0043);

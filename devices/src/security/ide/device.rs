@@ -9,7 +9,6 @@
 
 use super::link::IdeLink;
 use super::Ide;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
 use vfio_user_server::pci::{BarKind, ConfigEvents, ConfigSpace};
@@ -72,9 +71,9 @@ impl<D: Device> IdeDevice<D> {
             return;
         };
         let devctl = cfg.read_u16((pc + PCIE_DEVCTL) as usize);
-        let size = |v: u16| 128u32 << v.min(5);
-        self.ide.mps.store(size((devctl >> 5) & 7), Ordering::Relaxed);
-        self.ide.mrrs.store(size((devctl >> 12) & 7), Ordering::Relaxed);
+        let size = |v: u16| 128usize << v.min(5);
+        self.ide
+            .set_tlp_sizes(size((devctl >> 5) & 7), size((devctl >> 12) & 7));
     }
 
     /// The bus address of BAR `region` (as the guest programmed it).
@@ -106,16 +105,20 @@ impl<D: Device> Device for IdeDevice<D> {
         self.inner.config()
     }
 
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+    fn region_read(
+        &mut self,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), DeviceError> {
         let Some(base) = self.on_link(region) else {
             return self.inner.region_read(region, offset, data);
         };
         let inner = &mut self.inner;
         let mut r = Ok(());
-        self.link
-            .host_read(base.wrapping_add(offset), data, |buf| {
-                r = inner.region_read(region, offset, buf)
-            });
+        self.link.host_read(base.wrapping_add(offset), data, |buf| {
+            r = inner.region_read(region, offset, buf)
+        });
         r
     }
 

@@ -6,8 +6,12 @@
 
 use super::regs::{ctl, sts};
 use spdm_responder::error::{RequesterError, TransportError};
-use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, QueryResp, SubStream};
-use spdm_responder::transport::doe::{decode_object, DoeChannel, DoeTransport};
+use spdm_responder::idekm::{
+    IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, QueryResp, SubStream,
+};
+use spdm_responder::transport::doe::{
+    ctrl, decode_object, length_dwords, reg, status, DoeChannel, DoeTransport, DOE_EXT_CAP_ID,
+};
 use spdm_responder::{Requester, RequesterConfig};
 use std::time::{Duration, Instant};
 use vfio_user_server::client::Client;
@@ -26,7 +30,8 @@ impl ConfigAccess for Client {
         self.read32(7, u64::from(off)).map_err(|e| e.to_string())
     }
     fn cfg_write32(&mut self, off: u16, v: u32) -> Result<(), String> {
-        self.write32(7, u64::from(off), v).map_err(|e| e.to_string())
+        self.write32(7, u64::from(off), v)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -50,15 +55,6 @@ pub fn find_ext_cap(a: &mut impl ConfigAccess, id: u16) -> Result<Option<u16>, S
     Ok(None)
 }
 
-const DOE_CTRL: u16 = 0x08;
-const DOE_STATUS: u16 = 0x0c;
-const DOE_WRITE: u16 = 0x10;
-const DOE_READ: u16 = 0x14;
-const DOE_ABORT: u32 = 1;
-const DOE_GO: u32 = 1 << 31;
-const DOE_BUSY: u32 = 1;
-const DOE_ERROR: u32 = 1 << 2;
-const DOE_READY: u32 = 1 << 31;
 const DOE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A DOE mailbox driven through configuration space, as drivers/pci/doe.c
@@ -76,10 +72,10 @@ fn terr(e: String) -> TransportError {
 impl<A: ConfigAccess> ConfigDoe<A> {
     /// The first DOE mailbox of the function, aborted (idle).
     pub fn open(mut access: A) -> Result<Self, String> {
-        let base = find_ext_cap(&mut access, 0x2e)?.ok_or("no DOE capability")?;
+        let base = find_ext_cap(&mut access, DOE_EXT_CAP_ID)?.ok_or("no DOE capability")?;
         let mut d = ConfigDoe { access, base };
-        d.wr(DOE_CTRL, DOE_ABORT)?;
-        d.wait(|s| s & (DOE_BUSY | DOE_ERROR) == 0, "abort")?;
+        d.wr(reg::CTRL, ctrl::ABORT)?;
+        d.wait(|s| s & (status::BUSY | status::ERROR) == 0, "abort")?;
         Ok(d)
     }
 
@@ -94,7 +90,7 @@ impl<A: ConfigAccess> ConfigDoe<A> {
     fn wait(&mut self, done: impl Fn(u32) -> bool, what: &str) -> Result<u32, String> {
         let start = Instant::now();
         loop {
-            let s = self.rd(DOE_STATUS)?;
+            let s = self.rd(reg::STATUS)?;
             if done(s) {
                 return Ok(s);
             }
@@ -110,27 +106,26 @@ impl<A: ConfigAccess> DoeChannel for ConfigDoe<A> {
         if obj.len() % 4 != 0 {
             return Err(TransportError::Malformed("DOE object not whole dwords"));
         }
-        self.wait(|s| s & DOE_BUSY == 0, "busy").map_err(terr)?;
+        self.wait(|s| s & status::BUSY == 0, "busy").map_err(terr)?;
         for d in obj.chunks_exact(4) {
-            self.wr(DOE_WRITE, u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
+            self.wr(reg::WRITE, u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
                 .map_err(terr)?;
         }
-        self.wr(DOE_CTRL, DOE_GO).map_err(terr)?;
+        self.wr(reg::CTRL, ctrl::GO).map_err(terr)?;
         let s = self
-            .wait(|s| s & (DOE_READY | DOE_ERROR) != 0, "response")
+            .wait(|s| s & (status::READY | status::ERROR) != 0, "response")
             .map_err(terr)?;
-        if s & DOE_ERROR != 0 {
+        if s & status::ERROR != 0 {
             return Err(terr("DOE Error set".into()));
         }
         let mut out = Vec::new();
         let mut len = 2usize;
         while out.len() / 4 < len {
-            let v = self.rd(DOE_READ).map_err(terr)?;
-            self.wr(DOE_READ, 0).map_err(terr)?;
+            let v = self.rd(reg::READ).map_err(terr)?;
+            self.wr(reg::READ, 0).map_err(terr)?;
             out.extend_from_slice(&v.to_le_bytes());
             if out.len() == 8 {
-                len = (u32::from_le_bytes([out[4], out[5], out[6], out[7]]) & 0x3ffff) as usize;
-                len = if len == 0 { 1 << 18 } else { len.max(2) };
+                len = length_dwords(u32::from_le_bytes([out[4], out[5], out[6], out[7]])).max(2);
             }
         }
         decode_object(&out).map_err(|_| TransportError::Malformed("DOE response"))?;
@@ -199,7 +194,12 @@ impl<A: ConfigAccess> IdeHost<A> {
     /// KEY_PROG + K_SET_GO for every sub-stream of `set`: the receive keys
     /// first, then the transmit keys (so the device never transmits with a
     /// key its partner cannot receive yet). `key` gives each slot's key.
-    pub fn program(&mut self, stream_id: u8, set: KeySet, key: impl Fn(KeySlot) -> IdeKey) -> Result<(), String> {
+    pub fn program(
+        &mut self,
+        stream_id: u8,
+        set: KeySet,
+        key: impl Fn(KeySlot) -> IdeKey,
+    ) -> Result<(), String> {
         let (sid, port) = (self.sid, self.port);
         for d in [KeyDirection::Rx, KeyDirection::Tx] {
             for ss in SubStream::ALL {
@@ -237,14 +237,24 @@ impl<A: ConfigAccess> IdeHost<A> {
     fn sel(&mut self, index: u8) -> Result<u16, String> {
         let ide = self.ide;
         let cap = self.access().cfg_read32(ide + 4)?;
-        let nlink = if cap & 1 != 0 { 1 + ((cap >> 13) & 7) } else { 0 };
+        let nlink = if cap & 1 != 0 {
+            1 + ((cap >> 13) & 7)
+        } else {
+            0
+        };
         let assoc = self.access().cfg_read32(ide + 0x0c + 8 * nlink as u16)? & 0xf;
         Ok(ide + 0x0c + 8 * nlink as u16 + u16::from(index) * (20 + 12 * assoc as u16))
     }
 
     /// pci_ide_stream_setup: RID association (partner `rid`) and the
     /// Control register with the Stream ID, Enable clear.
-    pub fn setup(&mut self, index: u8, stream_id: u8, default: bool, rid: u16) -> Result<(), String> {
+    pub fn setup(
+        &mut self,
+        index: u8,
+        stream_id: u8,
+        default: bool,
+        rid: u16,
+    ) -> Result<(), String> {
         let b = self.sel(index)?;
         let a = self.access();
         a.cfg_write32(b + 0x0c, u32::from(rid) << 8)?;

@@ -202,8 +202,10 @@ impl StreamKeys {
 
     /// The key set `direction` uses on `sub_stream`, if its key is armed.
     pub fn in_use(&self, direction: KeyDirection, sub_stream: SubStream) -> Option<KeySet> {
-        self.in_use[direction as usize][sub_stream as usize]
-            .filter(|&set| self.armed(KeySlot::new(set, direction, sub_stream)).is_some())
+        self.in_use[direction as usize][sub_stream as usize].filter(|&set| {
+            self.armed(KeySlot::new(set, direction, sub_stream))
+                .is_some()
+        })
     }
 
     /// Keys for every sub-stream in both directions are armed and in use:
@@ -260,7 +262,11 @@ mod tests {
         assert_eq!(k.armed(s).unwrap().claim(), 5);
         assert_eq!(k.armed(s).unwrap().claim(), 6);
         k.go(s, 1).unwrap();
-        assert_eq!(k.armed(s).unwrap().claim(), 7, "a second GO keeps the counter");
+        assert_eq!(
+            k.armed(s).unwrap().claim(),
+            7,
+            "a second GO keeps the counter"
+        );
         assert_eq!(
             k.program(s, IdeKey::new([2; 32], 1), 1),
             Err(KeyError::InUse)
@@ -277,8 +283,11 @@ mod tests {
             k.stop(slot, 1).unwrap();
         }
         assert!(k.ready(), "retiring the old set keeps the stream keyed");
-        k.stop(KeySlot::new(KeySet::K0, KeyDirection::Rx, SubStream::Completion), 1)
-            .unwrap();
+        k.stop(
+            KeySlot::new(KeySet::K0, KeyDirection::Rx, SubStream::Completion),
+            1,
+        )
+        .unwrap();
         assert!(!k.ready(), "retiring the set in use un-keys it");
         assert!(k.end_session(1));
         assert!(k.is_empty());

@@ -4,7 +4,9 @@
 use super::keys::KeyError;
 use super::state::KmError;
 use super::Ide;
-use spdm_responder::idekm::{IdeKey, IdeKmBackend, IdeKmRefusal, IdeKmResponder, KeySlot, QueryResp};
+use spdm_responder::idekm::{
+    IdeKey, IdeKmBackend, IdeKmRefusal, IdeKmResponder, KeySlot, QueryResp,
+};
 use spdm_responder::vendor::{VendorKey, PCI_PROTOCOL_IDE_KM};
 use std::sync::Arc;
 

@@ -111,20 +111,20 @@ impl LinkShared {
         let mut q = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         let i = q
             .iter()
-            .position(|f| f.towards == towards && f.sub_stream.is_none_or(|s| s == ss))?;
+            .position(|f| f.towards == towards && f.sub_stream.map_or(true, |s| s == ss))?;
         let f = q.remove(i)?;
         self.faults_pending.store(!q.is_empty(), Ordering::Release);
         Some(f.target)
     }
 }
 
+/// Per-thread buffers: the TLP payload on the wire, the receiver's
+/// plaintext, the AAD.
 #[derive(Default)]
 struct Scratch {
     wire: Vec<u8>,
     plain: Vec<u8>,
-    work: Vec<u8>,
     aad: Vec<u8>,
-    payload: Vec<u8>,
 }
 
 thread_local! {
@@ -151,7 +151,13 @@ impl Ide {
 
     /// Flushes the trace file.
     pub fn flush_trace(&self) -> std::io::Result<()> {
-        match self.link.trace.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        match self
+            .link
+            .trace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             Some(w) => w.flush(),
             None => Ok(()),
         }
@@ -215,16 +221,15 @@ impl IdeLink {
         }
     }
 
-    /// Sends one TLP over stream `s` from `from`; on success `out` holds the
-    /// verified plaintext payload the receiver got.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one TLP over stream `s` from `from`, its payload (plaintext,
+    /// dword-aligned) in `sc.wire`; on success `out` holds the verified
+    /// plaintext the receiver got.
     fn tlp(
         &self,
         s: &ViewStream,
         from: LinkEnd,
         ss: SubStream,
         header: &Header,
-        payload: &[u8],
         out: &mut Vec<u8>,
         sc: &mut Scratch,
     ) -> Result<(), DmaError> {
@@ -235,15 +240,16 @@ impl IdeLink {
             LinkEnd::Device => KeyDirection::Tx,
             LinkEnd::Host => KeyDirection::Rx,
         };
-        let (set, tx_key) = keys.in_use(tx_dir, ss).ok_or_else(|| self.refuse(Some(s)))?;
+        let (set, tx_key) = keys
+            .in_use(tx_dir, ss)
+            .ok_or_else(|| self.refuse(Some(s)))?;
         let invocation = tx_key.claim();
         let tee = from == LinkEnd::Device && self.ide.tee.load(Ordering::Relaxed);
         let prefix = tlp::ide_prefix(set, tee, ss, s.id);
         sc.aad.clear();
         sc.aad.extend_from_slice(&prefix);
         sc.aad.extend_from_slice(header.as_bytes());
-        sc.wire.clear();
-        sc.wire.extend_from_slice(payload);
+        let payload_len = sc.wire.len();
         let mut mac = aead::seal(tx_key.cipher(), invocation, &sc.aad, &mut sc.wire);
 
         let towards = match from {
@@ -281,10 +287,9 @@ impl IdeLink {
                     rx_key.cipher(),
                     rx_invocation,
                     &sc.aad,
-                    &sc.wire,
+                    &mut sc.wire,
                     &mac,
                     out,
-                    &mut sc.work,
                 )
             }
             None => false,
@@ -339,34 +344,34 @@ impl IdeLink {
         self.ide
             .link
             .ide_bytes
-            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+            .fetch_add(payload_len as u64, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Puts `data` (at `addr`) into a dword-aligned TLP payload.
+    /// Puts `data` (at `addr`) into a dword-aligned TLP payload in `into`;
+    /// returns the offset of `data` in it.
     fn pad(addr: u64, data: &[u8], into: &mut Vec<u8>) -> usize {
         let (start, dws, _, _) = tlp::dw_span(addr, data.len());
         let off = (addr - start) as usize;
         into.clear();
+        into.resize(off, 0);
+        into.extend_from_slice(data);
         into.resize(dws * 4, 0);
-        into[off..off + data.len()].copy_from_slice(data);
         off
     }
 
     /// A device write to guest memory (MWr on the PR sub-stream).
     fn dma_write(&self, mem: DirectMemory<'_>, iova: u64, data: &[u8]) -> Result<(), DmaError> {
-        let view = self.ide.view();
         let strict = self.ide.require_secure.load(Ordering::Relaxed);
-        if !view.active() && !strict {
-            self.ide.link.plain_tlps.fetch_add(1, Ordering::Relaxed);
+        if !self.ide.link_active() && !strict {
             return mem.write(iova, data);
         }
+        let view = self.ide.view();
         let tee = self.ide.tee.load(Ordering::Relaxed);
         let rid = self.ide.config().rid;
         SCRATCH.with(|c| {
             let sc = &mut *c.borrow_mut();
             let mut out = std::mem::take(&mut sc.plain);
-            let mut payload = std::mem::take(&mut sc.payload);
             let r = (|| {
                 for (a, n) in tlp::split(iova, data.len(), self.mps()) {
                     let chunk = &data[(a - iova) as usize..][..n];
@@ -378,16 +383,15 @@ impl IdeLink {
                         }
                         Some(s) if !s.secure => return Err(self.refuse(Some(s))),
                         Some(s) => {
-                            let off = Self::pad(a, chunk, &mut payload);
+                            let off = Self::pad(a, chunk, &mut sc.wire);
                             let h = tlp::mem_request(true, a, n, rid, self.ide.link.next_tag());
-                            self.tlp(s, LinkEnd::Device, SubStream::Posted, &h, &payload, &mut out, sc)?;
+                            self.tlp(s, LinkEnd::Device, SubStream::Posted, &h, &mut out, sc)?;
                             mem.write(a, &out[off..off + n])?;
                         }
                     }
                 }
                 Ok(())
             })();
-            sc.payload = payload;
             sc.plain = out;
             r
         })
@@ -395,12 +399,11 @@ impl IdeLink {
 
     /// A device read of guest memory (MRd on NPR, completions on CPL).
     fn dma_read(&self, mem: DirectMemory<'_>, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let view = self.ide.view();
         let strict = self.ide.require_secure.load(Ordering::Relaxed);
-        if !view.active() && !strict {
-            self.ide.link.plain_tlps.fetch_add(1, Ordering::Relaxed);
+        if !self.ide.link_active() && !strict {
             return mem.read(iova, buf);
         }
+        let view = self.ide.view();
         let tee = self.ide.tee.load(Ordering::Relaxed);
         let rid = self.ide.config().rid;
         let (mps, mrrs) = (self.mps(), self.mrrs());
@@ -408,7 +411,6 @@ impl IdeLink {
         SCRATCH.with(|c| {
             let sc = &mut *c.borrow_mut();
             let mut out = std::mem::take(&mut sc.plain);
-            let mut payload = std::mem::take(&mut sc.payload);
             let r = (|| {
                 for (a, n) in tlp::split(iova, len, mrrs) {
                     let dst = &mut buf[(a - iova) as usize..][..n];
@@ -422,19 +424,27 @@ impl IdeLink {
                         Some(s) => {
                             let tag = self.ide.link.next_tag();
                             let req = tlp::mem_request(false, a, n, rid, tag);
-                            self.tlp(s, LinkEnd::Device, SubStream::NonPosted, &req, &[], &mut out, sc)?;
+                            sc.wire.clear();
+                            self.tlp(s, LinkEnd::Device, SubStream::NonPosted, &req, &mut out, sc)?;
                             let mut remaining = n;
                             for (ca, cn) in tlp::split(a, n, mps) {
-                                // The host end reads guest memory into its
-                                // completion...
+                                // The host end reads guest memory straight
+                                // into its completion...
                                 let (start, dws, _, _) = tlp::dw_span(ca, cn);
                                 let off = (ca - start) as usize;
-                                payload.clear();
-                                payload.resize(dws * 4, 0);
-                                mem.read(ca, &mut payload[off..off + cn])?;
+                                sc.wire.clear();
+                                sc.wire.resize(dws * 4, 0);
+                                mem.read(ca, &mut sc.wire[off..off + cn])?;
                                 let cpl = tlp::completion(HOST_RID, rid, tag, ca, remaining, dws);
                                 // ...and the device end gets the verified data.
-                                self.tlp(s, LinkEnd::Host, SubStream::Completion, &cpl, &payload, &mut out, sc)?;
+                                self.tlp(
+                                    s,
+                                    LinkEnd::Host,
+                                    SubStream::Completion,
+                                    &cpl,
+                                    &mut out,
+                                    sc,
+                                )?;
                                 dst[(ca - a) as usize..][..cn].copy_from_slice(&out[off..off + cn]);
                                 remaining -= cn;
                             }
@@ -443,15 +453,14 @@ impl IdeLink {
                 }
                 Ok(())
             })();
-            sc.payload = payload;
             sc.plain = out;
             r
         })
     }
 
-    /// A host write to the device's BAR at bus address `addr`: `Ok(true)`
-    /// when the data may be delivered to the device (verified or not on a
-    /// stream), `Ok(false)` when it failed its integrity check (dropped).
+    /// A host write to the device's BAR at bus address `addr`: true when
+    /// the data may be delivered to the device (verified, or not on a
+    /// stream), false when it failed its integrity check (dropped).
     pub fn host_write(&self, addr: u64, data: &[u8]) -> bool {
         let view = self.ide.view();
         let Some(s) = view.route_host() else {
@@ -460,27 +469,25 @@ impl IdeLink {
         SCRATCH.with(|c| {
             let sc = &mut *c.borrow_mut();
             let mut out = std::mem::take(&mut sc.plain);
-            let mut payload = std::mem::take(&mut sc.payload);
             let mut ok = true;
             for (a, n) in tlp::split(addr, data.len(), self.mps()) {
-                Self::pad(a, &data[(a - addr) as usize..][..n], &mut payload);
+                Self::pad(a, &data[(a - addr) as usize..][..n], &mut sc.wire);
                 let h = tlp::mem_request(true, a, n, HOST_RID, self.ide.link.next_tag());
                 if self
-                    .tlp(s, LinkEnd::Host, SubStream::Posted, &h, &payload, &mut out, sc)
+                    .tlp(s, LinkEnd::Host, SubStream::Posted, &h, &mut out, sc)
                     .is_err()
                 {
                     ok = false;
                     break;
                 }
             }
-            sc.payload = payload;
             sc.plain = out;
             ok
         })
     }
 
     /// A host read of the device's BAR: the request crosses to the device,
-    /// `fetch` reads the register(s), the completion crosses back. `false`
+    /// `fetch` reads the register(s), the completion crosses back. False
     /// when a TLP failed its integrity check (the host sees all-ones).
     pub fn host_read(&self, addr: u64, buf: &mut [u8], fetch: impl FnOnce(&mut [u8])) -> bool {
         let view = self.ide.view();
@@ -492,33 +499,37 @@ impl IdeLink {
         SCRATCH.with(|c| {
             let sc = &mut *c.borrow_mut();
             let mut out = std::mem::take(&mut sc.plain);
-            let mut payload = std::mem::take(&mut sc.payload);
             let tag = self.ide.link.next_tag();
             let req = tlp::mem_request(false, addr, buf.len(), HOST_RID, tag);
-            let ok = self
-                .tlp(s, LinkEnd::Host, SubStream::NonPosted, &req, &[], &mut out, sc)
-                .is_ok()
-                && {
-                    fetch(buf);
-                    let mut remaining = buf.len();
-                    let mut ok = true;
-                    for (ca, cn) in tlp::split(addr, buf.len(), self.mps()) {
-                        let part = &mut buf[(ca - addr) as usize..][..cn];
-                        let off = Self::pad(ca, part, &mut payload);
-                        let cpl = tlp::completion(rid, HOST_RID, tag, ca, remaining, payload.len() / 4);
-                        if self
-                            .tlp(s, LinkEnd::Device, SubStream::Completion, &cpl, &payload, &mut out, sc)
-                            .is_err()
-                        {
-                            ok = false;
-                            break;
-                        }
-                        part.copy_from_slice(&out[off..off + cn]);
-                        remaining -= cn;
+            sc.wire.clear();
+            let mut ok = self
+                .tlp(s, LinkEnd::Host, SubStream::NonPosted, &req, &mut out, sc)
+                .is_ok();
+            if ok {
+                fetch(buf);
+                let mut remaining = buf.len();
+                for (ca, cn) in tlp::split(addr, buf.len(), self.mps()) {
+                    let part = &mut buf[(ca - addr) as usize..][..cn];
+                    let off = Self::pad(ca, part, &mut sc.wire);
+                    let cpl = tlp::completion(rid, HOST_RID, tag, ca, remaining, sc.wire.len() / 4);
+                    if self
+                        .tlp(
+                            s,
+                            LinkEnd::Device,
+                            SubStream::Completion,
+                            &cpl,
+                            &mut out,
+                            sc,
+                        )
+                        .is_err()
+                    {
+                        ok = false;
+                        break;
                     }
-                    ok
-                };
-            sc.payload = payload;
+                    part.copy_from_slice(&out[off..off + cn]);
+                    remaining -= cn;
+                }
+            }
             sc.plain = out;
             if !ok {
                 buf.fill(0xff);

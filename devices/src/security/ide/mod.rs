@@ -35,8 +35,8 @@
 
 mod aead;
 pub mod config;
-pub mod host;
 pub mod device;
+pub mod host;
 mod keys;
 pub mod km;
 pub mod link;
@@ -57,7 +57,10 @@ use spdm_responder::idekm::{IdeKey, KeySlot, QueryResp};
 use state::{KmError, LinkView, PortState};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use vfio_user_server::pci::{ext_cap_id, ConfigHandler, ExtCap};
+use vfio_user_server::pci::{
+    ext_cap_id, BuildError, ConfigBuilder, ConfigHandler, ConfigSpace, ExtCap, PciIds, PcieCap,
+    PortType,
+};
 
 /// Link IDE stream or selective IDE stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -264,6 +267,30 @@ impl Ide {
         v
     }
 
+    /// A minimal configuration space carrying only this port's
+    /// capabilities (an RCiEP with a PCIe capability): for tools, tests and
+    /// benchmarks that drive the IDE registers without a device model.
+    pub fn function_config_space(self: &Arc<Self>) -> Result<ConfigSpace, BuildError> {
+        let mut b = ConfigBuilder::new(PciIds {
+            vendor: 0x7d0c,
+            device: 0x1de0,
+            subsystem_vendor: 0x7d0c,
+            subsystem: 0,
+            class: 0xff_0000,
+            revision: 0,
+        })
+        .pcie(PcieCap {
+            port_type: PortType::RcIntegratedEndpoint,
+            tee: true,
+            ee_prefix: true,
+            flr: true,
+        });
+        for c in self.capabilities() {
+            b = b.ext_capability(c);
+        }
+        b.build()
+    }
+
     /// Runs `f` on the state, then re-publishes the link view and delivers
     /// the events `f` produced (outside the lock).
     fn update<R>(&self, f: impl FnOnce(&mut PortState) -> (R, Vec<IdeEvent>)) -> R {
@@ -418,6 +445,15 @@ impl Ide {
 
     // --- end of TDISP hooks ---
 
+    /// Sets Max_Payload_Size and Max_Read_Request_Size in bytes (powers of
+    /// two, 128 to 4096). [`IdeDevice`] keeps them equal to the device's
+    /// PCIe Device Control register.
+    pub fn set_tlp_sizes(&self, mps: usize, mrrs: usize) {
+        let clamp = |v: usize| v.clamp(128, 4096).next_power_of_two() as u32;
+        self.mps.store(clamp(mps), Ordering::Relaxed);
+        self.mrrs.store(clamp(mrrs), Ordering::Relaxed);
+    }
+
     /// The Uncorrectable Error Status of the AER capability.
     pub fn aer_uncorrectable_status(&self) -> u32 {
         self.lock().aer().uncorrectable_status()
@@ -447,6 +483,10 @@ impl Ide {
         if let Err(e) = self.flush_trace() {
             log::warn!("IDE trace: {e}");
         }
+        let st = self.link_stats();
+        if st != LinkStats::default() {
+            log::info!("IDE link so far: {st:?}");
+        }
         self.update(|st| {
             st.reset();
             ((), st.settle(InsecureReason::Reset))
@@ -464,7 +504,13 @@ impl Ide {
         })
     }
 
-    pub(crate) fn km_program(&self, session: u32, id: u8, slot: KeySlot, key: IdeKey) -> Result<(), KmError> {
+    pub(crate) fn km_program(
+        &self,
+        session: u32,
+        id: u8,
+        slot: KeySlot,
+        key: IdeKey,
+    ) -> Result<(), KmError> {
         self.update(|st| (st.program(session, id, slot, key), Vec::new()))
     }
 
@@ -490,7 +536,14 @@ impl Ide {
     }
 
     /// An integrity failure seen on the link.
-    pub(crate) fn integrity_failure(&self, s: StreamRef, id: u8, by: LinkEnd, header: [u32; 4], prefix: u32) {
+    pub(crate) fn integrity_failure(
+        &self,
+        s: StreamRef,
+        id: u8,
+        by: LinkEnd,
+        header: [u32; 4],
+        prefix: u32,
+    ) {
         self.update(|st| {
             st.integrity_failure(s, by, header, prefix);
             let mut ev = vec![IdeEvent::IntegrityFailure {

@@ -139,7 +139,11 @@ pub fn byte_mask(first: usize, len: usize) -> u32 {
 /// dword-addressed register file into dword writes: (dword index, merged
 /// value, bits the access covered), merging with the current values `read`
 /// returns.
-pub fn dword_writes(offset: u16, data: &[u8], read: impl Fn(usize) -> u32) -> Vec<(usize, u32, u32)> {
+pub fn dword_writes(
+    offset: u16,
+    data: &[u8],
+    read: impl Fn(usize) -> u32,
+) -> Vec<(usize, u32, u32)> {
     let mut out = Vec::new();
     let mut pos = offset as usize;
     let end = pos + data.len();

@@ -94,12 +94,21 @@ pub(crate) struct ViewKeys {
 impl ViewKeys {
     /// The key `direction` transmits (device TX) or the host transmits to
     /// the device with (device RX) on `ss`: (set, key).
-    pub fn in_use(&self, direction: KeyDirection, ss: SubStream) -> Option<(KeySet, &Arc<ArmedKey>)> {
+    pub fn in_use(
+        &self,
+        direction: KeyDirection,
+        ss: SubStream,
+    ) -> Option<(KeySet, &Arc<ArmedKey>)> {
         let set = self.in_use[direction as usize][ss as usize]?;
         Some((set, self.armed(direction, ss, set)?))
     }
     /// The armed key of a slot.
-    pub fn armed(&self, direction: KeyDirection, ss: SubStream, set: KeySet) -> Option<&Arc<ArmedKey>> {
+    pub fn armed(
+        &self,
+        direction: KeyDirection,
+        ss: SubStream,
+        set: KeySet,
+    ) -> Option<&Arc<ArmedKey>> {
         self.armed[direction as usize][ss as usize][set as usize].as_ref()
     }
 }
@@ -445,7 +454,13 @@ impl PortState {
     }
 
     /// KEY_PROG.
-    pub fn program(&mut self, session: u32, id: u8, slot: KeySlot, key: IdeKey) -> Result<(), KmError> {
+    pub fn program(
+        &mut self,
+        session: u32,
+        id: u8,
+        slot: KeySlot,
+        key: IdeKey,
+    ) -> Result<(), KmError> {
         if !self.known_id(id) {
             return Err(KmError::UnknownStream);
         }
@@ -508,7 +523,13 @@ impl PortState {
     /// (IDE Check Failed, with the TLP's header and IDE prefix logged), the
     /// host end by an IDE Fail message, which sets the stream's IDE_FAIL
     /// status bit here.
-    pub fn integrity_failure(&mut self, s: StreamRef, detected_by: LinkEnd, header: [u32; 4], prefix: u32) {
+    pub fn integrity_failure(
+        &mut self,
+        s: StreamRef,
+        detected_by: LinkEnd,
+        header: [u32; 4],
+        prefix: u32,
+    ) {
         let id = self.stream_id(s);
         self.keys.remove(&id);
         match detected_by {
@@ -562,8 +583,7 @@ impl PortState {
                 .filter(|a| a[0] & 1 != 0)
                 .map(|a| {
                     let base = (u64::from(a[2]) << 32) | (u64::from((a[0] >> 8) & 0xfff) << 20);
-                    let limit =
-                        (u64::from(a[1]) << 32) | (u64::from(a[0] >> 20) << 20) | 0xf_ffff;
+                    let limit = (u64::from(a[1]) << 32) | (u64::from(a[0] >> 20) << 20) | 0xf_ffff;
                     (base, limit)
                 })
                 .collect();

@@ -10,10 +10,10 @@ use spdm_responder::idekm::{KeyDirection, KeySet, SubStream};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use vfio_user_server::dma::GuestMemory;
-use vfio_user_server::pci::{ConfigBuilder, PciIds, PcieCap, PortType};
 use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
 
-type Gcm96 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
+type Gcm96 =
+    aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
 
 const SESSION: u32 = 0xfffe_0001;
 /// The IDE capability is the first extended capability.
@@ -23,7 +23,8 @@ const SEL1: u64 = SEL0 + 32;
 const MEM: u64 = 0x10_0000;
 
 fn memfd(len: u64) -> OwnedFd {
-    let fd = nix::sys::memfd::memfd_create(c"ide", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
+    let fd =
+        nix::sys::memfd::memfd_create(c"ide", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
     let f = std::fs::File::from(fd);
     f.set_len(len).unwrap();
     f.into()
@@ -40,24 +41,7 @@ struct Rig {
 impl Rig {
     fn new(cfg: IdeConfig) -> Rig {
         let ide = Ide::new(cfg);
-        let mut b = ConfigBuilder::new(PciIds {
-            vendor: 0x1b36,
-            device: 0x10,
-            subsystem_vendor: 0,
-            subsystem: 0,
-            class: 0x010802,
-            revision: 0,
-        })
-        .pcie(PcieCap {
-            port_type: PortType::RcIntegratedEndpoint,
-            tee: true,
-            ee_prefix: true,
-            flr: true,
-        });
-        for c in ide.capabilities() {
-            b = b.ext_capability(c);
-        }
-        let cfg = b.build().unwrap();
+        let cfg = ide.function_config_space().unwrap();
         let mem = Arc::new(GuestMemory::new(16));
         mem.map(
             &DmaMapRequest {
@@ -181,7 +165,10 @@ fn registers_as_linux_sees_them() {
     }
     // Reserved and unsupported bits read 0; ID writable while disabled.
     r.wr(SEL0 + 4, 0x12ff_fffe);
-    assert_eq!(r.rd(SEL0 + 4), 0x12ff_fffe & (ctl::ID | ctl::DEFAULT | ctl::TC | ctl::ALG));
+    assert_eq!(
+        r.rd(SEL0 + 4),
+        0x12ff_fffe & (ctl::ID | ctl::DEFAULT | ctl::TC | ctl::ALG)
+    );
     r.wr(SEL0 + 4, 0x1200_0001);
     assert_eq!(r.rd(SEL0 + 4), 0x1200_0001);
     r.wr(SEL0 + 4, 0x3400_0001);
@@ -219,9 +206,11 @@ fn registers_as_linux_sees_them() {
 
 #[test]
 fn options_change_the_capability() {
-    let c = IdeConfig::parse("link=0,selective=3,assoc=2,tee-limited,flow-through,aggregation,pcrc,partial-header,cfg")
-        .unwrap()
-        .unwrap();
+    let c = IdeConfig::parse(
+        "link=0,selective=3,assoc=2,tee-limited,flow-through,aggregation,pcrc,partial-header,cfg",
+    )
+    .unwrap()
+    .unwrap();
     let mut r = Rig::new(c);
     let capreg = r.rd(IDE + 4);
     assert_eq!(capreg & 1, 0, "no link IDE");
@@ -247,7 +236,9 @@ fn secure_only_with_every_key_armed() {
     for ss in SubStream::ALL {
         for d in KeyDirection::ALL {
             let slot = KeySlot::new(KeySet::K0, d, ss);
-            r.ide.km_program(SESSION, 7, slot, IdeKey::new([1; 32], 1)).unwrap();
+            r.ide
+                .km_program(SESSION, 7, slot, IdeKey::new([1; 32], 1))
+                .unwrap();
             if !(ss == SubStream::Completion && d == KeyDirection::Rx) {
                 r.ide.km_go(SESSION, 7, slot).unwrap();
             }
@@ -256,7 +247,11 @@ fn secure_only_with_every_key_armed() {
     r.wr(SEL0 + 4, 0x0700_0001);
     assert_eq!(r.sel_state(SEL0), sts::INSECURE, "RX CPL not armed");
     r.ide
-        .km_go(SESSION, 7, KeySlot::new(KeySet::K0, KeyDirection::Rx, SubStream::Completion))
+        .km_go(
+            SESSION,
+            7,
+            KeySlot::new(KeySet::K0, KeyDirection::Rx, SubStream::Completion),
+        )
         .unwrap();
     assert_eq!(r.sel_state(SEL0), sts::SECURE);
     assert!(r.ide.is_secure(7));
@@ -273,7 +268,11 @@ fn secure_only_with_every_key_armed() {
     assert_eq!(r.ide.bound_stream().map(|s| s.id), Some(7));
     // Stop the set in use: INSECURE, every key of the stream zeroized.
     r.ide
-        .km_stop(SESSION, 7, KeySlot::new(KeySet::K0, KeyDirection::Tx, SubStream::NonPosted))
+        .km_stop(
+            SESSION,
+            7,
+            KeySlot::new(KeySet::K0, KeyDirection::Tx, SubStream::NonPosted),
+        )
         .unwrap();
     assert_eq!(r.sel_state(SEL0), sts::INSECURE);
     assert!(r.ide.key_states(7).is_empty());
@@ -301,7 +300,11 @@ fn every_way_out_of_secure() {
     // Session end.
     r.secure_stream0(3);
     r.ide.km_session_ended(SESSION + 1);
-    assert_eq!(r.sel_state(SEL0) & sts::STATE, sts::SECURE, "another session's end");
+    assert_eq!(
+        r.sel_state(SEL0) & sts::STATE,
+        sts::SECURE,
+        "another session's end"
+    );
     r.ide.km_session_ended(SESSION);
     assert_eq!(r.sel_state(SEL0), sts::INSECURE);
     r.wr(SEL0 + 4, 0);
@@ -322,7 +325,9 @@ fn every_way_out_of_secure() {
 }
 
 fn fill(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
@@ -331,7 +336,10 @@ fn protected_dma_and_a_decryptable_trace() {
     let trace = dir.join("ide.pcap");
     let mut r = Rig::new(IdeConfig::default());
     r.ide.set_trace(&trace).unwrap();
-    assert!(r.ide.set_trace(&trace).is_err(), "an existing file is never overwritten");
+    assert!(
+        r.ide.set_trace(&trace).is_err(),
+        "an existing file is never overwritten"
+    );
     r.secure_stream0(9);
     r.ide.mps.store(256, Ordering::Relaxed);
     // Device writes (MWr) and reads (MRd + CplD), odd addresses and sizes.
@@ -342,7 +350,9 @@ fn protected_dma_and_a_decryptable_trace() {
     assert!(back == data);
     // with_slice hands out bounce buffers on a secure stream.
     r.mem
-        .with_slice(MEM + 0x8000, 4096, Access::Write, |s| s.copy_from(0, &data[..4096]))
+        .with_slice(MEM + 0x8000, 4096, Access::Write, |s| {
+            s.copy_from(0, &data[..4096])
+        })
         .unwrap()
         .unwrap();
     let mut v = vec![0u8; 4096];
@@ -366,7 +376,11 @@ fn protected_dma_and_a_decryptable_trace() {
     for slot in KeySlot::all().filter(|s| s.set == KeySet::K0) {
         r.ide.km_stop(SESSION, 9, slot).unwrap();
     }
-    assert_eq!(r.sel_state(SEL0) & sts::STATE, sts::SECURE, "old set retired");
+    assert_eq!(
+        r.sel_state(SEL0) & sts::STATE,
+        sts::SECURE,
+        "old set retired"
+    );
     r.mem.read(MEM + 0x1003, &mut back).unwrap();
     assert!(back == data);
     r.ide.flush_trace().unwrap();
@@ -380,14 +394,19 @@ fn protected_dma_and_a_decryptable_trace() {
         .take_while(|x| x.flow == Flow::Upstream && x.sub_stream == 0)
         .count();
     assert_eq!(first_write, 20);
-    assert!(recs.iter().any(|x| x.key_set == 1), "K1 in use after the refresh");
+    assert!(
+        recs.iter().any(|x| x.key_set == 1),
+        "K1 in use after the refresh"
+    );
     assert!(
         recs.iter()
             .any(|x| x.flow == Flow::Downstream && x.sub_stream == 2),
         "read completions"
     );
     // The plaintext never appears on the wire.
-    assert!(!recs.iter().any(|x| x.payload.windows(16).any(|w| w == &data[100..116])));
+    assert!(!recs
+        .iter()
+        .any(|x| x.payload.windows(16).any(|w| w == &data[100..116])));
 }
 
 #[test]
@@ -440,7 +459,11 @@ fn flipped_bit_is_caught_and_data_never_lands() {
     let mut got = vec![0u8; 64];
     assert!(r.mem.read(MEM, &mut got).is_err());
     assert!(got == vec![0u8; 64], "nothing reached the device");
-    assert_eq!(r.sel_state(SEL0), sts::INSECURE, "no IDE Fail message from the device's own check");
+    assert_eq!(
+        r.sel_state(SEL0),
+        sts::INSECURE,
+        "no IDE Fail message from the device's own check"
+    );
     assert_eq!(r.ide.aer_uncorrectable_status(), aer::UNC_IDE_CHECK);
     let aer_base = IDE + 4 + r.ide.config().body_len() as u64;
     assert_eq!(r.rd(aer_base) & 0xffff, 1, "AER capability follows IDE");
@@ -455,7 +478,10 @@ fn flipped_bit_is_caught_and_data_never_lands() {
 fn routing_by_address_association() {
     let mut r = Rig::new(IdeConfig::default());
     // Stream 1 (not default) covers MEM..MEM+1M; stream 0 is enabled, default, no keys.
-    r.wr(SEL1 + 0x14, 1 | (((MEM >> 20) as u32) << 8) | ((((MEM + 0xf_ffff) >> 20) as u32) << 20));
+    r.wr(
+        SEL1 + 0x14,
+        1 | (((MEM >> 20) as u32) << 8) | ((((MEM + 0xf_ffff) >> 20) as u32) << 20),
+    );
     r.wr(SEL1 + 4, 0x0600_0000);
     r.program(6, KeySet::K0);
     r.wr(SEL1 + 4, 0x0600_0001);
@@ -464,7 +490,11 @@ fn routing_by_address_association() {
     assert_eq!(r.ide.link_stats().ide_tlps, 1, "on stream 1 by address");
     r.wr(SEL0 + 4, 0x0500_0000 | ctl::DEFAULT | ctl::EN);
     r.mem.write(MEM + 64, &[7; 64]).unwrap();
-    assert_eq!(r.ide.link_stats().ide_tlps, 2, "address match beats the default stream");
+    assert_eq!(
+        r.ide.link_stats().ide_tlps,
+        2,
+        "address match beats the default stream"
+    );
     // Outside the association: the default stream, enabled but insecure: refused.
     let mut far = Rig::new(IdeConfig::default());
     far.wr(SEL0 + 4, ctl::DEFAULT | ctl::EN);

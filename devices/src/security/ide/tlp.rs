@@ -115,7 +115,14 @@ pub fn mem_request(write: bool, addr: u64, len: usize, requester: u16, tag: u8) 
 
 /// A Completion with Data header: `dws` payload dwords, `byte_count`
 /// bytes remaining (this completion's included), first byte at `addr`.
-pub fn completion(completer: u16, requester: u16, tag: u8, addr: u64, byte_count: usize, dws: usize) -> Header {
+pub fn completion(
+    completer: u16,
+    requester: u16,
+    tag: u8,
+    addr: u64,
+    byte_count: usize,
+    dws: usize,
+) -> Header {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&dw0(0b010, 0b01010, dws));
     b[4..6].copy_from_slice(&completer.to_be_bytes());
@@ -172,7 +179,10 @@ mod tests {
         assert_eq!(c.log_dwords()[0], 0x4a00_000f);
         let p = ide_prefix(KeySet::K1, false, SubStream::Completion, 5);
         assert_eq!(p, [0x92, 0xc4, 5, 0]);
-        assert_eq!(parse_prefix(&p), Some((KeySet::K1, false, SubStream::Completion, 5)));
+        assert_eq!(
+            parse_prefix(&p),
+            Some((KeySet::K1, false, SubStream::Completion, 5))
+        );
     }
 
     #[test]

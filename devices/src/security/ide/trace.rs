@@ -78,7 +78,9 @@ pub struct TraceRecord {
 impl TraceRecord {
     /// The record as pcap packet data.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(RECORD_HEADER_LEN + self.header.len() + self.payload.len() + MAC_LEN);
+        let mut v = Vec::with_capacity(
+            RECORD_HEADER_LEN + self.header.len() + self.payload.len() + MAC_LEN,
+        );
         v.extend_from_slice(&[
             1,
             self.flow as u8,
@@ -111,7 +113,11 @@ impl TraceRecord {
             return None;
         }
         Some(TraceRecord {
-            flow: if d[1] == 0 { Flow::Upstream } else { Flow::Downstream },
+            flow: if d[1] == 0 {
+                Flow::Upstream
+            } else {
+                Flow::Downstream
+            },
             kind: d[2],
             index: d[3],
             stream_id: d[4],
@@ -150,13 +156,16 @@ impl TraceWriter {
         h.extend_from_slice(&65535u32.to_le_bytes());
         h.extend_from_slice(&LINKTYPE.to_le_bytes());
         out.write_all(&h)?;
+        out.flush()?;
         Ok(TraceWriter { out })
     }
 
     /// Appends one record.
     pub fn record(&mut self, r: &TraceRecord) -> io::Result<()> {
         let data = r.encode();
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&(t.as_secs() as u32).to_le_bytes());
         h[4..8].copy_from_slice(&t.subsec_micros().to_le_bytes());
@@ -187,7 +196,9 @@ pub fn read_trace(path: &Path) -> io::Result<Vec<TraceRecord>> {
     let mut pos = 24;
     while pos + 16 <= d.len() {
         let n = u32::from_le_bytes([d[pos + 8], d[pos + 9], d[pos + 10], d[pos + 11]]) as usize;
-        let body = d.get(pos + 16..pos + 16 + n).ok_or_else(|| bad("truncated record"))?;
+        let body = d
+            .get(pos + 16..pos + 16 + n)
+            .ok_or_else(|| bad("truncated record"))?;
         out.push(TraceRecord::decode(body).ok_or_else(|| bad("malformed record"))?);
         pos += 16 + n;
     }
