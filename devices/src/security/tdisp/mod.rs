@@ -50,7 +50,7 @@ use log::{info, warn};
 use spdm_responder::tdisp::{
     lock_flags, ErrorCode, InterfaceId, InterfaceReport, LockParams, TdiState, NONCE_LEN,
 };
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use vfio_user_server::irq::Interrupts;
 use vfio_user_server::pci::ConfigSpace;
@@ -129,6 +129,12 @@ pub struct Tdi {
     inner: Mutex<Inner>,
     /// CONFIG_LOCKED or RUN: observations are compared with the locked view.
     watching: AtomicBool,
+    /// The MSI-X capability's offset (the capability list never changes).
+    msix_cap: OnceLock<Option<usize>>,
+    /// The registers `Inner::current` was read from ([`view::fingerprint`]),
+    /// valid once `seen_valid`: an unchanged configuration is not read again.
+    seen: [AtomicU32; view::FINGERPRINT_LEN],
+    seen_valid: AtomicBool,
 }
 
 impl std::fmt::Debug for Tdi {
@@ -166,6 +172,9 @@ impl Tdi {
                 reason: None,
             }),
             watching: AtomicBool::new(false),
+            msix_cap: OnceLock::new(),
+            seen: Default::default(),
+            seen_valid: AtomicBool::new(false),
         });
         for p in &tdi.ports {
             let w: Weak<Tdi> = Arc::downgrade(&tdi);
@@ -219,12 +228,28 @@ impl Tdi {
     /// write, before every access the server handles): while CONFIG_LOCKED
     /// or RUN, a change to locked configuration moves the TDI to ERROR.
     pub fn observe(&self, cfg: &ConfigSpace) {
-        let v = ConfigView::read(cfg);
-        let mut g = self.lock_inner();
-        if g.current != v {
-            g.current = v;
+        // The fast path (every BAR access of an unlocked TDI): nothing
+        // changed since the last look.
+        let fp = view::fingerprint(cfg, *self.msix_cap.get_or_init(|| view::msix_cap(cfg)));
+        let watching = self.watching.load(Ordering::Acquire);
+        let same = self.seen_valid.load(Ordering::Acquire)
+            && self
+                .seen
+                .iter()
+                .zip(fp)
+                .all(|(s, v)| s.load(Ordering::Relaxed) == v);
+        if same && !watching {
+            return;
         }
-        if !self.watching.load(Ordering::Acquire) {
+        let mut g = self.lock_inner();
+        if !same {
+            g.current = ConfigView::read(cfg);
+            for (s, v) in self.seen.iter().zip(fp) {
+                s.store(v, Ordering::Relaxed);
+            }
+            self.seen_valid.store(true, Ordering::Release);
+        }
+        if !watching {
             return;
         }
         let Some(l) = &g.locked else { return };

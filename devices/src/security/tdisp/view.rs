@@ -94,6 +94,28 @@ impl std::fmt::Display for ConfigChange {
     }
 }
 
+/// Offset of the MSI-X capability, if the function has one.
+pub fn msix_cap(cfg: &ConfigSpace) -> Option<usize> {
+    find_cap(cfg, CAP_MSIX)
+}
+
+/// Number of dwords in a [`fingerprint`].
+pub const FINGERPRINT_LEN: usize = 9;
+
+/// The raw registers a [`ConfigView`] is made of (Command, the six BAR
+/// dwords, the ROM BAR, MSI-X Message Control at `msix`): cheap to read on
+/// every access, to tell whether the view needs reading again.
+pub fn fingerprint(cfg: &ConfigSpace, msix: Option<usize>) -> [u32; FINGERPRINT_LEN] {
+    let mut f = [0u32; FINGERPRINT_LEN];
+    f[0] = u32::from(cfg.read_u16(COMMAND));
+    for (i, d) in f[1..7].iter_mut().enumerate() {
+        *d = cfg.read_u32(BAR0 + 4 * i);
+    }
+    f[7] = cfg.read_u32(ROM_BAR);
+    f[8] = msix.map_or(0, |o| u32::from(cfg.read_u16(o + 2)));
+    f
+}
+
 fn find_cap(cfg: &ConfigSpace, id: u8) -> Option<usize> {
     let mut off = (cfg.read_u16(CAP_PTR) & 0xfc) as usize;
     for _ in 0..48 {
