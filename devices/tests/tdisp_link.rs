@@ -7,29 +7,23 @@
 //! bound stream, any DMA), and recovery through STOP.
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
-use spdm_responder::identity::{Identity, PciIds};
-use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::tdisp::{lock_flags, range_attr, ErrorCode, InterfaceId, LockParams, TdiState};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-use trustdev_devices::example::{reg, status, DmaCopy};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use trustdev_devices::example::{status, DmaCopy};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::host::{find_ext_cap, ConfigAccess, IdeHost};
 use trustdev_devices::security::ide::{DmaGate, Ide, IdeConfig, IdeDevice};
 use trustdev_devices::security::tdisp::{ErrorReason, Tdi, TdispConfig, TdispDevice};
 use vfio_user_server::client::Client;
 use vfio_user_server::pci::PortType;
-use vfio_user_server::protocol::{irq_index, DmaProt, IrqAction, IrqData};
-use vfio_user_server::Server;
+use vfio_user_server::protocol::{irq_index, IrqAction, IrqData};
 
-const IOVA: u64 = 0x8000_0000;
-const RAM: u64 = 4 << 20;
-const BAR0: u64 = 0xfe00_0000;
+mod dma_copy_rig;
+
+use dma_copy_rig::{copy, identity, Served, BAR0, IOVA, RAM};
+
 const BAR1: u64 = 0xfe00_1000;
 const STREAM: u8 = 5;
 const IFACE: InterfaceId = InterfaceId {
@@ -37,91 +31,41 @@ const IFACE: InterfaceId = InterfaceId {
     reserved: 0,
 };
 
-fn identity() -> Identity {
-    static ID: OnceLock<Identity> = OnceLock::new();
-    ID.get_or_init(|| {
-        let mut rng = DeterministicEntropy::new(b"trustdev tdisp_link test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
-    })
-    .clone()
-}
-
 struct Rig {
-    dir: PathBuf,
-    ram: std::fs::File,
+    s: Served,
     ide: Arc<Ide>,
     tdi: Arc<Tdi>,
-    stop: vfio_user_server::StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-    socket: PathBuf,
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn start(tag: &str) -> Rig {
-    let dir = std::env::temp_dir().join(format!("trustdev-tdisp-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let ide = Ide::new(IdeConfig::default());
     let tdi = Tdi::new(
         TdispConfig::default(),
         "trustdev dma-copy",
         vec![Arc::clone(&ide)],
     );
-    let mut caps = vec![security::doe_capability_secure(
-        Some(identity()),
-        Some(&ide),
-        Some(&tdi),
-    )];
-    caps.extend(ide.capabilities());
-    let dev = DmaCopy::with_capabilities(PortType::Endpoint, true, caps).unwrap();
-    let dev = TdispDevice::new(
-        IdeDevice::new(dev, Arc::clone(&ide)).unwrap(),
-        Arc::clone(&tdi),
-    );
-    let socket = dir.join("dev.sock");
-    let mut server = Server::new(dev, &socket).unwrap();
-    let stop = server.stop_handle();
-    let thread = std::thread::spawn(move || server.run().unwrap());
-    let fd: OwnedFd = {
-        let fd = nix::sys::memfd::memfd_create(c"ram", nix::sys::memfd::MemFdCreateFlag::empty())
-            .unwrap();
-        let f = std::fs::File::from(fd);
-        f.set_len(RAM).unwrap();
-        f.into()
-    };
-    Rig {
-        dir,
-        ram: std::fs::File::from(fd),
-        ide,
-        tdi,
-        stop,
-        thread: Some(thread),
-        socket,
-    }
+    let s = dma_copy_rig::serve(&format!("tdisp-{tag}"), |_| {
+        let mut caps = vec![security::doe_capability_secure(
+            Some(identity()),
+            Some(&ide),
+            Some(&tdi),
+        )];
+        caps.extend(ide.capabilities());
+        let dev = DmaCopy::with_capabilities(PortType::Endpoint, true, caps).unwrap();
+        TdispDevice::new(
+            IdeDevice::new(dev, Arc::clone(&ide)).unwrap(),
+            Arc::clone(&tdi),
+        )
+    });
+    Rig { s, ide, tdi }
 }
 
 /// A TSM with an SPDM session, stream `STREAM` SECURE on selective stream
 /// 0 (Default Stream), the device's BARs placed and decoding, bus master
 /// on.
 fn tsm(rig: &Rig) -> IdeHost<Client> {
-    let mut c = Client::connect(&rig.socket).unwrap();
-    let rw = DmaProt {
-        read: true,
-        write: true,
-    };
-    c.dma_map(IOVA, RAM, 0, rw, Some(rig.ram.as_fd())).unwrap();
-    c.write32(7, 0x10, BAR0 as u32).unwrap();
+    let mut c = rig.s.client();
     c.write32(7, 0x14, BAR1 as u32).unwrap();
-    c.write32(7, 0x04, 0x6).unwrap();
     let mut host = IdeHost::connect(c, identity().roots_der()).unwrap();
     host.setup(0, STREAM, true, 0).unwrap();
     host.program(STREAM, KeySet::K0, key).unwrap();
@@ -164,36 +108,14 @@ fn stop(host: &mut IdeHost<Client>) {
     assert_eq!(state(host), TdiState::ConfigUnlocked);
 }
 
-/// A DMA-copy job; returns STATUS.
-fn copy(c: &mut Client, src: u64, dst: u64, len: u32) -> u32 {
-    c.region_write(0, reg::SRC, &(IOVA + src).to_le_bytes())
-        .unwrap();
-    c.region_write(0, reg::DST, &(IOVA + dst).to_le_bytes())
-        .unwrap();
-    c.write32(0, reg::LEN, len).unwrap();
-    c.write32(0, reg::STATUS, status::DONE | status::ERROR)
-        .unwrap();
-    c.write32(0, reg::DOORBELL, 1).unwrap();
-    let t = Instant::now();
-    loop {
-        let s = c.read32(0, reg::STATUS).unwrap();
-        if s & status::BUSY == 0 && s & (status::DONE | status::ERROR) != 0 {
-            return s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "copy stuck: {s:#x}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 impl Rig {
     /// Copies 4 KiB from 0x1000 to `dst` and says whether the data landed.
     fn copy_lands(&self, host: &mut IdeHost<Client>, dst: u64) -> bool {
         let data: Vec<u8> = (0..4096u32).map(|i| (i * 13 + dst as u32) as u8).collect();
-        self.ram.write_all_at(&data, 0x1000).unwrap();
-        self.ram.write_all_at(&[0xee; 4096], dst).unwrap();
+        self.s.ram_write(0x1000, &data);
+        self.s.ram_write(dst, &[0xee; 4096]);
         let s = copy(host.access(), 0x1000, dst, 4096);
-        let mut got = vec![0; 4096];
-        self.ram.read_exact_at(&mut got, dst).unwrap();
+        let got = self.s.ram_read(dst, 4096);
         assert_eq!(
             s & status::ERROR == 0,
             got == data,
