@@ -33,31 +33,9 @@ fn tdisp_flow_in_a_real_guest() {
         "--timeout",
         "600",
     ];
-    // TRUSTDEV_KEEP: the servers' logs stay for the checks below.
-    let run = {
-        let _g = support::lock();
-        let log =
-            std::env::temp_dir().join(format!("trustdev-e2e-tdisp-{}.log", std::process::id()));
-        let out = support::vm_command(&args, &log)
-            .env("TRUSTDEV_KEEP", "1")
-            .output()
-            .expect("run trustdev vm");
-        support::finish(out, &log)
-    };
-    let kept = run
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("trustdev vm: logs kept in "))
-        .map(std::path::PathBuf::from);
-    let mut server_logs = String::new();
-    if let Some(dir) = &kept {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".log") && name != "serial.log" && name != "qemu.log" {
-                server_logs += &std::fs::read_to_string(e.path()).unwrap_or_default();
-            }
-        }
-    }
+    // The servers' logs (nvme0, dma-copy1) for the checks below.
+    let (run, logs) = support::vm_with_server_logs(&args, &["nvme0", "dma-copy1"]);
+    let server_logs = logs.concat();
     let fails = run.lines("CHECK-FAIL");
     assert!(
         fails.is_empty(),
@@ -117,8 +95,5 @@ fn tdisp_flow_in_a_real_guest() {
             "{n} x {needle:?} expected in the server logs:\n{server_logs}\n{}",
             run.dump()
         );
-    }
-    if let Some(dir) = kept {
-        let _ = std::fs::remove_dir_all(dir);
     }
 }
