@@ -12,8 +12,9 @@
 //!    capability as the kernel sees them, START_INTERFACE: RUN;
 //! 4. optionally I/O through a file of the function in RUN (`--io`, e.g.
 //!    the NVMe namespace): the device's DMA on the bound stream;
-//! 5. a locked register touched (Command register, INTx Disable toggled):
-//!    the TDI reads ERROR and refuses the report; the register restored;
+//! 5. a locked register touched (Command register, INTx Disable toggled;
+//!    or with `--touch msix` MSI-X Message Control's Function Mask): the
+//!    TDI reads ERROR and refuses the report; the register restored;
 //! 6. STOP_INTERFACE: CONFIG_UNLOCKED; then the stream disabled, its keys
 //!    retired, the session ended.
 //!
@@ -84,6 +85,11 @@ pub struct Args {
     /// at 1 MiB are overwritten).
     #[arg(long)]
     pub io: Option<PathBuf>,
+    /// The locked register to touch in step 5: `command` (INTx Disable in
+    /// the Command register) or `msix` (Function Mask in MSI-X Message
+    /// Control; locked by LOCK_MSIX).
+    #[arg(long, default_value = "command", value_parser = ["command", "msix"])]
+    pub touch: String,
     /// Leave the TDI in RUN and the stream SECURE (skip steps 5 and 6).
     #[arg(long)]
     pub keep: bool,
@@ -594,19 +600,28 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
 
     // 5. A locked register.
     let step = "touch a locked register";
-    let cmd = cfg.rd(4).map_err(|e| (step, e))? as u16;
-    cfg.wr16(4, cmd ^ 0x400).map_err(|e| (step, e))?;
+    let (off, bit, what) = if o.touch == "msix" {
+        if params.flags & spdm_responder::tdisp::lock_flags::LOCK_MSIX == 0 {
+            return Err((step, "the device does not offer LOCK_MSIX".into()));
+        }
+        let m = cfg
+            .std_cap(0x11)
+            .map_err(|e| (step, e))?
+            .ok_or((step, "no MSI-X capability".to_string()))?;
+        (m + 2, 0x4000u16, "MSI-X Message Control (Function Mask)")
+    } else {
+        (4, 0x400u16, "Command (INTx Disable)")
+    };
+    let old = (cfg.rd(off & !3).map_err(|e| (step, e))? >> ((off & 3) * 8)) as u16;
+    cfg.wr16(off, old ^ bit).map_err(|e| (step, e))?;
     let s = r.tdisp_get_state(sid, iface).map_err(tdisp_err(step));
-    cfg.wr16(4, cmd).map_err(|e| (step, e))?;
+    cfg.wr16(off, old).map_err(|e| (step, e))?;
     if s? != TdiState::Error {
         return Err((step, "the TDI did not go to ERROR".into()));
     }
     flow.ok(
         step,
-        format!(
-            "Command {cmd:#06x} -> {:#06x} (INTx Disable): ERROR; restored",
-            cmd ^ 0x400
-        ),
+        format!("{what} {old:#06x} -> {:#06x}: ERROR; restored", old ^ bit),
     );
     let step = "report in ERROR";
     match r.tdisp_get_report(sid, iface) {

@@ -7,7 +7,10 @@
 # interface report checked against the BARs and MSI-X the kernel assigned,
 # START (RUN), NVMe I/O in RUN (the device's DMA on the bound stream), a
 # locked register touched (ERROR, the report refused), STOP (CONFIG_UNLOCKED),
-# teardown. Each device runs the flow twice (a TDI is reusable after STOP).
+# teardown. Each device runs the flow twice (a TDI is reusable after STOP):
+# the second run touches MSI-X Message Control (Function Mask) instead of the
+# Command register, locked by LOCK_MSIX (QEMU emulates MSI-X but writes
+# Message Control through to the server).
 # A TDI in ERROR does no DMA, so an NVMe controller busy at that moment (its
 # shadow doorbells) may go fatal (CSTS.CFS): after each flow the script resets
 # the controller (nvme reset_controller), as the host does before it uses a
@@ -80,14 +83,14 @@ if [ -n "$nvme" ]; then
     run_flow tdisp-nvme "$nvme" nvme --io $ns
     echo "$out" | grep -q "^  I/O in RUN .*OK" && ok tdisp-nvme-io-in-run || bad tdisp-nvme-io-in-run "no I/O step"
     nvme_back tdisp-nvme-after
-    run_flow tdisp-nvme-again "$nvme" nvme --io $ns --stream-id 7 --mmio-offset 0x100000000
+    run_flow tdisp-nvme-again "$nvme" nvme --io $ns --stream-id 7 --mmio-offset 0x100000000 --touch msix
     nvme_back tdisp-nvme-again-after
 else
     bad tdisp-nvme "no NVMe controller"
 fi
 if [ -n "$dma" ]; then
     run_flow tdisp-dma-copy "$dma" dma-copy
-    run_flow tdisp-dma-copy-again "$dma" dma-copy --stream-id 9 --stream-index 1
+    run_flow tdisp-dma-copy-again "$dma" dma-copy --stream-id 9 --stream-index 1 --touch msix
 else
     bad tdisp-dma-copy "no DMA-copy device"
 fi
