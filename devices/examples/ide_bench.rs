@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trustdev_devices::nvme::host::{Bar0, HostDriver, HostMemory};
+use trustdev_devices::nvme::host::{HostDriver, HostMemory};
 
 #[path = "common/bench.rs"]
 mod bench_util;
@@ -164,21 +164,6 @@ fn link_bench(secs: f64, sizes: &[usize]) {
     );
 }
 
-/// BAR0 through the client inside an IDE setup.
-struct Secured(IdeHost<Client>);
-
-impl Bar0 for Secured {
-    fn read_reg32(&mut self, off: u64) -> u32 {
-        self.0.access().read32(0, off).unwrap_or(u32::MAX)
-    }
-    fn write_reg32(&mut self, off: u64, v: u32) {
-        let _ = self
-            .0
-            .access()
-            .region_write_posted(0, off, &v.to_le_bytes());
-    }
-}
-
 fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool, variants: &[String]) {
     let exe = std::env::current_exe()
         .ok()
@@ -251,13 +236,13 @@ fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool, variants: &[String
             host.setup(0, 1, true, 0).unwrap();
             host.program(1, KeySet::K0, key).unwrap();
             assert_eq!(host.enable(0).unwrap(), 2, "stream SECURE");
-            let mut d = HostDriver::enable(Secured(host), mem, 32).unwrap();
+            let mut d = HostDriver::enable(host, mem, 32).unwrap();
             d.create_io_queues(1, 1024).unwrap();
             if shadow {
                 d.enable_shadow_doorbells().unwrap();
             }
             run(&mut |w| bench_util::run(&mut d, w, qd, secs).0);
-            assert_eq!(d.bar.0.status(0).unwrap(), 2, "still SECURE");
+            assert_eq!(d.bar.status(0).unwrap(), 2, "still SECURE");
         } else {
             let mut d = HostDriver::enable(c, mem, 32).unwrap();
             d.create_io_queues(1, 1024).unwrap();

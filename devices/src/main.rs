@@ -27,6 +27,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
@@ -71,6 +73,8 @@ enum Cmd {
         /// DMA-copy example's BARs as firmware would place them).
         #[arg(long, default_value = "on")]
         tdisp: String,
+        #[command(flatten)]
+        psk: PskArgs,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -174,6 +178,48 @@ struct SecurityArgs {
     /// device unless it has IDE).
     #[arg(long)]
     no_tee: bool,
+    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
+    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
+    /// from the socket path (nvme: from the NVMe serial number).
+    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
+    dsn: Option<u64>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// PSK session options (off unless given).
+#[derive(clap::Args, Debug, Clone)]
+struct PskArgs {
+    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
+    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
+    #[arg(long, value_name = "HEX|@FILE")]
+    psk: Option<String>,
+    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
+    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
+    /// a hint configured without it).
+    #[arg(long, value_name = "STRING", requires = "psk")]
+    psk_hint: Option<String>,
+}
+
+impl PskArgs {
+    /// The responder configuration: defaults, plus the PSK if one was given.
+    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
+        let mut cfg = spdm_responder::ResponderConfig::default();
+        if let Some(p) = &self.psk {
+            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
+                .map_err(|e| e.to_string())?;
+            cfg.psks.push(psk);
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_dsn(s: &str) -> Result<u64, String> {
+    let h = s.trim_start_matches("0x");
+    u64::from_str_radix(h, 16)
+        .ok()
+        .filter(|_| !h.is_empty() && h.len() <= 16)
+        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
 }
 
 impl SecurityArgs {
@@ -230,7 +276,7 @@ impl SecurityArgs {
     fn identity(
         &self,
         kind: &str,
-        ids: &spdm_responder::PciIds,
+        name: &spdm_responder::CmaDeviceName,
     ) -> Result<Option<spdm_responder::Identity>, String> {
         if self.no_spdm {
             return Ok(None);
@@ -239,7 +285,7 @@ impl SecurityArgs {
             .identity_dir
             .clone()
             .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, ids)
+        security::cma::load_identity(&dir, name)
             .map(Some)
             .map_err(|e| e.to_string())
     }
@@ -257,46 +303,55 @@ fn serve(
     } else {
         PortType::Endpoint
     };
+    let spdm_cfg = security.psk.responder_config()?;
     match kind {
         "dma-copy" => {
             use trustdev_devices::example;
-            let ids = spdm_responder::PciIds {
+            let dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
                 vendor: example::VENDOR_ID,
                 device: example::DEVICE_ID,
                 class_code: 0x12_00_00,
                 revision: 1,
-                subsystem_vendor: example::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((example::VENDOR_ID, 0x0001)),
+                serial: Some(dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let tee = !security.no_tee;
             let ide = security.ide()?;
             let tdi = security.tdisp(kind, ide.as_ref())?;
             let mut caps = vec![security::doe_capability_secure(
                 identity,
+                spdm_cfg,
                 ide.as_ref(),
                 tdi.as_ref(),
             )];
             caps.extend(ide.iter().flat_map(|i| i.capabilities()));
-            let dev = DmaCopy::with_capabilities(port, tee, caps)
+            let dev = DmaCopy::with_capabilities(port, tee, dsn, caps)
                 .map_err(|e| format!("cannot create the device: {e}"))?;
             run_linked(dev, ide, tdi, socket)
         }
         "nvme" => {
-            let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let ids = spdm_responder::PciIds {
+            let mut cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
+            if let Some(dsn) = security.dsn {
+                cfg.dsn = dsn;
+            }
+            let name = spdm_responder::CmaDeviceName {
                 vendor: trustdev_devices::nvme::VENDOR_ID,
                 device: trustdev_devices::nvme::DEVICE_ID,
                 class_code: 0x01_08_02,
                 revision: 2,
-                subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((trustdev_devices::nvme::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let ide = security.ide()?;
             let tdi = security.tdisp(kind, ide.as_ref())?;
             let mut ext_caps = vec![security::doe_capability_secure(
                 identity.clone(),
+                spdm_cfg.clone(),
                 ide.as_ref(),
                 tdi.as_ref(),
             )];
@@ -305,9 +360,7 @@ fn serve(
                 ext_caps,
                 tee: !security.no_tee,
                 // The same identity also answers over Security Send/Receive.
-                storage: identity.map(|id| {
-                    spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
-                }),
+                storage: identity.map(|id| spdm_responder::Responder::new(spdm_cfg, id)),
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
@@ -369,10 +422,12 @@ fn spdm_responder_tcp(
     ide: &str,
     ide_ports: u16,
     tdisp: &str,
+    psk: &PskArgs,
 ) -> Result<(), String> {
-    let ids = spdm_responder::PciIds::default();
+    // The device behind QEMU's `-device nvme,spdm_port=N`.
+    let name = spdm_responder::CmaDeviceName::QEMU_NVME;
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
-    let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+    let identity = security::cma::load_identity(&dir, &name).map_err(|e| e.to_string())?;
     for (algo, root) in security::cma::root_certificates(&dir) {
         eprintln!(
             "trustdev spdm-responder: {algo} root certificate: {}",
@@ -381,7 +436,7 @@ fn spdm_responder_tcp(
     }
     let cfg = spdm_responder::ResponderConfig {
         heartbeat_period: heartbeat,
-        ..Default::default()
+        ..psk.responder_config()?
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
     let mut ports: Vec<Arc<Ide>> = Vec::new();
@@ -404,7 +459,12 @@ fn spdm_responder_tcp(
     };
     if let Some(c) = TdispConfig::parse(tdisp, base).map_err(|e| format!("--tdisp: {e}"))? {
         let tdi = Tdi::new(c, "trustdev spdm-responder (dma-copy layout)", ports);
-        let mut cfg = trustdev_devices::example::config_space(PortType::Endpoint, true, Vec::new());
+        let mut cfg = trustdev_devices::example::config_space(
+            PortType::Endpoint,
+            true,
+            trustdev_devices::example::DEFAULT_SERIAL,
+            Vec::new(),
+        );
         security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
         tdi.observe(&cfg);
         let (key, handler) = security::tdisp::TdispFunctions::new(vec![tdi]).handler();
@@ -593,7 +653,9 @@ fn main() -> ExitCode {
             ide,
             ide_ports,
             tdisp,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp) {
+            psk,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp, &psk)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

@@ -6,7 +6,7 @@
 use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::error::{ErrorCode, RequesterError};
 use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{PCISIG_VENDOR_ID, STANDARD_ID_PCISIG};
@@ -19,7 +19,13 @@ fn identity() -> Identity {
     static ID: OnceLock<Identity> = OnceLock::new();
     ID.get_or_init(|| {
         let mut rng = DeterministicEntropy::new(b"trustdev ide_km test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
+        Identity::generate(
+            &[AsymAlgo::EcdsaP256],
+            &CmaDeviceName::default(),
+            1,
+            &mut rng,
+        )
+        .unwrap()
     })
     .clone()
 }

@@ -4,22 +4,20 @@
 //! accesses, guest memory), then the wire trace decrypted with the keys the
 //! client programmed, by an AES-GCM implementation that is not ring.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream};
-use std::collections::HashMap;
+mod ide_common;
+
+use spdm_responder::idekm::{IdeKey, KeySet, KeySlot, SubStream};
+use spdm_responder::ResponderConfig;
 use std::sync::{Arc, Mutex};
 use trustdev_devices::example::{self, reg, status, DmaCopy};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::host::IdeHost;
 use trustdev_devices::security::ide::link::FaultTarget;
-use trustdev_devices::security::ide::trace::{read_trace, Flow};
+use trustdev_devices::security::ide::trace::read_trace;
 use trustdev_devices::security::ide::{
     Ide, IdeConfig, IdeDevice, IdeEvent, InsecureReason, LinkEnd, WireFault,
 };
 use vfio_user_server::pci::PortType;
-
-type Gcm96 =
-    aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
 
 mod dma_copy_rig;
 
@@ -47,10 +45,17 @@ fn start(tag: &str) -> Rig {
         ide.set_trace(&dir.join("wire.pcap")).unwrap();
         let mut caps = vec![security::doe_capability_with_ide(
             Some(identity()),
+            ResponderConfig::default(),
             Some(&ide),
         )];
         caps.extend(ide.capabilities());
-        let dev = DmaCopy::with_capabilities(PortType::RcIntegratedEndpoint, true, caps).unwrap();
+        let dev = DmaCopy::with_capabilities(
+            PortType::RcIntegratedEndpoint,
+            true,
+            example::DEFAULT_SERIAL,
+            caps,
+        )
+        .unwrap();
         IdeDevice::new(dev, Arc::clone(&ide)).unwrap()
     });
     Rig { s, ide, events }
@@ -138,34 +143,8 @@ fn protected_copies_key_refresh_and_a_verified_trace() {
     rig.ide.flush_trace().unwrap();
     let recs = read_trace(&rig.dir.join("wire.pcap")).unwrap();
     assert_eq!(recs.len() as u64, rig.ide.link_stats().ide_tlps);
-    let mut next: HashMap<(u8, u8, u8), u64> = HashMap::new();
-    let mut kinds = HashMap::new();
-    for r in &recs {
-        let set = KeySet::from_bit(r.key_set == 1);
-        let dir = if r.flow == Flow::Upstream {
-            KeyDirection::Tx
-        } else {
-            KeyDirection::Rx
-        };
-        let slot = KeySlot::new(set, dir, SubStream::from_bits(r.sub_stream).unwrap());
-        let key = key_for(set, slot);
-        let n = next
-            .entry((r.sub_stream, r.flow as u8, r.key_set))
-            .or_insert(key.ifv());
-        assert_eq!(r.invocation, *n, "counter");
-        *n += 1;
-        let mut p = r.payload.clone();
-        Gcm96::new(key.key_bytes().into())
-            .decrypt_in_place_detached(
-                &IdeKey::iv(r.invocation).into(),
-                &r.header,
-                &mut p,
-                (&r.mac).into(),
-            )
-            .expect("MAC verifies");
-        assert!(r.verified);
-        *kinds.entry((r.flow as u8, r.sub_stream)).or_insert(0) += 1;
-    }
+    let kinds = ide_common::verify_trace(&recs, |_, slot| key_for(slot.set, slot));
+    assert!(recs.iter().all(|r| r.verified));
     // MWr, MRd, CplD of the copies; MWr/MRd/CplD of the BAR accesses.
     for k in [(0, 0), (0, 1), (1, 2), (1, 0), (1, 1), (0, 2)] {
         assert!(kinds.contains_key(&k), "no {k:?} TLPs: {kinds:?}");

@@ -6,33 +6,16 @@
 //! keys programmed here (RustCrypto AES-256-GCM with a 96-bit tag), every
 //! counter counts up from its IFV, and no plaintext block is on the wire.
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream};
-use std::collections::HashMap;
+mod ide_common;
+
+use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
-use trustdev_devices::nvme::host::{Bar0, HostDriver, HostMemory};
+use trustdev_devices::nvme::host::{HostDriver, HostMemory};
 use trustdev_devices::security::ide::host::IdeHost;
-use trustdev_devices::security::ide::trace::{read_trace, Flow};
+use trustdev_devices::security::ide::trace::read_trace;
 use vfio_user_server::client::Client;
-
-type Gcm96 =
-    aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
-
-struct Secured(IdeHost<Client>);
-
-impl Bar0 for Secured {
-    fn read_reg32(&mut self, off: u64) -> u32 {
-        self.0.access().read32(0, off).unwrap_or(u32::MAX)
-    }
-    fn write_reg32(&mut self, off: u64, v: u32) {
-        let _ = self
-            .0
-            .access()
-            .region_write_posted(0, off, &v.to_le_bytes());
-    }
-}
 
 struct Server {
     child: Child,
@@ -94,7 +77,7 @@ fn nvme_data_through_a_secure_stream_with_key_refresh() {
     host.setup(0, 7, true, 0).unwrap();
     host.program(7, KeySet::K0, |s| key(KeySet::K0, s)).unwrap();
     assert_eq!(host.enable(0).unwrap(), 2, "SECURE");
-    let mut d = HostDriver::enable(Secured(host), mem, 32).unwrap();
+    let mut d = HostDriver::enable(host, mem, 32).unwrap();
     d.create_io_queues(1, 256).unwrap();
     let data: Vec<u8> = (0..64 * 1024)
         .map(|i| (i as u8) ^ ((i >> 9) as u8))
@@ -103,15 +86,14 @@ fn nvme_data_through_a_secure_stream_with_key_refresh() {
     assert!(d.read_blocks(1, 1, 0, data.len()).unwrap() == data);
     // Refresh to K1 between I/Os, then retire K0.
     d.bar
-        .0
         .program(7, KeySet::K1, |s| key(KeySet::K1, s))
         .unwrap();
     d.write_blocks(1, 1, 1024, &data[..32768]).unwrap();
-    d.bar.0.stop(7, KeySet::K0).unwrap();
+    d.bar.stop(7, KeySet::K0).unwrap();
     assert!(d.read_blocks(1, 1, 1024, 32768).unwrap() == data[..32768]);
     assert!(d.read_blocks(1, 1, 0, data.len()).unwrap() == data);
-    assert_eq!(d.bar.0.status(0).unwrap(), 2, "still SECURE");
-    d.bar.0.end().unwrap();
+    assert_eq!(d.bar.status(0).unwrap(), 2, "still SECURE");
+    d.bar.end().unwrap();
     drop(d); // disconnect: the server resets the device and flushes the trace
     let t = Instant::now();
     let recs = loop {
@@ -122,35 +104,8 @@ fn nvme_data_through_a_secure_stream_with_key_refresh() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(recs.len() > 100, "{} TLPs", recs.len());
-    let mut next: HashMap<(u8, u8, u8), u64> = HashMap::new();
-    for r in &recs {
-        let set = KeySet::from_bit(r.key_set == 1);
-        let dir = if r.flow == Flow::Upstream {
-            KeyDirection::Tx
-        } else {
-            KeyDirection::Rx
-        };
-        let k = key(
-            set,
-            KeySlot::new(set, dir, SubStream::from_bits(r.sub_stream).unwrap()),
-        );
-        let n = next
-            .entry((r.sub_stream, r.flow as u8, r.key_set))
-            .or_insert(k.ifv());
-        assert_eq!(r.invocation, *n);
-        *n += 1;
-        let mut p = r.payload.clone();
-        Gcm96::new(k.key_bytes().into())
-            .decrypt_in_place_detached(
-                &IdeKey::iv(r.invocation).into(),
-                &r.header,
-                &mut p,
-                (&r.mac).into(),
-            )
-            .expect("every MAC verifies with the programmed key");
-        assert!(r.verified);
-        assert_eq!(r.stream_id, 7);
-    }
+    ide_common::verify_trace(&recs, |_, slot| key(slot.set, slot));
+    assert!(recs.iter().all(|r| r.verified && r.stream_id == 7));
     assert!(recs.iter().any(|r| r.key_set == 0) && recs.iter().any(|r| r.key_set == 1));
     // The data blocks were on the wire only as ciphertext.
     for r in &recs {

@@ -4,11 +4,8 @@
 //! and DSP0274 prescribe, with the TDI's state unchanged and the device
 //! still answering after every one of them.
 
-use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::error::{ErrorCode as SpdmError, RequesterError};
 use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream};
-use spdm_responder::identity::{Identity, PciIds};
-use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::tdisp::{
     code, lock_flags, range_attr, ErrorCode, InterfaceId, InterfaceReport, LockParams, Request,
     TdiState, TdispError, NONCE_LEN, VERSION_10,
@@ -16,21 +13,16 @@ use spdm_responder::tdisp::{
 use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{PCISIG_VENDOR_ID, STANDARD_ID_PCISIG};
 use spdm_responder::{Requester, RequesterConfig, Responder, ResponderConfig};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use trustdev_devices::security::ide::km::IdeKmPorts;
 use trustdev_devices::security::ide::regs::ctl;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
 use trustdev_devices::security::tdisp::{Tdi, TdispConfig, TdispFunctions};
 use vfio_user_server::pci::{ConfigHandler, PortType};
 
-fn identity() -> Identity {
-    static ID: OnceLock<Identity> = OnceLock::new();
-    ID.get_or_init(|| {
-        let mut rng = DeterministicEntropy::new(b"trustdev tdisp test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
-    })
-    .clone()
-}
+mod dma_copy_rig;
+
+use dma_copy_rig::identity;
 
 /// The function's interface (the TDI's Requester ID is not configured, so
 /// LOCK binds it).
@@ -53,7 +45,12 @@ fn rig() -> Rig {
     let tdi = Tdi::new(TdispConfig::default(), "tdisp test", vec![Arc::clone(&ide)]);
     // The TDI's function: the DMA-copy example's configuration space, its
     // BARs where firmware would put them.
-    let mut cfg = trustdev_devices::example::config_space(PortType::Endpoint, true, Vec::new());
+    let mut cfg = trustdev_devices::example::config_space(
+        PortType::Endpoint,
+        true,
+        trustdev_devices::example::DEFAULT_SERIAL,
+        Vec::new(),
+    );
     trustdev_devices::security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
     tdi.observe(&cfg);
     let mut responder = Responder::new(ResponderConfig::default(), identity());

@@ -9,9 +9,10 @@
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
 use spdm_responder::tdisp::{lock_flags, range_attr, ErrorCode, InterfaceId, LockParams, TdiState};
+use spdm_responder::ResponderConfig;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use trustdev_devices::example::{status, DmaCopy};
+use trustdev_devices::example::{self, status, DmaCopy};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::host::{find_ext_cap, ConfigAccess, IdeHost};
 use trustdev_devices::security::ide::{DmaGate, Ide, IdeConfig, IdeDevice};
@@ -47,11 +48,14 @@ fn start(tag: &str) -> Rig {
     let s = dma_copy_rig::serve(&format!("tdisp-{tag}"), |_| {
         let mut caps = vec![security::doe_capability_secure(
             Some(identity()),
+            ResponderConfig::default(),
             Some(&ide),
             Some(&tdi),
         )];
         caps.extend(ide.capabilities());
-        let dev = DmaCopy::with_capabilities(PortType::Endpoint, true, caps).unwrap();
+        let dev =
+            DmaCopy::with_capabilities(PortType::Endpoint, true, example::DEFAULT_SERIAL, caps)
+                .unwrap();
         TdispDevice::new(
             IdeDevice::new(dev, Arc::clone(&ide)).unwrap(),
             Arc::clone(&tdi),

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use spdm_responder::crypto::AsymAlgo;
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::DeterministicEntropy;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -29,7 +29,13 @@ pub fn identity() -> Identity {
     static ID: OnceLock<Identity> = OnceLock::new();
     ID.get_or_init(|| {
         let mut rng = DeterministicEntropy::new(b"trustdev dma-copy rig identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
+        Identity::generate(
+            &[AsymAlgo::EcdsaP256],
+            &CmaDeviceName::default(),
+            1,
+            &mut rng,
+        )
+        .unwrap()
     })
     .clone()
 }

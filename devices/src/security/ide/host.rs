@@ -292,3 +292,15 @@ impl<A: ConfigAccess> IdeHost<A> {
         self.req.end_session(sid).map_err(rerr("END_SESSION"))
     }
 }
+
+/// BAR0 of a device reached through the client that carries the IDE setup
+/// (e.g. the user-space NVMe driver of `crate::nvme::host` driving a
+/// controller whose stream this setup made SECURE).
+impl crate::nvme::host::Bar0 for IdeHost<Client> {
+    fn read_reg32(&mut self, off: u64) -> u32 {
+        self.access().read32(0, off).unwrap_or(u32::MAX)
+    }
+    fn write_reg32(&mut self, off: u64, v: u32) {
+        let _ = self.access().region_write_posted(0, off, &v.to_le_bytes());
+    }
+}
