@@ -1,6 +1,7 @@
 //! A device served over a real vfio-user socket by a server thread of the
-//! test, the client memory (a memfd) it DMAs into, and DMA-copy jobs
-//! through BAR0: shared by the IDE link and TDISP tests.
+//! test, the client memory (a memfd) it DMAs into, DMA-copy jobs through
+//! BAR0, and a device identity: shared by the IDE_KM, IDE link and TDISP
+//! tests.
 
 #![allow(dead_code)]
 
