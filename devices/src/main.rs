@@ -11,6 +11,7 @@ use trustdev_devices::example::DmaCopy;
 use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig, TdispDevice};
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -66,6 +67,12 @@ enum Cmd {
         /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
         ide_ports: u16,
+        /// TDISP for one TDI (see `serve --tdisp`; here LOCK requires keys
+        /// armed for its stream by IDE_KM, `ide=keys`, as there is no
+        /// configuration space to enable a stream in; its report shows the
+        /// DMA-copy example's BARs as firmware would place them).
+        #[arg(long, default_value = "on")]
+        tdisp: String,
         #[command(flatten)]
         psk: PskArgs,
     },
@@ -160,6 +167,13 @@ struct SecurityArgs {
     /// key set; never keys) in this new pcap file.
     #[arg(long)]
     ide_trace: Option<PathBuf>,
+    /// TDISP (answered over the DOE mailbox's SPDM sessions): `on`, `off`,
+    /// or a comma list of rid=BB:DD.F (the function's Requester ID; by
+    /// default any, bound by LOCK_INTERFACE), segment=N, ide=secure|keys|none
+    /// (what LOCK requires of its IDE stream; default secure, none without
+    /// --ide).
+    #[arg(long, default_value = "on")]
+    tdisp: String,
     /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
     /// device unless it has IDE).
     #[arg(long)]
@@ -234,6 +248,29 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
 }
 
 impl SecurityArgs {
+    /// The device's TDI (needs SPDM), bound to its IDE port if it has one.
+    fn tdisp(&self, kind: &str, ide: Option<&Arc<Ide>>) -> Result<Option<Arc<Tdi>>, String> {
+        if self.no_spdm {
+            return Ok(None);
+        }
+        let base = TdispConfig {
+            ide: if ide.is_some() {
+                IdeRequirement::Secure
+            } else {
+                IdeRequirement::None
+            },
+            ..TdispConfig::default()
+        };
+        let cfg = TdispConfig::parse(&self.tdisp, base).map_err(|e| format!("--tdisp: {e}"))?;
+        Ok(cfg.map(|c| {
+            Tdi::new(
+                c,
+                &format!("trustdev {kind}"),
+                ide.into_iter().cloned().collect(),
+            )
+        }))
+    }
+
     /// The device's SPDM identity (generated on first use), or `None` with
     /// `--no-spdm`.
     fn identity(
@@ -284,15 +321,17 @@ fn serve(
             let identity = security.identity(kind, &name)?;
             let tee = !security.no_tee;
             let ide = security.ide()?;
-            let mut caps = vec![security::doe_capability_with_ide(
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            let mut caps = vec![security::doe_capability_secure(
                 identity,
                 spdm_cfg,
                 ide.as_ref(),
+                tdi.as_ref(),
             )];
             caps.extend(ide.iter().flat_map(|i| i.capabilities()));
             let dev = DmaCopy::with_capabilities(port, tee, dsn, caps)
                 .map_err(|e| format!("cannot create the device: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
         }
         "nvme" => {
             let mut cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
@@ -309,10 +348,12 @@ fn serve(
             };
             let identity = security.identity(kind, &name)?;
             let ide = security.ide()?;
-            let mut ext_caps = vec![security::doe_capability_with_ide(
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            let mut ext_caps = vec![security::doe_capability_secure(
                 identity.clone(),
                 spdm_cfg.clone(),
                 ide.as_ref(),
+                tdi.as_ref(),
             )];
             ext_caps.extend(ide.iter().flat_map(|i| i.capabilities()));
             let sec = NvmeSecurity {
@@ -323,7 +364,7 @@ fn serve(
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
         }
         "accel" => {
             use trustdev_devices::accel;
@@ -342,18 +383,20 @@ fn serve(
             // The security blocks every device carries, built the same way.
             let identity = security.identity(kind, &name)?;
             let ide = security.ide()?;
+            let tdi = security.tdisp(kind, ide.as_ref())?;
             cfg.port = port;
             cfg.tee = !security.no_tee;
-            cfg.security_caps = vec![security::doe_capability_with_ide(
+            cfg.security_caps = vec![security::doe_capability_secure(
                 identity,
                 spdm_cfg,
                 ide.as_ref(),
+                tdi.as_ref(),
             )];
             cfg.security_caps
                 .extend(ide.iter().flat_map(|i| i.capabilities()));
             let dev = accel::AccelDevice::new(cfg)
                 .map_err(|e| format!("cannot create the accelerator: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
         }
         other => Err(format!(
             "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
@@ -361,14 +404,31 @@ fn serve(
     }
 }
 
-/// Serves `dev`, behind its IDE link when it has an IDE port.
+/// Serves `dev`, behind its IDE link when it has an IDE port, with its TDI
+/// watching it when it has one.
 fn run_linked<D: vfio_user_server::Device>(
     dev: D,
     ide: Option<Arc<Ide>>,
+    tdi: Option<Arc<Tdi>>,
     socket: &Path,
 ) -> Result<(), String> {
     match ide {
-        Some(ide) => run_server(IdeDevice::new(dev, ide).map_err(|e| e.to_string())?, socket),
+        Some(ide) => run_tdi(
+            IdeDevice::new(dev, ide).map_err(|e| e.to_string())?,
+            tdi,
+            socket,
+        ),
+        None => run_tdi(dev, tdi, socket),
+    }
+}
+
+fn run_tdi<D: vfio_user_server::Device>(
+    dev: D,
+    tdi: Option<Arc<Tdi>>,
+    socket: &Path,
+) -> Result<(), String> {
+    match tdi {
+        Some(tdi) => run_server(TdispDevice::new(dev, tdi), socket),
         None => run_server(dev, socket),
     }
 }
@@ -393,6 +453,7 @@ fn spdm_responder_tcp(
     heartbeat: u8,
     ide: &str,
     ide_ports: u16,
+    tdisp: &str,
     psk: &PskArgs,
 ) -> Result<(), String> {
     // The device behind QEMU's `-device nvme,spdm_port=N`.
@@ -410,14 +471,37 @@ fn spdm_responder_tcp(
         ..psk.responder_config()?
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
+    let mut ports: Vec<Arc<Ide>> = Vec::new();
     if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
-        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
-        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports.clone()).handler();
         responder.register_vendor(key, handler);
         eprintln!(
             "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
             ide_ports - 1
         );
+    }
+    let base = TdispConfig {
+        ide: if ports.is_empty() {
+            IdeRequirement::None
+        } else {
+            IdeRequirement::KeysArmed
+        },
+        ..TdispConfig::default()
+    };
+    if let Some(c) = TdispConfig::parse(tdisp, base).map_err(|e| format!("--tdisp: {e}"))? {
+        let tdi = Tdi::new(c, "trustdev spdm-responder (dma-copy layout)", ports);
+        let mut cfg = trustdev_devices::example::config_space(
+            PortType::Endpoint,
+            true,
+            trustdev_devices::example::DEFAULT_SERIAL,
+            Vec::new(),
+        );
+        security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
+        tdi.observe(&cfg);
+        let (key, handler) = security::tdisp::TdispFunctions::new(vec![tdi]).handler();
+        responder.register_vendor(key, handler);
+        eprintln!("trustdev spdm-responder: TDISP for one TDI");
     }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
@@ -600,8 +684,10 @@ fn main() -> ExitCode {
             heartbeat,
             ide,
             ide_ports,
+            tdisp,
             psk,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &psk) {
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp, &psk)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

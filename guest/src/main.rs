@@ -8,6 +8,7 @@
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
+//! trustdev-guest tdisp --bdf BDF --root PEM [--stream-id N] [--stream-index N] [--mmio-offset A] [--io FILE] [--touch command|msix] [--keep] [--json]
 //! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! trustdev-guest accel --bdf BDF [--size N] [--poll] [--timeout S] [--json]
 //! trustdev-guest sva --bdf BDF [--json]
@@ -32,6 +33,7 @@ mod pciconf;
 mod spdm;
 mod sva;
 mod sysfs;
+mod tdisp;
 mod tsm_agent;
 mod vfio;
 mod vfio_session;
@@ -76,6 +78,10 @@ subcommands! {
     Spdm => spdm,
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev => wait_dev,
+    /// TDISP as a TSM drives it: SPDM session, IDE keys and a SECURE stream,
+    /// LOCK, the interface report, START (RUN); a locked register touched
+    /// (ERROR); STOP.
+    Tdisp => tdisp,
     /// The user-space agent of the trustdev_tsm link TSM module: runs SPDM
     /// for the kernel's tsm/connect and tsm/disconnect over
     /// pci_tsm_doe_transfer() (guest/kmod, docs/TSM.md).
