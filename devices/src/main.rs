@@ -226,7 +226,8 @@ fn serve(
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
-    let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // Server errors name the socket path themselves.
+    let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("signals: {e}"))?;

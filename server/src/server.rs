@@ -13,7 +13,9 @@ use crate::protocol::{
     REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use crate::stats::Stats;
-use crate::transport::{bufpool, recv_message, Listener, Message, Sender, TransportError};
+use crate::transport::{
+    bufpool, recv_message, ListenError, Listener, Message, Sender, TransportError,
+};
 use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
@@ -83,8 +85,11 @@ impl RequestError {
 /// Errors that end serving.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// Socket setup or accept failed.
-    #[error("socket: {0}")]
+    /// The socket path cannot be listened on (nothing at it was touched).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// Setting up the server or accepting a client failed.
+    #[error("server socket: {0}")]
     Io(#[from] io::Error),
 }
 

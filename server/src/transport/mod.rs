@@ -5,7 +5,7 @@
 pub mod bufpool;
 mod listener;
 
-pub use listener::Listener;
+pub use listener::{FileKind, ListenError, Listener};
 
 use crate::protocol::{Header, ProtocolError, HEADER_SIZE};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
