@@ -78,6 +78,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("--serve") if args.len() == 2 => serve_ours(Path::new(&args[1])),
         Some("--serve-floor") if args.len() == 2 => serve_floor(Path::new(&args[1])),
+        Some("--serve-once") if args.len() == 2 => serve_once(Path::new(&args[1])),
+        Some("--drive") => drive(&args[1..]),
         _ => match Options::parse(&args) {
             Ok(o) => run(&o),
             Err(e) => {
@@ -212,6 +214,66 @@ fn serve_ours(path: &Path) -> Result<(), BoxError> {
     let dev = device::DmaCopy::new(PortType::Endpoint)?;
     let mut server = Server::new(dev, path)?;
     server.run()?;
+    Ok(())
+}
+
+/// `--serve-once SOCKET`: our server for exactly one client, then exit (for
+/// instruction counts under valgrind, which writes its profile at exit).
+fn serve_once(path: &Path) -> Result<(), BoxError> {
+    die_with_parent();
+    let dev = device::DmaCopy::new(PortType::Endpoint)?;
+    // The server's own listener sits beside the socket the client uses: this
+    // mode accepts the one client itself and hands it to `Server::serve`.
+    let mut server = Server::new(dev, &path.with_extension("unused"))?;
+    let listener = UnixListener::bind(path)?;
+    let (stream, _) = listener.accept()?;
+    drop(listener);
+    let _ = std::fs::remove_file(path);
+    server.serve(stream);
+    Ok(())
+}
+
+/// `--drive SOCKET --op read|config|write|posted --count N [--region R]
+/// [--offset O] [--size S]`: connects, negotiates, performs N operations
+/// (posted writes end with one synchronous read) and disconnects. Used with
+/// `--serve-once` under valgrind: instructions per message are the difference
+/// between two counts divided by the difference in messages.
+fn drive(args: &[String]) -> Result<(), BoxError> {
+    let mut it = args.iter();
+    let path = PathBuf::from(it.next().ok_or("--drive needs a socket")?);
+    let (mut op, mut count, mut r, mut o, mut s) = (String::new(), 0usize, 0u32, 0u64, 4u32);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--op" => op = val()?.clone(),
+            "--count" => count = val()?.parse()?,
+            "--region" => r = parse_num(val()?)? as u32,
+            "--offset" => o = parse_num(val()?)?,
+            "--size" => s = parse_num(val()?)? as u32,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    // The server may still be starting (under valgrind, slowly).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut c = loop {
+        match Client::connect(&path) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    for i in 0..count {
+        match op.as_str() {
+            "read" => drop(black_box(c.region_read(r, o, s)?)),
+            "config" => drop(black_box(c.region_read(region::CONFIG, 0, 4)?)),
+            "write" => c.region_write(r, o, &value(i, s))?,
+            "posted" => c.region_write_posted(r, o, &value(i, s))?,
+            other => return Err(format!("unknown op {other:?}").into()),
+        }
+    }
+    if op == "posted" {
+        c.region_read(r, o, s)?;
+    }
     Ok(())
 }
 
