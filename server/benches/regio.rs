@@ -253,21 +253,13 @@ fn drive(args: &[String]) -> Result<(), BoxError> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    // The server may still be starting (under valgrind, slowly).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut c = loop {
-        match Client::connect(&path) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+    let mut c = connect(&path)?;
     for i in 0..count {
         match op.as_str() {
             "read" => drop(black_box(c.region_read(r, o, s)?)),
             "config" => drop(black_box(c.region_read(region::CONFIG, 0, 4)?)),
-            "write" => c.region_write(r, o, &value(i, s))?,
-            "posted" => c.region_write_posted(r, o, &value(i, s))?,
+            "write" => c.region_write(r, o, &value(i)[..s as usize])?,
+            "posted" => c.region_write_posted(r, o, &value(i)[..s as usize])?,
             other => return Err(format!("unknown op {other:?}").into()),
         }
     }
@@ -275,6 +267,20 @@ fn drive(args: &[String]) -> Result<(), BoxError> {
         c.region_read(r, o, s)?;
     }
     Ok(())
+}
+
+/// Connects and negotiates, waiting up to a minute for a server that is
+/// still starting (one under valgrind starts slowly; a socket file may exist
+/// before its server listens).
+fn connect(path: &Path) -> Result<Client, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Client::connect(path) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// `--serve-floor SOCKET`: the least a vfio-user responder can do per message.
@@ -439,6 +445,9 @@ struct Round {
     posted_per_s: f64,
 }
 
+/// Short names of [`OPS`] in the RESULT lines.
+const OP_KEYS: [&str; 4] = ["read", "config", "write", "posted"];
+
 const OPS: [&str; 4] = [
     "REGION_READ",
     "config REGION_READ",
@@ -469,8 +478,9 @@ fn timed(
     Ok(Lat::from_samples(ns, last - start))
 }
 
-fn value(i: usize, size: u32) -> Vec<u8> {
-    (i as u64).to_le_bytes()[..size as usize].to_vec()
+/// What the `i`-th write stores (its low bytes, as many as the access size).
+fn value(i: usize) -> [u8; 8] {
+    (i as u64).to_le_bytes()
 }
 
 fn measure(c: &mut Client, t: &Target) -> Result<Round, BoxError> {
@@ -484,17 +494,17 @@ fn measure(c: &mut Client, t: &Target) -> Result<Round, BoxError> {
         Ok(())
     })?;
     let write = timed(WRITES, OTHER_BUDGET, |i| {
-        Ok(c.region_write(r, o, &value(i, s))?)
+        Ok(c.region_write(r, o, &value(i)[..s as usize])?)
     })?;
     for i in 0..WARMUP {
-        c.region_write_posted(r, o, &value(i, s))?;
+        c.region_write_posted(r, o, &value(i)[..s as usize])?;
     }
     c.region_read(r, o, s)?;
     let start = Instant::now();
     let mut sent = 0;
     while sent < POSTED {
         for i in sent..sent + 1000 {
-            c.region_write_posted(r, o, &value(i, s))?;
+            c.region_write_posted(r, o, &value(i)[..s as usize])?;
         }
         sent += 1000;
         if start.elapsed() > OTHER_BUDGET * 2 {
@@ -545,7 +555,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
     targets.extend(o.external.clone());
     let mut clients = Vec::new();
     for t in &targets {
-        clients.push(Client::connect(&t.path).map_err(|e| format!("{}: {e}", t.path.display()))?);
+        clients.push(connect(&t.path).map_err(|e| format!("{}: {e}", t.path.display()))?);
     }
     let id = clients[0].read32(0, device::reg::ID)?;
     if id != device::ID_VALUE {
@@ -569,7 +579,11 @@ fn run(o: &Options) -> Result<(), BoxError> {
         copy_bench(o.rounds.max(5))?;
     }
     println!();
-    println!("total time {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "total time {:.1} s; load average {} at the end",
+        t0.elapsed().as_secs_f64(),
+        load_average()
+    );
     Ok(())
 }
 
@@ -662,6 +676,17 @@ fn measure_all(o: &Options, targets: &[Target], clients: &mut [Client]) -> Resul
             println!();
         }
     }
+    // The same medians for scripts (scripts/vfio-user-bench.sh).
+    println!();
+    for (op, key) in OP_KEYS.iter().enumerate() {
+        for (i, t) in targets.iter().enumerate() {
+            let l = meds[i][op];
+            println!(
+                "RESULT op={key} target={} ops_per_s={:.0} p50_us={:.3} p99_us={:.3}",
+                t.name, l.ops_per_s, l.p50, l.p99
+            );
+        }
+    }
     Ok(())
 }
 
@@ -676,12 +701,19 @@ fn print_machine() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     println!(
         "# regio: {cpus} CPUs, {cpu}; load average {} at start",
-        load.join(" ")
+        load_average()
     );
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------
