@@ -2,7 +2,8 @@
 # vfio-user-bench.sh - our vfio-user server against nutanix/libvfio-user, with
 # every figure and ratio computed here (nothing aggregated by hand).
 #
-# Usage: scripts/vfio-user-bench.sh [--runs N] [--rounds R] [--no-pin] [--callgrind] GPIO_SAMPLE
+# Usage: scripts/vfio-user-bench.sh [--runs N] [--rounds R] [--no-pin] [--nice N] [--copy]
+#                                   [--sched] [--callgrind] GPIO_SAMPLE
 #
 # GPIO_SAMPLE is libvfio-user's samples/gpio-pci-idio-16 binary, built outside
 # this repository (release build, see docs/PERFORMANCE.md); this script never
@@ -15,28 +16,52 @@
 #    server and libvfio-user in alternating rounds (R rounds, default 5), all
 #    pinned to one CPU unless --no-pin, and reports medians over its rounds.
 #    Printed: each invocation's ops/s and ours/libvfio-user ratio per
-#    operation, then the median over the invocations.
-# 2. With --callgrind (needs valgrind): user-space instructions per message of
+#    operation, then the median over the invocations. --nice N (root) runs
+#    everything in a new session whose scheduler autogroup gets niceness N
+#    (e.g. -20), so that other sessions' work on a shared machine rarely
+#    gets the pinned CPU. (With autogroup scheduling a process's own nice
+#    value only counts inside its session.) Client and servers stay in that
+#    one group, under the normal policy, with equal weights.
+# 2. With --copy: one more invocation without --external, for its
+#    guest-memory copy bandwidth table (GuestMemory vs memcpy).
+# 3. With --sched (needs perf): 200000 posted writes to each server, client
+#    and server pinned to one CPU; perf stat's task-clock and context switches
+#    of the client and of the server, per message (where the time goes).
+# 4. With --callgrind (needs valgrind): user-space instructions per message of
 #    both servers for each operation, counted by callgrind as the difference
 #    between a run of 11000 and one of 1000 operations, divided by 10000
 #    (startup and teardown cancel out; the kernel's share is not counted).
 set -euo pipefail
+ARGS=("$@")
 RUNS=3
 ROUNDS=5
 PIN=()
+NICE=
 CALLGRIND=0
+COPY=0
+SCHED=0
 while [ $# -gt 1 ]; do
     case $1 in
         --runs) RUNS=$2; shift 2 ;;
         --rounds) ROUNDS=$2; shift 2 ;;
         --no-pin) PIN=(--no-pin); shift ;;
+        --nice) NICE=$2; shift 2 ;;
         --callgrind) CALLGRIND=1; shift ;;
+        --copy) COPY=1; shift ;;
+        --sched) SCHED=1; shift ;;
         *) break ;;
     esac
 done
 if [ $# -ne 1 ] || [ ! -x "$1" ]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
     exit 2
+fi
+if [ -n "$NICE" ] && [ -z "${VFIO_USER_BENCH_SESSION:-}" ]; then
+    # A session of our own: its autogroup holds only this benchmark.
+    VFIO_USER_BENCH_SESSION=1 exec setsid -w "$0" "${ARGS[@]}"
+fi
+if [ -n "$NICE" ]; then
+    echo "$NICE" >/proc/self/autogroup
 fi
 GPIO=$(realpath "$1")
 REGION=${REGION:-2}
@@ -69,7 +94,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]
 
 echo "# vfio-user-bench: $(date -u +%Y-%m-%dT%H:%MZ), trustdev $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- server || echo ' (server/ modified)')"
 echo "# libvfio-user server: $GPIO (region $REGION offset $OFFSET)"
-echo "# $RUNS invocations of the regio bench, $ROUNDS rounds each; output in $OUT"
+echo "# $RUNS invocations of the regio bench, $ROUNDS rounds each; scheduler $(cat /proc/self/autogroup 2>/dev/null || echo 'autogroup: n/a'); output in $OUT"
 
 SOCK=$OUT/libvfio-user.sock
 "$GPIO" "$SOCK" >"$OUT/gpio.log" 2>&1 &
@@ -118,34 +143,87 @@ for op in read config write; do
     echo "$line" | sed 's/external/libvfio-user/'
 done
 
+if [ $COPY = 1 ]; then
+    "$REGIO" --rounds "$ROUNDS" "${PIN[@]}" >"$OUT/copy.txt"
+    echo
+    sed -n '/^## Guest-memory copy/,/^total time/p' "$OUT/copy.txt"
+fi
+
+# Starts server ours|lvu on socket $2 (pinned to CPU $3 if given); sets SRV.
+# WRAP, if set, is a command prefix (valgrind).
+WRAP=()
+start_server() {
+    local pin=()
+    [ -n "${3:-}" ] && pin=(taskset -c "$3")
+    if [ "$1" = ours ]; then
+        "${pin[@]}" "${WRAP[@]}" "$REGIO" --serve-once "$2" >/dev/null 2>&1 &
+    else
+        "${pin[@]}" "${WRAP[@]}" "$GPIO" -R "$2" >/dev/null 2>&1 &
+    fi
+    SRV=$!
+    PIDS+=($SRV)
+    wait_socket "$2" $SRV
+}
+target_args() { # ours|lvu
+    if [ "$1" = ours ]; then echo "--region 0 --offset 0x40"; else echo "--region $REGION --offset $OFFSET"; fi
+}
+
+if [ $SCHED = 1 ]; then
+    command -v perf >/dev/null || { echo "--sched needs perf" >&2; exit 1; }
+    CPU=$(taskset -pc $$ | sed 's/.*: //; s/.*[,-]//')
+    N=200000
+    echo
+    echo "## Posted writes: CPU time and context switches per message ($N writes, client and server on CPU $CPU)"
+    printf '%-14s %10s %14s %14s %16s %16s
+' server msgs/s 'client us/msg' 'server us/msg' 'client cs/msg' 'server cs/msg'
+    for t in ours lvu ours lvu; do
+        d=$OUT/sched-$t-$RANDOM
+        mkdir -p "$d"
+        start_server $t "$d/s.sock" "$CPU"
+        sleep 0.5
+        perf stat -x, -e task-clock,context-switches -p $SRV -o "$d/server.csv" &
+        pp=$!
+        sleep 0.3
+        t0=$(date +%s%N)
+        # shellcheck disable=SC2046
+        perf stat -x, -e task-clock,context-switches -o "$d/client.csv" \
+            taskset -c "$CPU" "$REGIO" --drive "$d/s.sock" --op posted --count $N $(target_args $t) \
+            2>"$d/drive.err" >/dev/null
+        el=$(( $(date +%s%N) - t0 ))
+        sleep 0.3
+        kill -INT $pp
+        wait $pp 2>/dev/null || true
+        kill $SRV 2>/dev/null || true
+        wait $SRV 2>/dev/null || true
+        val() { awk -F, -v e="$2" '$3 == e { print $1 }' "$1"; }
+        # msgs/s over the client's whole run (connect and final read included).
+        awk -v n=$N -v t=$([ $t = ours ] && echo ours || echo libvfio-user) \
+            -v ct="$(val "$d/client.csv" task-clock)" -v cc="$(val "$d/client.csv" context-switches)" \
+            -v st="$(val "$d/server.csv" task-clock)" -v sc="$(val "$d/server.csv" context-switches)" \
+            -v el="$el" 'BEGIN { printf "%-14s %10.0f %14.2f %14.2f %16.3f %16.3f\n", t, n / (el / 1e9), ct * 1000 / n, st * 1000 / n, cc / n, sc / n }'
+    done
+fi
+
 [ $CALLGRIND = 1 ] || exit 0
 command -v valgrind >/dev/null || { echo "--callgrind needs valgrind" >&2; exit 1; }
 
 # Instructions of a server process that serves one client doing N operations.
 count() { # ours|lvu op n
-    local d=$OUT/cg-$1-$2-$3 vp
+    local d=$OUT/cg-$1-$2-$3
     mkdir -p "$d"
-    if [ "$1" = ours ]; then
-        valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" "$REGIO" --serve-once "$d/s.sock" \
-            >"$d/vg.log" 2>&1 &
-        vp=$!
-        PIDS+=($vp)
-        wait_socket "$d/s.sock" $vp
-        "$REGIO" --drive "$d/s.sock" --op "$2" --count "$3" --region 0 --offset 0x40
-    else
-        # -R: no restart; it still waits for one more client after ours
-        # leaves, so it is stopped with SIGTERM (callgrind still writes its
-        # profile). The last reply proves every message was processed.
-        valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" "$GPIO" -R "$d/s.sock" \
-            >"$d/vg.log" 2>&1 &
-        vp=$!
-        PIDS+=($vp)
-        wait_socket "$d/s.sock" $vp
-        "$REGIO" --drive "$d/s.sock" --op "$2" --count "$3" --region "$REGION" --offset "$OFFSET"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$d/cg.out")
+    start_server "$1" "$d/s.sock"
+    WRAP=()
+    # shellcheck disable=SC2046
+    "$REGIO" --drive "$d/s.sock" --op "$2" --count "$3" $(target_args "$1") >/dev/null
+    if [ "$1" = lvu ]; then
+        # -R: no restart, but it still waits for one more client after ours
+        # leaves; callgrind writes its profile on SIGTERM too. The last reply
+        # proved that every message was processed.
         sleep 1
-        kill -TERM $vp
+        kill -TERM $SRV
     fi
-    wait $vp || true
+    wait $SRV || true
     sed -n 's/^\(summary\|totals\): *\([0-9]*\).*/\2/p' "$d/cg.out" | head -1
 }
 

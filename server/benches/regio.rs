@@ -701,8 +701,21 @@ fn print_machine() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Field 19 of /proc/self/stat (the 17th after the command name).
+    let nice = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            rest.split_whitespace().nth(16).map(str::to_string)
+        })
+        .unwrap_or_else(|| "?".into());
+    // With autogroup scheduling, the session's group niceness is what counts
+    // against other sessions.
+    let group = std::fs::read_to_string("/proc/self/autogroup")
+        .map(|g| g.trim().to_string())
+        .unwrap_or_else(|_| "no autogroup".into());
     println!(
-        "# regio: {cpus} CPUs, {cpu}; load average {} at start",
+        "# regio: {cpus} CPUs, {cpu}; nice {nice} ({group}); load average {} at start",
         load_average()
     );
 }
