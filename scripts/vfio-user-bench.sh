@@ -8,7 +8,9 @@
 # GPIO_SAMPLE is libvfio-user's samples/gpio-pci-idio-16 binary, built outside
 # this repository (release build, see docs/PERFORMANCE.md); this script never
 # builds libvfio-user. Its BAR2 (region 2) register 0x8 is the one accessed;
-# override with REGION=... OFFSET=... in the environment.
+# override with REGION=... OFFSET=... in the environment. The timing part
+# (1) starts it as `GPIO_SAMPLE SOCKET`, so any vfio-user server started that
+# way can be compared (NAME=... labels it; e.g. an older build of ours).
 #
 # 1. Timing: starts GPIO_SAMPLE on a fresh socket and runs
 #      cargo bench -p vfio-user-server --bench regio -- --external SOCKET ...
@@ -76,8 +78,10 @@ cleanup() {
 trap cleanup EXIT
 
 cd "$ROOT"
-REGIO=$(cargo bench -q -p vfio-user-server --bench regio --no-run --message-format=json 2>/dev/null |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+# REGIO=... uses another build of the bench (e.g. an older commit's, for
+# before/after instruction counts with --runs 0 --callgrind).
+REGIO=${REGIO:-$(cargo bench -q -p vfio-user-server --bench regio --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)}
 [ -x "$REGIO" ] || { echo "cannot build the regio bench" >&2; exit 1; }
 
 wait_socket() { # path pid
@@ -92,56 +96,59 @@ wait_socket() { # path pid
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-echo "# vfio-user-bench: $(date -u +%Y-%m-%dT%H:%MZ), trustdev $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- server || echo ' (server/ modified)')"
-echo "# libvfio-user server: $GPIO (region $REGION offset $OFFSET)"
+echo "# vfio-user-bench: $(date -u +%Y-%m-%dT%H:%MZ), trustdev $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- server || echo ' (server/ modified)'), bench $REGIO"
+NAME=${NAME:-libvfio-user}
+echo "# $NAME server: $GPIO (region $REGION offset $OFFSET)"
 echo "# $RUNS invocations of the regio bench, $ROUNDS rounds each; scheduler $(cat /proc/self/autogroup 2>/dev/null || echo 'autogroup: n/a'); output in $OUT"
 
-SOCK=$OUT/libvfio-user.sock
-"$GPIO" "$SOCK" >"$OUT/gpio.log" 2>&1 &
-PIDS+=($!)
-wait_socket "$SOCK" "${PIDS[-1]}"
+if [ "$RUNS" -gt 0 ]; then
+    SOCK=$OUT/external.sock
+    "$GPIO" "$SOCK" >"$OUT/gpio.log" 2>&1 &
+    PIDS+=($!)
+    wait_socket "$SOCK" "${PIDS[-1]}"
 
-for r in $(seq "$RUNS"); do
-    "$REGIO" --external "$SOCK" --region "$REGION" --offset "$OFFSET" --rounds "$ROUNDS" "${PIN[@]}" \
-        >"$OUT/run-$r.txt"
-    grep -E '^# regio|pinned|^total time' "$OUT/run-$r.txt" | sed "s/^/run $r: /"
-done
-kill "${PIDS[-1]}" 2>/dev/null || true
+    for r in $(seq "$RUNS"); do
+        "$REGIO" --external "$SOCK" --region "$REGION" --offset "$OFFSET" --rounds "$ROUNDS" "${PIN[@]}" \
+            >"$OUT/run-$r.txt"
+        grep -E '^# regio|pinned|^total time' "$OUT/run-$r.txt" | sed "s/^/run $r: /"
+    done
+    kill "${PIDS[-1]}" 2>/dev/null || true
 
-echo
-echo "## Round trips: ops/s per invocation (each the median of $ROUNDS rounds), then the median of the $RUNS invocations"
-printf '%-8s %-10s %s\n' op target "per invocation ... | median"
-for op in read config write posted; do
-    for t in ours floor external ratio; do
-        vals=()
-        for r in $(seq "$RUNS"); do
-            f=$OUT/run-$r.txt
-            get() { sed -n "s/^RESULT op=$op target=$1 ops_per_s=\([0-9.]*\).*/\1/p" "$f"; }
-            if [ $t = ratio ]; then
-                vals+=("$(awk -v a="$(get ours)" -v b="$(get external)" 'BEGIN { printf "%.3f", a / b }')")
-            else
-                vals+=("$(get $t)")
-            fi
+    echo
+    echo "## Round trips: ops/s per invocation (each the median of $ROUNDS rounds), then the median of the $RUNS invocations"
+    printf '%-8s %-12s %s\n' op target "per invocation ... | median"
+    for op in read config write posted; do
+        for t in ours floor external ratio; do
+            vals=()
+            for r in $(seq "$RUNS"); do
+                f=$OUT/run-$r.txt
+                get() { sed -n "s/^RESULT op=$op target=$1 ops_per_s=\([0-9.]*\).*/\1/p" "$f"; }
+                if [ $t = ratio ]; then
+                    vals+=("$(awk -v a="$(get ours)" -v b="$(get external)" 'BEGIN { printf "%.3f", a / b }')")
+                else
+                    vals+=("$(get $t)")
+                fi
+            done
+            med=$(printf '%s\n' "${vals[@]}" | median)
+            name=$t
+            [ $t = external ] && name=$NAME
+            [ $t = ratio ] && name=ours/ext
+            printf '%-8s %-12s %s | %s\n' "$op" "$name" "${vals[*]}" "$med"
         done
-        med=$(printf '%s\n' "${vals[@]}" | median)
-        name=$t
-        [ $t = external ] && name=libvfio-user
-        [ $t = ratio ] && name=ours/lvu
-        printf '%-8s %-12s %s | %s\n' "$op" "$name" "${vals[*]}" "$med"
     done
-done
-echo
-echo "## p50 latency in us (median of the invocations' medians)"
-for op in read config write; do
-    line="$op:"
-    for t in ours floor external; do
-        med=$(for r in $(seq "$RUNS"); do
-            sed -n "s/^RESULT op=$op target=$t .*p50_us=\([0-9.]*\).*/\1/p" "$OUT/run-$r.txt"
-        done | median)
-        line="$line $t $med"
+    echo
+    echo "## p50 latency in us (median of the invocations' medians)"
+    for op in read config write; do
+        line="$op:"
+        for t in ours floor external; do
+            med=$(for r in $(seq "$RUNS"); do
+                sed -n "s/^RESULT op=$op target=$t .*p50_us=\([0-9.]*\).*/\1/p" "$OUT/run-$r.txt"
+            done | median)
+            line="$line $t $med"
+        done
+        echo "$line" | sed "s|external|$NAME|"
     done
-    echo "$line" | sed 's/external/libvfio-user/'
-done
+fi
 
 if [ $COPY = 1 ]; then
     "$REGIO" --rounds "$ROUNDS" "${PIN[@]}" >"$OUT/copy.txt"
@@ -197,7 +204,7 @@ if [ $SCHED = 1 ]; then
         wait $SRV 2>/dev/null || true
         val() { awk -F, -v e="$2" '$3 == e { print $1 }' "$1"; }
         # msgs/s over the client's whole run (connect and final read included).
-        awk -v n=$N -v t=$([ $t = ours ] && echo ours || echo libvfio-user) \
+        awk -v n=$N -v t="$([ $t = ours ] && echo ours || echo "$NAME")" \
             -v ct="$(val "$d/client.csv" task-clock)" -v cc="$(val "$d/client.csv" context-switches)" \
             -v st="$(val "$d/server.csv" task-clock)" -v sc="$(val "$d/server.csv" context-switches)" \
             -v el="$el" 'BEGIN { printf "%-14s %10.0f %14.2f %14.2f %16.3f %16.3f\n", t, n / (el / 1e9), ct * 1000 / n, st * 1000 / n, cc / n, sc / n }'
@@ -229,7 +236,7 @@ count() { # ours|lvu op n
 
 echo
 echo "## User-space instructions per message (callgrind; (I(11000 ops) - I(1000 ops)) / 10000)"
-printf '%-8s %10s %14s %10s\n' op ours libvfio-user ours/lvu
+printf '%-8s %10s %14s %10s\n' op ours "$NAME" ours/ext
 for op in read write posted; do
     o=$(( ($(count ours $op 11000) - $(count ours $op 1000)) / 10000 ))
     l=$(( ($(count lvu $op 11000) - $(count lvu $op 1000)) / 10000 ))
