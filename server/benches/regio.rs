@@ -701,21 +701,31 @@ fn print_machine() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    // Field 19 of /proc/self/stat (the 17th after the command name).
-    let nice = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            rest.split_whitespace().nth(16).map(str::to_string)
-        })
-        .unwrap_or_else(|| "?".into());
+    // Fields 19 (nice) and 41 (policy) of /proc/self/stat; the fields after
+    // the command name start at 3.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let field = |n: usize| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(n - 3))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let nice = field(19);
+    let policy = match field(41).as_str() {
+        "0" => "SCHED_OTHER".to_string(),
+        "1" => "SCHED_FIFO".to_string(),
+        "2" => "SCHED_RR".to_string(),
+        "3" => "SCHED_BATCH".to_string(),
+        "5" => "SCHED_IDLE".to_string(),
+        other => format!("policy {other}"),
+    };
     // With autogroup scheduling, the session's group niceness is what counts
     // against other sessions.
     let group = std::fs::read_to_string("/proc/self/autogroup")
         .map(|g| g.trim().to_string())
         .unwrap_or_else(|_| "no autogroup".into());
     println!(
-        "# regio: {cpus} CPUs, {cpu}; nice {nice} ({group}); load average {} at start",
+        "# regio: {cpus} CPUs, {cpu}; {policy}, nice {nice} ({group}); load average {} at start",
         load_average()
     );
 }
