@@ -198,7 +198,7 @@ if [ $SCHED = 1 ]; then
             2>"$d/drive.err" >/dev/null
         el=$(( $(date +%s%N) - t0 ))
         sleep 0.3
-        kill -INT $pp
+        kill -INT $pp 2>/dev/null || true
         wait $pp 2>/dev/null || true
         kill $SRV 2>/dev/null || true
         wait $SRV 2>/dev/null || true
