@@ -31,7 +31,7 @@ enum Cmd {
     Serve {
         /// Device model: dma-copy, nvme.
         kind: String,
-        /// Socket path (created 0600).
+        /// Socket path (created 0600; only a stale socket there is replaced).
         #[arg(long)]
         socket: PathBuf,
         /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
