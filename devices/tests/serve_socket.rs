@@ -4,31 +4,16 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use vfio_user_server::client::Client;
 
+mod scratch;
+use scratch::Scratch;
+
 /// Long enough for a loaded machine; a healthy run takes milliseconds.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A fresh directory, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("trustdev-sock-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn serve(socket: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_trustdev"))
@@ -69,22 +54,22 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn regular_file_directory_and_symlinks_survive() {
-    let d = Dir::new("files");
-    let image = d.0.join("disk.img");
+    let d = Scratch::new("sock-files");
+    let image = d.path("disk.img");
     let data: Vec<u8> = (0..64 << 10).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&image, &data).unwrap();
     let out = refused(&image);
     assert!(stderr(&out).contains("regular file"), "{}", stderr(&out));
     assert_eq!(std::fs::read(&image).unwrap(), data, "the file is intact");
 
-    let dir = d.0.join("dir");
+    let dir = d.path("dir");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("inside"), b"x").unwrap();
     let out = refused(&dir);
     assert!(stderr(&out).contains("directory"), "{}", stderr(&out));
     assert_eq!(std::fs::read(dir.join("inside")).unwrap(), b"x");
 
-    let link = d.0.join("link.sock");
+    let link = d.path("link.sock");
     std::os::unix::fs::symlink(&image, &link).unwrap();
     let out = refused(&link);
     assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
@@ -94,8 +79,8 @@ fn regular_file_directory_and_symlinks_survive() {
 
 #[test]
 fn live_socket_is_refused() {
-    let d = Dir::new("live");
-    let sock = d.0.join("dev.sock");
+    let d = Scratch::new("sock-live");
+    let sock = d.path("dev.sock");
     let live = UnixListener::bind(&sock).unwrap();
     let out = refused(&sock);
     assert!(stderr(&out).contains("listening"), "{}", stderr(&out));
@@ -106,8 +91,8 @@ fn live_socket_is_refused() {
 
 #[test]
 fn stale_socket_is_replaced_and_served() {
-    let d = Dir::new("stale");
-    let sock = d.0.join("dev.sock");
+    let d = Scratch::new("sock-stale");
+    let sock = d.path("dev.sock");
     // A socket file left behind by a server that died: nothing listens.
     drop(UnixListener::bind(&sock).unwrap());
     assert_ne!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
