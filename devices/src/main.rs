@@ -35,7 +35,7 @@ enum Cmd {
     Serve {
         /// Device model: dma-copy, nvme, accel.
         kind: String,
-        /// Socket path (created 0600).
+        /// Socket path (created 0600; only a stale socket there is replaced).
         #[arg(long)]
         socket: PathBuf,
         /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
@@ -434,7 +434,8 @@ fn run_tdi<D: vfio_user_server::Device>(
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
-    let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // Server errors name the socket path themselves.
+    let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("signals: {e}"))?;

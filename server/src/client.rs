@@ -9,7 +9,7 @@ use crate::protocol::{
     MessageType, MultiWrite, ProtocolError, Reader, RegionAccess, SetIrqsRequest, SparseArea,
     REGION_INFO_SIZE,
 };
-use crate::transport::{recv_message, send_message, Message, TransportError};
+use crate::transport::{send_message, Message, Receiver, TransportError};
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -48,6 +48,9 @@ impl ClientError {
     }
 }
 
+/// Largest message payload the client accepts.
+const MAX_MESSAGE: usize = 64 << 20;
+
 /// A reply as received.
 #[derive(Debug)]
 pub struct Response {
@@ -77,7 +80,7 @@ pub struct RegionInfo {
 /// A vfio-user client connection.
 #[derive(Debug)]
 pub struct Client {
-    stream: UnixStream,
+    rx: Receiver,
     next_id: u16,
     /// The server's VERSION reply JSON.
     pub server_caps: String,
@@ -92,6 +95,8 @@ pub struct Client {
     detached: HashSet<u16>,
     /// Error replies received for detached commands: (id, errno).
     pub detached_errors: Vec<(u16, i32)>,
+    /// Reused message buffer.
+    scratch: Vec<u8>,
 }
 
 impl Client {
@@ -134,7 +139,7 @@ impl Client {
     pub fn connect_raw(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)?;
         Ok(Client {
-            stream,
+            rx: Receiver::new(stream, MAX_MESSAGE),
             next_id: 1,
             server_caps: String::new(),
             remote: BTreeMap::new(),
@@ -142,17 +147,18 @@ impl Client {
             pasid: None,
             detached: HashSet::new(),
             detached_errors: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
     /// The socket (for raw writes in tests).
     pub fn stream(&self) -> &UnixStream {
-        &self.stream
+        self.rx.stream()
     }
 
     /// Sets a receive timeout for replies.
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)
+        self.rx.stream().set_read_timeout(t)
     }
 
     fn id(&mut self) -> u16 {
@@ -180,7 +186,7 @@ impl Client {
         payload: &[u8],
         fds: &[RawFd],
     ) -> Result<Response, ClientError> {
-        send_message(&self.stream, &h, payload, fds)?;
+        send_message(self.rx.stream(), &h, payload, fds)?;
         self.wait_reply(h.msg_id)
     }
 
@@ -188,7 +194,7 @@ impl Client {
     pub fn post(&mut self, cmd: Command, payload: &[u8]) -> Result<(), ClientError> {
         let mut h = Header::command(self.id(), cmd, payload.len());
         h.no_reply = true;
-        send_message(&self.stream, &h, payload, &[])?;
+        send_message(self.rx.stream(), &h, payload, &[])?;
         Ok(())
     }
 
@@ -199,7 +205,7 @@ impl Client {
         let rights = [ControlMessage::ScmRights(fds)];
         let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         sendmsg::<UnixAddr>(
-            self.stream.as_raw_fd(),
+            self.rx.stream().as_raw_fd(),
             &iov,
             cm,
             MsgFlags::MSG_NOSIGNAL,
@@ -211,7 +217,7 @@ impl Client {
 
     /// Receives the next message (reply or server request) as is.
     pub fn recv(&mut self) -> Result<Message, ClientError> {
-        Ok(recv_message(&self.stream, 64 << 20)?)
+        Ok(self.rx.recv()?.into_owned())
     }
 
     /// Waits for the reply with `id`, serving DMA requests that come first.
@@ -249,7 +255,7 @@ impl Client {
     /// none arriving. Returns how many were served.
     pub fn serve_requests(&mut self, timeout: Duration) -> Result<u64, ClientError> {
         let before = self.dma_requests_served;
-        self.stream.set_read_timeout(Some(timeout))?;
+        self.rx.stream().set_read_timeout(Some(timeout))?;
         let r = loop {
             match self.recv() {
                 Ok(m) if m.header.kind == MessageType::Command => self.serve_dma(m)?,
@@ -275,7 +281,7 @@ impl Client {
                 Err(e) => break Err(e),
             }
         };
-        self.stream.set_read_timeout(None)?;
+        self.rx.stream().set_read_timeout(None)?;
         r.map(|_| self.dma_requests_served - before)
     }
 
@@ -323,7 +329,7 @@ impl Client {
                             let hdr =
                                 Header::command(self.id(), Command::PageResponse, payload.len());
                             self.detached.insert(hdr.msg_id);
-                            send_message(&self.stream, &hdr, &payload, &[])?;
+                            send_message(self.rx.stream(), &hdr, &payload, &[])?;
                         }
                         return Ok(());
                     }
@@ -337,8 +343,8 @@ impl Client {
             return Ok(());
         }
         match reply {
-            Ok(p) => send_message(&self.stream, &h.reply(p.len()), &p, &[])?,
-            Err(e) => send_message(&self.stream, &h.error_reply(e), &[], &[])?,
+            Ok(p) => send_message(self.rx.stream(), &h.reply(p.len()), &p, &[])?,
+            Err(e) => send_message(self.rx.stream(), &h.error_reply(e), &[], &[])?,
         }
         Ok(())
     }
@@ -499,7 +505,14 @@ impl Client {
             region,
             count: data.len() as u32,
         };
-        self.post(Command::RegionWrite, &a.encode(data))
+        // Posted writes come in streams: encode into a reused buffer.
+        let mut p = std::mem::take(&mut self.scratch);
+        p.clear();
+        p.extend_from_slice(&a.fixed());
+        p.extend_from_slice(data);
+        let r = self.post(Command::RegionWrite, &p);
+        self.scratch = p;
+        r
     }
 
     /// REGION_WRITE_MULTI with a reply; returns the reported write count.
