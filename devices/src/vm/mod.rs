@@ -90,6 +90,8 @@ pub enum DeviceKind {
     DmaCopy,
     /// The NVMe controller.
     Nvme,
+    /// The work-queue accelerator with PASID/ATS/PRI.
+    Accel,
 }
 
 impl DeviceKind {
@@ -98,6 +100,7 @@ impl DeviceKind {
         match self {
             DeviceKind::DmaCopy => "dma-copy",
             DeviceKind::Nvme => "nvme",
+            DeviceKind::Accel => "accel",
         }
     }
 }
@@ -125,9 +128,10 @@ impl std::str::FromStr for DeviceSpec {
         let kind = match kind {
             "dma-copy" => DeviceKind::DmaCopy,
             "nvme" => DeviceKind::Nvme,
+            "accel" => DeviceKind::Accel,
             other => {
                 return Err(format!(
-                    "unknown device kind {other:?} (known: dma-copy, nvme)"
+                    "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
                 ))
             }
         };

@@ -2,6 +2,7 @@
 //! (PM, MSI, MSI-X, PCI Express) and extended capabilities with behaviour.
 
 use super::config::{ConfigHandler, ConfigSpace, CONFIG_SPACE_SIZE};
+use super::translation::TranslationRegs;
 use super::{Bar, BarKind};
 use thiserror::Error;
 
@@ -213,6 +214,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Appends the ATS, PRI and PASID capabilities `regs` describes (those
+    /// it has, in that order), sharing their live state with `regs`.
+    pub fn translation(mut self, regs: &std::sync::Arc<TranslationRegs>) -> Self {
+        self.ext.extend(regs.ext_caps());
+        self
+    }
+
     /// Appends an extended capability (laid out from 0x100 in call order).
     pub fn ext_capability(mut self, cap: ExtCap) -> Self {
         self.ext.push(cap);
@@ -370,8 +378,9 @@ impl ConfigBuilder {
                     // DevCap2: completion timeout ranges, 10-bit tags, EE prefix.
                     let mut devcap2: u32 = 0xf | (1 << 4) | (1 << 16) | (1 << 17);
                     if p.ee_prefix {
-                        devcap2 |= 1 << 21;
-                        devcap2 |= 1 << 22; // one End-End TLP prefix
+                        // Extended Fmt Field (required with prefixes), End-End
+                        // TLP Prefix Supported, Max End-End TLP Prefixes = 1.
+                        devcap2 |= (1 << 20) | (1 << 21) | (1 << 22);
                     }
                     put(&mut cfg, off + 0x24, &devcap2.to_le_bytes(), &[0; 4], &[]);
                     put(&mut cfg, off + 0x28, &[0, 0], &[0xff, 0xff], &[]);
@@ -587,5 +596,29 @@ mod tests {
         // Status error bits are W1C and RO otherwise.
         c.write(0x06, &[0xff, 0xff]);
         assert_eq!(c.read_u16(0x06), 0x0010);
+    }
+
+    #[test]
+    fn function_reset_keeps_bar_addresses() {
+        let mut c = ConfigBuilder::new(ids())
+            .bar(0, Bar::mem32(0x4000))
+            .pcie(PcieCap {
+                port_type: PortType::Endpoint,
+                tee: false,
+                ee_prefix: false,
+                flr: true,
+            })
+            .build()
+            .unwrap();
+        c.write(0x10, &0xfebf_0000u32.to_le_bytes());
+        c.write(0x04, &0x0006u16.to_le_bytes());
+        c.function_reset();
+        // The BAR address is what the host restores after FLR; the command
+        // register returns to its reset value for the guest to restore.
+        assert_eq!(c.read_u32(0x10), 0xfebf_0000);
+        assert_eq!(c.read_u16(0x04), 0);
+        // A power-on reset (client gone) clears it.
+        c.reset();
+        assert_eq!(c.read_u32(0x10), 0);
     }
 }
