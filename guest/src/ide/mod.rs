@@ -34,7 +34,7 @@ use io::{DmaCopyIo, NvmeIo, Workload};
 use spdm_responder::idekm::regs::{self, state_name, sts, IdeRegs, StreamSettings};
 use spdm_responder::idekm::{IdeHost, IdeKey, KeySet, KeySlot};
 use spdm_responder::transport::doe::ConfigAccess;
-use spdm_responder::{identity, RequesterConfig};
+use spdm_responder::RequesterConfig;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -157,6 +157,8 @@ fn partner(bdf: &str) -> (u16, String) {
     }
 }
 
+/// The trusted roots: `paths`, or /etc/trustdev/roots (which `trustdev vm`
+/// fills).
 fn load_roots(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
     let default = [PathBuf::from("/etc/trustdev/roots")];
     let paths = if paths.is_empty() {
@@ -164,30 +166,10 @@ fn load_roots(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
     } else {
         paths
     };
-    let mut out = Vec::new();
-    for p in paths {
-        let files: Vec<PathBuf> = if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| format!("{}: {e}", p.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            v.sort();
-            v
-        } else {
-            vec![p.clone()]
-        };
-        for f in files {
-            let data = std::fs::read(&f).map_err(|e| format!("root {}: {e}", f.display()))?;
-            out.extend(
-                identity::parse_certs(&data).map_err(|e| format!("root {}: {e}", f.display()))?,
-            );
-        }
-    }
-    if out.is_empty() {
-        return Err("no trusted root certificate (--root)".into());
-    }
-    Ok(out)
+    Ok(crate::spdm::load_roots(paths)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
 }
 
 /// The stream's Status, read straight from configuration space (not
