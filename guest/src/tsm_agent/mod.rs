@@ -53,7 +53,7 @@ pub struct Args {
     pub asym: Option<u32>,
     /// Check the leaf certificate's CMA SAN against the device as the
     /// kernel's CMA code does: enforce, warn or off.
-    #[arg(long, default_value = "warn", value_parser = san::parse_policy)]
+    #[arg(long, default_value = "enforce", value_parser = san::parse_policy)]
     pub san: SanPolicy,
     /// Fault injection: stop answering after this connect step (claim,
     /// version, certificate, challenge, session, steps).
