@@ -64,6 +64,12 @@ pub struct Args {
     /// Skip the K0 -> K1 refresh.
     #[arg(long)]
     pub no_refresh: bool,
+    /// A shell command to run while the stream is SECURE on K0, after the
+    /// verified I/O and before the refresh (e.g. fio against the NVMe
+    /// namespace: scripts/ide-fio-bench.sh); it must exit 0 and the stream
+    /// must still be SECURE afterwards.
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
     /// INSECURE, for tests: derive every key from SEED (anyone who knows
     /// the seed can decrypt the link) instead of the random source.
     #[arg(long, value_name = "SEED")]
@@ -326,6 +332,18 @@ fn flow(bdf: &str, a: &Args, w: &mut dyn Workload) -> Result<(), String> {
     // 6. I/O on K0.
     let mut next = 0u64;
     let mut total = io_phase(bdf, w, &mut next, a.ios, "K0")?;
+    if let Some(cmd) = &a.run {
+        say(bdf, format!("--run with the stream SECURE: {cmd}"));
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .map_err(|e| format!("--run: cannot start sh: {e}"))?;
+        if !st.success() {
+            return Err(format!("--run command failed ({st})"));
+        }
+        expect_state(bdf, index, sts::SECURE, "after --run")?;
+    }
 
     // 7. Refresh while I/O runs.
     let mut set = KeySet::K0;
