@@ -36,7 +36,7 @@ END {
     split("randread randwrite", rws, " ")
     for (r = 1; r <= 2; r++) {
         off = median(s[rws[r] " off"]); sec = median(s[rws[r] " secure"])
-        printf "%-10s %12d %12d %12s\n", rws[r], off, sec, off > 0 ? sprintf("%.3f", sec / off) : "-"
+        printf "%-10s %12d %12d %12s\n", rws[r], off, sec, (off > 0 ? sprintf("%.3f", sec / off) : "-")
     }
     print "(IOPS: median of the rounds)"
 }' "$OUT/all.txt"
