@@ -228,10 +228,10 @@ impl Target for AccelDesc {
                     return Err(format!("a write outside the destination: {d:?}"));
                 }
             }
-            opcode::AES_GCM_DECRYPT if c.status == status::AUTH_FAIL => {
-                if self.before != self.after {
-                    return Err(format!("a failed decrypt wrote memory: {d:?}"));
-                }
+            opcode::AES_GCM_DECRYPT
+                if c.status == status::AUTH_FAIL && self.before != self.after =>
+            {
+                return Err(format!("a failed decrypt wrote memory: {d:?}"));
             }
             _ => {}
         }
