@@ -13,7 +13,8 @@
 //! PENDING; `bytes_completed` never exceeds the length; a successful
 //! memmove leaves the source bytes at the destination; a successful fill
 //! writes the pattern; nothing a memmove or fill did not address changes
-//! in the window (a walk past its bounds is a fault, not a stray write);
+//! in the window (a walk past its bounds faults after writing the part
+//! inside, never elsewhere);
 //! a decrypt that fails authentication writes nothing.
 
 use crate::engine::Target;
@@ -219,11 +220,13 @@ impl Target for AccelDesc {
                         return Err(format!("wrong result at the destination: {d:?}"));
                     }
                 }
-                // Nothing outside the destination changed.
-                let (lo, hi) = match dst {
-                    Some(o) => (o, o + d.len as usize),
-                    None => (0, 0),
-                };
+                // Nothing outside the destination changed (a transfer that
+                // runs off the window faults there, after writing the part
+                // inside it, as `bytes_completed` says).
+                let win_end = WIN + WIN_MAP as u64;
+                let lo = d.dst.clamp(WIN, win_end);
+                let hi = d.dst.saturating_add(len).clamp(WIN, win_end);
+                let (lo, hi) = ((lo - WIN) as usize, (hi - WIN) as usize);
                 if self.before[..lo] != self.after[..lo] || self.before[hi..] != self.after[hi..] {
                     return Err(format!("a write outside the destination: {d:?}"));
                 }
