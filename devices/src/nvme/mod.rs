@@ -21,26 +21,27 @@ pub mod admin;
 pub mod backend;
 pub mod ctrl;
 pub mod dptr;
+#[cfg(any(test, feature = "host-driver"))]
 pub mod host;
 pub mod io;
 pub mod namespace;
 pub mod options;
+pub mod queue;
 pub mod security;
 pub mod spec;
 pub mod state;
+mod threads;
 
 pub use admin::{DEVICE_ID, VENDOR_ID};
 pub use options::{NvmeArgs, NvmeConfig};
 pub use security::NvmeSecurity;
 
-use ctrl::{Ctrl, Scratch, Snapshot};
+use ctrl::Ctrl;
 use log::info;
 use namespace::Namespace;
-use options::DoorbellMode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use vfio_user_server::irq::IrqInfo;
 use vfio_user_server::pci::{
     ext_cap_id, Bar, ConfigBuilder, ConfigSpace, ExtCap, MsixCap, PciIds, PcieCap, PortType,
@@ -211,16 +212,16 @@ impl NvmeDevice {
             let c = Arc::clone(&ctrl);
             let t = std::thread::Builder::new()
                 .name("nvme-admin".into())
-                .spawn(move || admin_thread(&c))?;
-            let _ = ctrl.admin.thread.set(t.thread().clone());
+                .spawn(move || threads::admin_thread(&c))?;
+            let _ = ctrl.queues.workers.admin.thread.set(t.thread().clone());
             threads.push(t);
         }
-        for w in 0..ctrl.io.len() {
+        for w in 0..ctrl.queues.workers.io.len() {
             let c = Arc::clone(&ctrl);
             let t = std::thread::Builder::new()
                 .name(format!("nvme-io{w}"))
-                .spawn(move || io_thread(&c, w))?;
-            let _ = ctrl.io[w].thread.set(t.thread().clone());
+                .spawn(move || threads::io_thread(&c, w))?;
+            let _ = ctrl.queues.workers.io[w].thread.set(t.thread().clone());
             threads.push(t);
         }
         Ok(NvmeDevice {
@@ -233,91 +234,7 @@ impl NvmeDevice {
 
     /// The controller's one-line efficiency counters.
     pub fn efficiency(&self) -> String {
-        self.ctrl.efficiency_line()
-    }
-}
-
-/// How long a polling thread keeps spinning after its last work.
-const POLL_SPIN: Duration = Duration::from_millis(2);
-/// How long a polling thread sleeps between looks once idle.
-const POLL_IDLE_SLEEP: Duration = Duration::from_micros(200);
-/// How often a worker looks at the shadow doorbells while the host is active.
-const SHADOW_POLL_INTERVAL: Duration = Duration::from_micros(25);
-
-fn idle_wait(poll: bool, idle_since: Instant, deadline: Option<Instant>) {
-    let now = Instant::now();
-    let until_deadline = deadline.map(|d| d.saturating_duration_since(now));
-    if poll {
-        if now.duration_since(idle_since) < POLL_SPIN {
-            std::thread::yield_now();
-        } else {
-            let d = until_deadline.map_or(POLL_IDLE_SLEEP, |d| d.min(POLL_IDLE_SLEEP));
-            std::thread::park_timeout(d);
-        }
-    } else {
-        match until_deadline {
-            Some(d) => std::thread::park_timeout(d),
-            None => std::thread::park(),
-        }
-    }
-}
-
-fn admin_thread(c: &Ctrl) {
-    let mut sc = Scratch::default();
-    let poll = c.cfg.doorbells == DoorbellMode::Poll;
-    let mut idle_since = Instant::now();
-    while !c.stop.load(Ordering::SeqCst) {
-        let n = c.admin_round(&mut sc);
-        if n > 0 {
-            idle_since = Instant::now();
-            continue;
-        }
-        // A polled admin queue is looked at less eagerly than I/O queues.
-        idle_wait(
-            poll,
-            idle_since.checked_sub(POLL_SPIN).unwrap_or(idle_since),
-            None,
-        );
-    }
-}
-
-fn io_thread(c: &Ctrl, w: usize) {
-    // Short sleeps (the shadow-buffer and doorbell-page polls) should be
-    // short: the default 50 µs timer slack would triple them.
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-    let mut sc = Scratch::default();
-    let mut snap = Snapshot::default();
-    let poll = c.cfg.doorbells == DoorbellMode::Poll;
-    let window = Duration::from_micros(c.cfg.shadow_poll_us);
-    let mut idle_since = Instant::now();
-    let mut active_at = Instant::now();
-    while !c.stop.load(Ordering::SeqCst) {
-        // With shadow doorbells, a worker that ran out of work keeps
-        // watching the shadow buffer while the host is active (it posted
-        // completions or consumed some within the window) before it
-        // publishes its event indexes (asking the host to ring again) and
-        // sleeps: submissions that follow completions then cost no doorbell
-        // write, at the price of a worker waking every SHADOW_POLL_INTERVAL.
-        let shadow = c.shadow_active();
-        let arm = !shadow || active_at.elapsed() >= window;
-        let (n, deadline, host_moved) = c.io_round(w, &mut snap, &mut sc, arm);
-        if n > 0 || host_moved {
-            active_at = Instant::now();
-        }
-        if n > 0 {
-            idle_since = Instant::now();
-            continue;
-        }
-        if !arm {
-            let d = deadline.map_or(SHADOW_POLL_INTERVAL, |d| {
-                d.saturating_duration_since(Instant::now())
-                    .min(SHADOW_POLL_INTERVAL)
-            });
-            std::thread::park_timeout(d);
-            continue;
-        }
-        idle_wait(poll, idle_since, deadline);
+        self.ctrl.queues.efficiency_line()
     }
 }
 
@@ -377,7 +294,7 @@ impl Device for NvmeDevice {
     }
 
     fn region_mmap(&self, region: u32) -> Option<RegionMmap<'_>> {
-        let page = self.ctrl.doorbell_page.as_ref()?;
+        let page = self.ctrl.queues.doorbells.page()?;
         (region == 0).then(|| RegionMmap {
             fd: page.fd(),
             offset: 0,
@@ -400,10 +317,8 @@ impl Device for NvmeDevice {
 impl Drop for NvmeDevice {
     fn drop(&mut self) {
         self.ctrl.stop.store(true, Ordering::SeqCst);
-        self.ctrl.admin.wake();
-        for w in &self.ctrl.io {
-            w.wake();
-        }
+        self.ctrl.queues.workers.admin.wake();
+        self.ctrl.queues.workers.wake_io();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
