@@ -1,17 +1,16 @@
 //! `trustdev`: serve trustdev devices over vfio-user, boot guests against
 //! them, and show what the guest kernel does with them.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use trustdev_devices::example::DmaCopy;
-use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
+use trustdev_devices::kinds::{self, BuildContext, KindError, SecuritySource, KINDS};
 use trustdev_devices::security;
-use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
-use vfio_user_server::pci::PortType;
+use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
+use vfio_user_server::pci::{PciIds, PortType};
 use vfio_user_server::Server;
 
 #[derive(Parser)]
@@ -28,20 +27,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
-    Serve {
-        /// Device model: dma-copy, nvme.
-        kind: String,
-        /// Socket path (created 0600).
-        #[arg(long)]
-        socket: PathBuf,
-        /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
-        #[arg(long)]
-        rciep: bool,
-        #[command(flatten)]
-        nvme: NvmeArgs,
-        #[command(flatten)]
-        security: SecurityArgs,
-    },
+    #[command(
+        subcommand,
+        override_usage = "trustdev serve KIND --socket PATH [OPTIONS]"
+    )]
+    Serve(ServeKind),
     /// Serve the SPDM responder alone over the spdm-emu TCP protocol on
     /// 127.0.0.1 (for QEMU's `-device nvme,spdm_port=N`, DMTF's
     /// spdm_requester_emu, the SPDM responder validator).
@@ -57,7 +47,7 @@ enum Cmd {
         heartbeat: u8,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
-    Vm(VmArgs),
+    Vm(Box<VmArgs>),
     /// Boot a guest with trustdev devices and explain what its kernel did.
     Demo {
         /// Echo the guest console.
@@ -66,10 +56,32 @@ enum Cmd {
     },
 }
 
+/// `trustdev serve KIND ...`: the kind and its arguments, parsed by the
+/// kind's entry in the device-kind registry.
+#[derive(Subcommand)]
+enum ServeKind {
+    #[command(external_subcommand)]
+    Kind(Vec<String>),
+}
+
+/// Options of `trustdev serve` common to every kind.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Socket path (created 0600).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
+    #[arg(long)]
+    rciep: bool,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
 #[derive(clap::Args)]
 struct VmArgs {
-    /// Device to attach: KIND[:rciep] (repeatable). dma-copy sits behind a
-    /// pcie-root-port unless `:rciep` puts it on pcie.0.
+    /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
+    /// pcie.0 (default: behind its own pcie-root-port); KEY=VALUE or KEY is
+    /// one of the kind's `trustdev serve KIND` options.
     #[arg(long = "device", short = 'd')]
     devices: Vec<DeviceSpec>,
     /// Guest script to run (its exit status is the verdict).
@@ -141,14 +153,14 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     }
 }
 
-impl SecurityArgs {
+impl SecuritySource for SecurityArgs {
     /// The device's SPDM identity (generated on first use), or `None` with
     /// `--no-spdm`.
     fn identity(
         &self,
         kind: &str,
-        ids: &spdm_responder::PciIds,
-    ) -> Result<Option<spdm_responder::Identity>, String> {
+        ids: &PciIds,
+    ) -> Result<Option<spdm_responder::Identity>, KindError> {
         if self.no_spdm {
             return Ok(None);
         }
@@ -156,73 +168,42 @@ impl SecurityArgs {
             .identity_dir
             .clone()
             .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, ids)
+        security::cma::load_identity(&dir, &security::identity_ids(ids))
             .map(Some)
-            .map_err(|e| e.to_string())
+            .map_err(|e| KindError::Identity(e.to_string()))
     }
 }
 
-fn serve(
-    kind: &str,
-    socket: &Path,
-    rciep: bool,
-    nvme: &NvmeArgs,
-    security: &SecurityArgs,
-) -> Result<(), String> {
-    let port = if rciep {
-        PortType::RcIntegratedEndpoint
-    } else {
-        PortType::Endpoint
+/// The kinds `trustdev serve --help` lists.
+fn kinds_help() -> String {
+    let mut s = String::from("Device kinds:\n");
+    for k in KINDS {
+        s.push_str(&format!("  {:<10} {}\n", k.name, k.about));
+    }
+    s.push_str("\n`trustdev serve KIND --help` lists a kind's options.");
+    s
+}
+
+/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it.
+fn serve(argv: &[String]) -> Result<(), String> {
+    let (name, _) = argv.split_first().ok_or("no device kind")?;
+    let kind = kinds::find(name).map_err(|e| e.to_string())?;
+    let cmd = ServeArgs::augment_args(kind.augment(clap::Command::new(kind.name)))
+        .bin_name(format!("trustdev serve {}", kind.name))
+        .about(kind.about);
+    let m = cmd.try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
+    let ctx = BuildContext {
+        socket: &args.socket,
+        port: if args.rciep {
+            PortType::RcIntegratedEndpoint
+        } else {
+            PortType::Endpoint
+        },
+        security: &args.security,
     };
-    let dev = match kind {
-        "dma-copy" => {
-            use trustdev_devices::example;
-            let ids = spdm_responder::PciIds {
-                vendor: example::VENDOR_ID,
-                device: example::DEVICE_ID,
-                class_code: 0x12_00_00,
-                revision: 1,
-                subsystem_vendor: example::VENDOR_ID,
-                subsystem: 0x0001,
-            };
-            let identity = security.identity(kind, &ids)?;
-            // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-            let tee = identity.is_some();
-            let doe = security::doe_capability(identity);
-            DmaCopy::with_capabilities(port, tee, vec![doe])
-                .map_err(|e| format!("cannot create the device: {e}"))?
-        }
-        "nvme" => {
-            let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let ids = spdm_responder::PciIds {
-                vendor: trustdev_devices::nvme::VENDOR_ID,
-                device: trustdev_devices::nvme::DEVICE_ID,
-                class_code: 0x01_08_02,
-                revision: 2,
-                subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
-                subsystem: 0x0001,
-            };
-            let identity = security.identity(kind, &ids)?;
-            let sec = NvmeSecurity {
-                ext_caps: vec![security::doe_capability(identity.clone())],
-                // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-                tee: identity.is_some(),
-                // The same identity also answers over Security Send/Receive.
-                storage: identity.map(|id| {
-                    spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
-                }),
-            };
-            let dev = NvmeDevice::new_secure(cfg, port, sec)
-                .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
-            return run_server(dev, socket);
-        }
-        other => {
-            return Err(format!(
-                "unknown device kind {other:?} (known: dma-copy, nvme)"
-            ))
-        }
-    };
-    run_server(dev, socket)
+    let dev = kind.build(&m, &ctx).map_err(|e| e.to_string())?;
+    run_server(dev, &args.socket)
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
@@ -239,10 +220,21 @@ fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), 
     server.run().map_err(|e| e.to_string())
 }
 
+/// The PCI IDs of QEMU's built-in `-device nvme`, whose `spdm_port` the
+/// `spdm-responder` subcommand serves.
+const QEMU_NVME_IDS: PciIds = PciIds {
+    vendor: 0x1b36,
+    device: 0x0010,
+    subsystem_vendor: 0x1af4,
+    subsystem: 0x1100,
+    class: 0x01_08_02,
+    revision: 0x02,
+};
+
 fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<(), String> {
-    let ids = spdm_responder::PciIds::default();
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
-    let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+    let identity = security::cma::load_identity(&dir, &security::identity_ids(&QEMU_NVME_IDS))
+        .map_err(|e| e.to_string())?;
     for (algo, root) in security::cma::root_certificates(&dir) {
         eprintln!(
             "trustdev spdm-responder: {algo} root certificate: {}",
@@ -326,6 +318,15 @@ fn run_vm(a: VmArgs) -> ExitCode {
 /// The demo's guest script: what the guest kernel made of each device.
 const DEMO_SCRIPT: &str = include_str!("../../qemu-configs/guest/demo.sh");
 
+/// The demo's devices: an NVMe controller and a DMA-copy device behind root
+/// ports, a second DMA-copy device on pcie.0.
+fn demo_devices() -> Vec<DeviceSpec> {
+    ["nvme:size=1G,queues=4", "dma-copy", "dma-copy:rciep"]
+        .iter()
+        .map(|s| s.parse().expect("the demo's devices are valid"))
+        .collect()
+}
+
 fn demo(verbose: bool) -> ExitCode {
     println!("trustdev demo: booting a Debian guest kernel under QEMU 11.1 with trustdev devices:");
     println!("  - an NVMe controller behind a PCIe root port (1 GiB RAM namespace),");
@@ -338,23 +339,7 @@ fn demo(verbose: bool) -> ExitCode {
         return ExitCode::from(3);
     }
     let spec = VmSpec {
-        devices: vec![
-            DeviceSpec {
-                kind: DeviceKind::Nvme,
-                placement: Placement::RootPort,
-                args: vec!["--size".into(), "1G".into(), "--queues".into(), "4".into()],
-            },
-            DeviceSpec {
-                kind: DeviceKind::DmaCopy,
-                placement: Placement::RootPort,
-                args: Vec::new(),
-            },
-            DeviceSpec {
-                kind: DeviceKind::DmaCopy,
-                placement: Placement::RootBus,
-                args: Vec::new(),
-            },
-        ],
+        devices: demo_devices(),
         script: Some(script.clone()),
         iommu: true,
         smp: 2,
@@ -413,15 +398,12 @@ fn demo(verbose: bool) -> ExitCode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .mut_subcommand("serve", |s| s.after_help(kinds_help()))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.cmd {
-        Cmd::Serve {
-            kind,
-            socket,
-            rciep,
-            nvme,
-            security,
-        } => match serve(&kind, &socket, rciep, &nvme, &security) {
+        Cmd::Serve(ServeKind::Kind(argv)) => match serve(&argv) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev serve: {e}");
@@ -439,7 +421,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Cmd::Vm(a) => run_vm(a),
+        Cmd::Vm(a) => run_vm(*a),
         Cmd::Demo { verbose } => demo(verbose),
     }
 }

@@ -535,7 +535,11 @@ impl Ctrl {
                     return Status::INVALID_FIELD.into();
                 }
                 for ns in &self.namespaces {
-                    ns.backend.set_write_cache(v & 1 != 0);
+                    if let Err(e) = ns.backend.set_write_cache(v & 1 != 0) {
+                        // Disabling the cache could not make it durable.
+                        warn!("namespace {}: volatile write cache: {e}", ns.nsid);
+                        return Status::INTERNAL_ERROR.into();
+                    }
                 }
                 info!(
                     "volatile write cache {}",

@@ -405,7 +405,8 @@ impl Ctrl {
         }
         *lock(&self.features) = Features::new();
         for ns in &self.namespaces {
-            ns.backend.set_write_cache(true);
+            // Enabling the cache (the reset default) syncs nothing: no error.
+            let _ = ns.backend.set_write_cache(true);
         }
         self.io_queues_created.store(false, Ordering::SeqCst);
         if had_queues > 0 {

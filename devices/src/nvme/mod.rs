@@ -36,18 +36,61 @@ pub use admin::{DEVICE_ID, VENDOR_ID};
 pub use options::{NvmeArgs, NvmeConfig};
 pub use security::NvmeSecurity;
 
+use backend::BackendError;
 use ctrl::Ctrl;
 use log::info;
 use namespace::Namespace;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use thiserror::Error;
 use vfio_user_server::irq::IrqInfo;
 use vfio_user_server::pci::{
-    ext_cap_id, Bar, ConfigBuilder, ConfigSpace, ExtCap, MsixCap, PciIds, PcieCap, PortType,
+    ext_cap_id, Bar, BuildError, ConfigBuilder, ConfigSpace, ExtCap, MsixCap, PciIds, PcieCap,
+    PortType,
 };
 use vfio_user_server::protocol::SparseArea;
 use vfio_user_server::{Device, DeviceContext, DeviceError, RegionMmap};
+
+/// Why a controller could not be created.
+#[derive(Debug, Error)]
+pub enum NvmeError {
+    /// A namespace's storage could not be opened.
+    #[error("namespace {nsid}: {source}")]
+    Namespace {
+        /// Namespace ID.
+        nsid: u32,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
+    /// The configuration space does not fit (too many capabilities).
+    #[error("configuration space layout: {0}")]
+    ConfigSpace(#[from] BuildError),
+    /// The shared doorbell page (poll mode) could not be created.
+    #[error("doorbell page: {0}")]
+    DoorbellPage(#[source] std::io::Error),
+    /// A controller thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The controller's PCI IDs (class: mass storage, NVM, NVM Express I/O
+/// controller).
+pub const PCI_IDS: PciIds = PciIds {
+    vendor: VENDOR_ID,
+    device: DEVICE_ID,
+    subsystem_vendor: VENDOR_ID,
+    subsystem: 0x0001,
+    class: 0x01_08_02,
+    revision: 2,
+};
 
 /// The MSI-X BAR.
 pub const MSIX_BAR: usize = 4;
@@ -94,18 +137,10 @@ fn config_space(
     bar0: u64,
     tee: bool,
     extra: Vec<ExtCap>,
-) -> ConfigSpace {
-    let ids = PciIds {
-        vendor: VENDOR_ID,
-        device: DEVICE_ID,
-        subsystem_vendor: VENDOR_ID,
-        subsystem: 0x0001,
-        class: 0x01_08_02, // mass storage, NVM, NVM Express I/O controller
-        revision: 2,
-    };
+) -> Result<ConfigSpace, BuildError> {
     let (table, pba, msix_size) = msix_layout(vectors);
     let serial = options::fnv64(cfg.serial.as_bytes());
-    let mut b = ConfigBuilder::new(ids)
+    let mut b = ConfigBuilder::new(PCI_IDS)
         .bar(0, Bar::mem64(bar0, false))
         .bar(MSIX_BAR, Bar::mem64(msix_size, false))
         .power_management()
@@ -134,12 +169,11 @@ fn config_space(
         b = b.ext_capability(cap);
     }
     b.build()
-        .unwrap_or_else(|e| panic!("NVMe configuration space layout: {e}"))
 }
 
 impl NvmeDevice {
     /// Opens the namespaces and starts the controller's threads.
-    pub fn new(cfg: NvmeConfig, port: PortType) -> std::io::Result<NvmeDevice> {
+    pub fn new(cfg: NvmeConfig, port: PortType) -> Result<NvmeDevice, NvmeError> {
         Self::new_secure(cfg, port, NvmeSecurity::default())
     }
 
@@ -149,10 +183,12 @@ impl NvmeDevice {
         cfg: NvmeConfig,
         port: PortType,
         security: NvmeSecurity,
-    ) -> std::io::Result<NvmeDevice> {
+    ) -> Result<NvmeDevice, NvmeError> {
         let mut namespaces = Vec::new();
         for (i, ns) in cfg.namespaces.iter().enumerate() {
-            let n = Namespace::open(i as u32 + 1, ns, &cfg)?;
+            let nsid = i as u32 + 1;
+            let n = Namespace::open(nsid, ns, &cfg)
+                .map_err(|source| NvmeError::Namespace { nsid, source })?;
             info!(
                 "namespace {}: {} blocks of {} bytes on {}",
                 n.nsid,
@@ -170,7 +206,7 @@ impl NvmeDevice {
         cfg: NvmeConfig,
         port: PortType,
         namespaces: Vec<Arc<Namespace>>,
-    ) -> std::io::Result<NvmeDevice> {
+    ) -> Result<NvmeDevice, NvmeError> {
         Self::build(cfg, port, namespaces, NvmeSecurity::default())
     }
 
@@ -179,11 +215,11 @@ impl NvmeDevice {
         port: PortType,
         namespaces: Vec<Arc<Namespace>>,
         security: NvmeSecurity,
-    ) -> std::io::Result<NvmeDevice> {
+    ) -> Result<NvmeDevice, NvmeError> {
         let vectors = cfg.max_queues + 1;
         let bar0 = bar0_size(cfg.max_queues, cfg.dstrd);
         let ctx = DeviceContext::new(&IrqInfo::pci(1, u32::from(vectors)));
-        let config = config_space(&cfg, port, vectors, bar0, security.tee, security.ext_caps);
+        let config = config_space(&cfg, port, vectors, bar0, security.tee, security.ext_caps)?;
         info!(
             "NVMe controller {} ({}): {} namespace(s), up to {} I/O queue pairs of {} entries, {} worker(s), {:?} doorbells{}",
             cfg.serial,
@@ -195,13 +231,16 @@ impl NvmeDevice {
             cfg.doorbells,
             if cfg.shadow_doorbells { " + shadow doorbells" } else { "" }
         );
-        let ctrl = Arc::new(Ctrl::new(
-            cfg,
-            namespaces,
-            Arc::clone(&ctx.memory),
-            Arc::clone(&ctx.irqs),
-            bar0 as usize,
-        )?);
+        let ctrl = Arc::new(
+            Ctrl::new(
+                cfg,
+                namespaces,
+                Arc::clone(&ctx.memory),
+                Arc::clone(&ctx.irqs),
+                bar0 as usize,
+            )
+            .map_err(NvmeError::DoorbellPage)?,
+        );
         if let Some(r) = security.storage {
             let _ = ctrl
                 .spdm
@@ -212,7 +251,11 @@ impl NvmeDevice {
             let c = Arc::clone(&ctrl);
             let t = std::thread::Builder::new()
                 .name("nvme-admin".into())
-                .spawn(move || threads::admin_thread(&c))?;
+                .spawn(move || threads::admin_thread(&c))
+                .map_err(|source| NvmeError::Thread {
+                    name: "nvme-admin".into(),
+                    source,
+                })?;
             let _ = ctrl.queues.workers.admin.thread.set(t.thread().clone());
             threads.push(t);
         }
@@ -220,7 +263,11 @@ impl NvmeDevice {
             let c = Arc::clone(&ctrl);
             let t = std::thread::Builder::new()
                 .name(format!("nvme-io{w}"))
-                .spawn(move || threads::io_thread(&c, w))?;
+                .spawn(move || threads::io_thread(&c, w))
+                .map_err(|source| NvmeError::Thread {
+                    name: format!("nvme-io{w}"),
+                    source,
+                })?;
             let _ = ctrl.queues.workers.io[w].thread.set(t.thread().clone());
             threads.push(t);
         }

@@ -7,7 +7,21 @@ pub mod doe;
 
 use spdm_responder::{Identity, ResponderConfig};
 use std::path::PathBuf;
-use vfio_user_server::pci::ExtCap;
+use vfio_user_server::pci::{ExtCap, PciIds};
+
+/// The identity input of the SPDM responder (what its CMA leaf certificate
+/// names) for a function with `ids`: the one place the device IDs of
+/// `vfio_user_server` become the SPDM crate's.
+pub fn identity_ids(ids: &PciIds) -> spdm_responder::PciIds {
+    spdm_responder::PciIds {
+        vendor: ids.vendor,
+        device: ids.device,
+        class_code: ids.class,
+        revision: ids.revision,
+        subsystem_vendor: ids.subsystem_vendor,
+        subsystem: ids.subsystem,
+    }
+}
 
 /// Where a device kind keeps its SPDM identity unless told otherwise:
 /// `$TRUSTDEV_IDENTITY_DIR/KIND`, else `$XDG_DATA_HOME/trustdev/identity/KIND`

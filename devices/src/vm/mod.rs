@@ -8,6 +8,7 @@ pub mod qemu;
 pub mod runner;
 pub mod toolchain;
 
+use crate::kinds::{self, DeviceKind, KindError};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -82,80 +83,47 @@ pub enum Placement {
     RootBus,
 }
 
-/// A device model to serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// The DMA-copy example device.
-    DmaCopy,
-    /// The NVMe controller.
-    Nvme,
-}
-
-impl DeviceKind {
-    /// Name used on the command line and for `trustdev serve`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::DmaCopy => "dma-copy",
-            DeviceKind::Nvme => "nvme",
-        }
-    }
-}
-
 /// One device of the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     /// Model.
-    pub kind: DeviceKind,
+    pub kind: &'static DeviceKind,
     /// Topology.
     pub placement: Placement,
-    /// Extra `trustdev serve` arguments (device options, e.g. NVMe's
-    /// `--size 64M` from `nvme:size=64M`).
+    /// Extra `trustdev serve KIND` arguments (the kind's options, e.g.
+    /// NVMe's `--size 64M` from `nvme:size=64M`).
     pub args: Vec<String>,
 }
 
+impl DeviceSpec {
+    /// A device of kind `name` with default options behind a root port.
+    pub fn new(name: &str) -> Result<DeviceSpec, KindError> {
+        Ok(DeviceSpec {
+            kind: kinds::find(name)?,
+            placement: Placement::RootPort,
+            args: Vec::new(),
+        })
+    }
+}
+
 impl std::str::FromStr for DeviceSpec {
-    type Err = String;
+    type Err = KindError;
 
     /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`,
-    /// `nvme:size=64M,queues=8` (NVMe options: see
-    /// [`crate::nvme::options::VM_OPTION_KEYS`]).
-    fn from_str(s: &str) -> Result<Self, String> {
+    /// `nvme:size=64M,queues=8`: `rciep` (or `pcie.0`) and `root-port`
+    /// place the device, anything else is one of the kind's options
+    /// (`KEY=VALUE` or a flag `KEY`, see `trustdev serve KIND --help`).
+    fn from_str(s: &str) -> Result<Self, KindError> {
         let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
-        let kind = match kind {
-            "dma-copy" => DeviceKind::DmaCopy,
-            "nvme" => DeviceKind::Nvme,
-            other => {
-                return Err(format!(
-                    "unknown device kind {other:?} (known: dma-copy, nvme)"
-                ))
-            }
-        };
-        let mut placement = Placement::RootPort;
-        let mut args = Vec::new();
+        let mut spec = DeviceSpec::new(kind)?;
         for o in opts.split(',').filter(|o| !o.is_empty()) {
             match o {
-                "rciep" | "pcie.0" => placement = Placement::RootBus,
-                "root-port" => placement = Placement::RootPort,
-                other => match crate::nvme::options::vm_option_args(other) {
-                    Some(a) if kind == DeviceKind::Nvme => args.extend(a),
-                    _ => {
-                        return Err(format!(
-                            "unknown device option {other:?} (rciep, root-port{})",
-                            if kind == DeviceKind::Nvme {
-                                ", or NVMe KEY=VALUE: see `trustdev serve --help`"
-                            } else {
-                                ""
-                            }
-                        ))
-                    }
-                },
+                "rciep" | "pcie.0" => spec.placement = Placement::RootBus,
+                "root-port" => spec.placement = Placement::RootPort,
+                other => spec.args.extend(spec.kind.vm_option_args(other)?),
             }
         }
-        Ok(DeviceSpec {
-            kind,
-            placement,
-            args,
-        })
+        Ok(spec)
     }
 }
 
@@ -231,7 +199,7 @@ mod tests {
         let n: DeviceSpec = "nvme:size=64M,rciep,ns=ram:1M,no-shadow-doorbells"
             .parse()
             .unwrap();
-        assert_eq!(n.kind, DeviceKind::Nvme);
+        assert_eq!(n.kind.name, "nvme");
         assert_eq!(n.placement, Placement::RootBus);
         assert_eq!(
             n.args,

@@ -283,7 +283,7 @@ fn run_in(
             &exe,
             dir,
             i,
-            d.kind.name(),
+            d.kind.name,
             d.placement,
             &d.args,
         )?);
@@ -310,7 +310,7 @@ fn run_in(
             // The root certificates of the servers' SPDM identities (generated
             // by the servers on first use), for requesters in the guest.
             let mut files = spec.files.clone();
-            let mut kinds: Vec<&str> = spec.devices.iter().map(|d| d.kind.name()).collect();
+            let mut kinds: Vec<&str> = spec.devices.iter().map(|d| d.kind.name).collect();
             kinds.sort_unstable();
             kinds.dedup();
             for kind in kinds {

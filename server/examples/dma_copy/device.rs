@@ -44,6 +44,15 @@ use vfio_user_server::{Device, DeviceContext, DeviceError, RegionMmap};
 pub const VENDOR_ID: u16 = 0x7d0c;
 /// Device ID of the example device.
 pub const DEVICE_ID: u16 = 0xd3a0;
+/// The function's PCI IDs (class: processing accelerator).
+pub const PCI_IDS: PciIds = PciIds {
+    vendor: VENDOR_ID,
+    device: DEVICE_ID,
+    subsystem_vendor: VENDOR_ID,
+    subsystem: 0x0001,
+    class: 0x12_00_00,
+    revision: 1,
+};
 /// Value of the ID register.
 pub const ID_VALUE: u32 = 0x7d0c_d3a0;
 /// Largest single copy.
@@ -171,16 +180,8 @@ impl std::fmt::Debug for DmaCopy {
 /// (a DOE mailbox, say) follow the built-in DSN and VSEC ones; `tee` sets
 /// DEVCAP.TEE (the function supports TDISP).
 pub fn config_space(port_type: PortType, tee: bool, extra: Vec<ExtCap>) -> ConfigSpace {
-    let ids = PciIds {
-        vendor: VENDOR_ID,
-        device: DEVICE_ID,
-        subsystem_vendor: VENDOR_ID,
-        subsystem: 0x0001,
-        class: 0x12_00_00, // processing accelerator
-        revision: 1,
-    };
     let serial: u64 = 0x7d0c_0000_0000_0001;
-    let mut b = ConfigBuilder::new(ids)
+    let mut b = ConfigBuilder::new(PCI_IDS)
         .bar(0, Bar::mem32(0x1000))
         .bar(1, Bar::mem32(0x1000))
         .bar(2, Bar::mem64(BAR2_SIZE as u64, true))
