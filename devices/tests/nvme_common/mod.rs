@@ -72,10 +72,17 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(a: &NvmeArgs) -> InProcess {
+        InProcess::with(|socket| {
+            let cfg = NvmeConfig::from_args(a, &socket.display().to_string()).unwrap();
+            NvmeDevice::new(cfg, PortType::Endpoint).unwrap()
+        })
+    }
+
+    /// Serves the device `make` builds for the socket path.
+    pub fn with(make: impl FnOnce(&Path) -> NvmeDevice) -> InProcess {
         let dir = TempDir::new("srv");
         let socket = dir.path("nvme.sock");
-        let cfg = NvmeConfig::from_args(a, &socket.display().to_string()).unwrap();
-        let dev = NvmeDevice::new(cfg, PortType::Endpoint).unwrap();
+        let dev = make(&socket);
         let mut server = Server::new(dev, &socket).unwrap();
         let stop = server.stop_handle();
         let stats = server.stats();

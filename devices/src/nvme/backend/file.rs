@@ -136,11 +136,11 @@ impl<M: Medium> FileBackend<M> {
         &self.medium
     }
 
-    /// Whether a write must be durable before it completes: always in
-    /// write-through mode; with FUA or the volatile write cache disabled in
-    /// write-back mode.
+    /// Whether a write must be durable before it completes: with FUA, or
+    /// without an enabled volatile write cache (write-through mode, or the
+    /// host disabled it).
     fn durable(&self, fua: bool) -> bool {
-        self.mode == CacheMode::WriteThrough || fua || !self.wce.load(Ordering::Relaxed)
+        fua || !self.write_cache_enabled()
     }
 }
 
