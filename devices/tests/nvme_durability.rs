@@ -192,7 +192,12 @@ fn write_back_flush_fua_and_disabled_cache_are_durable() {
     }
     d.flush(2, 0xffff_ffff).unwrap();
     for lba in lbas(32) {
-        assert_stable(&disk, lba, &pattern(lba, 2, CHUNK), "a write before Flush (all namespaces)");
+        assert_stable(
+            &disk,
+            lba,
+            &pattern(lba, 2, CHUNK),
+            "a write before Flush (all namespaces)",
+        );
     }
     // Unflushed writes stay volatile: the model (and the test) can tell.
     let syncs = disk.syncs();
@@ -214,11 +219,21 @@ fn write_back_flush_fua_and_disabled_cache_are_durable() {
     // every later write is durable at completion.
     set_features(&mut d, feat::VOLATILE_WC, 0);
     for lba in lbas(8) {
-        assert_stable(&disk, lba, &pattern(lba, 3, CHUNK), "cache contents at VWC disable");
+        assert_stable(
+            &disk,
+            lba,
+            &pattern(lba, 3, CHUNK),
+            "cache contents at VWC disable",
+        );
     }
     let lba = lbas(41).last().unwrap();
     d.write_blocks(2, 1, lba, &pattern(lba, 5, CHUNK)).unwrap();
-    assert_stable(&disk, lba, &pattern(lba, 5, CHUNK), "a write with VWC disabled");
+    assert_stable(
+        &disk,
+        lba,
+        &pattern(lba, 5, CHUNK),
+        "a write with VWC disabled",
+    );
     // Write Zeroes with the cache off: durable too.
     let z = Command {
         opcode: io::WRITE_ZEROES,
@@ -235,7 +250,12 @@ fn write_back_flush_fua_and_disabled_cache_are_durable() {
     d.write_blocks(1, 1, lba, &pattern(lba, 6, CHUNK)).unwrap();
     assert!(disk.stable(lba * 512, CHUNK) != pattern(lba, 6, CHUNK));
     d.shutdown().unwrap();
-    assert_stable(&disk, lba, &pattern(lba, 6, CHUNK), "a write before shutdown");
+    assert_stable(
+        &disk,
+        lba,
+        &pattern(lba, 6, CHUNK),
+        "a write before shutdown",
+    );
 }
 
 /// Write-through: no volatile cache is reported and every write, and
