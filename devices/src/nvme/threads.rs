@@ -17,33 +17,17 @@ const POLL_IDLE_SLEEP: Duration = Duration::from_micros(200);
 /// How often a worker looks at the shadow doorbells while the host is active.
 const SHADOW_POLL_INTERVAL: Duration = Duration::from_micros(25);
 
-/// Runs admin commands.
-struct AdminExec<'a> {
+/// Runs the commands a queue fetches: admin or NVM I/O commands.
+struct Exec<'a> {
     ctrl: &'a Ctrl,
     sc: &'a mut Scratch,
+    run: fn(&Ctrl, &Command, &mut Scratch) -> Outcome,
 }
 
-impl Executor for AdminExec<'_> {
+impl Executor for Exec<'_> {
     fn exec(&mut self, _sq: &Sq, cmd: &Command) -> Outcome {
         self.sc.err_lba = 0;
-        self.ctrl.exec_admin(cmd, self.sc)
-    }
-
-    fn failed(&mut self, sq: &Sq, cmd: &Command, status: Status) {
-        self.ctrl.record_error(sq.qid, cmd, status, self.sc.err_lba);
-    }
-}
-
-/// Runs I/O commands.
-struct IoExec<'a> {
-    ctrl: &'a Ctrl,
-    sc: &'a mut Scratch,
-}
-
-impl Executor for IoExec<'_> {
-    fn exec(&mut self, _sq: &Sq, cmd: &Command) -> Outcome {
-        self.sc.err_lba = 0;
-        self.ctrl.exec_io(cmd, self.sc)
+        (self.run)(self.ctrl, cmd, self.sc)
     }
 
     fn failed(&mut self, sq: &Sq, cmd: &Command, status: Status) {
@@ -97,7 +81,12 @@ pub(crate) fn admin_round(c: &Ctrl, sc: &mut Scratch) -> u32 {
     if !c.queues.live() {
         return 0;
     }
-    let n = c.queues.drain_admin(&mut AdminExec { ctrl: c, sc }, c);
+    let mut exec = Exec {
+        ctrl: c,
+        sc,
+        run: Ctrl::exec_admin,
+    };
+    let n = c.queues.drain_admin(&mut exec, c);
     if let Some(cq) = c.queues.cq(0) {
         deliver_events(c, &cq);
         c.queues.signal(&cq);
@@ -165,9 +154,10 @@ pub(crate) fn io_thread(c: &Ctrl, w: usize) {
         let (n, deadline, host_moved) = c.queues.io_round(
             w,
             &mut snap,
-            &mut IoExec {
+            &mut Exec {
                 ctrl: c,
                 sc: &mut sc,
+                run: Ctrl::exec_io,
             },
             c,
             arm,

@@ -15,7 +15,7 @@
 use super::ring::{head_move_ok, Cq, CqState, Sq};
 use super::{lock, QueueEvents, Queues};
 use crate::nvme::spec::reg;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use vfio_user_server::pci::SharedMemory;
@@ -219,18 +219,26 @@ impl Queues {
         Some((dbs + off, eis + off))
     }
 
+    /// The value the host published for a doorbell in the shadow buffer or
+    /// the polled page; None when only the trapped doorbell (`trapped`)
+    /// counts.
+    fn published(&self, qid: u16, cq: bool, trapped: &AtomicU32) -> Option<u32> {
+        if let Some((db, _)) = self.shadow_slot(qid, cq) {
+            fence(Ordering::SeqCst);
+            return Some(
+                self.mem
+                    .read_u32(db)
+                    .unwrap_or_else(|_| trapped.load(Ordering::Acquire)),
+            );
+        }
+        self.doorbells.page_value(qid, cq)
+    }
+
     /// Current SQ tail as the host published it (shadow buffer, polled page
     /// or trapped doorbell), validated: an invalid value is reported once
     /// and ignored.
     pub(crate) fn sq_tail(&self, sq: &Sq, ev: &dyn QueueEvents) -> u32 {
-        let v = if let Some((db, _)) = self.shadow_slot(sq.qid, false) {
-            fence(Ordering::SeqCst);
-            self.mem
-                .read_u32(db)
-                .unwrap_or_else(|_| sq.tail_db.load(Ordering::Acquire))
-        } else if let Some(v) = self.doorbells.page_value(sq.qid, false) {
-            v
-        } else {
+        let Some(v) = self.published(sq.qid, false, &sq.tail_db) else {
             return sq.tail_db.load(Ordering::Acquire);
         };
         if v >= sq.size {
@@ -250,15 +258,7 @@ impl Queues {
     /// Current CQ head as the host published it, validated against what
     /// was posted (`st`).
     pub(crate) fn cq_head(&self, cq: &Cq, st: &CqState, ev: &dyn QueueEvents) -> u32 {
-        let v = if let Some((db, _)) = self.shadow_slot(cq.qid, true) {
-            fence(Ordering::SeqCst);
-            match self.mem.read_u32(db) {
-                Ok(v) => v,
-                Err(_) => cq.head_db.load(Ordering::Acquire),
-            }
-        } else if let Some(v) = self.doorbells.page_value(cq.qid, true) {
-            v
-        } else {
+        let Some(v) = self.published(cq.qid, true, &cq.head_db) else {
             return cq.head_db.load(Ordering::Acquire);
         };
         if !head_move_ok(cq.size, st.tail, st.head, v) {

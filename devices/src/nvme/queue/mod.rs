@@ -408,13 +408,7 @@ impl Queues {
     /// raised, event-index updates; the rest is reserved (zero).
     pub fn efficiency_log(&self) -> Vec<u8> {
         let mut b = vec![0u8; 512];
-        let vals = [
-            self.eff.completions.load(Ordering::Relaxed),
-            self.eff.doorbell_writes.load(Ordering::Relaxed),
-            self.irq.raised.load(Ordering::Relaxed),
-            self.eff.eventidx_writes.load(Ordering::Relaxed),
-        ];
-        for (i, v) in vals.iter().enumerate() {
+        for (i, v) in self.efficiency().iter().enumerate() {
             b[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
         }
         b
@@ -422,13 +416,18 @@ impl Queues {
 
     /// One line of efficiency counters.
     pub fn efficiency_line(&self) -> String {
-        format!(
-            "{} completions, {} doorbell writes, {} interrupts, {} event-index updates",
+        let [c, d, i, e] = self.efficiency();
+        format!("{c} completions, {d} doorbell writes, {i} interrupts, {e} event-index updates")
+    }
+
+    /// Completions, trapped doorbell writes, interrupts, event-index updates.
+    fn efficiency(&self) -> [u64; 4] {
+        [
             self.eff.completions.load(Ordering::Relaxed),
             self.eff.doorbell_writes.load(Ordering::Relaxed),
             self.irq.raised.load(Ordering::Relaxed),
-            self.eff.eventidx_writes.load(Ordering::Relaxed)
-        )
+            self.eff.eventidx_writes.load(Ordering::Relaxed),
+        ]
     }
 }
 
