@@ -47,7 +47,7 @@ pub enum KindError {
     Options(#[from] nvme::options::OptionsError),
     /// The device's SPDM identity could not be loaded.
     #[error("SPDM identity: {0}")]
-    Identity(String),
+    Identity(#[from] security::cma::CmaError),
     /// The NVMe controller could not be created.
     #[error("cannot create the NVMe controller: {0}")]
     Nvme(#[from] nvme::NvmeError),

@@ -168,9 +168,10 @@ impl SecuritySource for SecurityArgs {
             .identity_dir
             .clone()
             .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, &security::identity_ids(ids))
-            .map(Some)
-            .map_err(|e| KindError::Identity(e.to_string()))
+        Ok(Some(security::cma::load_identity(
+            &dir,
+            &security::identity_ids(ids),
+        )?))
     }
 }
 
