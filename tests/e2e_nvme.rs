@@ -12,8 +12,8 @@
 //! disk, the guest is killed, and every flushed (or write-through) block
 //! must be in the disk image while unflushed ones are gone.
 
-#[path = "../devices/tests/nvme_common/mod.rs"]
-mod nvme_common;
+#[path = "../devices/tests/nvme_common/driver.rs"]
+mod nvme_driver;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -51,8 +51,8 @@ fn nvme_in_a_real_guest() {
     let have_cli = Path::new(NVME_CLI).exists();
     if have_cli {
         args.extend(["--bin", NVME_CLI]);
-    } else if std::env::var_os("TRUSTDEV_SKIP_NVME_CLI").is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: the nvme-cli checks (TRUSTDEV_SKIP_NVME_CLI=1)");
+    } else if support::skip_requested("TRUSTDEV_SKIP_NVME_CLI", "its nvme-cli checks") {
+        // Reported as skipped; the rest of the test runs.
     } else {
         panic!(
             "{NVME_CLI} not found on the host: scripts/test.sh installs Debian's nvme-cli \
@@ -99,6 +99,7 @@ fn nvme_in_a_real_guest() {
         "hwmon-temperature",
         "doe-features",
         "spdm-doe",
+        "dmesg-no-timeouts-resets-aborts",
     ];
     if have_cli {
         want.extend([
@@ -326,6 +327,7 @@ fn file_backed_polled_doorbells_4k_blocks() {
         "direct-io-1",
         "per-queue-interrupts",
         "filesystem-remount",
+        "dmesg-no-timeouts-resets-aborts",
     ] {
         assert!(
             oks.iter().any(|l| l.starts_with(&format!("CHECK-OK {w}"))),
@@ -360,7 +362,7 @@ fn pc_lbas(n: u64) -> impl Iterator<Item = u64> {
 /// The driver inside the guest: writes and flushes through both servers,
 /// prints POWERCUT-READY, then stays connected until the power cut.
 fn powercut_client(dir: &Path) -> ! {
-    use nvme_common::{connect, pattern};
+    use nvme_driver::{connect, pattern};
     use trustdev_devices::nvme::spec::Status;
     let (mut wb, _v) = connect(&dir.join("wb.sock"), 16 << 20);
     wb.create_io_queues(2, 64).unwrap();
@@ -440,7 +442,7 @@ fn nvme_power_cut() {
     if support::skip() {
         return;
     }
-    use nvme_common::pattern;
+    use nvme_driver::pattern;
     let _g = support::lock();
     let dir = std::env::temp_dir().join(format!("trustdev-e2e-powercut-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
