@@ -364,6 +364,8 @@ fn pc_lbas(n: u64) -> impl Iterator<Item = u64> {
 fn powercut_client(dir: &Path) -> ! {
     use nvme_driver::{connect, pattern};
     use trustdev_devices::nvme::spec::Status;
+    // Off the test harness's "test ... " line.
+    println!();
     let (mut wb, _v) = connect(&dir.join("wb.sock"), 16 << 20);
     wb.create_io_queues(2, 64).unwrap();
     for (i, lba) in pc_lbas(64).enumerate() {
