@@ -71,6 +71,8 @@ pub trait SecuritySource {
     /// The SPDM identity of the function with `ids` served as `kind`, or
     /// None for a device without CMA/SPDM.
     fn identity(&self, kind: &str, ids: &PciIds) -> Result<Option<Identity>, KindError>;
+    /// Whether the function advertises DEVCAP.TEE (TDISP support).
+    fn tee(&self) -> bool;
 }
 
 /// What building a device needs besides its options.
@@ -197,8 +199,7 @@ fn build_nvme(m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindE
     let identity = ctx.security.identity("nvme", &nvme::PCI_IDS)?;
     let sec = NvmeSecurity {
         ext_caps: vec![security::doe_capability(identity.clone())],
-        // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-        tee: identity.is_some(),
+        tee: ctx.security.tee(),
         // The same identity also answers over Security Send/Receive.
         storage: identity.map(|id| {
             spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
@@ -209,10 +210,9 @@ fn build_nvme(m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindE
 
 fn build_dma_copy(_m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindError> {
     let identity = ctx.security.identity("dma-copy", &example::PCI_IDS)?;
-    // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-    let tee = identity.is_some();
     let doe = security::doe_capability(identity);
-    let dev = DmaCopy::with_capabilities(ctx.port, tee, vec![doe]).map_err(KindError::Device)?;
+    let dev = DmaCopy::with_capabilities(ctx.port, ctx.security.tee(), vec![doe])
+        .map_err(KindError::Device)?;
     Ok(AnyDevice::new(dev))
 }
 

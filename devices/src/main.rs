@@ -129,6 +129,12 @@ struct VmArgs {
     /// Extra QEMU argument (repeatable, one word each).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
     qemu_args: Vec<String>,
+    /// Load the test link TSM module (built for the guest kernel by
+    /// qemu-configs/provision-kmod.sh; TRUSTDEV_KDIR for your own kernel) and
+    /// start `trustdev-guest tsm-agent`: `echo tsm0 > .../tsm/connect` then
+    /// authenticates a device through the kernel's PCI/TSM core.
+    #[arg(long)]
+    tsm: bool,
 }
 
 /// Device security options of `trustdev serve`.
@@ -139,9 +145,14 @@ struct SecurityArgs {
     /// ~/.local/share/trustdev/identity/KIND.
     #[arg(long)]
     identity_dir: Option<PathBuf>,
-    /// A DOE mailbox with discovery only (no CMA/SPDM).
+    /// A DOE mailbox with discovery only (no CMA/SPDM); DEVCAP.TEE stays
+    /// set, so a TSM's connect meets a mailbox it cannot use.
     #[arg(long)]
     no_spdm: bool,
+    /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
+    /// device unless it has IDE).
+    #[arg(long)]
+    no_tee: bool,
 }
 
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
@@ -172,6 +183,10 @@ impl SecuritySource for SecurityArgs {
             &dir,
             &security::identity_ids(ids),
         )?))
+    }
+
+    fn tee(&self) -> bool {
+        !self.no_tee
     }
 }
 
@@ -277,6 +292,7 @@ fn vm_spec(a: VmArgs) -> VmSpec {
         modules: a.module,
         bins: a.bin,
         files: a.file,
+        tsm: a.tsm,
     }
 }
 

@@ -8,6 +8,7 @@
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
+//! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
@@ -27,6 +28,7 @@ mod lspci;
 mod pciconf;
 mod spdm;
 mod sysfs;
+mod tsm_agent;
 mod vfio;
 mod wait_dev;
 
@@ -69,6 +71,10 @@ subcommands! {
     Spdm => spdm,
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev => wait_dev,
+    /// The user-space agent of the trustdev_tsm link TSM module: runs SPDM
+    /// for the kernel's tsm/connect and tsm/disconnect over
+    /// pci_tsm_doe_transfer() (guest/kmod, docs/TSM.md).
+    TsmAgent => tsm_agent,
 }
 
 #[derive(Parser, Debug)]

@@ -275,13 +275,18 @@ impl VmRun {
 /// Runs `trustdev vm ARGS --serial-log <tmp>`; boots are serialised.
 pub fn vm(args: &[&str]) -> VmRun {
     let _g = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let log = std::env::temp_dir().join(format!(
+    let log = serial_log_path();
+    let out = vm_command(args, &log).output().expect("run trustdev vm");
+    finish(out, &log)
+}
+
+/// A fresh temporary path for a run's serial log.
+fn serial_log_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
         "trustdev-e2e-{}-{}.log",
         std::process::id(),
         rand_suffix()
-    ));
-    let out = vm_command(args, &log).output().expect("run trustdev vm");
-    finish(out, &log)
+    ))
 }
 
 /// The command `vm` runs (for tests that need to act while it runs).
@@ -313,6 +318,36 @@ pub fn finish(out: Output, log: &Path) -> VmRun {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         serial,
     }
+}
+
+/// Runs `trustdev vm ARGS` with `TRUSTDEV_KEEP=1` and `RUST_LOG=info` and
+/// returns the run with the logs of the named servers (`NAME.log` of the
+/// kept work directory, which is removed afterwards; empty if missing).
+pub fn vm_with_server_logs(args: &[&str], servers: &[&str]) -> (VmRun, Vec<String>) {
+    let _g = lock();
+    let log = serial_log_path();
+    let out = vm_command(args, &log)
+        .env("TRUSTDEV_KEEP", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run trustdev vm");
+    let run = finish(out, &log);
+    let dir = run.stderr.lines().find_map(|l| {
+        l.split_once("logs kept in ")
+            .map(|(_, d)| PathBuf::from(d.trim()))
+    });
+    let logs = servers
+        .iter()
+        .map(|name| {
+            dir.as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(format!("{name}.log"))).ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(d) = &dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    (run, logs)
 }
 
 /// Holds the VM lock for tests that drive `trustdev vm` themselves.

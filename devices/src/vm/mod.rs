@@ -7,6 +7,7 @@ mod process;
 pub mod qemu;
 pub mod runner;
 pub mod toolchain;
+pub mod tsm;
 
 use crate::kinds::{self, DeviceKind, KindError};
 use std::path::PathBuf;
@@ -120,6 +121,10 @@ impl std::str::FromStr for DeviceSpec {
             match o {
                 "rciep" | "pcie.0" => spec.placement = Placement::RootBus,
                 "root-port" => spec.placement = Placement::RootPort,
+                // Device security (every kind): a DOE mailbox without
+                // CMA/SPDM; DEVCAP.TEE clear.
+                "no-spdm" => spec.args.push("--no-spdm".into()),
+                "no-tee" => spec.args.push("--no-tee".into()),
                 other => spec.args.extend(spec.kind.vm_option_args(other)?),
             }
         }
@@ -162,6 +167,9 @@ pub struct VmSpec {
     pub bins: Vec<PathBuf>,
     /// Extra files for the initramfs: (host path, guest path).
     pub files: Vec<(PathBuf, String)>,
+    /// Build the test link TSM module (guest/kmod) for the guest kernel,
+    /// load it in the guest and start `trustdev-guest tsm-agent`.
+    pub tsm: bool,
 }
 
 impl Default for VmSpec {
@@ -183,6 +191,7 @@ impl Default for VmSpec {
             modules: Vec::new(),
             bins: Vec::new(),
             files: Vec::new(),
+            tsm: false,
         }
     }
 }
@@ -208,5 +217,7 @@ mod tests {
         assert!("nvme:bogus=1".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:size=1M".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
+        let d: DeviceSpec = "dma-copy:no-spdm,rciep".parse().unwrap();
+        assert_eq!(d.args, ["--no-spdm"]);
     }
 }
