@@ -21,7 +21,7 @@ pub enum KindError {
     #[error("unknown device kind {0:?} (known: {known})", known = names())]
     Unknown(String),
     /// A `trustdev vm -d KIND:OPT` option the kind does not have.
-    #[error("{kind}: unknown device option {option:?} (rciep, root-port{hint})", hint = option_hint(.kind))]
+    #[error("{kind}: unknown device option {option:?} (rciep, root-port, no-spdm, no-tee{hint})", hint = option_hint(.kind))]
     UnknownOption {
         /// The kind.
         kind: &'static str,
