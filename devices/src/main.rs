@@ -80,8 +80,9 @@ struct ServeArgs {
 #[derive(clap::Args)]
 struct VmArgs {
     /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
-    /// pcie.0 (default: behind its own pcie-root-port); KEY=VALUE or KEY is
-    /// one of the kind's `trustdev serve KIND` options.
+    /// pcie.0 (default: behind its own pcie-root-port), `no-spdm` and
+    /// `no-tee` are its security options, KEY=VALUE or KEY one of the kind's
+    /// own options (`trustdev serve KIND --help`).
     #[arg(long = "device", short = 'd')]
     devices: Vec<DeviceSpec>,
     /// Guest script to run (its exit status is the verdict).
