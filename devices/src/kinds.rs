@@ -6,12 +6,13 @@
 
 use crate::example::{self, DmaCopy};
 use crate::nvme::{self, NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
-use crate::security;
+use crate::security::{self, ide::Ide, ide::IdeDevice};
 use clap::{ArgMatches, Args, FromArgMatches};
-use spdm_responder::Identity;
+use spdm_responder::{CmaDeviceName, Identity, Responder, ResponderConfig};
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
-use vfio_user_server::pci::{ConfigSpace, PciIds, PortType};
+use vfio_user_server::pci::{ConfigSpace, ExtCap, PciIds, PortType};
 use vfio_user_server::{Device, DeviceContext, DeviceError, RegionMmap};
 
 /// Why a device could not be described or built.
@@ -48,6 +49,12 @@ pub enum KindError {
     /// The device's SPDM identity could not be loaded.
     #[error("SPDM identity: {0}")]
     Identity(#[from] security::cma::CmaError),
+    /// The device's security options are invalid (PSK, IDE).
+    #[error("{0}")]
+    Security(String),
+    /// The IDE link could not be put in front of the device.
+    #[error("the IDE port is linked to another device already")]
+    IdeLinked,
     /// The NVMe controller could not be created.
     #[error("cannot create the NVMe controller: {0}")]
     Nvme(#[from] nvme::NvmeError),
@@ -68,11 +75,46 @@ fn option_hint(kind: &str) -> String {
 /// Where a served device's security comes from (`trustdev serve`'s
 /// security options).
 pub trait SecuritySource {
-    /// The SPDM identity of the function with `ids` served as `kind`, or
-    /// None for a device without CMA/SPDM.
-    fn identity(&self, kind: &str, ids: &PciIds) -> Result<Option<Identity>, KindError>;
-    /// Whether the function advertises DEVCAP.TEE (TDISP support).
-    fn tee(&self) -> bool;
+    /// The Device Serial Number asked for, if any (else the kind's default).
+    fn dsn(&self) -> Option<u64>;
+    /// The security setup of the function named `name` served as `kind`.
+    fn setup(&self, kind: &str, name: &CmaDeviceName) -> Result<SecuritySetup, KindError>;
+}
+
+/// A device's security blocks.
+pub struct SecuritySetup {
+    /// Its SPDM identity (None: a DOE mailbox without CMA/SPDM).
+    pub identity: Option<Identity>,
+    /// How its SPDM responders behave (PSK, heartbeat).
+    pub config: ResponderConfig,
+    /// Its IDE port, if it has one.
+    pub ide: Option<Arc<Ide>>,
+    /// DEVCAP.TEE (TDISP support).
+    pub tee: bool,
+}
+
+impl SecuritySetup {
+    /// The extended capabilities: the DOE mailbox (CMA/SPDM, secured
+    /// CMA/SPDM, IDE_KM when the device has an IDE port) and IDE's.
+    fn ext_caps(&self) -> Vec<ExtCap> {
+        let mut caps = vec![security::doe_capability_with_ide(
+            self.identity.clone(),
+            self.config.clone(),
+            self.ide.as_ref(),
+        )];
+        caps.extend(self.ide.iter().flat_map(|i| i.capabilities()));
+        caps
+    }
+
+    /// `dev` behind its IDE link when it has an IDE port.
+    fn finish(&self, dev: impl Device + 'static) -> Result<AnyDevice, KindError> {
+        Ok(match &self.ide {
+            Some(ide) => AnyDevice::new(
+                IdeDevice::new(dev, Arc::clone(ide)).map_err(|_| KindError::IdeLinked)?,
+            ),
+            None => AnyDevice::new(dev),
+        })
+    }
 }
 
 /// What building a device needs besides its options.
@@ -195,25 +237,37 @@ impl DeviceKind {
 
 fn build_nvme(m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindError> {
     let args = NvmeArgs::from_arg_matches(m)?;
-    let cfg = NvmeConfig::from_args(&args, &ctx.socket.display().to_string())?;
-    let identity = ctx.security.identity("nvme", &nvme::PCI_IDS)?;
+    let mut cfg = NvmeConfig::from_args(&args, &ctx.socket.display().to_string())?;
+    // Default DSN: derived from the NVMe serial number.
+    if let Some(dsn) = ctx.security.dsn() {
+        cfg.dsn = dsn;
+    }
+    let setup = ctx
+        .security
+        .setup("nvme", &security::cma_name(&nvme::PCI_IDS, cfg.dsn))?;
     let sec = NvmeSecurity {
-        ext_caps: vec![security::doe_capability(identity.clone())],
-        tee: ctx.security.tee(),
+        ext_caps: setup.ext_caps(),
+        tee: setup.tee,
         // The same identity also answers over Security Send/Receive.
-        storage: identity.map(|id| {
-            spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
-        }),
+        storage: setup
+            .identity
+            .clone()
+            .map(|id| Responder::new(setup.config.clone(), id)),
     };
-    Ok(AnyDevice::new(NvmeDevice::new_secure(cfg, ctx.port, sec)?))
+    setup.finish(NvmeDevice::new_secure(cfg, ctx.port, sec)?)
 }
 
 fn build_dma_copy(_m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindError> {
-    let identity = ctx.security.identity("dma-copy", &example::PCI_IDS)?;
-    let doe = security::doe_capability(identity);
-    let dev = DmaCopy::with_capabilities(ctx.port, ctx.security.tee(), vec![doe])
+    let dsn = ctx
+        .security
+        .dsn()
+        .unwrap_or_else(|| security::default_dsn("dma-copy", ctx.socket));
+    let setup = ctx
+        .security
+        .setup("dma-copy", &security::cma_name(&example::PCI_IDS, dsn))?;
+    let dev = DmaCopy::with_capabilities(ctx.port, setup.tee, dsn, setup.ext_caps())
         .map_err(KindError::Device)?;
-    Ok(AnyDevice::new(dev))
+    setup.finish(dev)
 }
 
 /// A device of any kind, served as one type.

@@ -7,10 +7,13 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use trustdev_devices::kinds::{self, BuildContext, KindError, SecuritySource, KINDS};
+use trustdev_devices::kinds::{
+    self, BuildContext, KindError, SecuritySetup, SecuritySource, KINDS,
+};
 use trustdev_devices::security;
+use trustdev_devices::security::ide::{Ide, IdeConfig};
 use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
-use vfio_user_server::pci::{PciIds, PortType};
+use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
 
 #[derive(Parser)]
@@ -24,6 +27,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
@@ -45,9 +50,19 @@ enum Cmd {
         /// HeartbeatPeriod in seconds advertised in KEY_EXCHANGE_RSP (0: none).
         #[arg(long, default_value_t = 0)]
         heartbeat: u8,
+        /// IDE capability of each modelled port (see `serve --ide`); `off`:
+        /// no IDE_KM.
+        #[arg(long, default_value = "on")]
+        ide: String,
+        /// Number of IDE ports the IDE_KM responder models (PortIndex 0 to
+        /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+        ide_ports: u16,
+        #[command(flatten)]
+        psk: PskArgs,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
-    Vm(Box<VmArgs>),
+    Vm(VmArgs),
     /// Boot a guest with trustdev devices and explain what its kernel did.
     Demo {
         /// Echo the guest console.
@@ -150,10 +165,78 @@ struct SecurityArgs {
     /// set, so a TSM's connect meets a mailbox it cannot use.
     #[arg(long)]
     no_spdm: bool,
+    /// The IDE capability: `on` (1 link stream, 2 selective streams with 1
+    /// address association block each, AER), `off`, or a comma list of
+    /// link=N, selective=N, assoc=N, tee-limited, flow-through,
+    /// partial-header, aggregation, pcrc, cfg, no-aer, rid=BB:DD.F, segment=N.
+    #[arg(long, default_value = "on")]
+    ide: String,
+    /// Record every IDE TLP of the protected link (ciphertext, MAC, counter,
+    /// key set; never keys) in this new pcap file.
+    #[arg(long)]
+    ide_trace: Option<PathBuf>,
     /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
     /// device unless it has IDE).
     #[arg(long)]
     no_tee: bool,
+    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
+    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
+    /// from the socket path (nvme: from the NVMe serial number).
+    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
+    dsn: Option<u64>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// PSK session options (off unless given).
+#[derive(clap::Args, Debug, Clone)]
+struct PskArgs {
+    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
+    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
+    #[arg(long, value_name = "HEX|@FILE")]
+    psk: Option<String>,
+    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
+    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
+    /// a hint configured without it).
+    #[arg(long, value_name = "STRING", requires = "psk")]
+    psk_hint: Option<String>,
+}
+
+impl PskArgs {
+    /// The responder configuration: defaults, plus the PSK if one was given.
+    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
+        let mut cfg = spdm_responder::ResponderConfig::default();
+        if let Some(p) = &self.psk {
+            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
+                .map_err(|e| e.to_string())?;
+            cfg.psks.push(psk);
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_dsn(s: &str) -> Result<u64, String> {
+    let h = s.trim_start_matches("0x");
+    u64::from_str_radix(h, 16)
+        .ok()
+        .filter(|_| !h.is_empty() && h.len() <= 16)
+        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
+}
+
+impl SecurityArgs {
+    /// The device's IDE port, if it has one.
+    fn ide(&self) -> Result<Option<Arc<Ide>>, String> {
+        let cfg = IdeConfig::parse(&self.ide).map_err(|e| format!("--ide: {e}"))?;
+        let ide = cfg.map(Ide::new);
+        match (&ide, &self.ide_trace) {
+            (Some(ide), Some(path)) => ide
+                .set_trace(path)
+                .map_err(|e| format!("--ide-trace {}: {e}", path.display()))?,
+            (None, Some(_)) => return Err("--ide-trace needs an IDE capability (--ide)".into()),
+            _ => {}
+        }
+        Ok(ide)
+    }
 }
 
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
@@ -166,28 +249,33 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
 }
 
 impl SecuritySource for SecurityArgs {
-    /// The device's SPDM identity (generated on first use), or `None` with
-    /// `--no-spdm`.
-    fn identity(
-        &self,
-        kind: &str,
-        ids: &PciIds,
-    ) -> Result<Option<spdm_responder::Identity>, KindError> {
-        if self.no_spdm {
-            return Ok(None);
-        }
-        let dir = self
-            .identity_dir
-            .clone()
-            .unwrap_or_else(|| security::default_identity_dir(kind));
-        Ok(Some(security::cma::load_identity(
-            &dir,
-            &security::identity_ids(ids),
-        )?))
+    fn dsn(&self) -> Option<u64> {
+        self.dsn
     }
 
-    fn tee(&self) -> bool {
-        !self.no_tee
+    /// The device's SPDM identity (generated on first use; none with
+    /// `--no-spdm`), the responder configuration (PSK), the IDE port and
+    /// DEVCAP.TEE.
+    fn setup(
+        &self,
+        kind: &str,
+        name: &spdm_responder::CmaDeviceName,
+    ) -> Result<SecuritySetup, KindError> {
+        let identity = if self.no_spdm {
+            None
+        } else {
+            let dir = self
+                .identity_dir
+                .clone()
+                .unwrap_or_else(|| security::default_identity_dir(kind));
+            Some(security::cma::load_identity(&dir, name)?)
+        };
+        Ok(SecuritySetup {
+            identity,
+            config: self.psk.responder_config().map_err(KindError::Security)?,
+            ide: self.ide().map_err(KindError::Security)?,
+            tee: !self.no_tee,
+        })
     }
 }
 
@@ -237,21 +325,18 @@ fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), 
     server.run().map_err(|e| e.to_string())
 }
 
-/// The PCI IDs of QEMU's built-in `-device nvme`, whose `spdm_port` the
-/// `spdm-responder` subcommand serves.
-const QEMU_NVME_IDS: PciIds = PciIds {
-    vendor: 0x1b36,
-    device: 0x0010,
-    subsystem_vendor: 0x1af4,
-    subsystem: 0x1100,
-    class: 0x01_08_02,
-    revision: 0x02,
-};
-
-fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<(), String> {
+fn spdm_responder_tcp(
+    port: u16,
+    dir: Option<PathBuf>,
+    heartbeat: u8,
+    ide: &str,
+    ide_ports: u16,
+    psk: &PskArgs,
+) -> Result<(), String> {
+    // The device behind QEMU's `-device nvme,spdm_port=N`.
+    let name = spdm_responder::CmaDeviceName::QEMU_NVME;
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
-    let identity = security::cma::load_identity(&dir, &security::identity_ids(&QEMU_NVME_IDS))
-        .map_err(|e| e.to_string())?;
+    let identity = security::cma::load_identity(&dir, &name).map_err(|e| e.to_string())?;
     for (algo, root) in security::cma::root_certificates(&dir) {
         eprintln!(
             "trustdev spdm-responder: {algo} root certificate: {}",
@@ -260,9 +345,18 @@ fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<
     }
     let cfg = spdm_responder::ResponderConfig {
         heartbeat_period: heartbeat,
-        ..Default::default()
+        ..psk.responder_config()?
     };
-    let responder = spdm_responder::Responder::new(cfg, identity);
+    let mut responder = spdm_responder::Responder::new(cfg, identity);
+    if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
+        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        responder.register_vendor(key, handler);
+        eprintln!(
+            "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
+            ide_ports - 1
+        );
+    }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
 }
@@ -432,14 +526,17 @@ fn main() -> ExitCode {
             port,
             identity_dir,
             heartbeat,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat) {
+            ide,
+            ide_ports,
+            psk,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &psk) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");
                 ExitCode::from(1)
             }
         },
-        Cmd::Vm(a) => run_vm(*a),
+        Cmd::Vm(a) => run_vm(a),
         Cmd::Demo { verbose } => demo(verbose),
     }
 }

@@ -90,19 +90,22 @@ fn spdm_over_nvme_security_send_receive() {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = TempDir::new("spdm");
     let socket = dir.path("nvme.sock");
-    let ids = security::identity_ids(&trustdev_devices::nvme::PCI_IDS);
+    let cfg = NvmeConfig::from_args(&nvme_common::args(), "spdm").unwrap();
+    let name = security::cma_name(&trustdev_devices::nvme::PCI_IDS, cfg.dsn);
     let idir = dir.path("identity");
-    let identity = security::cma::load_identity(&idir, &ids).unwrap();
+    let identity = security::cma::load_identity(&idir, &name).unwrap();
     let roots = identity.roots_der();
     let sec = NvmeSecurity {
-        ext_caps: vec![security::doe_capability(Some(identity.clone()))],
+        ext_caps: vec![security::doe_capability(
+            Some(identity.clone()),
+            spdm_responder::ResponderConfig::default(),
+        )],
         tee: true,
         storage: Some(spdm_responder::Responder::new(
             spdm_responder::ResponderConfig::default(),
             identity,
         )),
     };
-    let cfg = NvmeConfig::from_args(&nvme_common::args(), "spdm").unwrap();
     let dev = NvmeDevice::new_secure(cfg, PortType::Endpoint, sec).unwrap();
     let mut server = Server::new(dev, &socket).unwrap();
     let stop = server.stop_handle();

@@ -800,7 +800,7 @@ mod tests {
         let mut rng = spdm_responder::rng::DeterministicEntropy::new(b"subject");
         let id = spdm_responder::Identity::generate(
             &[AsymAlgo::EcdsaP256],
-            &spdm_responder::PciIds::default(),
+            &spdm_responder::CmaDeviceName::default(),
             1,
             &mut rng,
         )

@@ -6,17 +6,19 @@
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod idekm;
 pub mod identity;
 pub mod keyschedule;
 pub mod measurement;
 pub mod opaque;
+pub mod psk;
 pub mod responder;
 pub mod rng;
 pub mod secured;
 pub mod vendor;
 
 pub use error::ErrorCode;
-pub use identity::{Identity, PciIds};
+pub use identity::{CmaDeviceName, Identity};
 pub use responder::{Responder, ResponderConfig, SecuredReply};
 pub mod requester;
 pub mod transport;

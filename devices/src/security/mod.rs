@@ -4,22 +4,24 @@
 
 pub mod cma;
 pub mod doe;
+pub mod ide;
 
 use spdm_responder::{Identity, Responder, ResponderConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use vfio_user_server::pci::{ExtCap, PciIds};
 
-/// The identity input of the SPDM responder (what its CMA leaf certificate
-/// names) for a function with `ids`: the one place the device IDs of
-/// `vfio_user_server` become the SPDM crate's.
-pub fn identity_ids(ids: &PciIds) -> spdm_responder::PciIds {
-    spdm_responder::PciIds {
+/// The CMA device name (what the leaf certificate's otherName says) of a
+/// type-0 function with `ids` and Device Serial Number `serial`: the one
+/// place the device IDs of `vfio_user_server` become the SPDM crate's.
+pub fn cma_name(ids: &PciIds, serial: u64) -> spdm_responder::CmaDeviceName {
+    spdm_responder::CmaDeviceName {
         vendor: ids.vendor,
         device: ids.device,
         class_code: ids.class,
         revision: ids.revision,
-        subsystem_vendor: ids.subsystem_vendor,
-        subsystem: ids.subsystem,
+        subsystem: Some((ids.subsystem_vendor, ids.subsystem)),
+        serial: Some(serial),
     }
 }
 
@@ -38,18 +40,39 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
 }
 
 /// The DOE mailbox capability of a device: discovery, plus CMA/SPDM and
-/// secured CMA/SPDM answered by an SPDM responder with `identity` (see
-/// [`cma::load_identity`]); without an identity the mailbox serves discovery
-/// only. A device that serves more (vendor-defined data objects, or a
-/// responder with IDE_KM/TDISP handlers registered) builds
+/// secured CMA/SPDM answered by an SPDM responder configured by `config`
+/// with `identity` (see [`cma::load_identity`]); without an identity the
+/// mailbox serves discovery only. A device that serves more (vendor-defined
+/// data objects, or a responder with IDE_KM/TDISP handlers registered) builds
 /// [`doe::DoeMailbox::new`] with its own protocol set.
-pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
+pub fn doe_capability(identity: Option<Identity>, config: ResponderConfig) -> ExtCap {
+    doe_capability_with_ide(identity, config, None)
+}
+
+/// [`doe_capability`] whose SPDM responder also answers IDE_KM (inside
+/// secured sessions) for the device's IDE port.
+pub fn doe_capability_with_ide(
+    identity: Option<Identity>,
+    config: ResponderConfig,
+    ide: Option<&Arc<ide::Ide>>,
+) -> ExtCap {
     let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
     if let Some(identity) = identity {
-        protocols.push(Box::new(Responder::new(
-            ResponderConfig::default(),
-            identity,
-        )));
+        let mut r = Responder::new(config, identity);
+        if let Some(ide) = ide {
+            let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
+            r.register_vendor(key, handler);
+        }
+        protocols.push(Box::new(r));
     }
     doe::DoeMailbox::new(protocols).into_ext_cap()
+}
+
+/// The default Device Serial Number of a device instance: a stable value
+/// derived from its kind and the absolute path of its socket (FNV-1a), so
+/// two instances of a kind differ and one instance keeps its number across
+/// restarts. Never 0 (Linux reads 0 as "no serial number").
+pub fn default_dsn(kind: &str, socket: &Path) -> u64 {
+    let abs = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    crate::nvme::options::fnv64(format!("{kind}\0{}", abs.display()).as_bytes()).max(1)
 }
