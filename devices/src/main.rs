@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use trustdev_devices::kinds::{
-    self, BuildContext, KindError, SecuritySetup, SecuritySource, KINDS,
-};
+use trustdev_devices::kinds::KindError;
+use trustdev_devices::kinds::{self, PskArgs, KINDS};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig};
 use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -58,6 +58,12 @@ enum Cmd {
         /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
         ide_ports: u16,
+        /// TDISP for one TDI (see `serve --tdisp`; here LOCK requires keys
+        /// armed for its stream by IDE_KM, `ide=keys`, as there is no
+        /// configuration space to enable a stream in; its report shows the
+        /// DMA-copy example's BARs as firmware would place them).
+        #[arg(long, default_value = "on")]
+        tdisp: String,
         #[command(flatten)]
         psk: PskArgs,
     },
@@ -79,27 +85,27 @@ enum ServeKind {
     Kind(Vec<String>),
 }
 
-/// Options of `trustdev serve` common to every kind.
+/// Options of `trustdev serve` common to every kind (besides the security
+/// options, which the kind registry adds).
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Socket path (created 0600).
+    /// Socket path (created 0600; only a stale socket there is replaced).
     #[arg(long)]
     socket: PathBuf,
     /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
     #[arg(long)]
     rciep: bool,
-    #[command(flatten)]
-    security: SecurityArgs,
 }
 
 #[derive(clap::Args)]
 struct VmArgs {
     /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
-    /// pcie.0 (default: behind its own pcie-root-port), `no-spdm` and
-    /// `no-tee` are its security options, KEY=VALUE or KEY one of the kind's
-    /// own options (`trustdev serve KIND --help`).
-    #[arg(long = "device", short = 'd')]
-    devices: Vec<DeviceSpec>,
+    /// pcie.0 (default: behind its own pcie-root-port); any other OPT is
+    /// KEY=VALUE or KEY, a security option or one of the kind's own, as
+    /// `trustdev serve KIND --KEY [VALUE]` takes it (`,,` stands for a comma
+    /// inside a value). `--device help` lists every kind's options.
+    #[arg(long = "device", short = 'd', value_parser = parse_device)]
+    devices: Vec<DeviceArg>,
     /// Guest script to run (its exit status is the verdict).
     #[arg(long)]
     script: Option<PathBuf>,
@@ -153,92 +159,6 @@ struct VmArgs {
     tsm: bool,
 }
 
-/// Device security options of `trustdev serve`.
-#[derive(clap::Args, Debug, Clone)]
-struct SecurityArgs {
-    /// Where the device's SPDM identity (certificate chains, keys 0600) lives;
-    /// generated on first use. Default: $TRUSTDEV_IDENTITY_DIR/KIND or
-    /// ~/.local/share/trustdev/identity/KIND.
-    #[arg(long)]
-    identity_dir: Option<PathBuf>,
-    /// A DOE mailbox with discovery only (no CMA/SPDM); DEVCAP.TEE stays
-    /// set, so a TSM's connect meets a mailbox it cannot use.
-    #[arg(long)]
-    no_spdm: bool,
-    /// The IDE capability: `on` (1 link stream, 2 selective streams with 1
-    /// address association block each, AER), `off`, or a comma list of
-    /// link=N, selective=N, assoc=N, tee-limited, flow-through,
-    /// partial-header, aggregation, pcrc, cfg, no-aer, rid=BB:DD.F, segment=N.
-    #[arg(long, default_value = "on")]
-    ide: String,
-    /// Record every IDE TLP of the protected link (ciphertext, MAC, counter,
-    /// key set; never keys) in this new pcap file.
-    #[arg(long)]
-    ide_trace: Option<PathBuf>,
-    /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
-    /// device unless it has IDE).
-    #[arg(long)]
-    no_tee: bool,
-    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
-    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
-    /// from the socket path (nvme: from the NVMe serial number).
-    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
-    dsn: Option<u64>,
-    #[command(flatten)]
-    psk: PskArgs,
-}
-
-/// PSK session options (off unless given).
-#[derive(clap::Args, Debug, Clone)]
-struct PskArgs {
-    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
-    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
-    #[arg(long, value_name = "HEX|@FILE")]
-    psk: Option<String>,
-    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
-    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
-    /// a hint configured without it).
-    #[arg(long, value_name = "STRING", requires = "psk")]
-    psk_hint: Option<String>,
-}
-
-impl PskArgs {
-    /// The responder configuration: defaults, plus the PSK if one was given.
-    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
-        let mut cfg = spdm_responder::ResponderConfig::default();
-        if let Some(p) = &self.psk {
-            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
-                .map_err(|e| e.to_string())?;
-            cfg.psks.push(psk);
-        }
-        Ok(cfg)
-    }
-}
-
-fn parse_dsn(s: &str) -> Result<u64, String> {
-    let h = s.trim_start_matches("0x");
-    u64::from_str_radix(h, 16)
-        .ok()
-        .filter(|_| !h.is_empty() && h.len() <= 16)
-        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
-}
-
-impl SecurityArgs {
-    /// The device's IDE port, if it has one.
-    fn ide(&self) -> Result<Option<Arc<Ide>>, String> {
-        let cfg = IdeConfig::parse(&self.ide).map_err(|e| format!("--ide: {e}"))?;
-        let ide = cfg.map(Ide::new);
-        match (&ide, &self.ide_trace) {
-            (Some(ide), Some(path)) => ide
-                .set_trace(path)
-                .map_err(|e| format!("--ide-trace {}: {e}", path.display()))?,
-            (None, Some(_)) => return Err("--ide-trace needs an IDE capability (--ide)".into()),
-            _ => {}
-        }
-        Ok(ide)
-    }
-}
-
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     match s.split_once(':') {
         Some((src, dest)) if !src.is_empty() && dest.starts_with('/') => {
@@ -248,35 +168,22 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     }
 }
 
-impl SecuritySource for SecurityArgs {
-    fn dsn(&self) -> Option<u64> {
-        self.dsn
-    }
+/// A `trustdev vm --device` value.
+#[derive(Clone)]
+enum DeviceArg {
+    /// `help`: list the kinds and their options.
+    Help,
+    /// A device.
+    Device(DeviceSpec),
+}
 
-    /// The device's SPDM identity (generated on first use; none with
-    /// `--no-spdm`), the responder configuration (PSK), the IDE port and
-    /// DEVCAP.TEE.
-    fn setup(
-        &self,
-        kind: &str,
-        name: &spdm_responder::CmaDeviceName,
-    ) -> Result<SecuritySetup, KindError> {
-        let identity = if self.no_spdm {
-            None
-        } else {
-            let dir = self
-                .identity_dir
-                .clone()
-                .unwrap_or_else(|| security::default_identity_dir(kind));
-            Some(security::cma::load_identity(&dir, name)?)
-        };
-        Ok(SecuritySetup {
-            identity,
-            config: self.psk.responder_config().map_err(KindError::Security)?,
-            ide: self.ide().map_err(KindError::Security)?,
-            tee: !self.no_tee,
-        })
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    if s == "help" {
+        return Ok(DeviceArg::Help);
     }
+    s.parse()
+        .map(DeviceArg::Device)
+        .map_err(|e: KindError| e.to_string())
 }
 
 /// The kinds `trustdev serve --help` lists.
@@ -298,21 +205,20 @@ fn serve(argv: &[String]) -> Result<(), String> {
         .about(kind.about);
     let m = cmd.try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
     let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
-    let ctx = BuildContext {
-        socket: &args.socket,
-        port: if args.rciep {
-            PortType::RcIntegratedEndpoint
-        } else {
-            PortType::Endpoint
-        },
-        security: &args.security,
+    let port = if args.rciep {
+        PortType::RcIntegratedEndpoint
+    } else {
+        PortType::Endpoint
     };
-    let dev = kind.build(&m, &ctx).map_err(|e| e.to_string())?;
+    let dev = kind
+        .build(&m, &args.socket, port)
+        .map_err(|e| e.to_string())?;
     run_server(dev, &args.socket)
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
-    let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // Server errors name the socket path themselves.
+    let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("signals: {e}"))?;
@@ -331,6 +237,7 @@ fn spdm_responder_tcp(
     heartbeat: u8,
     ide: &str,
     ide_ports: u16,
+    tdisp: &str,
     psk: &PskArgs,
 ) -> Result<(), String> {
     // The device behind QEMU's `-device nvme,spdm_port=N`.
@@ -348,14 +255,37 @@ fn spdm_responder_tcp(
         ..psk.responder_config()?
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
+    let mut ports: Vec<Arc<Ide>> = Vec::new();
     if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
-        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
-        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports.clone()).handler();
         responder.register_vendor(key, handler);
         eprintln!(
             "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
             ide_ports - 1
         );
+    }
+    let base = TdispConfig {
+        ide: if ports.is_empty() {
+            IdeRequirement::None
+        } else {
+            IdeRequirement::KeysArmed
+        },
+        ..TdispConfig::default()
+    };
+    if let Some(c) = TdispConfig::parse(tdisp, base).map_err(|e| format!("--tdisp: {e}"))? {
+        let tdi = Tdi::new(c, "trustdev spdm-responder (dma-copy layout)", ports);
+        let mut cfg = trustdev_devices::example::config_space(
+            PortType::Endpoint,
+            true,
+            trustdev_devices::example::DEFAULT_SERIAL,
+            Vec::new(),
+        );
+        security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
+        tdi.observe(&cfg);
+        let (key, handler) = security::tdisp::TdispFunctions::new(vec![tdi]).handler();
+        responder.register_vendor(key, handler);
+        eprintln!("trustdev spdm-responder: TDISP for one TDI");
     }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
@@ -371,7 +301,14 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 fn vm_spec(a: VmArgs) -> VmSpec {
     VmSpec {
-        devices: a.devices,
+        devices: a
+            .devices
+            .into_iter()
+            .filter_map(|d| match d {
+                DeviceArg::Device(d) => Some(d),
+                DeviceArg::Help => None,
+            })
+            .collect(),
         kernel: a.kernel,
         initrd: a.initrd,
         append: a.append,
@@ -397,6 +334,10 @@ fn report_failure(e: &VmError) -> ExitCode {
 }
 
 fn run_vm(a: VmArgs) -> ExitCode {
+    if a.devices.iter().any(|d| matches!(d, DeviceArg::Help)) {
+        print!("{}", kinds::vm_device_help());
+        return ExitCode::SUCCESS;
+    }
     let spec = vm_spec(a);
     match vm::run(&spec, stop_flag()) {
         Ok(out) => {
@@ -528,8 +469,10 @@ fn main() -> ExitCode {
             heartbeat,
             ide,
             ide_ports,
+            tdisp,
             psk,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &psk) {
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp, &psk)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");
