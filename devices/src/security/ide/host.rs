@@ -296,6 +296,7 @@ impl<A: ConfigAccess> IdeHost<A> {
 /// BAR0 of a device reached through the client that carries the IDE setup
 /// (e.g. the user-space NVMe driver of `crate::nvme::host` driving a
 /// controller whose stream this setup made SECURE).
+#[cfg(any(test, feature = "host-driver"))]
 impl crate::nvme::host::Bar0 for IdeHost<Client> {
     fn read_reg32(&mut self, off: u64) -> u32 {
         self.access().read32(0, off).unwrap_or(u32::MAX)
