@@ -6,7 +6,9 @@
 #   qemu    : QEMU's built-in -device nvme on a tmpfs image (same size)
 # each RUNS times (default 3), interleaved; prints per-run lines, then the
 # medians, doorbell writes (= vfio-user messages) and interrupts per I/O, and
-# trustdev/QEMU IOPS ratios.
+# trustdev/QEMU IOPS ratios. A run that fails (the guest, QEMU, a server,
+# or any fio run in the guest) stops the script with status 1 and the path
+# of that run's output: a failure is never recorded as a figure.
 # Needs fio and nvme-cli on the host (copied into the guest).
 # Usage: scripts/nvme-bench.sh [RUNS] [SECONDS]
 set -euo pipefail
@@ -25,9 +27,17 @@ sed "s/^T=\${BENCH_TIME:-8}/T=$T/" "$SCRIPT" >"$tmp_script"
 common=(-v --smp 1 --mem 1024 --bin "$(command -v fio)" --bin "$(command -v nvme)"
         --script "$tmp_script" --timeout 900)
 run() { # name args...
-    local name=$1; shift
-    "$TD" vm "$@" "${common[@]}" >"$OUT/$name.out" 2>&1 || true
-    grep '^BENCH rw' "$OUT/$name.out" | sed "s/^/$name /" || echo "$name FAILED (see $OUT/$name.out)"
+    local name=$1 n; shift
+    if ! "$TD" vm "$@" "${common[@]}" >"$OUT/$name.out" 2>&1; then
+        echo "nvme-bench: $name FAILED: $(grep -m1 -E 'BENCH-FAIL|error' "$OUT/$name.out" || echo "trustdev vm failed") (see $OUT/$name.out)" >&2
+        exit 1
+    fi
+    n=$(grep -c '^BENCH rw' "$OUT/$name.out" || true)
+    if [ "$n" -ne 4 ]; then
+        echo "nvme-bench: $name FAILED: $n of 4 results (see $OUT/$name.out)" >&2
+        exit 1
+    fi
+    grep '^BENCH rw' "$OUT/$name.out" | sed "s/^/$name /"
 }
 for r in $(seq 1 "$RUNS"); do
     run "trapped-$r" -d nvme:size=1G,no-shadow-doorbells

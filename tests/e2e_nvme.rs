@@ -7,10 +7,16 @@
 //! through hwmon, and runs nvme-cli (id-ctrl, id-ns, smart-log) when the
 //! host has it. At poweroff the kernel shuts the controller down: the
 //! server must log a completed shutdown notification.
+//!
+//! A power cut: the server runs inside a guest with its image on a virtio
+//! disk, the guest is killed, and every flushed (or write-through) block
+//! must be in the disk image while unflushed ones are gone.
 
+#[path = "../devices/tests/nvme_common/driver.rs"]
+mod nvme_driver;
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -311,5 +317,238 @@ fn file_backed_polled_doorbells_4k_blocks() {
         &image[1024 + 56..1024 + 58],
         &[0x53, 0xef],
         "ext2 on the image"
+    );
+}
+
+/// Set (to the guest's socket directory) when this test binary runs inside
+/// the power-cut guest as the NVMe driver.
+const POWERCUT_CLIENT: &str = "TRUSTDEV_POWERCUT_CLIENT";
+/// Size of each power-cut disk.
+const POWERCUT_DISK: u64 = 64 << 20;
+/// A chunk of the power-cut test's writes.
+const PC_CHUNK: usize = 32 * 1024;
+/// Where the FUA write goes (beyond the chunks).
+const PC_FUA_LBA: u64 = 40_000;
+
+/// 64 chunk LBAs scattered over the first 16 MiB; the first `n`.
+fn pc_lbas(n: u64) -> impl Iterator<Item = u64> {
+    (0..n).map(|i| (i * 7919 % 512) * (PC_CHUNK as u64 / 512))
+}
+
+/// The driver inside the guest: writes and flushes through both servers,
+/// prints POWERCUT-READY, then stays connected until the power cut.
+fn powercut_client(dir: &Path) -> ! {
+    use nvme_driver::{connect, pattern};
+    use trustdev_devices::nvme::spec::Status;
+    // Off the test harness's "test ... " line.
+    println!();
+    let (mut wb, _v) = connect(&dir.join("wb.sock"), 16 << 20);
+    wb.create_io_queues(2, 64).unwrap();
+    for (i, lba) in pc_lbas(64).enumerate() {
+        let q = 1 + (i % 2) as u16;
+        wb.write_blocks(q, 1, lba, &pattern(lba, 1, PC_CHUNK))
+            .unwrap();
+    }
+    wb.flush(1, 1).unwrap();
+    println!("POWERCUT-INFO write-back: generation 1 written and flushed");
+    for lba in pc_lbas(32) {
+        wb.write_blocks(2, 1, lba, &pattern(lba, 2, PC_CHUNK))
+            .unwrap();
+    }
+    wb.flush(2, 0xffff_ffff).unwrap();
+    println!("POWERCUT-INFO write-back: generation 2 written and flushed (all namespaces)");
+    let buf = wb.mem.alloc(4096, 4096);
+    wb.mem.write(buf, &pattern(PC_FUA_LBA, 4, 4096));
+    let mut fua = wb.rw_command(true, 1, PC_FUA_LBA, buf, 8);
+    fua.cdw[2] |= 1 << 30;
+    let c = wb.io_cmd(1, fua).unwrap();
+    assert!(
+        Status(c.status).is_success(),
+        "FUA write: {}",
+        Status(c.status)
+    );
+    println!("POWERCUT-INFO write-back: FUA write completed");
+    for lba in pc_lbas(8) {
+        wb.write_blocks(1, 1, lba, &pattern(lba, 3, PC_CHUNK))
+            .unwrap();
+    }
+    println!("POWERCUT-INFO write-back: generation 3 written, not flushed");
+    let (mut wt, _v2) = connect(&dir.join("wt.sock"), 16 << 20);
+    wt.create_io_queues(1, 64).unwrap();
+    for lba in pc_lbas(32) {
+        wt.write_blocks(1, 1, lba, &pattern(lba, 5, PC_CHUNK))
+            .unwrap();
+    }
+    println!("POWERCUT-INFO write-through: generation 5 written, not flushed");
+    println!("POWERCUT-READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// A copy of `exe` without debug information (smaller initramfs), or
+/// `exe` itself when `strip` is not there.
+fn stripped(exe: &Path, dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&out)
+        .arg(exe)
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        out
+    } else {
+        exe.to_path_buf()
+    }
+}
+
+/// Power cut: trustdev's NVMe server runs inside a guest, its namespaces on
+/// virtio disks (ordinary write-back cache; the guest's page cache is the
+/// volatile cache) backed by image files here, driven by this test binary
+/// as a user-space NVMe driver in the guest. When the driver has written
+/// and flushed, QEMU is SIGKILLed: the guest's unsynced page cache dies with
+/// it, what the server synced reached the image files. Every flushed, FUA
+/// and write-through block must be there; unflushed ones must not (else
+/// the setup could not tell a Flush that syncs from one that does not).
+#[test]
+fn nvme_power_cut() {
+    if let Some(dir) = std::env::var_os(POWERCUT_CLIENT) {
+        powercut_client(Path::new(&dir));
+    }
+    if support::skip() {
+        return;
+    }
+    use nvme_driver::pattern;
+    let _g = support::lock();
+    let dir = std::env::temp_dir().join(format!("trustdev-e2e-powercut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (wb, wt) = (dir.join("wb.img"), dir.join("wt.img"));
+    for img in [&wb, &wt] {
+        std::fs::File::create(img)
+            .unwrap()
+            .set_len(POWERCUT_DISK)
+            .unwrap();
+    }
+    let server = stripped(&support::trustdev(), &dir, "trustdev");
+    let client = stripped(&std::env::current_exe().unwrap(), &dir, "nvme-powercut");
+    let script = support::guest_script("nvme_powercut.sh");
+    let drive = |img: &Path, id: &str| {
+        format!(
+            "file={},if=none,id={id},format=raw,cache=writeback",
+            img.display()
+        )
+    };
+    let (wb_drive, wt_drive) = (drive(&wb, "wb"), drive(&wt, "wt"));
+    let client_bin = format!("{}:/usr/local/bin/nvme-powercut", client.display());
+    let args = [
+        "--script",
+        script.to_str().unwrap(),
+        "--module",
+        "virtio_blk",
+        "--bin",
+        server.to_str().unwrap(),
+        "--bin",
+        &client_bin,
+        "--qemu-arg=-drive",
+        &format!("--qemu-arg={wb_drive}"),
+        "--qemu-arg=-device",
+        "--qemu-arg=virtio-blk-pci,drive=wb",
+        "--qemu-arg=-drive",
+        &format!("--qemu-arg={wt_drive}"),
+        "--qemu-arg=-device",
+        "--qemu-arg=virtio-blk-pci,drive=wt",
+        "--timeout",
+        "600",
+    ];
+    let log = dir.join("serial.log");
+    let mut child = support::spawn_vm(&args, &log);
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    let killed = loop {
+        let serial = std::fs::read_to_string(&log).unwrap_or_default();
+        if serial.contains("POWERCUT-READY") {
+            let qemu = support::children_of(pid)
+                .into_iter()
+                .find(|(_, c)| c.contains("qemu-system"));
+            if let Some((qpid, _)) = qemu {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(qpid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .unwrap();
+                break true;
+            }
+        }
+        if serial.contains("POWERCUT-FAIL")
+            || Instant::now() > deadline
+            || child.try_wait().unwrap().is_some()
+        {
+            let _ = child.kill();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let run = support::finish(out, &log);
+    let wb_img = std::fs::read(&wb).unwrap_or_default();
+    let wt_img = std::fs::read(&wt).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        killed,
+        "the guest never reported POWERCUT-READY\n{}",
+        run.dump()
+    );
+    assert!(
+        !run.serial.contains("TRUSTDEV-EXIT"),
+        "the guest ended on its own instead of losing power\n{}",
+        run.dump()
+    );
+    for l in run.lines("POWERCUT-INFO") {
+        println!("{l}");
+    }
+    let at = |img: &[u8], lba: u64, len: usize| img[lba as usize * 512..][..len].to_vec();
+    // Generation 3 (chunks 0..8) was never flushed: the power cut must have
+    // taken it, leaving generation 2; else this setup could not tell a
+    // Flush that syncs from one that does not.
+    let mut lost = Vec::new();
+    let mut unflushed_kept = 0;
+    for (i, lba) in pc_lbas(64).enumerate() {
+        let got = at(&wb_img, lba, PC_CHUNK);
+        if i < 8 && got == pattern(lba, 3, PC_CHUNK) {
+            unflushed_kept += 1;
+            continue;
+        }
+        let want = if i < 32 { 2 } else { 1 };
+        if got != pattern(lba, want, PC_CHUNK) {
+            lost.push(format!(
+                "write-back LBA {lba}: generation {want} (flushed) missing"
+            ));
+        }
+    }
+    assert_eq!(
+        unflushed_kept,
+        0,
+        "unflushed writes reached the disk: the power cut did not drop the guest's cache\n{}",
+        run.dump()
+    );
+    if at(&wb_img, PC_FUA_LBA, 4096) != pattern(PC_FUA_LBA, 4, 4096) {
+        lost.push(format!(
+            "write-back LBA {PC_FUA_LBA}: the FUA write is missing"
+        ));
+    }
+    for lba in pc_lbas(32) {
+        if at(&wt_img, lba, PC_CHUNK) != pattern(lba, 5, PC_CHUNK) {
+            lost.push(format!(
+                "write-through LBA {lba}: a completed write is missing"
+            ));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "durable data lost at the power cut:\n  {}\n{}",
+        lost.join("\n  "),
+        run.dump()
     );
 }

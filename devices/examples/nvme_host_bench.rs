@@ -1,13 +1,25 @@
 //! Host-side NVMe benchmark (no VM): a user-space NVMe driver in this
-//! process drives `trustdev serve nvme` (a child process, RAM namespace)
-//! over vfio-user with 4 KiB random reads or writes, and reports IOPS, IOPS
-//! per server CPU-second (the server's utime + stime from /proc), latency
-//! percentiles, and the same loop with the controller replaced by a memcpy
-//! of each 4 KiB block (the floor: what moving the data costs).
+//! process drives `trustdev serve nvme` (a child process, 1 GiB RAM
+//! namespace) over vfio-user with 4 KiB random reads or writes, and reports
+//! IOPS, IOPS per server CPU-second (the server's utime + stime from
+//! /proc), latency percentiles, and the same loop with the controller
+//! replaced by a memcpy of each 4 KiB block (the floor: what moving the
+//! data costs).
+//!
+//! The namespace is written end to end first, so reads copy real pages:
+//! an unwritten page of the sparse RAM disk reads the kernel's shared zero
+//! page, which stays in the CPU caches and flatters random reads. `--sparse`
+//! skips the prefill (reads then hit the zero page, writes allocate pages)
+//! and says so in every row.
+//!
+//! Each of `--runs` rounds measures the memcpy floor, then random reads,
+//! then random writes; the last lines are the medians over the rounds of
+//! each column (the floor ratio from each round's own floor). With
+//! `--sparse` there is one round (a second would read what the first wrote).
 //!
 //! ```text
 //! cargo build -p trustdev-devices --bins --examples
-//! target/debug/examples/nvme_host_bench [--seconds 5] [--qd 32] [--doorbells shadow|poll|trap]
+//! target/debug/examples/nvme_host_bench [--seconds 5] [--qd 32] [--runs 3] [--doorbells shadow|poll|trap] [--sparse]
 //! ```
 
 use std::os::fd::AsRawFd;
@@ -21,7 +33,7 @@ use vfio_user_server::protocol::REGION_FLAG_MMAP;
 
 #[path = "common/bench.rs"]
 mod bench_util;
-use bench_util::{cpu_seconds, run, Rng, IOVA};
+use bench_util::{cpu_seconds, prefill, run, Rng, IOVA};
 
 /// BAR0 with doorbells written into the mmapped page (poll mode).
 struct Mapped {
@@ -57,6 +69,43 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
+/// One measured row.
+#[derive(Clone, Copy, Debug, Default)]
+struct Row {
+    iops: f64,
+    per_core: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    floor_ratio: f64,
+}
+
+impl Row {
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<56} {:>9.0} IOPS  {:>9.0} IOPS/server-core  p50 {:>7.1} us  p99 {:>7.1} us  p99.9 {:>7.1} us  ({:.4} of the memcpy floor)",
+            self.iops, self.per_core, self.p50, self.p99, self.p999, self.floor_ratio
+        );
+    }
+
+    /// The median of each column over `rows` (upper median for even counts).
+    fn median(rows: &[Row]) -> Row {
+        let med = |f: fn(&Row) -> f64| {
+            let mut v: Vec<f64> = rows.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Row {
+            iops: med(|r| r.iops),
+            per_core: med(|r| r.per_core),
+            p50: med(|r| r.p50),
+            p99: med(|r| r.p99),
+            p999: med(|r| r.p999),
+            floor_ratio: med(|r| r.floor_ratio),
+        }
+    }
+}
+
 fn memcpy_floor(secs: f64) -> f64 {
     let src = vec![7u8; 64 << 20];
     let mut dst = vec![0u8; 4096 * 32];
@@ -79,15 +128,19 @@ fn main() {
     let mut secs = 5.0;
     let mut qd = 32usize;
     let mut mode = "shadow".to_string();
+    let mut sparse = false;
+    let mut runs = 3usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => secs = args.next().and_then(|v| v.parse().ok()).unwrap_or(secs),
             "--qd" => qd = args.next().and_then(|v| v.parse().ok()).unwrap_or(qd),
             "--doorbells" => mode = args.next().unwrap_or(mode),
+            "--sparse" => sparse = true,
+            "--runs" => runs = args.next().and_then(|v| v.parse().ok()).unwrap_or(runs),
             _ => {
                 eprintln!(
-                    "usage: nvme_host_bench [--seconds S] [--qd N] [--doorbells shadow|poll|trap]"
+                    "usage: nvme_host_bench [--seconds S] [--qd N] [--runs N] [--doorbells shadow|poll|trap] [--sparse]"
                 );
                 std::process::exit(2);
             }
@@ -120,21 +173,22 @@ fn main() {
     let mut c = Client::connect(&sock).unwrap();
     let mem = HostMemory::new(IOVA, 16 << 20).unwrap();
     mem.dma_map(&mut c).unwrap();
-    let report = |name: &str, done: u64, mut lat: Vec<u64>, wall: f64, cpu: f64, floor: f64| {
+    if sparse {
+        runs = 1;
+    }
+    let runs = runs.max(1);
+    let row = |done: u64, mut lat: Vec<u64>, wall: f64, cpu: f64, floor: f64| {
         lat.sort_unstable();
         let iops = done as f64 / wall;
-        println!(
-            "{name:<28} {:>9.0} IOPS  {:>9.0} IOPS/server-core  p50 {:>7.1} us  p99 {:>7.1} us  p99.9 {:>7.1} us  ({:.4} of the memcpy floor)",
+        Row {
             iops,
-            done as f64 / cpu.max(1e-9),
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99),
-            percentile(&lat, 0.999),
-            iops / floor
-        );
+            per_core: done as f64 / cpu.max(1e-9),
+            p50: percentile(&lat, 0.5),
+            p99: percentile(&lat, 0.99),
+            p999: percentile(&lat, 0.999),
+            floor_ratio: iops / floor,
+        }
     };
-    let floor = memcpy_floor(1.0);
-    println!("memcpy-only 4 KiB loop: {floor:.0} copies/s (the floor)");
     let pid = server.id();
     macro_rules! bench {
         ($d:expr) => {{
@@ -143,17 +197,40 @@ fn main() {
             if mode == "shadow" {
                 d.enable_shadow_doorbells().unwrap();
             }
-            for write in [false, true] {
-                let cpu0 = cpu_seconds(pid);
-                let t0 = Instant::now();
-                let (done, lat) = run(d, write, qd, secs);
-                let wall = t0.elapsed().as_secs_f64();
-                let cpu = cpu_seconds(pid) - cpu0;
-                let name = format!(
-                    "4k rand{} QD{qd} {mode}",
+            let fill = if sparse {
+                println!("namespace NOT prefilled: reads hit the shared zero page, writes allocate pages");
+                "sparse"
+            } else {
+                let mark = d.mark();
+                let t = prefill(d, qd.min(32));
+                d.release(mark);
+                println!("namespace prefilled: 1 GiB written in {t:.2} s");
+                "prefilled"
+            };
+            let name = |write: bool| {
+                format!(
+                    "4k rand{} QD{qd} {mode} {fill}",
                     if write { "write" } else { "read" }
-                );
-                report(&name, done, lat, wall, cpu, floor);
+                )
+            };
+            let mut rows: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+            for r in 1..=runs {
+                let floor = memcpy_floor(1.0);
+                println!("round {r}: memcpy-only 4 KiB loop: {floor:.0} copies/s (the floor)");
+                for write in [false, true] {
+                    let cpu0 = cpu_seconds(pid);
+                    let t0 = Instant::now();
+                    let (done, lat) = run(d, write, qd, secs);
+                    let wall = t0.elapsed().as_secs_f64();
+                    let cpu = cpu_seconds(pid) - cpu0;
+                    let x = row(done, lat, wall, cpu, floor);
+                    x.print(&name(write));
+                    rows[usize::from(write)].push(x);
+                }
+            }
+            for write in [false, true] {
+                Row::median(&rows[usize::from(write)])
+                    .print(&format!("median of {runs}: {}", name(write)));
             }
             println!(
                 "driver: {} doorbell register writes, {} shadow-only updates",

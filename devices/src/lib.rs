@@ -12,6 +12,7 @@
 pub mod example;
 
 pub mod accel;
+pub mod kinds;
 pub mod nvme;
 pub mod security;
 pub mod vm;

@@ -1,18 +1,18 @@
 //! `trustdev`: serve trustdev devices over vfio-user, boot guests against
 //! them, and show what the guest kernel does with them.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use trustdev_devices::example::DmaCopy;
-use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
+use trustdev_devices::kinds::KindError;
+use trustdev_devices::kinds::{self, PskArgs, KINDS};
 use trustdev_devices::security;
-use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
-use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig, TdispDevice};
-use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
+use trustdev_devices::security::ide::{Ide, IdeConfig};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig};
+use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
 
@@ -32,20 +32,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
-    Serve {
-        /// Device model: dma-copy, nvme, accel.
-        kind: String,
-        /// Socket path (created 0600; only a stale socket there is replaced).
-        #[arg(long)]
-        socket: PathBuf,
-        /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
-        #[arg(long)]
-        rciep: bool,
-        #[command(flatten)]
-        nvme: NvmeArgs,
-        #[command(flatten)]
-        security: SecurityArgs,
-    },
+    #[command(
+        subcommand,
+        override_usage = "trustdev serve KIND --socket PATH [OPTIONS]"
+    )]
+    Serve(ServeKind),
     /// Serve the SPDM responder alone over the spdm-emu TCP protocol on
     /// 127.0.0.1 (for QEMU's `-device nvme,spdm_port=N`, DMTF's
     /// spdm_requester_emu, the SPDM responder validator).
@@ -86,15 +77,35 @@ enum Cmd {
     },
 }
 
+/// `trustdev serve KIND ...`: the kind and its arguments, parsed by the
+/// kind's entry in the device-kind registry.
+#[derive(Subcommand)]
+enum ServeKind {
+    #[command(external_subcommand)]
+    Kind(Vec<String>),
+}
+
+/// Options of `trustdev serve` common to every kind (besides the security
+/// options, which the kind registry adds).
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Socket path (created 0600; only a stale socket there is replaced).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
+    #[arg(long)]
+    rciep: bool,
+}
+
 #[derive(clap::Args)]
 struct VmArgs {
-    /// Device to attach: KIND[:OPT,...] (repeatable). A device sits behind a
-    /// pcie-root-port unless `rciep` puts it on pcie.0. Options of every
-    /// kind: no-spdm, no-tee, ide=SPEC (`serve --ide` with `+` between
-    /// items, e.g. ide=selective=4+assoc=2), ide-trace=FILE (`serve
-    /// --ide-trace`); NVMe also takes KEY=VALUE (see `trustdev serve --help`).
-    #[arg(long = "device", short = 'd')]
-    devices: Vec<DeviceSpec>,
+    /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
+    /// pcie.0 (default: behind its own pcie-root-port); any other OPT is
+    /// KEY=VALUE or KEY, a security option or one of the kind's own, as
+    /// `trustdev serve KIND --KEY [VALUE]` takes it (`,,` stands for a comma
+    /// inside a value). `--device help` lists every kind's options.
+    #[arg(long = "device", short = 'd', value_parser = parse_device)]
+    devices: Vec<DeviceArg>,
     /// Guest script to run (its exit status is the verdict).
     #[arg(long)]
     script: Option<PathBuf>,
@@ -148,105 +159,6 @@ struct VmArgs {
     tsm: bool,
 }
 
-/// Device security options of `trustdev serve`.
-#[derive(clap::Args, Debug, Clone)]
-struct SecurityArgs {
-    /// Where the device's SPDM identity (certificate chains, keys 0600) lives;
-    /// generated on first use. Default: $TRUSTDEV_IDENTITY_DIR/KIND or
-    /// ~/.local/share/trustdev/identity/KIND.
-    #[arg(long)]
-    identity_dir: Option<PathBuf>,
-    /// A DOE mailbox with discovery only (no CMA/SPDM); DEVCAP.TEE stays
-    /// set, so a TSM's connect meets a mailbox it cannot use.
-    #[arg(long)]
-    no_spdm: bool,
-    /// The IDE capability: `on` (1 link stream, 2 selective streams with 1
-    /// address association block each, AER), `off`, or a comma list of
-    /// link=N, selective=N, assoc=N, tee-limited, flow-through,
-    /// partial-header, aggregation, pcrc, cfg, no-aer, rid=BB:DD.F, segment=N.
-    #[arg(long, default_value = "on")]
-    ide: String,
-    /// Record every IDE TLP of the protected link (ciphertext, MAC, counter,
-    /// key set; never keys) in this new pcap file.
-    #[arg(long)]
-    ide_trace: Option<PathBuf>,
-    /// TDISP (answered over the DOE mailbox's SPDM sessions): `on`, `off`,
-    /// or a comma list of rid=BB:DD.F (the function's Requester ID; by
-    /// default any, bound by LOCK_INTERFACE), segment=N, ide=secure|keys|none
-    /// (what LOCK requires of its IDE stream; default secure, none without
-    /// --ide).
-    #[arg(long, default_value = "on")]
-    tdisp: String,
-    /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
-    /// device unless it has IDE).
-    #[arg(long)]
-    no_tee: bool,
-    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
-    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
-    /// from the socket path (nvme: from the NVMe serial number).
-    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
-    dsn: Option<u64>,
-    /// Test fault (wrong on purpose, never a default): the leaf
-    /// certificate's CMA subject-alt-name names DSN xor 1 instead of this
-    /// device, so a TSM's SAN check (the kernel's CMA code, tsm-agent) must
-    /// refuse the device although its chain verifies.
-    #[arg(long)]
-    wrong_san: bool,
-    #[command(flatten)]
-    psk: PskArgs,
-}
-
-/// PSK session options (off unless given).
-#[derive(clap::Args, Debug, Clone)]
-struct PskArgs {
-    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
-    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
-    #[arg(long, value_name = "HEX|@FILE")]
-    psk: Option<String>,
-    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
-    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
-    /// a hint configured without it).
-    #[arg(long, value_name = "STRING", requires = "psk")]
-    psk_hint: Option<String>,
-}
-
-impl PskArgs {
-    /// The responder configuration: defaults, plus the PSK if one was given.
-    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
-        let mut cfg = spdm_responder::ResponderConfig::default();
-        if let Some(p) = &self.psk {
-            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
-                .map_err(|e| e.to_string())?;
-            cfg.psks.push(psk);
-        }
-        Ok(cfg)
-    }
-}
-
-fn parse_dsn(s: &str) -> Result<u64, String> {
-    let h = s.trim_start_matches("0x");
-    u64::from_str_radix(h, 16)
-        .ok()
-        .filter(|_| !h.is_empty() && h.len() <= 16)
-        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
-}
-
-impl SecurityArgs {
-    /// The device's IDE port, if it has one.
-    fn ide(&self) -> Result<Option<Arc<Ide>>, String> {
-        let cfg = IdeConfig::parse(&self.ide).map_err(|e| format!("--ide: {e}"))?;
-        let ide = cfg.map(Ide::new);
-        match (&ide, &self.ide_trace) {
-            (Some(ide), Some(path)) => ide
-                .set_trace(path)
-                .map_err(|e| format!("--ide-trace {}: {e}", path.display()))?,
-            (None, Some(_)) => return Err("--ide-trace needs an IDE capability (--ide)".into()),
-            _ => {}
-        }
-        Ok(ide)
-    }
-}
-
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     match s.split_once(':') {
         Some((src, dest)) if !src.is_empty() && dest.starts_with('/') => {
@@ -256,199 +168,52 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     }
 }
 
-impl SecurityArgs {
-    /// The device's TDI (needs SPDM), bound to its IDE port if it has one.
-    fn tdisp(&self, kind: &str, ide: Option<&Arc<Ide>>) -> Result<Option<Arc<Tdi>>, String> {
-        if self.no_spdm {
-            return Ok(None);
-        }
-        let base = TdispConfig {
-            ide: if ide.is_some() {
-                IdeRequirement::Secure
-            } else {
-                IdeRequirement::None
-            },
-            ..TdispConfig::default()
-        };
-        let cfg = TdispConfig::parse(&self.tdisp, base).map_err(|e| format!("--tdisp: {e}"))?;
-        Ok(cfg.map(|c| {
-            Tdi::new(
-                c,
-                &format!("trustdev {kind}"),
-                ide.into_iter().cloned().collect(),
-            )
-        }))
-    }
-
-    /// The device's SPDM identity (generated on first use) for `name`, or
-    /// `None` with `--no-spdm`; with `--wrong-san`, for another device.
-    fn identity(
-        &self,
-        kind: &str,
-        name: &spdm_responder::CmaDeviceName,
-    ) -> Result<Option<spdm_responder::Identity>, String> {
-        if self.no_spdm {
-            return Ok(None);
-        }
-        let mut name = *name;
-        if self.wrong_san {
-            name.serial = Some(name.serial.unwrap_or(0) ^ 1);
-            log::warn!(
-                "--wrong-san: the certificate names {} (not this device)",
-                name.other_name()
-            );
-        }
-        let name = &name;
-        let dir = self
-            .identity_dir
-            .clone()
-            .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, name)
-            .map(Some)
-            .map_err(|e| e.to_string())
-    }
+/// A `trustdev vm --device` value.
+#[derive(Clone)]
+enum DeviceArg {
+    /// `help`: list the kinds and their options.
+    Help,
+    /// A device.
+    Device(DeviceSpec),
 }
 
-fn serve(
-    kind: &str,
-    socket: &Path,
-    rciep: bool,
-    nvme: &NvmeArgs,
-    security: &SecurityArgs,
-) -> Result<(), String> {
-    let port = if rciep {
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    if s == "help" {
+        return Ok(DeviceArg::Help);
+    }
+    s.parse()
+        .map(DeviceArg::Device)
+        .map_err(|e: KindError| e.to_string())
+}
+
+/// The kinds `trustdev serve --help` lists.
+fn kinds_help() -> String {
+    let mut s = String::from("Device kinds:\n");
+    for k in KINDS {
+        s.push_str(&format!("  {:<10} {}\n", k.name, k.about));
+    }
+    s.push_str("\n`trustdev serve KIND --help` lists a kind's options.");
+    s
+}
+
+/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it.
+fn serve(argv: &[String]) -> Result<(), String> {
+    let (name, _) = argv.split_first().ok_or("no device kind")?;
+    let kind = kinds::find(name).map_err(|e| e.to_string())?;
+    let cmd = ServeArgs::augment_args(kind.augment(clap::Command::new(kind.name)))
+        .bin_name(format!("trustdev serve {}", kind.name))
+        .about(kind.about);
+    let m = cmd.try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
+    let port = if args.rciep {
         PortType::RcIntegratedEndpoint
     } else {
         PortType::Endpoint
     };
-    let spdm_cfg = security.psk.responder_config()?;
-    match kind {
-        "dma-copy" => {
-            use trustdev_devices::example;
-            let dsn = security
-                .dsn
-                .unwrap_or_else(|| security::default_dsn(kind, socket));
-            let name = spdm_responder::CmaDeviceName {
-                vendor: example::VENDOR_ID,
-                device: example::DEVICE_ID,
-                class_code: 0x12_00_00,
-                revision: 1,
-                subsystem: Some((example::VENDOR_ID, 0x0001)),
-                serial: Some(dsn),
-            };
-            let identity = security.identity(kind, &name)?;
-            let tee = !security.no_tee;
-            let ide = security.ide()?;
-            let tdi = security.tdisp(kind, ide.as_ref())?;
-            let mut caps = vec![security::doe_capability_secure(
-                identity,
-                spdm_cfg,
-                ide.as_ref(),
-                tdi.as_ref(),
-            )];
-            caps.extend(ide.iter().flat_map(|i| i.capabilities()));
-            let dev = DmaCopy::with_capabilities(port, tee, dsn, caps)
-                .map_err(|e| format!("cannot create the device: {e}"))?;
-            run_linked(dev, ide, tdi, socket)
-        }
-        "nvme" => {
-            let mut cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            if let Some(dsn) = security.dsn {
-                cfg.dsn = dsn;
-            }
-            let name = spdm_responder::CmaDeviceName {
-                vendor: trustdev_devices::nvme::VENDOR_ID,
-                device: trustdev_devices::nvme::DEVICE_ID,
-                class_code: 0x01_08_02,
-                revision: 2,
-                subsystem: Some((trustdev_devices::nvme::VENDOR_ID, 0x0001)),
-                serial: Some(cfg.dsn),
-            };
-            let identity = security.identity(kind, &name)?;
-            let ide = security.ide()?;
-            let tdi = security.tdisp(kind, ide.as_ref())?;
-            let mut ext_caps = vec![security::doe_capability_secure(
-                identity.clone(),
-                spdm_cfg.clone(),
-                ide.as_ref(),
-                tdi.as_ref(),
-            )];
-            ext_caps.extend(ide.iter().flat_map(|i| i.capabilities()));
-            let sec = NvmeSecurity {
-                ext_caps,
-                tee: !security.no_tee,
-                // The same identity also answers over Security Send/Receive.
-                storage: identity.map(|id| spdm_responder::Responder::new(spdm_cfg, id)),
-            };
-            let dev = NvmeDevice::new_secure(cfg, port, sec)
-                .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
-            run_linked(dev, ide, tdi, socket)
-        }
-        "accel" => {
-            use trustdev_devices::accel;
-            let mut cfg = accel::AccelArgs::default().config();
-            cfg.dsn = security
-                .dsn
-                .unwrap_or_else(|| security::default_dsn(kind, socket));
-            let name = spdm_responder::CmaDeviceName {
-                vendor: accel::VENDOR_ID,
-                device: accel::DEVICE_ID,
-                class_code: accel::CLASS,
-                revision: accel::REVISION,
-                subsystem: Some((accel::VENDOR_ID, 0x0001)),
-                serial: Some(cfg.dsn),
-            };
-            // The security blocks every device carries, built the same way.
-            let identity = security.identity(kind, &name)?;
-            let ide = security.ide()?;
-            let tdi = security.tdisp(kind, ide.as_ref())?;
-            cfg.port = port;
-            cfg.tee = !security.no_tee;
-            cfg.security_caps = vec![security::doe_capability_secure(
-                identity,
-                spdm_cfg,
-                ide.as_ref(),
-                tdi.as_ref(),
-            )];
-            cfg.security_caps
-                .extend(ide.iter().flat_map(|i| i.capabilities()));
-            let dev = accel::AccelDevice::new(cfg)
-                .map_err(|e| format!("cannot create the accelerator: {e}"))?;
-            run_linked(dev, ide, tdi, socket)
-        }
-        other => Err(format!(
-            "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
-        )),
-    }
-}
-
-/// Serves `dev`, behind its IDE link when it has an IDE port, with its TDI
-/// watching it when it has one.
-fn run_linked<D: vfio_user_server::Device>(
-    dev: D,
-    ide: Option<Arc<Ide>>,
-    tdi: Option<Arc<Tdi>>,
-    socket: &Path,
-) -> Result<(), String> {
-    match ide {
-        Some(ide) => run_tdi(
-            IdeDevice::new(dev, ide).map_err(|e| e.to_string())?,
-            tdi,
-            socket,
-        ),
-        None => run_tdi(dev, tdi, socket),
-    }
-}
-
-fn run_tdi<D: vfio_user_server::Device>(
-    dev: D,
-    tdi: Option<Arc<Tdi>>,
-    socket: &Path,
-) -> Result<(), String> {
-    match tdi {
-        Some(tdi) => run_server(TdispDevice::new(dev, tdi), socket),
-        None => run_server(dev, socket),
-    }
+    let dev = kind
+        .build(&m, &args.socket, port)
+        .map_err(|e| e.to_string())?;
+    run_server(dev, &args.socket)
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
@@ -536,7 +301,14 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 fn vm_spec(a: VmArgs) -> VmSpec {
     VmSpec {
-        devices: a.devices,
+        devices: a
+            .devices
+            .into_iter()
+            .filter_map(|d| match d {
+                DeviceArg::Device(d) => Some(d),
+                DeviceArg::Help => None,
+            })
+            .collect(),
         kernel: a.kernel,
         initrd: a.initrd,
         append: a.append,
@@ -562,6 +334,10 @@ fn report_failure(e: &VmError) -> ExitCode {
 }
 
 fn run_vm(a: VmArgs) -> ExitCode {
+    if a.devices.iter().any(|d| matches!(d, DeviceArg::Help)) {
+        print!("{}", kinds::vm_device_help());
+        return ExitCode::SUCCESS;
+    }
     let spec = vm_spec(a);
     match vm::run(&spec, stop_flag()) {
         Ok(out) => {
@@ -595,6 +371,15 @@ fn run_vm(a: VmArgs) -> ExitCode {
 /// The demo's guest script: what the guest kernel made of each device.
 const DEMO_SCRIPT: &str = include_str!("../../qemu-configs/guest/demo.sh");
 
+/// The demo's devices: an NVMe controller and a DMA-copy device behind root
+/// ports, a second DMA-copy device on pcie.0.
+fn demo_devices() -> Vec<DeviceSpec> {
+    ["nvme:size=1G,queues=4", "dma-copy", "dma-copy:rciep"]
+        .iter()
+        .map(|s| s.parse().expect("the demo's devices are valid"))
+        .collect()
+}
+
 fn demo(verbose: bool) -> ExitCode {
     println!("trustdev demo: booting a Debian guest kernel under QEMU 11.1 with trustdev devices:");
     println!("  - an NVMe controller behind a PCIe root port (1 GiB RAM namespace),");
@@ -607,23 +392,7 @@ fn demo(verbose: bool) -> ExitCode {
         return ExitCode::from(3);
     }
     let spec = VmSpec {
-        devices: vec![
-            DeviceSpec {
-                kind: DeviceKind::Nvme,
-                placement: Placement::RootPort,
-                args: vec!["--size".into(), "1G".into(), "--queues".into(), "4".into()],
-            },
-            DeviceSpec {
-                kind: DeviceKind::DmaCopy,
-                placement: Placement::RootPort,
-                args: Vec::new(),
-            },
-            DeviceSpec {
-                kind: DeviceKind::DmaCopy,
-                placement: Placement::RootBus,
-                args: Vec::new(),
-            },
-        ],
+        devices: demo_devices(),
         script: Some(script.clone()),
         iommu: true,
         smp: 2,
@@ -682,15 +451,12 @@ fn demo(verbose: bool) -> ExitCode {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = Cli::parse();
+    let matches = Cli::command()
+        .mut_subcommand("serve", |s| s.after_help(kinds_help()))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.cmd {
-        Cmd::Serve {
-            kind,
-            socket,
-            rciep,
-            nvme,
-            security,
-        } => match serve(&kind, &socket, rciep, &nvme, &security) {
+        Cmd::Serve(ServeKind::Kind(argv)) => match serve(&argv) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev serve: {e}");

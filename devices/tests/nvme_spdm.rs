@@ -10,7 +10,7 @@ mod nvme_common;
 use nvme_common::{connect, TempDir};
 use spdm_responder::requester::{Message, Requester, RequesterConfig, Transport};
 use spdm_responder::transport::storage::{spsp, OP_PENDING_INFO, OP_SPDM, SECP_SPDM};
-use trustdev_devices::nvme::host::HostDriver;
+use trustdev_devices::nvme::host::{HostDriver, HostError};
 use trustdev_devices::nvme::spec::{admin, Command};
 use trustdev_devices::nvme::{NvmeConfig, NvmeDevice, NvmeSecurity};
 use trustdev_devices::security;
@@ -29,7 +29,7 @@ struct SecurityCommands<'a> {
 }
 
 impl SecurityCommands<'_> {
-    fn send(&mut self, secp: u8, spsp: u16, data: &[u8]) -> Result<(), String> {
+    fn send(&mut self, secp: u8, spsp: u16, data: &[u8]) -> Result<(), HostError> {
         let buf = self.drv.mem.alloc(data.len().max(1), 4096);
         self.drv.mem.write(buf, data);
         let (prp1, prp2) = self.drv.prps(buf, data.len());
@@ -44,7 +44,7 @@ impl SecurityCommands<'_> {
         self.drv.admin_ok(cmd).map(|_| ())
     }
 
-    fn receive(&mut self, secp: u8, spsp: u16, len: usize) -> Result<Vec<u8>, String> {
+    fn receive(&mut self, secp: u8, spsp: u16, len: usize) -> Result<Vec<u8>, HostError> {
         let buf = self.drv.mem.alloc(len.max(1), 4096);
         let (prp1, prp2) = self.drv.prps(buf, len);
         let mut cmd = Command {
@@ -71,7 +71,7 @@ impl Transport for SecurityCommands<'_> {
         let Message::Spdm(req) = msg else {
             return Err(E::Unsupported("secured messages over the storage binding"));
         };
-        let io = |e: String| E::Io(std::io::Error::other(e));
+        let io = |e: HostError| E::Io(std::io::Error::other(e));
         self.send(SECP_SPDM, spsp(OP_SPDM, 0), &req).map_err(io)?;
         let info = self
             .receive(SECP_SPDM, spsp(OP_PENDING_INFO, 0), 12)
@@ -90,9 +90,10 @@ fn spdm_over_nvme_security_send_receive() {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = TempDir::new("spdm");
     let socket = dir.path("nvme.sock");
-    let ids = spdm_responder::CmaDeviceName::default();
+    let cfg = NvmeConfig::from_args(&nvme_common::args(), "spdm").unwrap();
+    let name = security::cma_name(&trustdev_devices::nvme::PCI_IDS, cfg.dsn);
     let idir = dir.path("identity");
-    let identity = security::cma::load_identity(&idir, &ids).unwrap();
+    let identity = security::cma::load_identity(&idir, &name).unwrap();
     let roots = identity.roots_der();
     let sec = NvmeSecurity {
         ext_caps: vec![security::doe_capability(
@@ -105,7 +106,6 @@ fn spdm_over_nvme_security_send_receive() {
             identity,
         )),
     };
-    let cfg = NvmeConfig::from_args(&nvme_common::args(), "spdm").unwrap();
     let dev = NvmeDevice::new_secure(cfg, PortType::Endpoint, sec).unwrap();
     let mut server = Server::new(dev, &socket).unwrap();
     let stop = server.stop_handle();

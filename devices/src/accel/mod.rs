@@ -22,7 +22,7 @@ pub mod options;
 pub mod regs;
 pub mod state;
 
-pub use options::AccelArgs;
+pub use options::{AccelArgs, AccelOptionsError};
 
 use engine::Engine;
 use exec::Limits;
@@ -61,10 +61,13 @@ pub struct AccelConfig {
     pub workers: usize,
     /// Per-descriptor limits.
     pub limits: Limits,
-    /// Max PASID Width advertised (1..=20).
-    pub pasid_bits: u8,
-    /// Outstanding Page Request Capacity advertised.
-    pub pri_capacity: u32,
+    /// Max PASID Width advertised (1..=20); None: no PASID capability.
+    pub pasid_bits: Option<u8>,
+    /// Whether the function has the ATS capability.
+    pub ats: bool,
+    /// Outstanding Page Request Capacity advertised; None: no PRI
+    /// capability.
+    pub pri_capacity: Option<u32>,
     /// PCIe port type.
     pub port: PortType,
     /// DEVCAP.TEE (set for function 0 with a CMA mailbox).
@@ -82,8 +85,9 @@ impl Default for AccelConfig {
             queues: regs::MAX_QUEUES,
             workers: 2,
             limits: Limits::default(),
-            pasid_bits: 20,
-            pri_capacity: 512,
+            pasid_bits: Some(20),
+            ats: true,
+            pri_capacity: Some(512),
             port: PortType::Endpoint,
             tee: false,
             dsn: DEFAULT_DSN,
@@ -93,16 +97,14 @@ impl Default for AccelConfig {
 }
 
 /// The PCI identity of the accelerator.
-pub fn pci_ids() -> PciIds {
-    PciIds {
-        vendor: VENDOR_ID,
-        device: DEVICE_ID,
-        subsystem_vendor: VENDOR_ID,
-        subsystem: 0x0001,
-        class: CLASS,
-        revision: REVISION,
-    }
-}
+pub const PCI_IDS: PciIds = PciIds {
+    vendor: VENDOR_ID,
+    device: DEVICE_ID,
+    subsystem_vendor: VENDOR_ID,
+    subsystem: 0x0001,
+    class: CLASS,
+    revision: REVISION,
+};
 
 /// The accelerator device.
 pub struct AccelDevice {
@@ -124,7 +126,7 @@ impl std::fmt::Debug for AccelDevice {
 
 fn config_space(cfg: &mut AccelConfig, xlat: &Arc<TranslationRegs>) -> ConfigSpace {
     let serial = cfg.dsn;
-    let mut b = ConfigBuilder::new(pci_ids())
+    let mut b = ConfigBuilder::new(PCI_IDS)
         .bar(0, Bar::mem32(regs::BAR0_SIZE))
         .bar(MSIX_BAR, Bar::mem32(0x1000))
         .power_management()
@@ -164,31 +166,33 @@ impl AccelDevice {
         cfg.queues = cfg.queues.clamp(1, regs::MAX_QUEUES);
         cfg.workers = cfg.workers.clamp(1, cfg.queues);
         let xlat = TranslationRegs::new(TranslationFeatures {
-            pasid: Some(PasidCap {
-                width: cfg.pasid_bits,
+            pasid: cfg.pasid_bits.map(|width| PasidCap {
+                width,
                 exec: true,
                 privileged: true,
             }),
-            ats: Some(AtsCap {
+            ats: cfg.ats.then_some(AtsCap {
                 invalidate_queue_depth: 32,
                 page_aligned: true,
                 global_invalidate: true,
             }),
-            pri: Some(PriCap {
-                capacity: cfg.pri_capacity,
-            }),
+            pri: cfg.pri_capacity.map(|capacity| PriCap { capacity }),
         });
         let ctx = DeviceContext::new(&IrqInfo::pci(1, cfg.queues as u32));
         ctx.pasid.attach(Arc::clone(&xlat));
         let config = config_space(&mut cfg, &xlat);
         let engine = Engine::new(ctx.clone(), cfg.queues, cfg.workers, cfg.limits);
         let threads = engine.start()?;
+        let f = xlat.features();
         info!(
-            "accelerator: {} queue(s), {} worker(s), PASID {} bits, PRI capacity {}",
+            "accelerator: {} queue(s), {} worker(s), PASID {}, ATS {}, PRI {}",
             cfg.queues,
             engine.workers(),
-            cfg.pasid_bits,
-            cfg.pri_capacity
+            f.pasid
+                .map_or("off".into(), |p| format!("{} bits", p.width)),
+            if f.ats.is_some() { "on" } else { "off" },
+            f.pri
+                .map_or("off".into(), |p| format!("capacity {}", p.capacity)),
         );
         Ok(AccelDevice {
             ctx,

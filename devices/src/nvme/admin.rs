@@ -1,11 +1,12 @@
 //! Admin commands.
 
-use super::ctrl::{lock, Cq, CqState, Ctrl, Outcome, Scratch, Sq, ADMIN};
+use super::ctrl::{lock, Ctrl, Scratch};
+use super::queue::{Coalescing, Cq, Outcome, QueueError};
+use super::security::{secp_spsp, MAX_TRANSFER};
 use super::spec::{admin, cc, cns, feat, log_id, Command, Completion, Status, CSI_NVM};
 use super::state::{event, Event, Features};
-use log::{debug, info};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use log::{debug, info, warn};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 /// PCI vendor ID reported in Identify Controller (and config space).
@@ -17,6 +18,15 @@ fn put_str(b: &mut [u8], s: &str) {
     b.fill(b' ');
     let n = s.len().min(b.len());
     b[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+/// The status a queue management command completes with for `e`.
+fn queue_status(e: QueueError) -> Status {
+    match e {
+        QueueError::CqInUse(_) => Status::INVALID_QUEUE_DELETION,
+        QueueError::NoSuchQueue(_) | QueueError::QidTaken(_) => Status::INVALID_QID,
+        QueueError::Fetch { .. } | QueueError::Post { .. } => Status::INTERNAL_ERROR,
+    }
 }
 
 /// Commands the controller implements, for the Commands Supported and
@@ -74,15 +84,6 @@ impl Ctrl {
             .unwrap_or((self.cfg.max_queues, self.cfg.max_queues))
     }
 
-    /// Checks that `len` bytes of queue memory at `base` are reachable.
-    fn queue_memory_ok(&self, base: u64, len: u64) -> bool {
-        let mut b = [0u8; 1];
-        let Some(last) = base.checked_add(len - 1) else {
-            return false;
-        };
-        self.mem.read(base, &mut b).is_ok() && self.mem.read(last, &mut b).is_ok()
-    }
-
     fn create_cq(&self, cmd: &Command) -> Outcome {
         let qid = (cmd.cdw10() & 0xffff) as u16;
         let size = (cmd.cdw10() >> 16) + 1;
@@ -99,53 +100,27 @@ impl Ctrl {
         if !pc {
             return Status::INVALID_FIELD.into(); // CAP.CQR: contiguous only
         }
-        if iv >= self.vectors {
+        if iv >= self.vectors() {
             return Status::INVALID_VECTOR.into();
         }
         if cc::iocqes(lock(&self.regs).cc) != 4 {
             return Status::INVALID_FIELD.into();
         }
-        let page = self.page_size.load(Ordering::Relaxed);
+        let page = self.queues.page_size();
         if cmd.prp1 == 0 || cmd.prp1 & (page - 1) != 0 {
             return Status::PRP_OFFSET_INVALID.into();
         }
-        if !self.queue_memory_ok(cmd.prp1, u64::from(size) * 16) {
+        if !self.queues.memory_ok(cmd.prp1, u64::from(size) * 16) {
             return Status::INVALID_FIELD.into();
         }
-        let worker = usize::from(qid - 1) % self.io.len();
-        let cq = Arc::new(Cq {
-            qid,
-            base: cmd.prp1,
-            size,
-            vector: iv,
-            ien,
-            worker,
-            head_db: AtomicU32::new(0),
-            st: Mutex::new(CqState {
-                tail: 0,
-                phase: true,
-                head: 0,
-                unsignalled: 0,
-                first_unsignalled: None,
-            }),
-            want_space: AtomicBool::new(false),
-            sqs: AtomicU32::new(0),
-            deleted: AtomicBool::new(false),
-            bad_db: AtomicBool::new(false),
-        });
+        let worker = self.queues.workers.for_io_queue(qid);
+        if let Err(e) = self
+            .queues
+            .add_cq(Cq::new(qid, cmd.prp1, size, iv, ien, worker))
         {
-            let mut q = self.queues.write().unwrap_or_else(|p| p.into_inner());
-            let Some(slot) = q.cqs.get_mut(usize::from(qid)) else {
-                return Status::INVALID_QID.into();
-            };
-            if slot.is_some() {
-                return Status::INVALID_QID.into();
-            }
-            *slot = Some(cq);
+            return queue_status(e).into();
         }
-        self.reset_doorbell(qid, true);
         self.io_queues_created.store(true, Ordering::SeqCst);
-        self.qgen.fetch_add(1, Ordering::SeqCst);
         debug!(
             "created I/O CQ {qid}: {size} entries at {:#x}, vector {iv}, worker {worker}",
             cmd.prp1
@@ -159,19 +134,12 @@ impl Ctrl {
         let pc = cmd.cdw11() & 1 != 0;
         let cqid = (cmd.cdw11() >> 16) as u16;
         let (nsq, _) = self.allowed_queues();
-        if qid == 0 || qid > nsq {
+        if qid == 0 || qid > nsq || self.queues.sq(qid).is_some() {
             return Status::INVALID_QID.into();
         }
-        let cq = {
-            let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
-            if !matches!(q.sqs.get(usize::from(qid)), Some(None)) {
-                return Status::INVALID_QID.into();
-            }
-            match q.cqs.get(usize::from(cqid)) {
-                Some(Some(cq)) if cqid != 0 => Arc::clone(cq),
-                _ => return Status::CQ_INVALID.into(),
-            }
-        };
+        if cqid == 0 || self.queues.cq(cqid).is_none() {
+            return Status::CQ_INVALID.into();
+        }
         if size < 2 || size > self.cfg.queue_entries {
             return Status::INVALID_QUEUE_SIZE.into();
         }
@@ -181,25 +149,17 @@ impl Ctrl {
         if cc::iosqes(lock(&self.regs).cc) != 6 {
             return Status::INVALID_FIELD.into();
         }
-        let page = self.page_size.load(Ordering::Relaxed);
+        let page = self.queues.page_size();
         if cmd.prp1 == 0 || cmd.prp1 & (page - 1) != 0 {
             return Status::PRP_OFFSET_INVALID.into();
         }
-        if !self.queue_memory_ok(cmd.prp1, u64::from(size) * 64) {
+        if !self.queues.memory_ok(cmd.prp1, u64::from(size) * 64) {
             return Status::INVALID_FIELD.into();
         }
-        let sq = Arc::new(Sq::new(qid, cmd.prp1, size, Arc::clone(&cq), cq.worker));
-        {
-            let mut q = self.queues.write().unwrap_or_else(|p| p.into_inner());
-            match q.sqs.get_mut(usize::from(qid)) {
-                Some(slot @ None) => *slot = Some(sq),
-                _ => return Status::INVALID_QID.into(),
-            }
+        if let Err(e) = self.queues.add_sq(qid, cmd.prp1, size, cqid) {
+            return queue_status(e).into();
         }
-        cq.sqs.fetch_add(1, Ordering::SeqCst);
-        self.reset_doorbell(qid, false);
         self.io_queues_created.store(true, Ordering::SeqCst);
-        self.qgen.fetch_add(1, Ordering::SeqCst);
         debug!(
             "created I/O SQ {qid}: {size} entries at {:#x}, CQ {cqid}",
             cmd.prp1
@@ -207,71 +167,29 @@ impl Ctrl {
         Outcome::ok(0)
     }
 
-    /// A new queue's doorbell reads 0 (polled page and shadow buffer).
-    fn reset_doorbell(&self, qid: u16, cq: bool) {
-        let off = self.db_offset(qid, cq);
-        if let Some(page) = &self.doorbell_page {
-            page.write((super::spec::reg::DOORBELLS + off) as usize, &[0; 4]);
-        }
-        if let Some((db, ei)) = self.shadow_slot(qid, cq) {
-            let _ = self.mem.write_u32(db, 0);
-            let _ = self.mem.write_u32(ei, 0);
-        }
-    }
-
     fn delete_sq(&self, cmd: &Command) -> Outcome {
         let qid = (cmd.cdw10() & 0xffff) as u16;
-        if qid == 0 {
-            return Status::INVALID_QID.into();
-        }
-        let sq = {
-            let mut q = self.queues.write().unwrap_or_else(|p| p.into_inner());
-            match q.sqs.get_mut(usize::from(qid)) {
-                Some(slot @ Some(_)) => slot.take(),
-                _ => None,
+        match self.queues.remove_sq(qid) {
+            Ok(sq) => {
+                debug!(
+                    "deleted I/O SQ {qid} ({} commands completed)",
+                    sq.completed.load(Ordering::Relaxed)
+                );
+                Outcome::ok(0)
             }
-        };
-        let Some(sq) = sq else {
-            return Status::INVALID_QID.into();
-        };
-        sq.deleted.store(true, Ordering::SeqCst);
-        self.qgen.fetch_add(1, Ordering::SeqCst);
-        if sq.worker != ADMIN {
-            self.io[sq.worker % self.io.len()].quiesce();
+            Err(e) => queue_status(e).into(),
         }
-        sq.cq.sqs.fetch_sub(1, Ordering::SeqCst);
-        debug!(
-            "deleted I/O SQ {qid} ({} commands completed)",
-            sq.completed.load(Ordering::Relaxed)
-        );
-        Outcome::ok(0)
     }
 
     fn delete_cq(&self, cmd: &Command) -> Outcome {
         let qid = (cmd.cdw10() & 0xffff) as u16;
-        if qid == 0 {
-            return Status::INVALID_QID.into();
-        }
-        let cq = {
-            let mut q = self.queues.write().unwrap_or_else(|p| p.into_inner());
-            let Some(slot) = q.cqs.get_mut(usize::from(qid)) else {
-                return Status::INVALID_QID.into();
-            };
-            match slot {
-                Some(cq) if cq.sqs.load(Ordering::SeqCst) > 0 => {
-                    return Status::INVALID_QUEUE_DELETION.into()
-                }
-                Some(_) => slot.take(),
-                None => return Status::INVALID_QID.into(),
+        match self.queues.remove_cq(qid) {
+            Ok(_) => {
+                debug!("deleted I/O CQ {qid}");
+                Outcome::ok(0)
             }
-        };
-        if let Some(cq) = cq {
-            cq.deleted.store(true, Ordering::SeqCst);
-            self.qgen.fetch_add(1, Ordering::SeqCst);
-            self.io[cq.worker % self.io.len()].quiesce();
-            debug!("deleted I/O CQ {qid}");
+            Err(e) => queue_status(e).into(),
         }
-        Outcome::ok(0)
     }
 
     fn abort(&self, cmd: &Command) -> Outcome {
@@ -281,15 +199,14 @@ impl Ctrl {
         // aborted is a submitted command not fetched yet (completed with
         // Command Abort Requested when it is), or an outstanding
         // Asynchronous Event Request.
-        if self.abort_queued(sqid, cid) {
+        if self.queues.abort_queued(sqid, cid, self) {
             return Outcome::ok(0);
         }
-        let admin_cq = {
-            let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
-            q.cqs.first().cloned().flatten()
+        let Some(sq) = self.queues.sq(0) else {
+            return Outcome::ok(1);
         };
-        let room = admin_cq.is_some_and(|cq| self.cq_room_for(&cq, 2));
-        if sqid == 0 && room {
+        // Room for the AER's completion and this command's.
+        if sqid == 0 && self.queues.cq_room_for(&sq.cq, 2, self) {
             let found = {
                 let mut a = lock(&self.aer);
                 match a.outstanding.iter().position(|&c| c == cid) {
@@ -298,109 +215,34 @@ impl Ctrl {
                 }
             };
             if found {
-                let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
-                let sq = q.sqs.first().cloned().flatten();
-                drop(q);
-                if let Some(sq) = sq {
-                    self.post(
-                        &sq.cq,
-                        Completion {
-                            dw0: 0,
-                            dw1: 0,
-                            sq_head: sq.head.load(Ordering::Relaxed) as u16,
-                            sq_id: 0,
-                            cid,
-                            status: Status::ABORT_REQUESTED.0,
-                        },
-                    );
-                }
+                let c = Completion {
+                    dw0: 0,
+                    dw1: 0,
+                    sq_head: sq.head.load(Ordering::Relaxed) as u16,
+                    sq_id: 0,
+                    cid,
+                    status: Status::ABORT_REQUESTED.0,
+                };
+                self.queues.post(&sq.cq, c, self);
                 return Outcome::ok(0);
             }
         }
         Outcome::ok(1) // not aborted
     }
 
-    /// Marks command `cid` for abort if it sits in SQ `sqid` between the
-    /// controller's head and the host's tail.
-    fn abort_queued(&self, sqid: u16, cid: u16) -> bool {
-        let sq = {
-            let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
-            match q.sqs.get(usize::from(sqid)) {
-                Some(Some(sq)) => Arc::clone(sq),
-                _ => return false,
-            }
-        };
-        // Freeze the owning worker (the admin thread is the caller for SQ 0).
-        let _busy = (sq.worker != ADMIN).then(|| lock(&self.io[sq.worker % self.io.len()].busy));
-        if sq.deleted.load(Ordering::Acquire) {
-            return false;
-        }
-        let head = sq.head.load(Ordering::Acquire);
-        let tail = self.sq_tail(&sq);
-        let mut i = head;
-        while i != tail {
-            let mut b = [0u8; 4];
-            let at = sq.base + u64::from(i) * 64;
-            if self.mem.read(at, &mut b).is_err() {
-                return false;
-            }
-            if u16::from_le_bytes([b[2], b[3]]) == cid {
-                let mut a = lock(&sq.aborts);
-                if a.len() < 64 && !a.contains(&cid) {
-                    a.push(cid);
-                }
-                sq.abort_pending.store(true, Ordering::Release);
-                return true;
-            }
-            i = (i + 1) % sq.size;
-        }
-        false
-    }
-
     fn dbbuf_config(&self, cmd: &Command) -> Outcome {
         let (dbs, eis) = (cmd.prp1, cmd.prp2);
-        let page = self.page_size.load(Ordering::Relaxed);
+        let page = self.queues.page_size();
         if dbs == 0 || eis == 0 || dbs & (page - 1) != 0 || eis & (page - 1) != 0 || cmd.psdt != 0 {
             return Status::INVALID_FIELD.into();
         }
-        let need = self.db_offset(self.cfg.max_queues, true) + 4;
-        let len = need.min(page);
-        if !self.queue_memory_ok(dbs, len) || !self.queue_memory_ok(eis, len) {
+        let len = self.queues.shadow_len();
+        if !self.queues.memory_ok(dbs, len) || !self.queues.memory_ok(eis, len) {
             return Status::INVALID_FIELD.into();
         }
-        // Seed the buffers with the doorbell values the host last wrote
-        // (queues whose slots fall outside the page keep trapped doorbells).
-        let q = self.queues.read().unwrap_or_else(|p| p.into_inner());
-        let in_page = |off: u64| off + 4 <= page;
-        for sq in q.sqs.iter().flatten().filter(|s| s.qid != 0) {
-            let off = self.db_offset(sq.qid, false);
-            if in_page(off) {
-                let v = sq.tail_db.load(Ordering::Acquire);
-                let _ = self.mem.write_u32(dbs + off, v);
-                let _ = self.mem.write_u32(eis + off, v);
-            }
-        }
-        for cq in q.cqs.iter().flatten().filter(|c| c.qid != 0) {
-            let off = self.db_offset(cq.qid, true);
-            if in_page(off) {
-                let v = cq.head_db.load(Ordering::Acquire);
-                let _ = self.mem.write_u32(dbs + off, v);
-                let _ = self.mem.write_u32(eis + off, v);
-            }
-        }
-        drop(q);
-        self.dbbuf_eis.store(eis, Ordering::SeqCst);
-        self.dbbuf_dbs.store(dbs, Ordering::SeqCst);
+        self.queues.enable_shadow(dbs, eis);
         info!("shadow doorbells enabled: doorbell buffer {dbs:#x}, event index buffer {eis:#x}");
-        // Workers re-read their queues through the buffer now.
-        self.wake_all();
         Outcome::ok(0)
-    }
-
-    pub(crate) fn wake_all(&self) {
-        for w in &self.io {
-            w.wake();
-        }
     }
 
     // ------------------------------------------------------------ identify
@@ -577,7 +419,7 @@ impl Ctrl {
                 b
             }
             log_id::CHANGED_NS => vec![0u8; 4096],
-            log_id::VENDOR_EFFICIENCY => self.efficiency_log(),
+            log_id::VENDOR_EFFICIENCY => self.queues.efficiency_log(),
             log_id::CMD_EFFECTS => {
                 if csi != CSI_NVM {
                     return Status::INVALID_FIELD.into();
@@ -693,7 +535,11 @@ impl Ctrl {
                     return Status::INVALID_FIELD.into();
                 }
                 for ns in &self.namespaces {
-                    ns.backend.set_write_cache(v & 1 != 0);
+                    if let Err(e) = ns.backend.set_write_cache(v & 1 != 0) {
+                        // Disabling the cache could not make it durable.
+                        warn!("namespace {}: volatile write cache: {e}", ns.nsid);
+                        return Status::INTERNAL_ERROR.into();
+                    }
                 }
                 info!(
                     "volatile write cache {}",
@@ -719,15 +565,13 @@ impl Ctrl {
                 );
                 dw0 = u32::from(nsq - 1) | (u32::from(ncq - 1) << 16);
             }
-            feat::IRQ_COALESCE => lock(&self.features).coalescing = v & 0xffff,
+            feat::IRQ_COALESCE => self.queues.irq.set_coalescing(v),
             feat::IRQ_CONFIG => {
                 let iv = (v & 0xffff) as usize;
                 let cd = v & (1 << 16) != 0;
-                let mut f = lock(&self.features);
-                if iv >= f.vector_no_coalesce.len() || (iv == 0 && !cd) {
+                if !self.queues.irq.set_vector_coalescing(iv, cd) {
                     return Status::INVALID_FIELD.into();
                 }
-                f.vector_no_coalesce[iv] = cd;
             }
             feat::WRITE_ATOMICITY => lock(&self.features).write_atomicity = v & 1,
             feat::ASYNC_EVENT_CFG => {
@@ -779,15 +623,15 @@ impl Ctrl {
         }
         let current;
         let default;
-        let f: &Features = match sel {
+        let (f, coalescing): (&Features, Coalescing) = match sel {
             0 | 2 => {
                 // Nothing is saveable: "saved" is the current value.
                 current = lock(&self.features).clone();
-                &current
+                (&current, self.queues.irq.coalescing())
             }
             1 => {
-                default = Features::new(usize::from(self.vectors));
-                &default
+                default = Features::new();
+                (&default, Coalescing::new(usize::from(self.vectors())))
             }
             3 => {
                 // Capabilities: changeable (bit 2); not saveable, not
@@ -830,10 +674,10 @@ impl Ctrl {
                     .unwrap_or((self.cfg.max_queues, self.cfg.max_queues));
                 u32::from(s - 1) | (u32::from(c - 1) << 16)
             }
-            feat::IRQ_COALESCE => f.coalescing,
+            feat::IRQ_COALESCE => coalescing.setting,
             feat::IRQ_CONFIG => {
                 let iv = (v & 0xffff) as usize;
-                match f.vector_no_coalesce.get(iv) {
+                match coalescing.disabled.get(iv) {
                     Some(cd) => iv as u32 | (u32::from(*cd) << 16),
                     None => return Status::INVALID_FIELD.into(),
                 }
@@ -852,5 +696,50 @@ impl Ctrl {
             _ => return Status::INVALID_FIELD.into(),
         };
         Outcome::ok(dw0)
+    }
+
+    // ------------------------------------------------------------ security
+
+    /// Security Send: the host hands an SPDM request (SECP 0xE8).
+    fn security_send(&self, cmd: &Command, sc: &mut Scratch) -> Outcome {
+        let Some(spdm) = self.spdm.get() else {
+            return Status::INVALID_OPCODE.into();
+        };
+        let (secp, spsp) = secp_spsp(cmd.cdw10());
+        let len = cmd.cdw11() as usize;
+        if len == 0 || len > MAX_TRANSFER {
+            return Status::INVALID_FIELD.into();
+        }
+        if let Err(s) = self.receive_from_host(cmd, len, true, sc) {
+            return s.into();
+        }
+        match lock(spdm).send(secp, spsp, &sc.buf) {
+            Ok(()) => Outcome::ok(0),
+            Err(e) => {
+                warn!("Security Send SECP {secp:#04x} SPSP {spsp:#06x}: {e}");
+                Status::INVALID_FIELD.into()
+            }
+        }
+    }
+
+    /// Security Receive: supported protocols (SECP 0), storage-binding
+    /// discovery, pending info, or the pending SPDM response.
+    fn security_recv(&self, cmd: &Command, sc: &mut Scratch) -> Outcome {
+        let Some(spdm) = self.spdm.get() else {
+            return Status::INVALID_OPCODE.into();
+        };
+        let (secp, spsp) = secp_spsp(cmd.cdw10());
+        let alloc = (cmd.cdw11() as usize).min(MAX_TRANSFER);
+        if alloc == 0 {
+            return Status::INVALID_FIELD.into();
+        }
+        let data = match lock(spdm).receive(secp, spsp, alloc) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!("Security Receive SECP {secp:#04x} SPSP {spsp:#06x}: {e}");
+                return Status::INVALID_FIELD.into();
+            }
+        };
+        self.send_to_host(cmd, &data, sc).into()
     }
 }

@@ -17,6 +17,47 @@ use vfio_user_server::pci::SharedMemory;
 use vfio_user_server::protocol::DmaProt;
 use vfio_user_server::Device;
 
+/// What went wrong driving the controller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// A command did not complete in time.
+    #[error("no completion{} on queue {qid} (CSTS {csts:#x})", cid.map_or(String::new(), |c| format!(" for CID {c}")))]
+    NoCompletion {
+        /// Queue.
+        qid: u16,
+        /// The command waited for, if one.
+        cid: Option<u16>,
+        /// CSTS at the time.
+        csts: u32,
+    },
+    /// A command completed with an error status.
+    #[error("{what} opcode {opcode:#04x} failed: {status}")]
+    Failed {
+        /// Admin or I/O.
+        what: &'static str,
+        /// Opcode.
+        opcode: u8,
+        /// Status.
+        status: Status,
+    },
+    /// The controller reports a fatal status.
+    #[error("controller fatal status (CSTS {csts:#x})")]
+    Fatal {
+        /// CSTS.
+        csts: u32,
+    },
+    /// CSTS did not reach the wanted state in time.
+    #[error("CSTS {csts:#x}: timed out waiting for {want:#x}/{mask:#x}")]
+    NotReady {
+        /// CSTS.
+        csts: u32,
+        /// Bits looked at.
+        mask: u32,
+        /// Value wanted.
+        want: u32,
+    },
+}
+
 /// Register access to a controller's BAR0.
 pub trait Bar0 {
     /// Reads a 32-bit register.
@@ -244,7 +285,7 @@ impl<B: Bar0> HostDriver<B> {
         bar: B,
         mut mem: HostMemory,
         admin_entries: u32,
-    ) -> Result<HostDriver<B>, String> {
+    ) -> Result<HostDriver<B>, HostError> {
         let mut bar = bar;
         let cap = bar.read_reg64(reg::CAP);
         let stride = 4u64 << ((cap >> 32) & 0xf);
@@ -275,7 +316,7 @@ impl<B: Bar0> HostDriver<B> {
 
     /// Controller reset (CC.EN 1 -> 0 -> 1) with memory page size
     /// 2^(12 + `mps`); the admin queue starts over, I/O queues are gone.
-    pub fn reenable(&mut self, mps: u32) -> Result<(), String> {
+    pub fn reenable(&mut self, mps: u32) -> Result<(), HostError> {
         self.bar.write_reg32(reg::CC, 0);
         wait_csts(&mut self.bar, csts::RDY, 0)?;
         let a = &self.admin;
@@ -378,7 +419,7 @@ impl<B: Bar0> HostDriver<B> {
 
     /// Waits for the completion of `cid` on `qid` (other completions seen
     /// meanwhile are dropped).
-    pub fn wait(&mut self, qid: u16, cid: u16) -> Result<Completion, String> {
+    pub fn wait(&mut self, qid: u16, cid: u16) -> Result<Completion, HostError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(c) = self.poll(qid) {
@@ -389,49 +430,56 @@ impl<B: Bar0> HostDriver<B> {
             }
             if Instant::now() > deadline {
                 let st = self.bar.read_reg32(reg::CSTS);
-                return Err(format!(
-                    "no completion for CID {cid} on queue {qid} (CSTS {st:#x})"
-                ));
+                return Err(HostError::NoCompletion {
+                    qid,
+                    cid: Some(cid),
+                    csts: st,
+                });
             }
             std::thread::yield_now();
         }
     }
 
     /// Waits for any completion on `qid`.
-    pub fn wait_any(&mut self, qid: u16) -> Result<Completion, String> {
+    pub fn wait_any(&mut self, qid: u16) -> Result<Completion, HostError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Some(c) = self.poll(qid) {
                 return Ok(c);
             }
             if Instant::now() > deadline {
-                return Err(format!("no completion on queue {qid}"));
+                let csts = self.bar.read_reg32(reg::CSTS);
+                return Err(HostError::NoCompletion {
+                    qid,
+                    cid: None,
+                    csts,
+                });
             }
             std::thread::yield_now();
         }
     }
 
     /// Runs an admin command to completion.
-    pub fn admin_cmd(&mut self, cmd: Command) -> Result<Completion, String> {
+    pub fn admin_cmd(&mut self, cmd: Command) -> Result<Completion, HostError> {
         let cid = self.submit(0, cmd);
         self.wait(0, cid)
     }
 
     /// Runs an admin command and insists on success.
-    pub fn admin_ok(&mut self, cmd: Command) -> Result<Completion, String> {
+    pub fn admin_ok(&mut self, cmd: Command) -> Result<Completion, HostError> {
         let c = self.admin_cmd(cmd)?;
         if !Status(c.status).is_success() {
-            return Err(format!(
-                "admin opcode {:#04x} failed: {}",
-                cmd.opcode,
-                Status(c.status)
-            ));
+            return Err(HostError::Failed {
+                what: "admin command",
+                opcode: cmd.opcode,
+                status: Status(c.status),
+            });
         }
         Ok(c)
     }
 
     /// Identify with `cns` for `nsid` into a fresh 4 KiB buffer.
-    pub fn identify(&mut self, cns: u8, nsid: u32, cdw11: u32) -> Result<Vec<u8>, String> {
+    pub fn identify(&mut self, cns: u8, nsid: u32, cdw11: u32) -> Result<Vec<u8>, HostError> {
         let buf = self.mem.alloc(4096, 4096);
         self.admin_ok(Command {
             opcode: admin::IDENTIFY,
@@ -448,7 +496,7 @@ impl<B: Bar0> HostDriver<B> {
     /// Set Features Number of Queues, then creates `n` queue pairs of
     /// `entries` entries, pair `i` on MSI-X vector `i` (interrupts on).
     /// Returns the number of queues the controller allocated.
-    pub fn create_io_queues(&mut self, n: u16, entries: u32) -> Result<u16, String> {
+    pub fn create_io_queues(&mut self, n: u16, entries: u32) -> Result<u16, HostError> {
         let n = n.min(self.set_queue_count(n)?);
         for qid in 1..=n {
             self.create_pair(qid, entries, entries, qid)?;
@@ -457,7 +505,7 @@ impl<B: Bar0> HostDriver<B> {
     }
 
     /// Set Features Number of Queues; returns the pairs granted.
-    pub fn set_queue_count(&mut self, n: u16) -> Result<u16, String> {
+    pub fn set_queue_count(&mut self, n: u16) -> Result<u16, HostError> {
         let c = self.admin_ok(Command {
             opcode: admin::SET_FEATURES,
             cdw: [
@@ -481,7 +529,7 @@ impl<B: Bar0> HostDriver<B> {
         sq_entries: u32,
         cq_entries: u32,
         vector: u16,
-    ) -> Result<(), String> {
+    ) -> Result<(), HostError> {
         let page = self.page as usize;
         let cq = self.mem.alloc(cq_entries as usize * CQE_SIZE, page);
         let sq = self.mem.alloc(sq_entries as usize * SQE_SIZE, page);
@@ -517,7 +565,7 @@ impl<B: Bar0> HostDriver<B> {
     }
 
     /// Configures shadow doorbells (Doorbell Buffer Config).
-    pub fn enable_shadow_doorbells(&mut self) -> Result<(), String> {
+    pub fn enable_shadow_doorbells(&mut self) -> Result<(), HostError> {
         let dbs = self.mem.alloc(4096, 4096);
         let eis = self.mem.alloc(4096, 4096);
         self.admin_ok(Command {
@@ -595,7 +643,7 @@ impl<B: Bar0> HostDriver<B> {
     }
 
     /// Runs an I/O command on `qid` to completion.
-    pub fn io_cmd(&mut self, qid: u16, cmd: Command) -> Result<Completion, String> {
+    pub fn io_cmd(&mut self, qid: u16, cmd: Command) -> Result<Completion, HostError> {
         let cid = self.submit(qid, cmd);
         self.wait(qid, cid)
     }
@@ -607,14 +655,14 @@ impl<B: Bar0> HostDriver<B> {
         nsid: u32,
         lba: u64,
         data: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), HostError> {
         let mark = self.mark();
         let buf = self.scratch(data.len());
         self.mem.write(buf, data);
         let cmd = self.rw_command(true, nsid, lba, buf, (data.len() / BLOCK) as u32);
         let c = self.io_cmd(qid, cmd);
         self.release(mark);
-        status_ok(c?, "write")
+        status_ok(c?, io::WRITE)
     }
 
     /// Reads `len` bytes (a multiple of 512) at `lba` through `qid`.
@@ -624,7 +672,7 @@ impl<B: Bar0> HostDriver<B> {
         nsid: u32,
         lba: u64,
         len: usize,
-    ) -> Result<Vec<u8>, String> {
+    ) -> Result<Vec<u8>, HostError> {
         let mark = self.mark();
         let buf = self.scratch(len);
         let cmd = self.rw_command(false, nsid, lba, buf, (len / BLOCK) as u32);
@@ -632,12 +680,12 @@ impl<B: Bar0> HostDriver<B> {
         let mut out = vec![0u8; len];
         self.mem.read(buf, &mut out);
         self.release(mark);
-        status_ok(c?, "read")?;
+        status_ok(c?, io::READ)?;
         Ok(out)
     }
 
     /// Flush of `nsid` through `qid`.
-    pub fn flush(&mut self, qid: u16, nsid: u32) -> Result<(), String> {
+    pub fn flush(&mut self, qid: u16, nsid: u32) -> Result<(), HostError> {
         let c = self.io_cmd(
             qid,
             Command {
@@ -646,7 +694,7 @@ impl<B: Bar0> HostDriver<B> {
                 ..Default::default()
             },
         )?;
-        status_ok(c, "flush")
+        status_ok(c, io::FLUSH)
     }
 
     /// A page-aligned buffer for one transfer.
@@ -665,7 +713,7 @@ impl<B: Bar0> HostDriver<B> {
     }
 
     /// Normal shutdown: deletes I/O queues, CC.SHN = 01b, waits for SHST.
-    pub fn shutdown(&mut self) -> Result<(), String> {
+    pub fn shutdown(&mut self) -> Result<(), HostError> {
         let qids: Vec<u16> = self.io.iter().map(|q| q.qid).collect();
         for &q in &qids {
             self.admin_ok(Command {
@@ -689,16 +737,20 @@ impl<B: Bar0> HostDriver<B> {
     }
 }
 
-fn status_ok(c: Completion, what: &str) -> Result<(), String> {
+fn status_ok(c: Completion, opcode: u8) -> Result<(), HostError> {
     if Status(c.status).is_success() {
         Ok(())
     } else {
-        Err(format!("{what} failed: {}", Status(c.status)))
+        Err(HostError::Failed {
+            what: "I/O command",
+            opcode,
+            status: Status(c.status),
+        })
     }
 }
 
 /// Polls CSTS until `(CSTS & mask) == want` (10 s).
-pub fn wait_csts<B: Bar0>(bar: &mut B, mask: u32, want: u32) -> Result<(), String> {
+pub fn wait_csts<B: Bar0>(bar: &mut B, mask: u32, want: u32) -> Result<(), HostError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = bar.read_reg32(reg::CSTS);
@@ -706,12 +758,14 @@ pub fn wait_csts<B: Bar0>(bar: &mut B, mask: u32, want: u32) -> Result<(), Strin
             return Ok(());
         }
         if s & csts::CFS != 0 && mask & csts::CFS == 0 {
-            return Err(format!("controller fatal status (CSTS {s:#x})"));
+            return Err(HostError::Fatal { csts: s });
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "CSTS {s:#x}: timed out waiting for {want:#x}/{mask:#x}"
-            ));
+            return Err(HostError::NotReady {
+                csts: s,
+                mask,
+                want,
+            });
         }
         std::thread::sleep(Duration::from_micros(200));
     }

@@ -1,8 +1,9 @@
 //! NVM command set I/O commands.
 
-use super::ctrl::{Ctrl, Outcome, Scratch, Sq};
+use super::ctrl::{Ctrl, Scratch};
 use super::dptr::{Dir, Seg};
 use super::namespace::Namespace;
+use super::queue::Outcome;
 use super::spec::{io, Command, Status};
 use log::warn;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ const DSM_RANGE: usize = 16;
 
 impl Ctrl {
     /// Runs one I/O command.
-    pub(crate) fn exec_io(&self, _sq: &Sq, cmd: &Command, sc: &mut Scratch) -> Outcome {
+    pub(crate) fn exec_io(&self, cmd: &Command, sc: &mut Scratch) -> Outcome {
         if cmd.fuse != 0 {
             return Status::INVALID_FIELD.into();
         }

@@ -21,32 +21,76 @@ pub mod admin;
 pub mod backend;
 pub mod ctrl;
 pub mod dptr;
+#[cfg(any(test, feature = "host-driver"))]
 pub mod host;
 pub mod io;
 pub mod namespace;
 pub mod options;
+pub mod queue;
 pub mod security;
 pub mod spec;
 pub mod state;
+mod threads;
 
 pub use admin::{DEVICE_ID, VENDOR_ID};
 pub use options::{NvmeArgs, NvmeConfig};
 pub use security::NvmeSecurity;
 
-use ctrl::{Ctrl, Scratch, Snapshot};
+use backend::BackendError;
+use ctrl::Ctrl;
 use log::info;
 use namespace::Namespace;
-use options::DoorbellMode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use thiserror::Error;
 use vfio_user_server::irq::IrqInfo;
 use vfio_user_server::pci::{
-    ext_cap_id, Bar, ConfigBuilder, ConfigSpace, ExtCap, MsixCap, PciIds, PcieCap, PortType,
+    ext_cap_id, Bar, BuildError, ConfigBuilder, ConfigSpace, ExtCap, MsixCap, PciIds, PcieCap,
+    PortType,
 };
 use vfio_user_server::protocol::SparseArea;
 use vfio_user_server::{Device, DeviceContext, DeviceError, RegionMmap};
+
+/// Why a controller could not be created.
+#[derive(Debug, Error)]
+pub enum NvmeError {
+    /// A namespace's storage could not be opened.
+    #[error("namespace {nsid}: {source}")]
+    Namespace {
+        /// Namespace ID.
+        nsid: u32,
+        /// Why.
+        #[source]
+        source: BackendError,
+    },
+    /// The configuration space does not fit (too many capabilities).
+    #[error("configuration space layout: {0}")]
+    ConfigSpace(#[from] BuildError),
+    /// The shared doorbell page (poll mode) could not be created.
+    #[error("doorbell page: {0}")]
+    DoorbellPage(#[source] std::io::Error),
+    /// A controller thread could not be started.
+    #[error("cannot start thread {name}: {source}")]
+    Thread {
+        /// Thread name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The controller's PCI IDs (class: mass storage, NVM, NVM Express I/O
+/// controller).
+pub const PCI_IDS: PciIds = PciIds {
+    vendor: VENDOR_ID,
+    device: DEVICE_ID,
+    subsystem_vendor: VENDOR_ID,
+    subsystem: 0x0001,
+    class: 0x01_08_02,
+    revision: 2,
+};
 
 /// The MSI-X BAR.
 pub const MSIX_BAR: usize = 4;
@@ -93,18 +137,10 @@ fn config_space(
     bar0: u64,
     tee: bool,
     extra: Vec<ExtCap>,
-) -> ConfigSpace {
-    let ids = PciIds {
-        vendor: VENDOR_ID,
-        device: DEVICE_ID,
-        subsystem_vendor: VENDOR_ID,
-        subsystem: 0x0001,
-        class: 0x01_08_02, // mass storage, NVM, NVM Express I/O controller
-        revision: 2,
-    };
+) -> Result<ConfigSpace, BuildError> {
     let (table, pba, msix_size) = msix_layout(vectors);
     let serial = cfg.dsn;
-    let mut b = ConfigBuilder::new(ids)
+    let mut b = ConfigBuilder::new(PCI_IDS)
         .bar(0, Bar::mem64(bar0, false))
         .bar(MSIX_BAR, Bar::mem64(msix_size, false))
         .power_management()
@@ -133,12 +169,11 @@ fn config_space(
         b = b.ext_capability(cap);
     }
     b.build()
-        .unwrap_or_else(|e| panic!("NVMe configuration space layout: {e}"))
 }
 
 impl NvmeDevice {
     /// Opens the namespaces and starts the controller's threads.
-    pub fn new(cfg: NvmeConfig, port: PortType) -> std::io::Result<NvmeDevice> {
+    pub fn new(cfg: NvmeConfig, port: PortType) -> Result<NvmeDevice, NvmeError> {
         Self::new_secure(cfg, port, NvmeSecurity::default())
     }
 
@@ -148,10 +183,12 @@ impl NvmeDevice {
         cfg: NvmeConfig,
         port: PortType,
         security: NvmeSecurity,
-    ) -> std::io::Result<NvmeDevice> {
+    ) -> Result<NvmeDevice, NvmeError> {
         let mut namespaces = Vec::new();
         for (i, ns) in cfg.namespaces.iter().enumerate() {
-            let n = Namespace::open(i as u32 + 1, ns, &cfg)?;
+            let nsid = i as u32 + 1;
+            let n = Namespace::open(nsid, ns, &cfg)
+                .map_err(|source| NvmeError::Namespace { nsid, source })?;
             info!(
                 "namespace {}: {} blocks of {} bytes on {}",
                 n.nsid,
@@ -169,7 +206,7 @@ impl NvmeDevice {
         cfg: NvmeConfig,
         port: PortType,
         namespaces: Vec<Arc<Namespace>>,
-    ) -> std::io::Result<NvmeDevice> {
+    ) -> Result<NvmeDevice, NvmeError> {
         Self::build(cfg, port, namespaces, NvmeSecurity::default())
     }
 
@@ -178,11 +215,11 @@ impl NvmeDevice {
         port: PortType,
         namespaces: Vec<Arc<Namespace>>,
         security: NvmeSecurity,
-    ) -> std::io::Result<NvmeDevice> {
+    ) -> Result<NvmeDevice, NvmeError> {
         let vectors = cfg.max_queues + 1;
         let bar0 = bar0_size(cfg.max_queues, cfg.dstrd);
         let ctx = DeviceContext::new(&IrqInfo::pci(1, u32::from(vectors)));
-        let config = config_space(&cfg, port, vectors, bar0, security.tee, security.ext_caps);
+        let config = config_space(&cfg, port, vectors, bar0, security.tee, security.ext_caps)?;
         info!(
             "NVMe controller {} ({}): {} namespace(s), up to {} I/O queue pairs of {} entries, {} worker(s), {:?} doorbells{}",
             cfg.serial,
@@ -194,13 +231,16 @@ impl NvmeDevice {
             cfg.doorbells,
             if cfg.shadow_doorbells { " + shadow doorbells" } else { "" }
         );
-        let ctrl = Arc::new(Ctrl::new(
-            cfg,
-            namespaces,
-            Arc::clone(&ctx.memory),
-            Arc::clone(&ctx.irqs),
-            bar0 as usize,
-        )?);
+        let ctrl = Arc::new(
+            Ctrl::new(
+                cfg,
+                namespaces,
+                Arc::clone(&ctx.memory),
+                Arc::clone(&ctx.irqs),
+                bar0 as usize,
+            )
+            .map_err(NvmeError::DoorbellPage)?,
+        );
         if let Some(r) = security.storage {
             let _ = ctrl
                 .spdm
@@ -211,16 +251,24 @@ impl NvmeDevice {
             let c = Arc::clone(&ctrl);
             let t = std::thread::Builder::new()
                 .name("nvme-admin".into())
-                .spawn(move || admin_thread(&c))?;
-            let _ = ctrl.admin.thread.set(t.thread().clone());
+                .spawn(move || threads::admin_thread(&c))
+                .map_err(|source| NvmeError::Thread {
+                    name: "nvme-admin".into(),
+                    source,
+                })?;
+            let _ = ctrl.queues.workers.admin.thread.set(t.thread().clone());
             threads.push(t);
         }
-        for w in 0..ctrl.io.len() {
+        for w in 0..ctrl.queues.workers.io.len() {
             let c = Arc::clone(&ctrl);
             let t = std::thread::Builder::new()
                 .name(format!("nvme-io{w}"))
-                .spawn(move || io_thread(&c, w))?;
-            let _ = ctrl.io[w].thread.set(t.thread().clone());
+                .spawn(move || threads::io_thread(&c, w))
+                .map_err(|source| NvmeError::Thread {
+                    name: format!("nvme-io{w}"),
+                    source,
+                })?;
+            let _ = ctrl.queues.workers.io[w].thread.set(t.thread().clone());
             threads.push(t);
         }
         Ok(NvmeDevice {
@@ -233,91 +281,7 @@ impl NvmeDevice {
 
     /// The controller's one-line efficiency counters.
     pub fn efficiency(&self) -> String {
-        self.ctrl.efficiency_line()
-    }
-}
-
-/// How long a polling thread keeps spinning after its last work.
-const POLL_SPIN: Duration = Duration::from_millis(2);
-/// How long a polling thread sleeps between looks once idle.
-const POLL_IDLE_SLEEP: Duration = Duration::from_micros(200);
-/// How often a worker looks at the shadow doorbells while the host is active.
-const SHADOW_POLL_INTERVAL: Duration = Duration::from_micros(25);
-
-fn idle_wait(poll: bool, idle_since: Instant, deadline: Option<Instant>) {
-    let now = Instant::now();
-    let until_deadline = deadline.map(|d| d.saturating_duration_since(now));
-    if poll {
-        if now.duration_since(idle_since) < POLL_SPIN {
-            std::thread::yield_now();
-        } else {
-            let d = until_deadline.map_or(POLL_IDLE_SLEEP, |d| d.min(POLL_IDLE_SLEEP));
-            std::thread::park_timeout(d);
-        }
-    } else {
-        match until_deadline {
-            Some(d) => std::thread::park_timeout(d),
-            None => std::thread::park(),
-        }
-    }
-}
-
-fn admin_thread(c: &Ctrl) {
-    let mut sc = Scratch::default();
-    let poll = c.cfg.doorbells == DoorbellMode::Poll;
-    let mut idle_since = Instant::now();
-    while !c.stop.load(Ordering::SeqCst) {
-        let n = c.admin_round(&mut sc);
-        if n > 0 {
-            idle_since = Instant::now();
-            continue;
-        }
-        // A polled admin queue is looked at less eagerly than I/O queues.
-        idle_wait(
-            poll,
-            idle_since.checked_sub(POLL_SPIN).unwrap_or(idle_since),
-            None,
-        );
-    }
-}
-
-fn io_thread(c: &Ctrl, w: usize) {
-    // Short sleeps (the shadow-buffer and doorbell-page polls) should be
-    // short: the default 50 µs timer slack would triple them.
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer slack.
-    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
-    let mut sc = Scratch::default();
-    let mut snap = Snapshot::default();
-    let poll = c.cfg.doorbells == DoorbellMode::Poll;
-    let window = Duration::from_micros(c.cfg.shadow_poll_us);
-    let mut idle_since = Instant::now();
-    let mut active_at = Instant::now();
-    while !c.stop.load(Ordering::SeqCst) {
-        // With shadow doorbells, a worker that ran out of work keeps
-        // watching the shadow buffer while the host is active (it posted
-        // completions or consumed some within the window) before it
-        // publishes its event indexes (asking the host to ring again) and
-        // sleeps: submissions that follow completions then cost no doorbell
-        // write, at the price of a worker waking every SHADOW_POLL_INTERVAL.
-        let shadow = c.shadow_active();
-        let arm = !shadow || active_at.elapsed() >= window;
-        let (n, deadline, host_moved) = c.io_round(w, &mut snap, &mut sc, arm);
-        if n > 0 || host_moved {
-            active_at = Instant::now();
-        }
-        if n > 0 {
-            idle_since = Instant::now();
-            continue;
-        }
-        if !arm {
-            let d = deadline.map_or(SHADOW_POLL_INTERVAL, |d| {
-                d.saturating_duration_since(Instant::now())
-                    .min(SHADOW_POLL_INTERVAL)
-            });
-            std::thread::park_timeout(d);
-            continue;
-        }
-        idle_wait(poll, idle_since, deadline);
+        self.ctrl.queues.efficiency_line()
     }
 }
 
@@ -377,7 +341,7 @@ impl Device for NvmeDevice {
     }
 
     fn region_mmap(&self, region: u32) -> Option<RegionMmap<'_>> {
-        let page = self.ctrl.doorbell_page.as_ref()?;
+        let page = self.ctrl.queues.doorbells.page()?;
         (region == 0).then(|| RegionMmap {
             fd: page.fd(),
             offset: 0,
@@ -400,10 +364,8 @@ impl Device for NvmeDevice {
 impl Drop for NvmeDevice {
     fn drop(&mut self) {
         self.ctrl.stop.store(true, Ordering::SeqCst);
-        self.ctrl.admin.wake();
-        for w in &self.ctrl.io {
-            w.wake();
-        }
+        self.ctrl.queues.workers.admin.wake();
+        self.ctrl.queues.workers.wake_io();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

@@ -1,7 +1,7 @@
 //! Namespaces: a backend, a block size, identifiers, and the Identify data
 //! structures that describe them.
 
-use super::backend::{Backend, FileBackend, RamBackend};
+use super::backend::{Backend, BackendError, FileBackend, RamBackend};
 use super::options::{NsBacking, NsConfig, NvmeConfig};
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ pub const LBA_FORMATS: [u8; 2] = [9, 12];
 
 impl Namespace {
     /// Opens the storage of namespace `nsid`.
-    pub fn open(nsid: u32, ns: &NsConfig, cfg: &NvmeConfig) -> std::io::Result<Namespace> {
+    pub fn open(nsid: u32, ns: &NsConfig, cfg: &NvmeConfig) -> Result<Namespace, BackendError> {
         let backend: Arc<dyn Backend> = match &ns.backing {
             NsBacking::Ram(size) => Arc::new(RamBackend::new(*size)?),
             NsBacking::File(path, size) => Arc::new(FileBackend::open(path, *size, cfg.cache)?),

@@ -3,6 +3,52 @@
 
 use super::backend::CacheMode;
 use std::path::PathBuf;
+use thiserror::Error;
+
+/// An option value the controller cannot take.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// Not a size.
+    #[error("bad size {0:?} (e.g. 512M, 4G, 1048576)")]
+    Size(String),
+    /// Not a namespace specification.
+    #[error("bad namespace {0:?}: ram:SIZE or file:PATH[:SIZE]")]
+    Namespace(String),
+    /// A number outside its range.
+    #[error("--{option} must be {allowed} (got {value})")]
+    OutOfRange {
+        /// The option.
+        option: &'static str,
+        /// What it accepts.
+        allowed: &'static str,
+        /// What it got.
+        value: u64,
+    },
+    /// More namespaces than the controller describes.
+    #[error("at most {MAX_NAMESPACES} namespaces")]
+    TooManyNamespaces,
+    /// An identifier that is not the right number of hex digits.
+    #[error("--{option}: expected {digits} hex digits, got {value:?}")]
+    Hex {
+        /// The option.
+        option: &'static str,
+        /// Hex digits expected.
+        digits: usize,
+        /// What it got.
+        value: String,
+    },
+    /// A string field too long or not printable ASCII.
+    #[error("--{option} must be at most {max} printable ASCII characters")]
+    Ascii {
+        /// The option.
+        option: &'static str,
+        /// Longest allowed.
+        max: usize,
+    },
+}
+
+/// Most namespaces a controller serves.
+pub const MAX_NAMESPACES: usize = 1024;
 
 /// How the host's doorbell writes reach the controller.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -25,7 +71,7 @@ pub enum CacheArg {
     Writethrough,
 }
 
-/// `trustdev serve nvme` options (ignored by other device kinds).
+/// `trustdev serve nvme` options.
 #[derive(clap::Args, Clone, Debug, Default)]
 #[command(next_help_heading = "NVMe options (serve nvme)")]
 pub struct NvmeArgs {
@@ -98,47 +144,8 @@ pub struct NvmeArgs {
     pub temperature: i16,
 }
 
-/// Keys accepted in `trustdev vm -d nvme:KEY=VALUE,...` (each becomes
-/// `--KEY VALUE` of `trustdev serve nvme`; `ns` may repeat).
-pub const VM_OPTION_KEYS: &[&str] = &[
-    "file",
-    "size",
-    "ns",
-    "lba-size",
-    "queues",
-    "queue-entries",
-    "doorbells",
-    "workers",
-    "shadow-poll-us",
-    "cache",
-    "doorbell-stride",
-    "mdts",
-    "serial",
-    "model",
-    "firmware",
-    "subnqn",
-    "temperature",
-];
-
-/// Flag-style keys of `trustdev vm -d nvme:KEY` (no value).
-pub const VM_FLAG_KEYS: &[&str] = &["no-shadow-doorbells"];
-
-/// Turns one `-d nvme:...` option into `trustdev serve` arguments, or
-/// None when it is not an NVMe option.
-pub fn vm_option_args(opt: &str) -> Option<Vec<String>> {
-    if let Some((k, v)) = opt.split_once('=') {
-        if VM_OPTION_KEYS.contains(&k) && !v.is_empty() {
-            return Some(vec![format!("--{k}"), v.to_string()]);
-        }
-        return None;
-    }
-    VM_FLAG_KEYS
-        .contains(&opt)
-        .then(|| vec![format!("--{opt}")])
-}
-
 /// Parses a size: digits with an optional K/M/G/T (binary) suffix.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, OptionsError> {
     let t = s.trim();
     let t = t
         .strip_suffix("iB")
@@ -151,13 +158,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Some('t' | 'T') => (&t[..t.len() - 1], 1 << 40),
         _ => (t, 1),
     };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad size {s:?} (e.g. 512M, 4G, 1048576)"))?;
-    n.checked_mul(mult)
-        .filter(|&v| v > 0)
-        .ok_or_else(|| format!("bad size {s:?}"))
+    let bad = || OptionsError::Size(s.to_string());
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    n.checked_mul(mult).filter(|&v| v > 0).ok_or_else(bad)
 }
 
 /// Where a namespace keeps its data.
@@ -170,9 +173,9 @@ pub enum NsBacking {
 }
 
 impl std::str::FromStr for NsBacking {
-    type Err = String;
+    type Err = OptionsError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, OptionsError> {
         if let Some(rest) = s.strip_prefix("ram:") {
             return Ok(NsBacking::Ram(parse_size(rest)?));
         }
@@ -187,11 +190,11 @@ impl std::str::FromStr for NsBacking {
                 }
             }
             if rest.is_empty() {
-                return Err("file: needs a path".into());
+                return Err(OptionsError::Namespace(s.to_string()));
             }
             return Ok(NsBacking::File(PathBuf::from(rest), None));
         }
-        Err(format!("bad namespace {s:?}: ram:SIZE or file:PATH[:SIZE]"))
+        Err(OptionsError::Namespace(s.to_string()))
     }
 }
 
@@ -267,49 +270,78 @@ fn derived16(seed: &str) -> [u8; 16] {
     out
 }
 
-fn parse_hex(s: &str, n: usize, what: &str) -> Result<Vec<u8>, String> {
+fn parse_hex(s: &str, n: usize, option: &'static str) -> Result<Vec<u8>, OptionsError> {
+    let bad = || OptionsError::Hex {
+        option,
+        digits: 2 * n,
+        value: s.to_string(),
+    };
     let h: String = s.chars().filter(|c| *c != '-' && *c != ':').collect();
-    if h.len() != 2 * n {
-        return Err(format!("{what}: expected {} hex digits, got {s:?}", 2 * n));
+    if h.len() != 2 * n || !h.is_ascii() {
+        return Err(bad());
     }
     (0..n)
-        .map(|i| {
-            u8::from_str_radix(&h[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("{what}: bad hex {s:?}"))
-        })
+        .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|_| bad()))
         .collect()
 }
 
-fn ascii_field(s: &str, max: usize, what: &str) -> Result<String, String> {
+fn ascii_field(s: &str, max: usize, option: &'static str) -> Result<String, OptionsError> {
     if s.len() > max || !s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return Err(format!(
-            "{what} must be at most {max} printable ASCII characters"
-        ));
+        return Err(OptionsError::Ascii { option, max });
     }
     Ok(s.to_string())
+}
+
+fn in_range(
+    option: &'static str,
+    allowed: &'static str,
+    value: u64,
+    ok: impl FnOnce(u64) -> bool,
+) -> Result<(), OptionsError> {
+    if ok(value) {
+        Ok(())
+    } else {
+        Err(OptionsError::OutOfRange {
+            option,
+            allowed,
+            value,
+        })
+    }
 }
 
 impl NvmeConfig {
     /// Validates `args`; `seed` (the socket path) makes default identities
     /// unique per server.
-    pub fn from_args(args: &NvmeArgs, seed: &str) -> Result<NvmeConfig, String> {
+    pub fn from_args(args: &NvmeArgs, seed: &str) -> Result<NvmeConfig, OptionsError> {
         let lba_shift = match args.lba_size {
             512 => 9,
             4096 => 12,
-            n => return Err(format!("--lba-size must be 512 or 4096 (got {n})")),
+            n => {
+                return Err(OptionsError::OutOfRange {
+                    option: "lba-size",
+                    allowed: "512 or 4096",
+                    value: n.into(),
+                })
+            }
         };
-        if !(1..=128).contains(&args.queues) {
-            return Err("--queues must be 1..=128".into());
-        }
-        if !(2..=65536).contains(&args.queue_entries) {
-            return Err("--queue-entries must be 2..=65536".into());
-        }
-        if args.doorbell_stride > 4 {
-            return Err("--doorbell-stride must be 0..=4".into());
-        }
-        if !(1..=10).contains(&args.mdts) {
-            return Err("--mdts must be 1..=10".into());
-        }
+        in_range("queues", "1..=128", args.queues.into(), |v| {
+            (1..=128).contains(&v)
+        })?;
+        in_range(
+            "queue-entries",
+            "2..=65536",
+            args.queue_entries.into(),
+            |v| (2..=65536).contains(&v),
+        )?;
+        in_range(
+            "doorbell-stride",
+            "0..=4",
+            args.doorbell_stride.into(),
+            |v| v <= 4,
+        )?;
+        in_range("mdts", "1..=10", args.mdts.into(), |v| {
+            (1..=10).contains(&v)
+        })?;
         let mut backings: Vec<NsBacking> = Vec::new();
         if let Some(f) = &args.file {
             backings.push(NsBacking::File(f.clone(), args.size));
@@ -320,12 +352,12 @@ impl NvmeConfig {
         if backings.is_empty() {
             backings.push(NsBacking::Ram(args.size.unwrap_or(1 << 30)));
         }
-        if backings.len() > 1024 {
-            return Err("at most 1024 namespaces".into());
+        if backings.len() > MAX_NAMESPACES {
+            return Err(OptionsError::TooManyNamespaces);
         }
         let h = fnv64(seed.as_bytes());
         let serial = match &args.serial {
-            Some(s) => ascii_field(s, 20, "--serial")?,
+            Some(s) => ascii_field(s, 20, "serial")?,
             None => format!("TD{:016X}", h).chars().take(20).collect(),
         };
         let mut namespaces = Vec::new();
@@ -353,13 +385,13 @@ impl NvmeConfig {
             };
             if nsid == 1 {
                 if let Some(e) = &args.eui64 {
-                    ns.eui64.copy_from_slice(&parse_hex(e, 8, "--eui64")?);
+                    ns.eui64.copy_from_slice(&parse_hex(e, 8, "eui64")?);
                 }
                 if let Some(g) = &args.nguid {
-                    ns.nguid.copy_from_slice(&parse_hex(g, 16, "--nguid")?);
+                    ns.nguid.copy_from_slice(&parse_hex(g, 16, "nguid")?);
                 }
                 if let Some(u) = &args.uuid {
-                    ns.uuid.copy_from_slice(&parse_hex(u, 16, "--uuid")?);
+                    ns.uuid.copy_from_slice(&parse_hex(u, 16, "uuid")?);
                 }
             }
             namespaces.push(ns);
@@ -374,7 +406,7 @@ impl NvmeConfig {
             })
             .clamp(1, 64);
         let subnqn = match &args.subnqn {
-            Some(s) => ascii_field(s, 223, "--subnqn")?,
+            Some(s) => ascii_field(s, 223, "subnqn")?,
             None => format!("nqn.2024-01.dev.trustdev:nvme:{serial}"),
         };
         Ok(NvmeConfig {
@@ -397,14 +429,14 @@ impl NvmeConfig {
             model: ascii_field(
                 args.model.as_deref().unwrap_or("trustdev NVMe Controller"),
                 40,
-                "--model",
+                "model",
             )?,
             firmware: ascii_field(
                 args.firmware
                     .as_deref()
                     .unwrap_or(env!("CARGO_PKG_VERSION")),
                 8,
-                "--firmware",
+                "firmware",
             )?,
             subnqn,
             temperature_k: (273i32 + i32::from(args.temperature)).clamp(1, 0xffff) as u16,
@@ -478,23 +510,27 @@ mod tests {
             [0, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77]
         );
         a.lba_size = 1024;
-        assert!(NvmeConfig::from_args(&a, "x").is_err());
+        assert_eq!(
+            NvmeConfig::from_args(&a, "x").unwrap_err().to_string(),
+            "--lba-size must be 512 or 4096 (got 1024)"
+        );
         a.lba_size = 512;
         a.serial = Some("x".repeat(21));
-        assert!(NvmeConfig::from_args(&a, "x").is_err());
-    }
-
-    #[test]
-    fn vm_options() {
         assert_eq!(
-            vm_option_args("size=64M"),
-            Some(vec!["--size".to_string(), "64M".to_string()])
+            NvmeConfig::from_args(&a, "x").unwrap_err(),
+            OptionsError::Ascii {
+                option: "serial",
+                max: 20
+            }
         );
-        assert_eq!(
-            vm_option_args("no-shadow-doorbells"),
-            Some(vec!["--no-shadow-doorbells".to_string()])
-        );
-        assert_eq!(vm_option_args("bogus=1"), None);
-        assert_eq!(vm_option_args("rciep"), None);
+        a.serial = None;
+        a.eui64 = Some("00112233445566zz".into());
+        assert!(matches!(
+            NvmeConfig::from_args(&a, "x"),
+            Err(OptionsError::Hex {
+                option: "eui64",
+                ..
+            })
+        ));
     }
 }

@@ -2,10 +2,7 @@
 //! SECP 0xE8), and the security options of the controller (DOE mailbox,
 //! DEVCAP.TEE).
 
-use super::ctrl::{Ctrl, Outcome, Scratch};
-use super::spec::{Command, Status};
-use log::warn;
-use spdm_responder::transport::storage::StorageBinding;
+use spdm_responder::transport::storage::{StorageBinding, StorageError};
 use spdm_responder::Responder;
 use vfio_user_server::pci::ExtCap;
 
@@ -59,63 +56,28 @@ impl std::fmt::Debug for NvmeSecurity {
 }
 
 /// CDW10 of Security Send/Receive: (SECP, SPSP).
-fn secp_spsp(cdw10: u32) -> (u8, u16) {
+pub fn secp_spsp(cdw10: u32) -> (u8, u16) {
     let secp = (cdw10 >> 24) as u8;
     let spsp0 = (cdw10 >> 8) & 0xff;
     let spsp1 = (cdw10 >> 16) & 0xff;
     (secp, ((spsp1 << 8) | spsp0) as u16)
 }
 
-/// Largest Security Send transfer accepted.
-const MAX_SEND: usize = 64 * 1024;
+/// Largest Security Send transfer accepted (and Security Receive returned).
+pub const MAX_TRANSFER: usize = 64 * 1024;
 
-impl Ctrl {
+impl StorageSpdm {
     /// Security Send: the host hands an SPDM request (or another SECP's data).
-    pub(crate) fn security_send(&self, cmd: &Command, sc: &mut Scratch) -> Outcome {
-        let Some(spdm) = self.spdm.get() else {
-            return Status::INVALID_OPCODE.into();
-        };
-        let (secp, spsp) = secp_spsp(cmd.cdw10());
-        let len = cmd.cdw11() as usize;
-        if len == 0 || len > MAX_SEND {
-            return Status::INVALID_FIELD.into();
-        }
-        if let Err(s) = self.receive_from_host(cmd, len, true, sc) {
-            return s.into();
-        }
-        let mut g = spdm.lock().unwrap_or_else(|p| p.into_inner());
-        let StorageSpdm { responder, binding } = &mut *g;
-        match binding.security_send(responder, secp, spsp, &sc.buf) {
-            Ok(()) => Outcome::ok(0),
-            Err(e) => {
-                warn!("Security Send SECP {secp:#04x} SPSP {spsp:#06x}: {e}");
-                Status::INVALID_FIELD.into()
-            }
-        }
+    pub fn send(&mut self, secp: u8, spsp: u16, data: &[u8]) -> Result<(), StorageError> {
+        let StorageSpdm { responder, binding } = self;
+        binding.security_send(responder, secp, spsp, data)
     }
 
     /// Security Receive: supported protocols (SECP 0), storage-binding
-    /// discovery, pending info, or the pending SPDM response.
-    pub(crate) fn security_recv(&self, cmd: &Command, sc: &mut Scratch) -> Outcome {
-        let Some(spdm) = self.spdm.get() else {
-            return Status::INVALID_OPCODE.into();
-        };
-        let (secp, spsp) = secp_spsp(cmd.cdw10());
-        let alloc = (cmd.cdw11() as usize).min(MAX_SEND);
-        if alloc == 0 {
-            return Status::INVALID_FIELD.into();
-        }
-        let data = {
-            let mut g = spdm.lock().unwrap_or_else(|p| p.into_inner());
-            match g.binding.security_receive(secp, spsp, alloc) {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!("Security Receive SECP {secp:#04x} SPSP {spsp:#06x}: {e}");
-                    return Status::INVALID_FIELD.into();
-                }
-            }
-        };
-        self.send_to_host(cmd, &data, sc).into()
+    /// discovery, pending info, or the pending SPDM response, at most
+    /// `alloc` bytes.
+    pub fn receive(&mut self, secp: u8, spsp: u16, alloc: usize) -> Result<Vec<u8>, StorageError> {
+        self.binding.security_receive(secp, spsp, alloc)
     }
 }
 

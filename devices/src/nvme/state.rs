@@ -21,10 +21,6 @@ pub struct Features {
     /// Number of Queues (07h): allocated (I/O SQs, I/O CQs), 1-based; None
     /// until the host sets it (all queues are then available).
     pub num_queues: Option<(u16, u16)>,
-    /// Interrupt Coalescing (08h): THR (7:0) | TIME (15:8), 100 µs units.
-    pub coalescing: u32,
-    /// Interrupt Vector Configuration (09h): coalescing disabled per vector.
-    pub vector_no_coalesce: Vec<bool>,
     /// Write Atomicity Normal (0Ah).
     pub write_atomicity: u32,
     /// Asynchronous Event Configuration (0Bh).
@@ -42,13 +38,16 @@ pub const WCTEMP: u16 = 343;
 /// CCTEMP: 85 °C.
 pub const CCTEMP: u16 = 358;
 
+impl Default for Features {
+    fn default() -> Self {
+        Features::new()
+    }
+}
+
 impl Features {
-    /// Defaults after a controller reset; `vectors` is the MSI-X count.
-    pub fn new(vectors: usize) -> Features {
-        let mut no_coalesce = vec![false; vectors];
-        if let Some(v) = no_coalesce.first_mut() {
-            *v = true; // the admin vector never coalesces
-        }
+    /// Defaults after a controller reset (interrupt coalescing lives with
+    /// the queues: [`super::queue::Coalescing`]).
+    pub fn new() -> Features {
         Features {
             arbitration: 0,
             power_mgmt: 0,
@@ -56,24 +55,12 @@ impl Features {
             temp_under: [0; 9],
             error_recovery: 0,
             num_queues: None,
-            coalescing: 0,
-            vector_no_coalesce: no_coalesce,
             write_atomicity: 0,
             async_event_cfg: 0,
             timestamp: None,
             kato: 0,
             host_behavior: [0; 512],
         }
-    }
-
-    /// Coalescing threshold (completions, 1-based) and time (µs), if on.
-    pub fn coalescing(&self) -> Option<(u32, u64)> {
-        let thr = self.coalescing & 0xff;
-        let time = (self.coalescing >> 8) & 0xff;
-        if thr == 0 && time == 0 {
-            return None;
-        }
-        Some((thr + 1, u64::from(time) * 100))
     }
 
     /// The Timestamp feature's 8-byte data (timestamp, attributes).
@@ -366,8 +353,8 @@ mod tests {
         assert_eq!(s[32], 2, "1001 units -> 2 thousand, rounded up");
         assert_eq!(s[80], 5);
         assert_eq!(s[176], 3);
-        let f = Features::new(4);
-        assert_eq!(f.coalescing(), None);
-        assert!(f.vector_no_coalesce[0] && !f.vector_no_coalesce[1]);
+        let f = Features::new();
+        assert_eq!(f.temp_over[0], WCTEMP);
+        assert_eq!(f.num_queues, None);
     }
 }

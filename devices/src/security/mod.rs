@@ -10,7 +10,21 @@ pub mod tdisp;
 use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vfio_user_server::pci::ExtCap;
+use vfio_user_server::pci::{ExtCap, PciIds};
+
+/// The CMA device name (what the leaf certificate's otherName says) of a
+/// type-0 function with `ids` and Device Serial Number `serial`: the one
+/// place the device IDs of `vfio_user_server` become the SPDM crate's.
+pub fn cma_name(ids: &PciIds, serial: u64) -> spdm_responder::CmaDeviceName {
+    spdm_responder::CmaDeviceName {
+        vendor: ids.vendor,
+        device: ids.device,
+        class_code: ids.class,
+        revision: ids.revision,
+        subsystem: Some((ids.subsystem_vendor, ids.subsystem)),
+        serial: Some(serial),
+    }
+}
 
 /// Where a device kind keeps its SPDM identity unless told otherwise:
 /// `$TRUSTDEV_IDENTITY_DIR/KIND`, else `$XDG_DATA_HOME/trustdev/identity/KIND`

@@ -9,6 +9,7 @@ pub mod runner;
 pub mod toolchain;
 pub mod tsm;
 
+use crate::kinds::{self, DeviceKind, KindError};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -83,112 +84,82 @@ pub enum Placement {
     RootBus,
 }
 
-/// A device model to serve.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// The DMA-copy example device.
-    DmaCopy,
-    /// The NVMe controller.
-    Nvme,
-    /// The work-queue accelerator with PASID/ATS/PRI.
-    Accel,
-}
-
-impl DeviceKind {
-    /// Name used on the command line and for `trustdev serve`.
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::DmaCopy => "dma-copy",
-            DeviceKind::Nvme => "nvme",
-            DeviceKind::Accel => "accel",
-        }
-    }
-}
-
 /// One device of the VM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceSpec {
     /// Model.
-    pub kind: DeviceKind,
+    pub kind: &'static DeviceKind,
     /// Topology.
     pub placement: Placement,
-    /// Extra `trustdev serve` arguments (device options, e.g. NVMe's
-    /// `--size 64M` from `nvme:size=64M`).
+    /// Extra `trustdev serve KIND` arguments (the kind's options, e.g.
+    /// NVMe's `--size 64M` from `nvme:size=64M`).
     pub args: Vec<String>,
 }
 
-impl std::str::FromStr for DeviceSpec {
-    type Err = String;
+impl DeviceSpec {
+    /// The identity directory given with `identity-dir=PATH`, if any.
+    pub fn identity_dir(&self) -> Option<PathBuf> {
+        self.args
+            .windows(2)
+            .rev()
+            .find(|w| w[0] == "--identity-dir")
+            .map(|w| PathBuf::from(&w[1]))
+    }
 
-    /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`,
-    /// `nvme:size=64M,queues=8` (NVMe options: see
-    /// [`crate::nvme::options::VM_OPTION_KEYS`]).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
-        let kind = match kind {
-            "dma-copy" => DeviceKind::DmaCopy,
-            "nvme" => DeviceKind::Nvme,
-            "accel" => DeviceKind::Accel,
-            other => {
-                return Err(format!(
-                    "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
-                ))
-            }
-        };
-        let mut placement = Placement::RootPort;
-        let mut args = Vec::new();
-        for o in opts.split(',').filter(|o| !o.is_empty()) {
-            match o {
-                "rciep" | "pcie.0" => placement = Placement::RootBus,
-                "root-port" => placement = Placement::RootPort,
-                // Device security: a DOE mailbox without CMA/SPDM; DEVCAP.TEE clear.
-                "no-spdm" => args.push("--no-spdm".into()),
-                "no-tee" => args.push("--no-tee".into()),
-                // Test fault: a certificate whose CMA SAN names another device.
-                "wrong-san" => args.push("--wrong-san".into()),
-                other if other.starts_with("dsn=") => {
-                    args.extend(["--dsn".into(), other["dsn=".len()..].into()])
-                }
-                other if other.starts_with("ide=") || other.starts_with("ide-trace=") => {
-                    args.extend(ide_option_args(other)?)
-                }
-                other => match crate::nvme::options::vm_option_args(other) {
-                    Some(a) if kind == DeviceKind::Nvme => args.extend(a),
-                    _ => {
-                        return Err(format!(
-                            "unknown device option {other:?} (rciep, root-port, no-spdm, no-tee, wrong-san, dsn=HEX, ide=SPEC, ide-trace=FILE{})",
-                            if kind == DeviceKind::Nvme {
-                                ", or NVMe KEY=VALUE: see `trustdev serve --help`"
-                            } else {
-                                ""
-                            }
-                        ))
-                    }
-                },
-            }
-        }
+    /// A device of kind `name` with default options behind a root port.
+    pub fn new(name: &str) -> Result<DeviceSpec, KindError> {
         Ok(DeviceSpec {
-            kind,
-            placement,
-            args,
+            kind: kinds::find(name)?,
+            placement: Placement::RootPort,
+            args: Vec::new(),
         })
     }
 }
 
-/// `ide=SPEC` and `ide-trace=FILE` of any kind as `trustdev serve`
-/// arguments: SPEC is `serve --ide`'s with `+` between its items (`,`
-/// separates device options), e.g. `ide=selective=4+assoc=2+tee-limited`
-/// or `ide=off`; FILE is `--ide-trace` (a new pcap file).
-fn ide_option_args(opt: &str) -> Result<Vec<String>, String> {
-    if let Some(spec) = opt.strip_prefix("ide=") {
-        let spec = spec.replace('+', ",");
-        crate::security::ide::IdeConfig::parse(&spec).map_err(|e| format!("{opt}: {e}"))?;
-        return Ok(vec!["--ide".into(), spec]);
+impl std::str::FromStr for DeviceSpec {
+    type Err = KindError;
+
+    /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`,
+    /// `nvme:size=64M,queues=8`, `accel:psk=@key,ide=selective=1,,cfg`:
+    /// `rciep` (or `pcie.0`) and `root-port` place the device, anything
+    /// else is a security option or one of the kind's own (`KEY=VALUE` or
+    /// a flag `KEY`, see `trustdev vm --device help`); `,,` stands for a
+    /// comma inside a value.
+    fn from_str(s: &str) -> Result<Self, KindError> {
+        let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
+        let mut spec = DeviceSpec::new(kind)?;
+        for o in split_options(opts) {
+            match o.as_str() {
+                "rciep" | "pcie.0" => spec.placement = Placement::RootBus,
+                "root-port" => spec.placement = Placement::RootPort,
+                other => spec.args.extend(spec.kind.vm_option_args(other)?),
+            }
+        }
+        // Values and combinations are refused now, not when the server
+        // starts after the guest is built.
+        spec.kind.check_args(&spec.args)?;
+        Ok(spec)
     }
-    match opt.strip_prefix("ide-trace=") {
-        Some(f) if !f.is_empty() => Ok(vec!["--ide-trace".into(), f.into()]),
-        _ => Err(format!("{opt}: ide-trace needs a file name")),
+}
+
+/// `OPT,OPT,...` split at single commas; `,,` is a comma inside an option.
+fn split_options(opts: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = opts.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                cur.push(',');
+            }
+            ',' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
     }
+    out.push(cur);
+    out.retain(|o| !o.is_empty());
+    out
 }
 
 /// Everything a VM run needs.
@@ -267,7 +238,7 @@ mod tests {
         let n: DeviceSpec = "nvme:size=64M,rciep,ns=ram:1M,no-shadow-doorbells"
             .parse()
             .unwrap();
-        assert_eq!(n.kind, DeviceKind::Nvme);
+        assert_eq!(n.kind.name, "nvme");
         assert_eq!(n.placement, Placement::RootBus);
         assert_eq!(
             n.args,
@@ -278,24 +249,53 @@ mod tests {
         assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
         let d: DeviceSpec = "dma-copy:no-spdm,rciep".parse().unwrap();
         assert_eq!(d.args, ["--no-spdm"]);
-        let d: DeviceSpec = "nvme:ide=selective=4+assoc=2+tee-limited,ide-trace=/tmp/w.pcap"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            d.args,
-            [
-                "--ide",
-                "selective=4,assoc=2,tee-limited",
-                "--ide-trace",
-                "/tmp/w.pcap"
-            ]
-        );
-        let d: DeviceSpec = "dma-copy:ide=off".parse().unwrap();
-        assert_eq!(d.args, ["--ide", "off"]);
-        assert!("dma-copy:ide=bogus".parse::<DeviceSpec>().is_err());
-        assert!("dma-copy:ide=selective=0".parse::<DeviceSpec>().is_err());
-        assert!("dma-copy:ide-trace=".parse::<DeviceSpec>().is_err());
-        let d: DeviceSpec = "dma-copy:wrong-san,dsn=7d0c00000000ba05".parse().unwrap();
-        assert_eq!(d.args, ["--wrong-san", "--dsn", "7d0c00000000ba05"]);
+        let a: DeviceSpec = "accel:queues=2,no-pri,rciep".parse().unwrap();
+        assert_eq!(a.args, ["--queues", "2", "--no-pri"]);
+        assert!("accel:size=1M".parse::<DeviceSpec>().is_err());
+    }
+
+    /// Every kind takes every security option, with the same spelling as
+    /// `trustdev serve KIND` (a kind the registry left out fails here).
+    #[test]
+    fn every_kind_takes_the_security_options() {
+        for k in kinds::KINDS {
+            let s = format!(
+                "{}:psk=@/k,psk-hint=h,dsn=1234,ide=selective=1,,cfg,ide-trace=/t.pcap,\
+                 tdisp=rid=01:00.0,,ide=none,no-spdm,no-tee,wrong-san,identity-dir=/id",
+                k.name
+            );
+            let d: DeviceSpec = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                d.args,
+                [
+                    "--psk",
+                    "@/k",
+                    "--psk-hint",
+                    "h",
+                    "--dsn",
+                    "1234",
+                    "--ide",
+                    "selective=1,cfg",
+                    "--ide-trace",
+                    "/t.pcap",
+                    "--tdisp",
+                    "rid=01:00.0,ide=none",
+                    "--no-spdm",
+                    "--no-tee",
+                    "--wrong-san",
+                    "--identity-dir",
+                    "/id"
+                ],
+                "{}",
+                k.name
+            );
+            assert_eq!(d.identity_dir(), Some(PathBuf::from("/id")));
+        }
+    }
+
+    #[test]
+    fn option_splitting() {
+        assert_eq!(split_options("a,b=1,,2,,,c,"), ["a", "b=1,2,", "c"]);
+        assert!(split_options("").is_empty());
     }
 }

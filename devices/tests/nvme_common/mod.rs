@@ -1,25 +1,21 @@
 //! Shared helpers of the NVMe host-side tests: a server in this process or
-//! as a `trustdev serve nvme` child, and a vfio-user client set up like a
-//! user-space NVMe driver (memfd "guest RAM" mapped with DMA_MAP, MSI-X
-//! eventfds, the controller enabled).
+//! as a `trustdev serve nvme` child, and (driver.rs) a vfio-user client set
+//! up like a user-space NVMe driver.
 
 #![allow(dead_code)]
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trustdev_devices::nvme::host::{Bar0, HostDriver, HostMemory};
+use trustdev_devices::nvme::host::Bar0;
 use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice};
-use vfio_user_server::client::Client;
 use vfio_user_server::pci::PortType;
-use vfio_user_server::protocol::{irq_index, IrqAction, IrqData};
 use vfio_user_server::stats::Stats;
 use vfio_user_server::{Server, StopHandle};
 
-/// IOVA of the test's guest memory.
-pub const IOVA: u64 = 0x1_0000_0000;
+mod driver;
+pub use driver::*;
 
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -72,10 +68,17 @@ pub struct InProcess {
 
 impl InProcess {
     pub fn start(a: &NvmeArgs) -> InProcess {
+        InProcess::with(|socket| {
+            let cfg = NvmeConfig::from_args(a, &socket.display().to_string()).unwrap();
+            NvmeDevice::new(cfg, PortType::Endpoint).unwrap()
+        })
+    }
+
+    /// Serves the device `make` builds for the socket path.
+    pub fn with(make: impl FnOnce(&Path) -> NvmeDevice) -> InProcess {
         let dir = TempDir::new("srv");
         let socket = dir.path("nvme.sock");
-        let cfg = NvmeConfig::from_args(a, &socket.display().to_string()).unwrap();
-        let dev = NvmeDevice::new(cfg, PortType::Endpoint).unwrap();
+        let dev = make(&socket);
         let mut server = Server::new(dev, &socket).unwrap();
         let stop = server.stop_handle();
         let stats = server.stats();
@@ -143,66 +146,6 @@ impl Drop for ChildServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// MSI-X eventfds handed to the server.
-pub struct Vectors(pub Vec<OwnedFd>);
-
-impl Vectors {
-    /// Interrupts fired on `v` since the last look.
-    pub fn take(&self, v: usize) -> u64 {
-        let mut b = [0u8; 8];
-        match nix::unistd::read(self.0[v].as_raw_fd(), &mut b) {
-            Ok(8) => u64::from_ne_bytes(b),
-            _ => 0,
-        }
-    }
-}
-
-/// Connects, maps `mem_len` bytes of memfd memory at [`IOVA`], assigns
-/// MSI-X eventfds for every vector and enables the controller.
-pub fn connect(socket: &Path, mem_len: usize) -> (HostDriver<Client>, Vectors) {
-    let mut c = Client::connect(socket).expect("connect");
-    c.set_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mem = HostMemory::new(IOVA, mem_len).unwrap();
-    mem.dma_map(&mut c).unwrap();
-    let (_, count) = c.irq_info(irq_index::MSIX).unwrap();
-    let fds: Vec<OwnedFd> = (0..count)
-        .map(|_| {
-            OwnedFd::from(
-                nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_fd().as_raw_fd()).collect();
-    for (i, chunk) in raw.chunks(16).enumerate() {
-        c.set_irqs(
-            irq_index::MSIX,
-            (i * 16) as u32,
-            chunk.len() as u32,
-            IrqData::Eventfd,
-            IrqAction::Trigger,
-            chunk,
-        )
-        .unwrap();
-    }
-    let drv = HostDriver::enable(c, mem, 32).expect("enable the controller");
-    (drv, Vectors(fds))
-}
-
-/// A deterministic pattern for block `lba` of generation `gen`.
-pub fn pattern(lba: u64, gen: u64, len: usize) -> Vec<u8> {
-    let mut x =
-        lba.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ gen.wrapping_mul(0xd1b5_4a32_d192_ed03) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Reads a 32-bit register of a client (panics on failure).

@@ -47,7 +47,7 @@ pub fn device() -> Result<NvmeDevice, String> {
         temperature: 35,
         ..NvmeArgs::default()
     };
-    let cfg = NvmeConfig::from_args(&args, "trustdev-fuzz")?;
+    let cfg = NvmeConfig::from_args(&args, "trustdev-fuzz").map_err(|e| e.to_string())?;
     let sec = NvmeSecurity {
         ext_caps: vec![trustdev_devices::security::doe_capability(
             Some(identity()),
@@ -341,9 +341,11 @@ impl NvmeCtrl {
         let _ = dev.context().memory.unmap(DRV, DRV_SIZE as u64);
         let mem = HostMemory::new(DRV, DRV_SIZE).map_err(|e| e.to_string())?;
         map(&dev, &mem, DRV)?;
-        let mut drv = HostDriver::enable(dev, mem, 32)?;
+        let mut drv = HostDriver::enable(dev, mem, 32).map_err(|e| e.to_string())?;
         drv.timeout = Duration::from_secs(5);
-        let n = drv.create_io_queues(IO_QUEUES, QUEUE_ENTRIES)?;
+        let n = drv
+            .create_io_queues(IO_QUEUES, QUEUE_ENTRIES)
+            .map_err(|e| e.to_string())?;
         if n != IO_QUEUES {
             return Err(format!("{n} I/O queues created"));
         }
@@ -378,7 +380,7 @@ impl NvmeCtrl {
             }
         };
         let cid = drv.submit(qid, cmd);
-        let c = drv.wait(qid, cid)?;
+        let c = drv.wait(qid, cid).map_err(|e| e.to_string())?;
         if !Status(c.status).is_success() {
             return Err(format!(
                 "probe opcode {:#04x} on queue {qid} failed: {}",

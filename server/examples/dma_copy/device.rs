@@ -24,6 +24,16 @@ use vfio_user_server::{Device, DeviceContext, DeviceError, RegionMmap};
 mod regs;
 pub use regs::*;
 
+/// The function's PCI IDs (class: processing accelerator).
+pub const PCI_IDS: PciIds = PciIds {
+    vendor: VENDOR_ID,
+    device: DEVICE_ID,
+    subsystem_vendor: VENDOR_ID,
+    subsystem: 0x0001,
+    class: 0x12_00_00,
+    revision: 1,
+};
+
 /// Register state shared with the copy worker.
 #[derive(Debug, Default)]
 struct Regs {
@@ -97,15 +107,7 @@ pub fn config_space(
     serial: u64,
     extra: Vec<ExtCap>,
 ) -> ConfigSpace {
-    let ids = PciIds {
-        vendor: VENDOR_ID,
-        device: DEVICE_ID,
-        subsystem_vendor: VENDOR_ID,
-        subsystem: 0x0001,
-        class: 0x12_00_00, // processing accelerator
-        revision: 1,
-    };
-    let mut b = ConfigBuilder::new(ids)
+    let mut b = ConfigBuilder::new(PCI_IDS)
         .bar(0, Bar::mem32(0x1000))
         .bar(1, Bar::mem32(0x1000))
         .bar(2, Bar::mem64(BAR2_SIZE as u64, true))

@@ -57,6 +57,7 @@ pub fn connect(client: Client, roots: Vec<Vec<u8>>) -> Result<ClientIdeHost, Ide
 /// BAR0 of a device reached through the client that carries the IDE setup
 /// (e.g. the user-space NVMe driver of `crate::nvme::host` driving a
 /// controller whose stream this setup made SECURE).
+#[cfg(any(test, feature = "host-driver"))]
 impl crate::nvme::host::Bar0 for ClientIdeHost {
     fn read_reg32(&mut self, off: u64) -> u32 {
         self.access().read32(0, off).unwrap_or(u32::MAX)
