@@ -4,12 +4,13 @@
 //! KIND:OPT,...` checks kinds and turns options into `serve` arguments
 //! through it. Adding a kind is adding an entry to [`KINDS`].
 
+use crate::control::{doe::AltIdentity, DeviceControl};
 use crate::example::{self, DmaCopy};
 use crate::nvme::{self, NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use crate::security::{self, ide::Ide, ide::IdeDevice};
 use clap::{ArgMatches, Args, FromArgMatches};
 use spdm_responder::{CmaDeviceName, Identity, Responder, ResponderConfig};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 use vfio_user_server::pci::{ConfigSpace, ExtCap, PciIds, PortType};
@@ -79,6 +80,10 @@ pub trait SecuritySource {
     fn dsn(&self) -> Option<u64>;
     /// The security setup of the function named `name` served as `kind`.
     fn setup(&self, kind: &str, name: &CmaDeviceName) -> Result<SecuritySetup, KindError>;
+    /// Where the kind's identity (its CAs) lives.
+    fn identity_dir(&self, kind: &str) -> PathBuf {
+        security::default_identity_dir(kind)
+    }
 }
 
 /// A device's security blocks.
@@ -106,6 +111,29 @@ impl SecuritySetup {
         caps
     }
 
+    /// [`SecuritySetup::ext_caps`], with the DOE mailbox behind the device
+    /// control's front (traced, DOE and SPDM faults) when there is one.
+    fn controlled_ext_caps(
+        &self,
+        ctx: &BuildContext<'_>,
+        kind: &str,
+        name: &CmaDeviceName,
+    ) -> Vec<ExtCap> {
+        let mut caps = self.ext_caps();
+        if let Some(ctl) = ctx.control {
+            let alt = self.identity.as_ref().map(|_| AltIdentity {
+                name: name.clone(),
+                config: self.config.clone(),
+                dir: ctx.security.identity_dir(kind),
+            });
+            ctl.wrap_doe(&mut caps, alt);
+            if let Some(ide) = &self.ide {
+                crate::control::probes::ide(ctl, ide);
+            }
+        }
+        caps
+    }
+
     /// `dev` behind its IDE link when it has an IDE port.
     fn finish(&self, dev: impl Device + 'static) -> Result<AnyDevice, KindError> {
         Ok(match &self.ide {
@@ -125,6 +153,8 @@ pub struct BuildContext<'a> {
     pub port: PortType,
     /// Its security setup.
     pub security: &'a dyn SecuritySource,
+    /// Its control-plane handle (trace, faults, state), if it has one.
+    pub control: Option<&'a Arc<DeviceControl>>,
 }
 
 /// A device kind.
@@ -204,7 +234,12 @@ impl DeviceKind {
 
     /// Builds the device from matches of a command [`DeviceKind::augment`]ed.
     pub fn build(&self, m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindError> {
-        (self.build)(m, ctx)
+        let dev = (self.build)(m, ctx)?;
+        if let Some(ctl) = ctx.control {
+            ctl.attach_interrupts(Arc::clone(&dev.context().irqs));
+            crate::control::probes::dma(ctl, Arc::clone(&dev.context().memory));
+        }
+        Ok(dev)
     }
 
     /// Turns one `trustdev vm -d KIND:OPT` option (`KEY=VALUE` or a flag
@@ -242,11 +277,10 @@ fn build_nvme(m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindE
     if let Some(dsn) = ctx.security.dsn() {
         cfg.dsn = dsn;
     }
-    let setup = ctx
-        .security
-        .setup("nvme", &security::cma_name(&nvme::PCI_IDS, cfg.dsn))?;
+    let name = security::cma_name(&nvme::PCI_IDS, cfg.dsn);
+    let setup = ctx.security.setup("nvme", &name)?;
     let sec = NvmeSecurity {
-        ext_caps: setup.ext_caps(),
+        ext_caps: setup.controlled_ext_caps(ctx, "nvme", &name),
         tee: setup.tee,
         // The same identity also answers over Security Send/Receive.
         storage: setup
@@ -262,11 +296,11 @@ fn build_dma_copy(_m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, 
         .security
         .dsn()
         .unwrap_or_else(|| security::default_dsn("dma-copy", ctx.socket));
-    let setup = ctx
-        .security
-        .setup("dma-copy", &security::cma_name(&example::PCI_IDS, dsn))?;
-    let dev = DmaCopy::with_capabilities(ctx.port, setup.tee, dsn, setup.ext_caps())
-        .map_err(KindError::Device)?;
+    let name = security::cma_name(&example::PCI_IDS, dsn);
+    let setup = ctx.security.setup("dma-copy", &name)?;
+    let caps = setup.controlled_ext_caps(ctx, "dma-copy", &name);
+    let dev =
+        DmaCopy::with_capabilities(ctx.port, setup.tee, dsn, caps).map_err(KindError::Device)?;
     setup.finish(dev)
 }
 

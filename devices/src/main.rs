@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+use trustdev_devices::control::{self as ctl, config::Config, DeviceControl};
 use trustdev_devices::kinds::{
     self, BuildContext, KindError, SecuritySetup, SecuritySource, KINDS,
 };
@@ -63,6 +64,36 @@ enum Cmd {
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
+    /// Serve every device a TOML file describes from one process (see
+    /// docs/CONTROL.md), with a control socket and a decoded trace.
+    Run {
+        /// The configuration file.
+        config: PathBuf,
+        /// Control socket (overrides the file's `control`).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Trace file, JSON lines, created new (overrides the file's `trace`).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Talk to a daemon's control socket: list, state DEV, arm DEV FAULT...,
+    /// disarm DEV [ID], trace DEV, faults.
+    Ctl(ctl::client::CtlArgs),
+    /// Pretty-print a trace file (`-`: stdin).
+    Trace {
+        /// The JSON-lines trace.
+        file: PathBuf,
+    },
+    /// Print the QEMU arguments that attach a configuration's devices (for
+    /// virtme-ng's `--qemu-opts` or your own QEMU command line).
+    QemuArgs {
+        /// The configuration file.
+        config: PathBuf,
+        /// Also print q35 and a shared memfd memory backend of this size
+        /// (vfio-user needs guest RAM the server can map), e.g. 2G.
+        #[arg(long)]
+        memory: Option<String>,
+    },
     /// Boot a guest with trustdev devices and explain what its kernel did.
     Demo {
         /// Echo the guest console.
@@ -90,10 +121,44 @@ struct ServeArgs {
     rciep: bool,
     #[command(flatten)]
     security: SecurityArgs,
+    #[command(flatten)]
+    control: ServeControlArgs,
 }
+
+/// Control-plane options of `trustdev serve` (one device).
+#[derive(clap::Args, Debug)]
+struct ServeControlArgs {
+    /// Control socket (created 0600; protocol in docs/CONTROL.md).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Decoded trace, JSON lines, in this new file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Arm a fault at start: a JSON fault spec (repeatable; docs/CONTROL.md).
+    #[arg(long, value_name = "JSON")]
+    fault: Vec<String>,
+    /// The device's name on the control socket and in the trace (default:
+    /// KIND0).
+    #[arg(long)]
+    name: Option<String>,
+}
+
+/// `trustdev serve` options a configuration file sets with its own keys.
+const CONFIG_OWNED: &[&str] = &[
+    "--socket",
+    "--rciep",
+    "--control",
+    "--trace",
+    "--fault",
+    "--name",
+];
 
 #[derive(clap::Args)]
 struct VmArgs {
+    /// Devices from a `trustdev run` configuration file (their sockets are
+    /// the runner's; their faults are armed at start), before any -d.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
     /// pcie.0 (default: behind its own pcie-root-port), `no-spdm` and
     /// `no-tee` are its security options, KEY=VALUE or KEY one of the kind's
@@ -289,15 +354,25 @@ fn kinds_help() -> String {
     s
 }
 
-/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it.
-fn serve(argv: &[String]) -> Result<(), String> {
+/// The `trustdev serve KIND` command line parser of `kind`.
+fn serve_command(kind: &kinds::DeviceKind) -> clap::Command {
+    ServeArgs::augment_args(kind.augment(clap::Command::new(kind.name)))
+        .bin_name(format!("trustdev serve {}", kind.name))
+        .about(kind.about)
+}
+
+/// Builds the device `argv` (`KIND ARGS...`) describes, with `control`.
+fn build_device(
+    argv: &[String],
+    control: impl FnOnce(&ServeArgs, &'static kinds::DeviceKind) -> Option<Arc<DeviceControl>>,
+) -> Result<(kinds::AnyDevice, ServeArgs, Option<Arc<DeviceControl>>), String> {
     let (name, _) = argv.split_first().ok_or("no device kind")?;
     let kind = kinds::find(name).map_err(|e| e.to_string())?;
-    let cmd = ServeArgs::augment_args(kind.augment(clap::Command::new(kind.name)))
-        .bin_name(format!("trustdev serve {}", kind.name))
-        .about(kind.about);
-    let m = cmd.try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let m = serve_command(kind)
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| e.exit());
     let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
+    let ctl = control(&args, kind);
     let ctx = BuildContext {
         socket: &args.socket,
         port: if args.rciep {
@@ -306,13 +381,172 @@ fn serve(argv: &[String]) -> Result<(), String> {
             PortType::Endpoint
         },
         security: &args.security,
+        control: ctl.as_ref(),
     };
     let dev = kind.build(&m, &ctx).map_err(|e| e.to_string())?;
-    run_server(dev, &args.socket)
+    Ok((dev, args, ctl))
 }
 
-fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
+/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it.
+fn serve(argv: &[String]) -> Result<(), String> {
+    let mut sink = Ok(ctl::trace::TraceSink::default());
+    let (dev, args, ctl) = build_device(argv, |a, kind| {
+        if let Some(p) = &a.control.trace {
+            sink = ctl::trace::TraceSink::to_file(p)
+                .map_err(|e| format!("--trace {}: {e}", p.display()));
+        }
+        let name = a
+            .control
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}0", kind.name));
+        Some(DeviceControl::new(
+            &name,
+            kind.name,
+            a.socket.clone(),
+            sink.clone().unwrap_or_default(),
+        ))
+    })?;
+    sink?;
+    let ctl = ctl.ok_or("no device control")?;
+    for f in &args.control.fault {
+        let v: serde_json::Value =
+            serde_json::from_str(f).map_err(|e| format!("--fault {f}: {e}"))?;
+        let spec =
+            ctl::fault::FaultSpec::from_value(&v).map_err(|e| format!("--fault {f}: {e}"))?;
+        ctl.arm(spec).map_err(|e| format!("--fault {f}: {e}"))?;
+    }
+    let registry = ctl::Registry::default();
+    registry.add(Arc::clone(&ctl));
+    let _control = match &args.control.control {
+        Some(p) => Some(
+            ctl::socket::ControlSocket::start(p, registry)
+                .map_err(|e| format!("--control {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    run_server(dev, &args.socket, Some(&ctl))
+}
+
+/// Checks `trustdev serve KIND` options of a configuration file.
+fn validate_options(kind: &'static kinds::DeviceKind, args: &[String]) -> Result<(), String> {
+    if let Some(a) = args.iter().find(|a| CONFIG_OWNED.contains(&a.as_str())) {
+        return Err(format!(
+            "{a} is set by the configuration file's own keys, not as an option"
+        ));
+    }
+    let mut argv = vec![
+        kind.name.to_string(),
+        "--socket".into(),
+        "/nonexistent".into(),
+    ];
+    argv.extend(args.iter().cloned());
+    serve_command(kind)
+        .try_get_matches_from(&argv)
+        .map(|_| ())
+        .map_err(|e| {
+            e.render()
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid option")
+                .trim_start_matches("error: ")
+                .to_string()
+        })
+}
+
+/// `trustdev serve` arguments of a configured device.
+fn config_argv(d: &ctl::config::DeviceConf) -> Vec<String> {
+    let mut argv = vec![d.kind.name.to_string(), "--socket".into()];
+    argv.push(d.socket.clone().unwrap_or_default().display().to_string());
+    if d.placement == vm::Placement::RootBus {
+        argv.push("--rciep".into());
+    }
+    argv.extend(d.args.iter().cloned());
+    argv
+}
+
+/// `trustdev run CONFIG`.
+fn run_config(path: &Path, control: Option<PathBuf>, trace: Option<PathBuf>) -> Result<(), String> {
+    let mut cfg = Config::load(path, &validate_options).map_err(|e| e.to_string())?;
+    cfg.control = control.or(cfg.control);
+    cfg.trace = trace.or(cfg.trace);
+    let build = |d: &ctl::config::DeviceConf, c: &Arc<DeviceControl>| {
+        build_device(&config_argv(d), |_, _| Some(Arc::clone(c))).map(|(dev, _, _)| dev)
+    };
+    let daemon = ctl::daemon::Daemon::start(&cfg, &build)?;
+    for d in daemon.registry.all() {
+        eprintln!(
+            "trustdev run: {} ({}) on {}",
+            d.name,
+            d.kind,
+            d.socket.display()
+        );
+    }
+    if let Some(c) = &cfg.control {
+        eprintln!("trustdev run: control socket {}", c.display());
+    }
+    let stop = stop_flag();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.stop();
+    daemon.wait()
+}
+
+/// `trustdev qemu-args CONFIG`.
+fn qemu_args(path: &Path, memory: Option<&str>) -> Result<(), String> {
+    let cfg = Config::load(path, &validate_options).map_err(|e| e.to_string())?;
+    cfg.require_sockets().map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    if let Some(m) = memory {
+        out.extend([
+            "-machine".to_string(),
+            "q35,memory-backend=trustdev-mem".into(),
+            "-m".into(),
+            m.to_string(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=trustdev-mem,size={m},share=on"),
+        ]);
+    }
+    let devs: Vec<vm::qemu::QemuDevice> = cfg
+        .devices
+        .iter()
+        .map(|d| vm::qemu::QemuDevice {
+            socket: d.socket.clone().unwrap_or_default(),
+            placement: d.placement,
+        })
+        .collect();
+    out.extend(vm::qemu::device_args(&devs));
+    let quoted: Vec<String> = out.iter().map(|a| shell_quote(a)).collect();
+    println!("{}", quoted.join(" "));
+    Ok(())
+}
+
+/// `a` quoted for a POSIX shell when it needs to be.
+fn shell_quote(a: &str) -> String {
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || ",.=_-/:+".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+fn run_server<D: vfio_user_server::Device>(
+    dev: D,
+    socket: &Path,
+    ctl: Option<&Arc<DeviceControl>>,
+) -> Result<(), String> {
     let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    if let Some(ctl) = ctl {
+        let stats = server.stats();
+        ctl.probe(
+            "vfio_user",
+            Box::new(move || serde_json::json!({"messages": stats.summary()})),
+        );
+    }
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("signals: {e}"))?;
@@ -369,9 +603,23 @@ fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn vm_spec(a: VmArgs) -> VmSpec {
-    VmSpec {
-        devices: a.devices,
+fn vm_spec(a: VmArgs) -> Result<VmSpec, String> {
+    let mut devices = Vec::new();
+    if let Some(path) = &a.config {
+        let cfg = Config::load(path, &validate_options).map_err(|e| e.to_string())?;
+        for d in &cfg.devices {
+            let mut spec = d.vm_spec();
+            spec.args.extend(["--name".to_string(), d.name.clone()]);
+            for f in &d.faults {
+                spec.args
+                    .extend(["--fault".to_string(), f.to_value().to_string()]);
+            }
+            devices.push(spec);
+        }
+    }
+    devices.extend(a.devices);
+    Ok(VmSpec {
+        devices,
         kernel: a.kernel,
         initrd: a.initrd,
         append: a.append,
@@ -388,7 +636,7 @@ fn vm_spec(a: VmArgs) -> VmSpec {
         bins: a.bin,
         files: a.file,
         tsm: a.tsm,
-    }
+    })
 }
 
 fn report_failure(e: &VmError) -> ExitCode {
@@ -397,7 +645,13 @@ fn report_failure(e: &VmError) -> ExitCode {
 }
 
 fn run_vm(a: VmArgs) -> ExitCode {
-    let spec = vm_spec(a);
+    let spec = match vm_spec(a) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trustdev vm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match vm::run(&spec, stop_flag()) {
         Ok(out) => {
             println!("trustdev vm: {}", out.versions);
@@ -508,6 +762,29 @@ fn demo(verbose: bool) -> ExitCode {
     }
 }
 
+fn exit(cmd: &str, r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trustdev {cmd}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `trustdev trace FILE`.
+fn pretty_trace(file: &Path) -> Result<(), String> {
+    let out = std::io::stdout().lock();
+    let r = if file == Path::new("-") {
+        ctl::trace::pretty(std::io::stdin().lock(), out)
+    } else {
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        ctl::trace::pretty(std::io::BufReader::new(f), out)
+    };
+    r.map(|_| ())
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let matches = Cli::command()
@@ -537,6 +814,16 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Vm(a) => run_vm(a),
+        Cmd::Run {
+            config,
+            control,
+            trace,
+        } => exit("run", run_config(&config, control, trace)),
+        Cmd::Ctl(a) => ctl::client::main(a),
+        Cmd::Trace { file } => exit("trace", pretty_trace(&file)),
+        Cmd::QemuArgs { config, memory } => {
+            exit("qemu-args", qemu_args(&config, memory.as_deref()))
+        }
         Cmd::Demo { verbose } => demo(verbose),
     }
 }
