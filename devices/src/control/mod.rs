@@ -241,3 +241,6 @@ impl Registry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
