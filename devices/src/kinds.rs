@@ -288,7 +288,11 @@ fn build_nvme(m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindE
             .clone()
             .map(|id| Responder::new(setup.config.clone(), id)),
     };
-    setup.finish(NvmeDevice::new_secure(cfg, ctx.port, sec)?)
+    let dev = NvmeDevice::new_secure(cfg, ctx.port, sec)?;
+    if let Some(ctl) = ctx.control {
+        dev.attach_control(ctl);
+    }
+    setup.finish(dev)
 }
 
 fn build_dma_copy(_m: &ArgMatches, ctx: &BuildContext<'_>) -> Result<AnyDevice, KindError> {

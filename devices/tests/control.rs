@@ -5,6 +5,8 @@
 //! removal through the REQ interrupt; `trustdev ctl`, `trustdev trace` and
 //! `trustdev qemu-args` on it.
 
+mod nvme_common;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -340,4 +342,49 @@ fn config_errors_and_qemu_args() {
     );
     assert!(a.contains(r#""bus":"pcie.0""#), "{a}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nvme_faults_media_latency_fatal_and_admin_trace() {
+    let d = Daemon::start("nvme", CONFIG);
+    let mut c = d.ctl();
+    let (mut drv, _vec) = nvme_common::connect(&d.path("nvme0.sock"), 4 << 20);
+    let q = drv.create_io_queues(1, 32).unwrap();
+    let data: Vec<u8> = (0..16 * 512).map(|i| (i % 251) as u8).collect();
+    drv.write_blocks(q, 1, 0, &data).unwrap();
+    // A media error on LBAs 4..=5: reads touching them fail, the rest reads
+    // back intact; after count hits the fault is gone.
+    let r = c.req(json!({"cmd": "arm", "device": "nvme0", "fault": {"fault": "nvme-media-error", "lba": [4, 5], "count": 2}}));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(drv.read_blocks(q, 1, 0, 4 * 512).unwrap(), data[..4 * 512]);
+    let e = drv.read_blocks(q, 1, 2, 4 * 512).unwrap_err();
+    assert!(e.to_string().contains("SCT 0x2 SC 0x81"), "{e}");
+    let e = drv.write_blocks(q, 1, 5, &data[..512]).unwrap_err();
+    assert!(e.to_string().contains("SCT 0x2 SC 0x80"), "{e}");
+    assert_eq!(
+        drv.read_blocks(q, 1, 0, 16 * 512).unwrap(),
+        data,
+        "usable again"
+    );
+    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+    assert_eq!(st["state"]["nvme"]["counters"]["media_errors"], 2);
+    // Latency.
+    c.req(json!({"cmd": "arm", "device": "nvme0", "fault": {"fault": "nvme-latency", "ms": 300}}));
+    let t = Instant::now();
+    drv.read_blocks(q, 1, 0, 512).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // Controller fatal status on the next I/O command.
+    c.req(json!({"cmd": "arm", "device": "nvme0", "fault": {"fault": "nvme-fatal"}}));
+    let _ = drv.read_blocks(q, 1, 0, 512);
+    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+    assert_eq!(st["state"]["nvme"]["csts"]["cfs"], true, "{st}");
+    // The admin commands in the trace.
+    let tr = c.req(json!({"cmd": "trace", "device": "nvme0"}));
+    let cmds: Vec<&str> = tr["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["cmd"].as_str())
+        .collect();
+    assert_eq!(cmds, ["SET_FEATURES", "CREATE_CQ", "CREATE_SQ"]);
 }
