@@ -11,6 +11,7 @@
 #[path = "../../server/examples/dma_copy/device.rs"]
 pub mod example;
 
+pub mod accel;
 pub mod control;
 pub mod kinds;
 pub mod nvme;

@@ -8,11 +8,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use trustdev_devices::control::{self as ctl, config::Config, DeviceControl};
-use trustdev_devices::kinds::{
-    self, BuildContext, KindError, SecuritySetup, SecuritySource, KINDS,
-};
+use trustdev_devices::kinds::KindError;
+use trustdev_devices::kinds::{self, PskArgs, KINDS};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig};
 use trustdev_devices::vm::{self, DeviceSpec, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -59,6 +59,12 @@ enum Cmd {
         /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
         ide_ports: u16,
+        /// TDISP for one TDI (see `serve --tdisp`; here LOCK requires keys
+        /// armed for its stream by IDE_KM, `ide=keys`, as there is no
+        /// configuration space to enable a stream in; its report shows the
+        /// DMA-copy example's BARs as firmware would place them).
+        #[arg(long, default_value = "on")]
+        tdisp: String,
         #[command(flatten)]
         psk: PskArgs,
     },
@@ -110,17 +116,16 @@ enum ServeKind {
     Kind(Vec<String>),
 }
 
-/// Options of `trustdev serve` common to every kind.
+/// Options of `trustdev serve` common to every kind (besides the security
+/// options, which the kind registry adds).
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Socket path (created 0600).
+    /// Socket path (created 0600; only a stale socket there is replaced).
     #[arg(long)]
     socket: PathBuf,
     /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
     #[arg(long)]
     rciep: bool,
-    #[command(flatten)]
-    security: SecurityArgs,
     #[command(flatten)]
     control: ServeControlArgs,
 }
@@ -143,16 +148,6 @@ struct ServeControlArgs {
     name: Option<String>,
 }
 
-/// `trustdev serve` options a configuration file sets with its own keys.
-const CONFIG_OWNED: &[&str] = &[
-    "--socket",
-    "--rciep",
-    "--control",
-    "--trace",
-    "--fault",
-    "--name",
-];
-
 #[derive(clap::Args)]
 struct VmArgs {
     /// Devices from a `trustdev run` configuration file (their sockets are
@@ -160,11 +155,12 @@ struct VmArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
-    /// pcie.0 (default: behind its own pcie-root-port), `no-spdm` and
-    /// `no-tee` are its security options, KEY=VALUE or KEY one of the kind's
-    /// own options (`trustdev serve KIND --help`).
-    #[arg(long = "device", short = 'd')]
-    devices: Vec<DeviceSpec>,
+    /// pcie.0 (default: behind its own pcie-root-port); any other OPT is
+    /// KEY=VALUE or KEY, a security option or one of the kind's own, as
+    /// `trustdev serve KIND --KEY [VALUE]` takes it (`,,` stands for a comma
+    /// inside a value). `--device help` lists every kind's options.
+    #[arg(long = "device", short = 'd', value_parser = parse_device)]
+    devices: Vec<DeviceArg>,
     /// Guest script to run (its exit status is the verdict).
     #[arg(long)]
     script: Option<PathBuf>,
@@ -218,92 +214,6 @@ struct VmArgs {
     tsm: bool,
 }
 
-/// Device security options of `trustdev serve`.
-#[derive(clap::Args, Debug, Clone)]
-struct SecurityArgs {
-    /// Where the device's SPDM identity (certificate chains, keys 0600) lives;
-    /// generated on first use. Default: $TRUSTDEV_IDENTITY_DIR/KIND or
-    /// ~/.local/share/trustdev/identity/KIND.
-    #[arg(long)]
-    identity_dir: Option<PathBuf>,
-    /// A DOE mailbox with discovery only (no CMA/SPDM); DEVCAP.TEE stays
-    /// set, so a TSM's connect meets a mailbox it cannot use.
-    #[arg(long)]
-    no_spdm: bool,
-    /// The IDE capability: `on` (1 link stream, 2 selective streams with 1
-    /// address association block each, AER), `off`, or a comma list of
-    /// link=N, selective=N, assoc=N, tee-limited, flow-through,
-    /// partial-header, aggregation, pcrc, cfg, no-aer, rid=BB:DD.F, segment=N.
-    #[arg(long, default_value = "on")]
-    ide: String,
-    /// Record every IDE TLP of the protected link (ciphertext, MAC, counter,
-    /// key set; never keys) in this new pcap file.
-    #[arg(long)]
-    ide_trace: Option<PathBuf>,
-    /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
-    /// device unless it has IDE).
-    #[arg(long)]
-    no_tee: bool,
-    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
-    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
-    /// from the socket path (nvme: from the NVMe serial number).
-    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
-    dsn: Option<u64>,
-    #[command(flatten)]
-    psk: PskArgs,
-}
-
-/// PSK session options (off unless given).
-#[derive(clap::Args, Debug, Clone)]
-struct PskArgs {
-    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
-    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
-    #[arg(long, value_name = "HEX|@FILE")]
-    psk: Option<String>,
-    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
-    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
-    /// a hint configured without it).
-    #[arg(long, value_name = "STRING", requires = "psk")]
-    psk_hint: Option<String>,
-}
-
-impl PskArgs {
-    /// The responder configuration: defaults, plus the PSK if one was given.
-    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
-        let mut cfg = spdm_responder::ResponderConfig::default();
-        if let Some(p) = &self.psk {
-            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
-                .map_err(|e| e.to_string())?;
-            cfg.psks.push(psk);
-        }
-        Ok(cfg)
-    }
-}
-
-fn parse_dsn(s: &str) -> Result<u64, String> {
-    let h = s.trim_start_matches("0x");
-    u64::from_str_radix(h, 16)
-        .ok()
-        .filter(|_| !h.is_empty() && h.len() <= 16)
-        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
-}
-
-impl SecurityArgs {
-    /// The device's IDE port, if it has one.
-    fn ide(&self) -> Result<Option<Arc<Ide>>, String> {
-        let cfg = IdeConfig::parse(&self.ide).map_err(|e| format!("--ide: {e}"))?;
-        let ide = cfg.map(Ide::new);
-        match (&ide, &self.ide_trace) {
-            (Some(ide), Some(path)) => ide
-                .set_trace(path)
-                .map_err(|e| format!("--ide-trace {}: {e}", path.display()))?,
-            (None, Some(_)) => return Err("--ide-trace needs an IDE capability (--ide)".into()),
-            _ => {}
-        }
-        Ok(ide)
-    }
-}
-
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     match s.split_once(':') {
         Some((src, dest)) if !src.is_empty() && dest.starts_with('/') => {
@@ -313,35 +223,22 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
     }
 }
 
-impl SecuritySource for SecurityArgs {
-    fn dsn(&self) -> Option<u64> {
-        self.dsn
-    }
+/// A `trustdev vm --device` value.
+#[derive(Clone)]
+enum DeviceArg {
+    /// `help`: list the kinds and their options.
+    Help,
+    /// A device.
+    Device(DeviceSpec),
+}
 
-    /// The device's SPDM identity (generated on first use; none with
-    /// `--no-spdm`), the responder configuration (PSK), the IDE port and
-    /// DEVCAP.TEE.
-    fn setup(
-        &self,
-        kind: &str,
-        name: &spdm_responder::CmaDeviceName,
-    ) -> Result<SecuritySetup, KindError> {
-        let identity = if self.no_spdm {
-            None
-        } else {
-            let dir = self
-                .identity_dir
-                .clone()
-                .unwrap_or_else(|| security::default_identity_dir(kind));
-            Some(security::cma::load_identity(&dir, name)?)
-        };
-        Ok(SecuritySetup {
-            identity,
-            config: self.psk.responder_config().map_err(KindError::Security)?,
-            ide: self.ide().map_err(KindError::Security)?,
-            tee: !self.no_tee,
-        })
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    if s == "help" {
+        return Ok(DeviceArg::Help);
     }
+    s.parse()
+        .map(DeviceArg::Device)
+        .map_err(|e: KindError| e.to_string())
 }
 
 /// The kinds `trustdev serve --help` lists.
@@ -361,109 +258,77 @@ fn serve_command(kind: &kinds::DeviceKind) -> clap::Command {
         .about(kind.about)
 }
 
-/// Builds the device `argv` (`KIND ARGS...`) describes, with `control`.
-fn build_device(
-    argv: &[String],
-    control: impl FnOnce(&ServeArgs, &'static kinds::DeviceKind) -> Option<Arc<DeviceControl>>,
-) -> Result<(kinds::AnyDevice, ServeArgs, Option<Arc<DeviceControl>>), String> {
+/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it,
+/// with its control socket, trace and faults when asked.
+fn serve(argv: &[String]) -> Result<(), String> {
     let (name, _) = argv.split_first().ok_or("no device kind")?;
     let kind = kinds::find(name).map_err(|e| e.to_string())?;
     let m = serve_command(kind)
         .try_get_matches_from(argv)
         .unwrap_or_else(|e| e.exit());
     let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
-    let ctl = control(&args, kind);
-    let ctx = BuildContext {
-        socket: &args.socket,
-        port: if args.rciep {
-            PortType::RcIntegratedEndpoint
-        } else {
-            PortType::Endpoint
-        },
-        security: &args.security,
-        control: ctl.as_ref(),
+    let c = &args.control;
+    let sink = match &c.trace {
+        Some(p) => ctl::trace::TraceSink::to_file(p)
+            .map_err(|e| format!("--trace {}: {e}", p.display()))?,
+        None => ctl::trace::TraceSink::default(),
     };
-    let dev = kind.build(&m, &ctx).map_err(|e| e.to_string())?;
-    Ok((dev, args, ctl))
-}
-
-/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it.
-fn serve(argv: &[String]) -> Result<(), String> {
-    let mut sink = Ok(ctl::trace::TraceSink::default());
-    let (dev, args, ctl) = build_device(argv, |a, kind| {
-        if let Some(p) = &a.control.trace {
-            sink = ctl::trace::TraceSink::to_file(p)
-                .map_err(|e| format!("--trace {}: {e}", p.display()));
-        }
-        let name = a
-            .control
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("{}0", kind.name));
-        Some(DeviceControl::new(
-            &name,
-            kind.name,
-            a.socket.clone(),
-            sink.clone().unwrap_or_default(),
-        ))
-    })?;
-    sink?;
-    let ctl = ctl.ok_or("no device control")?;
-    for f in &args.control.fault {
+    let dev_name = c.name.clone().unwrap_or_else(|| format!("{}0", kind.name));
+    let control = DeviceControl::new(&dev_name, kind.name, args.socket.clone(), sink);
+    let dev = kind
+        .build_controlled(&m, &args.socket, port_type(args.rciep), Some(&control))
+        .map_err(|e| e.to_string())?;
+    for f in &c.fault {
         let v: serde_json::Value =
             serde_json::from_str(f).map_err(|e| format!("--fault {f}: {e}"))?;
         let spec =
             ctl::fault::FaultSpec::from_value(&v).map_err(|e| format!("--fault {f}: {e}"))?;
-        ctl.arm(spec).map_err(|e| format!("--fault {f}: {e}"))?;
+        control.arm(spec).map_err(|e| format!("--fault {f}: {e}"))?;
     }
     let registry = ctl::Registry::default();
-    registry.add(Arc::clone(&ctl));
-    let _control = match &args.control.control {
+    registry.add(Arc::clone(&control));
+    let _socket = match &c.control {
         Some(p) => Some(
             ctl::socket::ControlSocket::start(p, registry)
                 .map_err(|e| format!("--control {}: {e}", p.display()))?,
         ),
         None => None,
     };
-    run_server(dev, &args.socket, Some(&ctl))
+    run_server(dev, &args.socket, &control)
 }
 
-/// Checks `trustdev serve KIND` options of a configuration file.
+fn port_type(rciep: bool) -> PortType {
+    if rciep {
+        PortType::RcIntegratedEndpoint
+    } else {
+        PortType::Endpoint
+    }
+}
+
+fn run_server<D: vfio_user_server::Device>(
+    dev: D,
+    socket: &Path,
+    control: &DeviceControl,
+) -> Result<(), String> {
+    // Server errors name the socket path themselves.
+    let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;
+    ctl::daemon::probe_server(control, &server);
+    let stop = server.stop_handle();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| format!("signals: {e}"))?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            log::info!("signal {sig}: stopping");
+            stop.stop();
+        }
+    });
+    server.run().map_err(|e| e.to_string())
+}
+
+/// Checks a configured device's `trustdev serve KIND` options with the
+/// registry's parser.
 fn validate_options(kind: &'static kinds::DeviceKind, args: &[String]) -> Result<(), String> {
-    if let Some(a) = args.iter().find(|a| CONFIG_OWNED.contains(&a.as_str())) {
-        return Err(format!(
-            "{a} is set by the configuration file's own keys, not as an option"
-        ));
-    }
-    let mut argv = vec![
-        kind.name.to_string(),
-        "--socket".into(),
-        "/nonexistent".into(),
-    ];
-    argv.extend(args.iter().cloned());
-    serve_command(kind)
-        .try_get_matches_from(&argv)
-        .map(|_| ())
-        .map_err(|e| {
-            e.render()
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid option")
-                .trim_start_matches("error: ")
-                .to_string()
-        })
-}
-
-/// `trustdev serve` arguments of a configured device.
-fn config_argv(d: &ctl::config::DeviceConf) -> Vec<String> {
-    let mut argv = vec![d.kind.name.to_string(), "--socket".into()];
-    argv.push(d.socket.clone().unwrap_or_default().display().to_string());
-    if d.placement == vm::Placement::RootBus {
-        argv.push("--rciep".into());
-    }
-    argv.extend(d.args.iter().cloned());
-    argv
+    kind.check_args(args).map_err(|e| e.to_string())
 }
 
 /// `trustdev run CONFIG`.
@@ -472,7 +337,16 @@ fn run_config(path: &Path, control: Option<PathBuf>, trace: Option<PathBuf>) -> 
     cfg.control = control.or(cfg.control);
     cfg.trace = trace.or(cfg.trace);
     let build = |d: &ctl::config::DeviceConf, c: &Arc<DeviceControl>| {
-        build_device(&config_argv(d), |_, _| Some(Arc::clone(c))).map(|(dev, _, _)| dev)
+        let socket = d.socket.clone().unwrap_or_default();
+        let m = d
+            .kind
+            .augment(clap::Command::new(d.kind.name).no_binary_name(true))
+            .try_get_matches_from(&d.args)
+            .map_err(|e| e.to_string())?;
+        let port = port_type(d.placement == vm::Placement::RootBus);
+        d.kind
+            .build_controlled(&m, &socket, port, Some(c))
+            .map_err(|e| e.to_string())
     };
     let daemon = ctl::daemon::Daemon::start(&cfg, &build)?;
     for d in daemon.registry.all() {
@@ -494,69 +368,14 @@ fn run_config(path: &Path, control: Option<PathBuf>, trace: Option<PathBuf>) -> 
     daemon.wait()
 }
 
-/// `trustdev qemu-args CONFIG`.
-fn qemu_args(path: &Path, memory: Option<&str>) -> Result<(), String> {
-    let cfg = Config::load(path, &validate_options).map_err(|e| e.to_string())?;
-    cfg.require_sockets().map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    if let Some(m) = memory {
-        out.extend([
-            "-machine".to_string(),
-            "q35,memory-backend=trustdev-mem".into(),
-            "-m".into(),
-            m.to_string(),
-            "-object".into(),
-            format!("memory-backend-memfd,id=trustdev-mem,size={m},share=on"),
-        ]);
-    }
-    let devs: Vec<vm::qemu::QemuDevice> = cfg
-        .devices
-        .iter()
-        .map(|d| vm::qemu::QemuDevice {
-            socket: d.socket.clone().unwrap_or_default(),
-            placement: d.placement,
-        })
-        .collect();
-    out.extend(vm::qemu::device_args(&devs));
-    let quoted: Vec<String> = out.iter().map(|a| shell_quote(a)).collect();
-    println!("{}", quoted.join(" "));
-    Ok(())
-}
-
-/// `a` quoted for a POSIX shell when it needs to be.
-fn shell_quote(a: &str) -> String {
-    if a.chars()
-        .all(|c| c.is_ascii_alphanumeric() || ",.=_-/:+".contains(c))
-    {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
-    }
-}
-
-fn run_server<D: vfio_user_server::Device>(
-    dev: D,
-    socket: &Path,
-    ctl: Option<&Arc<DeviceControl>>,
-) -> Result<(), String> {
-    let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
-    if let Some(ctl) = ctl {
-        let stats = server.stats();
-        ctl.probe(
-            "vfio_user",
-            Box::new(move || serde_json::json!({"messages": stats.summary()})),
-        );
-    }
-    let stop = server.stop_handle();
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
-        .map_err(|e| format!("signals: {e}"))?;
-    std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            log::info!("signal {sig}: stopping");
-            stop.stop();
+fn exit(cmd: &str, r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trustdev {cmd}: {e}");
+            ExitCode::from(1)
         }
-    });
-    server.run().map_err(|e| e.to_string())
+    }
 }
 
 fn spdm_responder_tcp(
@@ -565,6 +384,7 @@ fn spdm_responder_tcp(
     heartbeat: u8,
     ide: &str,
     ide_ports: u16,
+    tdisp: &str,
     psk: &PskArgs,
 ) -> Result<(), String> {
     // The device behind QEMU's `-device nvme,spdm_port=N`.
@@ -582,14 +402,37 @@ fn spdm_responder_tcp(
         ..psk.responder_config()?
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
+    let mut ports: Vec<Arc<Ide>> = Vec::new();
     if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
-        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
-        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports.clone()).handler();
         responder.register_vendor(key, handler);
         eprintln!(
             "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
             ide_ports - 1
         );
+    }
+    let base = TdispConfig {
+        ide: if ports.is_empty() {
+            IdeRequirement::None
+        } else {
+            IdeRequirement::KeysArmed
+        },
+        ..TdispConfig::default()
+    };
+    if let Some(c) = TdispConfig::parse(tdisp, base).map_err(|e| format!("--tdisp: {e}"))? {
+        let tdi = Tdi::new(c, "trustdev spdm-responder (dma-copy layout)", ports);
+        let mut cfg = trustdev_devices::example::config_space(
+            PortType::Endpoint,
+            true,
+            trustdev_devices::example::DEFAULT_SERIAL,
+            Vec::new(),
+        );
+        security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
+        tdi.observe(&cfg);
+        let (key, handler) = security::tdisp::TdispFunctions::new(vec![tdi]).handler();
+        responder.register_vendor(key, handler);
+        eprintln!("trustdev spdm-responder: TDISP for one TDI");
     }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
@@ -617,7 +460,10 @@ fn vm_spec(a: VmArgs) -> Result<VmSpec, String> {
             devices.push(spec);
         }
     }
-    devices.extend(a.devices);
+    devices.extend(a.devices.into_iter().filter_map(|d| match d {
+        DeviceArg::Device(d) => Some(d),
+        DeviceArg::Help => None,
+    }));
     Ok(VmSpec {
         devices,
         kernel: a.kernel,
@@ -645,6 +491,10 @@ fn report_failure(e: &VmError) -> ExitCode {
 }
 
 fn run_vm(a: VmArgs) -> ExitCode {
+    if a.devices.iter().any(|d| matches!(d, DeviceArg::Help)) {
+        print!("{}", kinds::vm_device_help());
+        return ExitCode::SUCCESS;
+    }
     let spec = match vm_spec(a) {
         Ok(s) => s,
         Err(e) => {
@@ -762,29 +612,6 @@ fn demo(verbose: bool) -> ExitCode {
     }
 }
 
-fn exit(cmd: &str, r: Result<(), String>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("trustdev {cmd}: {e}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// `trustdev trace FILE`.
-fn pretty_trace(file: &Path) -> Result<(), String> {
-    let out = std::io::stdout().lock();
-    let r = if file == Path::new("-") {
-        ctl::trace::pretty(std::io::stdin().lock(), out)
-    } else {
-        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        ctl::trace::pretty(std::io::BufReader::new(f), out)
-    };
-    r.map(|_| ())
-        .map_err(|e| format!("{}: {e}", file.display()))
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let matches = Cli::command()
@@ -805,8 +632,10 @@ fn main() -> ExitCode {
             heartbeat,
             ide,
             ide_ports,
+            tdisp,
             psk,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &psk) {
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp, &psk)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");
@@ -820,10 +649,11 @@ fn main() -> ExitCode {
             trace,
         } => exit("run", run_config(&config, control, trace)),
         Cmd::Ctl(a) => ctl::client::main(a),
-        Cmd::Trace { file } => exit("trace", pretty_trace(&file)),
-        Cmd::QemuArgs { config, memory } => {
-            exit("qemu-args", qemu_args(&config, memory.as_deref()))
-        }
+        Cmd::Trace { file } => exit("trace", ctl::trace::pretty_file(&file)),
+        Cmd::QemuArgs { config, memory } => exit(
+            "qemu-args",
+            ctl::config::print_qemu_args(&config, memory.as_deref(), &validate_options),
+        ),
         Cmd::Demo { verbose } => demo(verbose),
     }
 }

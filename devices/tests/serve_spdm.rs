@@ -22,26 +22,8 @@ use spdm_responder::{Requester, RequesterConfig};
 use vfio_user_server::client::Client;
 use vfio_user_server::protocol::region;
 
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("td-serve-spdm-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod scratch;
+use scratch::Scratch;
 
 /// A `trustdev serve KIND` child, killed when dropped.
 struct Served {
@@ -355,4 +337,119 @@ fn cma_othername_matches_the_kernel_per_instance() {
     drop(a);
     let a = Served::start("dma-copy", &d.path("a.sock"), &identity, &[]);
     assert_eq!(a.connect().dsn().unwrap(), seen[0].0);
+}
+
+impl Function {
+    /// DEVCAP.TEE (Device Capabilities bit 30 of the PCIe capability).
+    fn devcap_tee(&mut self) -> bool {
+        let mut off = u64::from(self.cfg32(0x34) & 0xFC);
+        for _ in 0..48 {
+            let h = self.cfg32(off);
+            if h & 0xFF == 0x10 {
+                return self.cfg32(off + 4) & (1 << 30) != 0;
+            }
+            off = u64::from((h >> 8) & 0xFC);
+            assert_ne!(off, 0, "no PCIe capability");
+        }
+        panic!("capability list loops");
+    }
+}
+
+/// What `trustdev vm -d KIND:OPT,...` hands `trustdev serve KIND` reaches
+/// the device, for every kind of the registry: with `dsn`, `no-tee`,
+/// `ide=off`, `tdisp=off` and `psk`/`psk-hint`, the DSN, DEVCAP.TEE, the IDE
+/// capability, TDISP and PSK sessions follow them; without, the defaults
+/// (IDE capability, TDISP answering, TEE set, no PSK).
+#[test]
+fn vm_device_options_reach_every_kind() {
+    use trustdev_devices::kinds::KINDS;
+    use trustdev_devices::vm::DeviceSpec;
+    let d = Scratch::new("vmopts");
+    let identity = d.path("identity");
+    let key = b"\x17trustdev vm -d psk test key";
+    let file = d.path("psk.bin");
+    std::fs::write(&file, key).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for k in KINDS {
+        // A small namespace where the kind has one.
+        let size = if k.name == "nvme" { "size=1M," } else { "" };
+        for with in [false, true] {
+            let spec = if with {
+                format!(
+                    "{}:{size}dsn=7d0c0ff1ce,no-tee,ide=off,tdisp=off,psk=@{},psk-hint=td",
+                    k.name,
+                    file.display()
+                )
+            } else {
+                format!("{}:{size}", k.name)
+            };
+            let spec: DeviceSpec = spec.parse().unwrap();
+            let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+            let socket = d.path(&format!("{}-{with}.sock", k.name));
+            let served = Served::start(k.name, &socket, &identity, &args);
+            let mut f = served.connect();
+            let what = format!("{} with options {with}", k.name);
+            if with {
+                assert_eq!(f.dsn(), Some(0x7d_0c0f_f1ce), "{what}: dsn");
+            }
+            assert_eq!(f.devcap_tee(), !with, "{what}: DEVCAP.TEE");
+            assert_eq!(f.ext_cap(0x30).is_some(), !with, "{what}: IDE capability");
+            let mut r = f.requester(RequesterConfig {
+                versions: vec![0x12],
+                ..requester_config(
+                    roots(&identity, k.name),
+                    Some(PskEntry::new(b"td", key.to_vec().into()).unwrap()),
+                )
+            });
+            let c = r.init_connection().unwrap().clone();
+            assert_eq!(c.rsp_caps & caps::PSK_MASK != 0, with, "{what}: PSK_CAP");
+            r.authenticate(0).unwrap();
+            let sid = if with {
+                r.psk_exchange(0).unwrap()
+            } else {
+                r.key_exchange(0, 0).unwrap()
+            };
+            let iface = spdm_responder::tdisp::InterfaceId::from_rid(0x0100);
+            let v = r.tdisp_get_version(sid, iface);
+            assert_eq!(v.is_ok(), !with, "{what}: TDISP answers: {v:?}");
+        }
+    }
+}
+
+/// The accelerator's own options from `trustdev vm -d accel:...` reach the
+/// function: queue count (CAP, MSI-X table size) and the PASID/ATS/PRI
+/// capabilities (the extended capabilities and CAP bits 16-18).
+#[test]
+fn vm_accel_options_reach_the_device() {
+    use trustdev_devices::vm::DeviceSpec;
+    let d = Scratch::new("vmaccel");
+    let identity = d.path("identity");
+    for (opts, queues, pasid, ats, pri) in [
+        ("", 8, true, true, true),
+        ("queues=3,workers=3,no-pri", 3, true, true, false),
+        ("queues=1,no-pasid,no-ats,no-pri", 1, false, false, false),
+    ] {
+        let spec: DeviceSpec = format!("accel:{opts}").parse().unwrap();
+        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+        let socket = d.path(&format!("a{queues}.sock"));
+        let served = Served::start("accel", &socket, &identity, &args);
+        let mut f = served.connect();
+        assert_eq!(f.ext_cap(0x1b).is_some(), pasid, "{opts}: PASID");
+        assert_eq!(f.ext_cap(0x0f).is_some(), ats, "{opts}: ATS");
+        assert_eq!(f.ext_cap(0x13).is_some(), pri, "{opts}: PRI");
+        let cap = f.c.read32(region::BAR0, 0x08).unwrap();
+        assert_eq!(cap & 0xFF, queues, "{opts}: CAP queues");
+        assert_eq!(
+            (cap >> 16) & 7,
+            u32::from(pasid) | u32::from(ats) << 1 | u32::from(pri) << 2,
+            "{opts}: CAP PASID/ATS/PRI"
+        );
+        // MSI-X Table Size (Message Control bits 10:0, N-1): one per queue.
+        let mut off = u64::from(f.cfg32(0x34) & 0xFC);
+        while f.cfg32(off) & 0xFF != 0x11 {
+            off = u64::from((f.cfg32(off) >> 8) & 0xFC);
+            assert_ne!(off, 0, "no MSI-X capability");
+        }
+        assert_eq!((f.cfg32(off) >> 16) & 0x7FF, queues - 1, "{opts}: MSI-X");
+    }
 }

@@ -373,7 +373,7 @@ fn fail(step: &'static str, e: RequesterError) -> (&'static str, String) {
     (step, msg)
 }
 
-fn load_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
+pub(crate) fn load_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
     let mut out = Vec::new();
     for p in paths {
         let data = std::fs::read(p).map_err(|e| format!("--root {}: {e}", p.display()))?;

@@ -15,6 +15,7 @@ pub mod psk;
 pub mod responder;
 pub mod rng;
 pub mod secured;
+pub mod tdisp;
 pub mod vendor;
 
 pub use error::ErrorCode;

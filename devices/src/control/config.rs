@@ -323,6 +323,52 @@ fn option_args(key: &str, value: &toml::Value) -> Result<Vec<String>, String> {
     })
 }
 
+/// `trustdev qemu-args CONFIG`: prints the QEMU arguments attaching the
+/// configured devices (with `memory`, also q35 with a shared memfd memory
+/// backend of that size, which vfio-user needs).
+pub fn print_qemu_args(
+    path: &Path,
+    memory: Option<&str>,
+    validate: Validator<'_>,
+) -> Result<(), String> {
+    let cfg = Config::load(path, validate).map_err(|e| e.to_string())?;
+    cfg.require_sockets().map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    if let Some(m) = memory {
+        out.extend([
+            "-machine".to_string(),
+            "q35,memory-backend=trustdev-mem".into(),
+            "-m".into(),
+            m.to_string(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=trustdev-mem,size={m},share=on"),
+        ]);
+    }
+    let devs: Vec<crate::vm::qemu::QemuDevice> = cfg
+        .devices
+        .iter()
+        .map(|d| crate::vm::qemu::QemuDevice {
+            socket: d.socket.clone().unwrap_or_default(),
+            placement: d.placement,
+        })
+        .collect();
+    out.extend(crate::vm::qemu::device_args(&devs));
+    let quoted: Vec<String> = out.iter().map(|a| shell_quote(a)).collect();
+    println!("{}", quoted.join(" "));
+    Ok(())
+}
+
+/// `a` quoted for a POSIX shell when it needs to be.
+fn shell_quote(a: &str) -> String {
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || ",.=_-/:+".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,15 @@ use serde_json::json;
 use std::sync::Arc;
 use vfio_user_server::Server;
 
+/// The vfio-user message counters of `server` in `ctl`'s state.
+pub fn probe_server<D: vfio_user_server::Device>(ctl: &DeviceControl, server: &Server<D>) {
+    let stats = server.stats();
+    ctl.probe(
+        "vfio_user",
+        Box::new(move || json!({"messages": stats.summary()})),
+    );
+}
+
 /// Builds one configured device with its control (the binary provides it:
 /// it parses the device's `trustdev serve` arguments).
 pub type Build<'a> = &'a dyn Fn(&DeviceConf, &Arc<DeviceControl>) -> Result<AnyDevice, String>;

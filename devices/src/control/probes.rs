@@ -1,16 +1,64 @@
-//! State probes of the blocks every device may have: its DMA maps and its
-//! IDE port (streams, key slot states; never a key), whose events also go
-//! to the device's trace.
+//! How the control plane attaches to the blocks every device may have: its
+//! DMA maps and REQ interrupt, its DOE mailbox, its IDE port (streams, key
+//! slot states, never a key; stream events in the trace) and its TDI.
 
+use super::doe::AltIdentity;
 use super::DeviceControl;
+use crate::kinds::SecuritySetup;
 use crate::security::ide::{Ide, IdeEvent};
+use crate::security::tdisp::Tdi;
 use serde_json::json;
+use spdm_responder::CmaDeviceName;
+use std::path::PathBuf;
 use std::sync::Arc;
 use vfio_user_server::dma::GuestMemory;
+use vfio_user_server::pci::ExtCap;
+use vfio_user_server::DeviceContext;
 
-/// The client's DMA windows.
-pub fn dma(ctl: &DeviceControl, mem: Arc<GuestMemory>) {
+/// What every device has: its DMA windows in the state, surprise removal
+/// through its REQ interrupt.
+pub fn device(ctl: &DeviceControl, ctx: &DeviceContext) {
+    let mem: Arc<GuestMemory> = Arc::clone(&ctx.memory);
     ctl.probe("dma", Box::new(move || json!({"maps": mem.map_count()})));
+    ctl.attach_interrupts(Arc::clone(&ctx.irqs));
+}
+
+/// The security blocks of a device: its DOE mailbox behind the controlled
+/// front (with SPDM faults when it has an identity named `name` under the
+/// CAs in `dir`), its IDE port and TDI in the state and the trace.
+pub fn security(
+    ctl: &Arc<DeviceControl>,
+    caps: &mut [ExtCap],
+    setup: &SecuritySetup,
+    name: CmaDeviceName,
+    dir: PathBuf,
+) {
+    let alt = setup.identity.as_ref().map(|_| AltIdentity {
+        name,
+        config: setup.config.clone(),
+        dir,
+    });
+    ctl.wrap_doe(caps, alt);
+    if let Some(i) = &setup.ide {
+        ide(ctl, i);
+    }
+    if let Some(t) = &setup.tdi {
+        tdi(ctl, t);
+    }
+}
+
+/// The TDI's state (and why it is in ERROR).
+pub fn tdi(ctl: &DeviceControl, tdi: &Arc<Tdi>) {
+    let t = Arc::clone(tdi);
+    ctl.probe(
+        "tdi",
+        Box::new(move || {
+            json!({
+                "state": format!("{:?}", t.state()),
+                "error_reason": t.error_reason().map(|r| format!("{r:?}")),
+            })
+        }),
+    );
 }
 
 /// IDE streams and key slots in the state, stream changes and integrity

@@ -373,6 +373,19 @@ pub fn pretty(input: impl BufRead, mut out: impl Write) -> std::io::Result<usize
     Ok(n)
 }
 
+/// `trustdev trace FILE`: pretty-prints `file` (`-`: stdin) to stdout.
+pub fn pretty_file(file: &std::path::Path) -> Result<(), String> {
+    let out = std::io::stdout().lock();
+    let r = if file == std::path::Path::new("-") {
+        pretty(std::io::stdin().lock(), out)
+    } else {
+        let f = File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        pretty(std::io::BufReader::new(f), out)
+    };
+    r.map(|_| ())
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,11 @@
 //! Device-side PCIe security blocks shared by every trustdev device: the DOE
-//! mailbox, CMA/SPDM over it with the device's identity (and, as their issues
-//! land, IDE registers and key slots, TDISP interface state).
+//! mailbox, CMA/SPDM over it with the device's identity, IDE registers and
+//! key slots with the protected link, and TDISP interface state.
 
 pub mod cma;
 pub mod doe;
 pub mod ide;
+pub mod tdisp;
 
 use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::{Path, PathBuf};
@@ -56,11 +57,26 @@ pub fn doe_capability_with_ide(
     config: ResponderConfig,
     ide: Option<&Arc<ide::Ide>>,
 ) -> ExtCap {
+    doe_capability_secure(identity, config, ide, None)
+}
+
+/// [`doe_capability_with_ide`] whose SPDM responder also answers TDISP
+/// (inside secured sessions) for the device's TDI.
+pub fn doe_capability_secure(
+    identity: Option<Identity>,
+    config: ResponderConfig,
+    ide: Option<&Arc<ide::Ide>>,
+    tdi: Option<&Arc<tdisp::Tdi>>,
+) -> ExtCap {
     let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
     if let Some(identity) = identity {
         let mut r = Responder::new(config, identity);
         if let Some(ide) = ide {
             let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
+            r.register_vendor(key, handler);
+        }
+        if let Some(tdi) = tdi {
+            let (key, handler) = tdisp::TdispFunctions::new(vec![Arc::clone(tdi)]).handler();
             r.register_vendor(key, handler);
         }
         protocols.push(Box::new(r));

@@ -97,6 +97,15 @@ pub struct DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// The identity directory given with `identity-dir=PATH`, if any.
+    pub fn identity_dir(&self) -> Option<PathBuf> {
+        self.args
+            .windows(2)
+            .rev()
+            .find(|w| w[0] == "--identity-dir")
+            .map(|w| PathBuf::from(&w[1]))
+    }
+
     /// A device of kind `name` with default options behind a root port.
     pub fn new(name: &str) -> Result<DeviceSpec, KindError> {
         Ok(DeviceSpec {
@@ -111,25 +120,46 @@ impl std::str::FromStr for DeviceSpec {
     type Err = KindError;
 
     /// `KIND[:OPT,...]`, e.g. `dma-copy`, `dma-copy:rciep`,
-    /// `nvme:size=64M,queues=8`: `rciep` (or `pcie.0`) and `root-port`
-    /// place the device, anything else is one of the kind's options
-    /// (`KEY=VALUE` or a flag `KEY`, see `trustdev serve KIND --help`).
+    /// `nvme:size=64M,queues=8`, `accel:psk=@key,ide=selective=1,,cfg`:
+    /// `rciep` (or `pcie.0`) and `root-port` place the device, anything
+    /// else is a security option or one of the kind's own (`KEY=VALUE` or
+    /// a flag `KEY`, see `trustdev vm --device help`); `,,` stands for a
+    /// comma inside a value.
     fn from_str(s: &str) -> Result<Self, KindError> {
         let (kind, opts) = s.split_once(':').unwrap_or((s, ""));
         let mut spec = DeviceSpec::new(kind)?;
-        for o in opts.split(',').filter(|o| !o.is_empty()) {
-            match o {
+        for o in split_options(opts) {
+            match o.as_str() {
                 "rciep" | "pcie.0" => spec.placement = Placement::RootBus,
                 "root-port" => spec.placement = Placement::RootPort,
-                // Device security (every kind): a DOE mailbox without
-                // CMA/SPDM; DEVCAP.TEE clear.
-                "no-spdm" => spec.args.push("--no-spdm".into()),
-                "no-tee" => spec.args.push("--no-tee".into()),
                 other => spec.args.extend(spec.kind.vm_option_args(other)?),
             }
         }
+        // Values and combinations are refused now, not when the server
+        // starts after the guest is built.
+        spec.kind.check_args(&spec.args)?;
         Ok(spec)
     }
+}
+
+/// `OPT,OPT,...` split at single commas; `,,` is a comma inside an option.
+fn split_options(opts: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = opts.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ',' if chars.peek() == Some(&',') => {
+                chars.next();
+                cur.push(',');
+            }
+            ',' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.retain(|o| !o.is_empty());
+    out
 }
 
 /// Everything a VM run needs.
@@ -219,5 +249,52 @@ mod tests {
         assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
         let d: DeviceSpec = "dma-copy:no-spdm,rciep".parse().unwrap();
         assert_eq!(d.args, ["--no-spdm"]);
+        let a: DeviceSpec = "accel:queues=2,no-pri,rciep".parse().unwrap();
+        assert_eq!(a.args, ["--queues", "2", "--no-pri"]);
+        assert!("accel:size=1M".parse::<DeviceSpec>().is_err());
+    }
+
+    /// Every kind takes every security option, with the same spelling as
+    /// `trustdev serve KIND` (a kind the registry left out fails here).
+    #[test]
+    fn every_kind_takes_the_security_options() {
+        for k in kinds::KINDS {
+            let s = format!(
+                "{}:psk=@/k,psk-hint=h,dsn=1234,ide=selective=1,,cfg,ide-trace=/t.pcap,\
+                 tdisp=rid=01:00.0,,ide=none,no-spdm,no-tee,identity-dir=/id",
+                k.name
+            );
+            let d: DeviceSpec = s.parse().unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                d.args,
+                [
+                    "--psk",
+                    "@/k",
+                    "--psk-hint",
+                    "h",
+                    "--dsn",
+                    "1234",
+                    "--ide",
+                    "selective=1,cfg",
+                    "--ide-trace",
+                    "/t.pcap",
+                    "--tdisp",
+                    "rid=01:00.0,ide=none",
+                    "--no-spdm",
+                    "--no-tee",
+                    "--identity-dir",
+                    "/id"
+                ],
+                "{}",
+                k.name
+            );
+            assert_eq!(d.identity_dir(), Some(PathBuf::from("/id")));
+        }
+    }
+
+    #[test]
+    fn option_splitting() {
+        assert_eq!(split_options("a,b=1,,2,,,c,"), ["a", "b=1,2,", "c"]);
+        assert!(split_options("").is_empty());
     }
 }

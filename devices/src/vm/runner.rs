@@ -320,15 +320,29 @@ fn run_in(
                 info!("TSM module {} ({})", m.ko.display(), m.release);
                 files.push(m.initramfs_file());
             }
-            let mut kinds: Vec<&str> = spec.devices.iter().map(|d| d.kind.name).collect();
-            kinds.sort_unstable();
-            kinds.dedup();
-            for kind in kinds {
-                let dir = std::env::var_os("TRUSTDEV_IDENTITY_DIR")
-                    .map_or_else(identity_base, PathBuf::from)
-                    .join(kind);
-                for (algo, root) in crate::security::cma::root_certificates(&dir) {
-                    files.push((root, format!("/etc/trustdev/roots/{kind}-{algo}.pem")));
+            let mut dirs: Vec<(&str, PathBuf)> = spec
+                .devices
+                .iter()
+                .map(|d| {
+                    let dir = d.identity_dir().unwrap_or_else(|| {
+                        std::env::var_os("TRUSTDEV_IDENTITY_DIR")
+                            .map_or_else(identity_base, PathBuf::from)
+                            .join(d.kind.name)
+                    });
+                    (d.kind.name, dir)
+                })
+                .collect();
+            dirs.sort_unstable();
+            dirs.dedup();
+            for (i, (kind, dir)) in dirs.iter().enumerate() {
+                // Named by kind; a kind's second identity gets its index.
+                let tag = if dirs[..i].iter().any(|(k, _)| k == kind) {
+                    format!("{kind}{i}")
+                } else {
+                    kind.to_string()
+                };
+                for (algo, root) in crate::security::cma::root_certificates(dir) {
+                    files.push((root, format!("/etc/trustdev/roots/{tag}-{algo}.pem")));
                 }
             }
             initramfs::assemble(tc, &base, &bins, &files, script.as_deref(), dir)?

@@ -32,7 +32,16 @@ impl Vectors {
 /// Connects, maps `mem_len` bytes of memfd memory at [`IOVA`], assigns
 /// MSI-X eventfds for every vector and enables the controller.
 pub fn connect(socket: &Path, mem_len: usize) -> (HostDriver<Client>, Vectors) {
-    let mut c = Client::connect(socket).expect("connect");
+    // The socket file appears at bind(), a moment before listen(): retry
+    // while the server gets there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        match Client::connect(socket) {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() > deadline => panic!("connect: {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
     c.set_timeout(Some(Duration::from_secs(10))).unwrap();
     let mem = HostMemory::new(IOVA, mem_len).unwrap();
     mem.dma_map(&mut c).unwrap();
