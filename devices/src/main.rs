@@ -150,6 +150,10 @@ struct ServeControlArgs {
 
 #[derive(clap::Args)]
 struct VmArgs {
+    /// Give each device server a control socket DIR/KIND<index>.ctl
+    /// (`trustdev ctl -c` arms faults while the guest runs).
+    #[arg(long, value_name = "DIR")]
+    control_dir: Option<PathBuf>,
     /// Devices from a `trustdev run` configuration file (their sockets are
     /// the runner's; their faults are armed at start), before any -d.
     #[arg(long)]
@@ -482,6 +486,7 @@ fn vm_spec(a: VmArgs) -> Result<VmSpec, String> {
         bins: a.bin,
         files: a.file,
         tsm: a.tsm,
+        control_dir: a.control_dir,
     })
 }
 

@@ -92,9 +92,34 @@ pub enum Fault {
     NvmeFatal,
     /// A Namespace Attribute Changed asynchronous event (on arming).
     NvmeNsChange,
+    /// The next IDE TLP on the link towards `towards` (`host`: device
+    /// writes and completions, checked by the host end; `device`: host
+    /// requests) fails its integrity check: the stream goes INSECURE with
+    /// its keys zeroized (and a bound TDI to ERROR), on arming.
+    IdeIntegrity {
+        /// The receiving end that detects it.
+        #[serde(default = "host_end")]
+        towards: End,
+    },
+    /// A CONFIG_LOCKED or RUN TDI goes to ERROR, on arming.
+    TdiError,
     /// The device asks the client to release it through the REQ interrupt
     /// (QEMU unplugs it from the guest), on arming.
     SurpriseRemoval,
+}
+
+/// An end of the IDE link.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum End {
+    /// The host's end (root port).
+    Host,
+    /// The device.
+    Device,
+}
+
+fn host_end() -> End {
+    End::Host
 }
 
 fn one() -> u32 {
@@ -120,7 +145,13 @@ impl Fault {
 
     /// Whether the fault acts once when armed (instead of on device events).
     pub fn immediate(&self) -> bool {
-        matches!(self, Fault::NvmeNsChange | Fault::SurpriseRemoval)
+        matches!(
+            self,
+            Fault::NvmeNsChange
+                | Fault::SurpriseRemoval
+                | Fault::IdeIntegrity { .. }
+                | Fault::TdiError
+        )
     }
 }
 
@@ -249,6 +280,8 @@ pub const FAULT_NAMES: &[&str] = &[
     "nvme-latency",
     "nvme-fatal",
     "nvme-ns-change",
+    "ide-integrity",
+    "tdi-error",
     "surprise-removal",
 ];
 

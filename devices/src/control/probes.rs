@@ -3,9 +3,11 @@
 //! slot states, never a key; stream events in the trace) and its TDI.
 
 use super::doe::AltIdentity;
+use super::fault::{End, Fault};
 use super::DeviceControl;
 use crate::kinds::SecuritySetup;
-use crate::security::ide::{Ide, IdeEvent};
+use crate::security::ide::link::FaultTarget;
+use crate::security::ide::{Ide, IdeEvent, LinkEnd, WireFault};
 use crate::security::tdisp::Tdi;
 use serde_json::json;
 use spdm_responder::CmaDeviceName;
@@ -47,8 +49,13 @@ pub fn security(
     }
 }
 
-/// The TDI's state (and why it is in ERROR).
+/// The TDI's state (and why it is in ERROR); the `tdi-error` fault.
 pub fn tdi(ctl: &DeviceControl, tdi: &Arc<Tdi>) {
+    let t = Arc::clone(tdi);
+    ctl.action(
+        &["tdi-error"],
+        Box::new(move |f| *f == Fault::TdiError && t.inject_error()),
+    );
     let t = Arc::clone(tdi);
     ctl.probe(
         "tdi",
@@ -86,6 +93,27 @@ pub fn ide(ctl: &Arc<DeviceControl>, ide: &Arc<Ide>) {
                 })
                 .collect();
             json!({"link_active": port.link_active(), "streams": streams})
+        }),
+    );
+    let port = Arc::clone(ide);
+    ctl.action(
+        &["ide-integrity"],
+        Box::new(move |f| {
+            let Fault::IdeIntegrity { towards } = f else {
+                return false;
+            };
+            if port.secure_stream_ids().is_empty() {
+                return false;
+            }
+            port.inject_fault(WireFault {
+                towards: match towards {
+                    End::Host => LinkEnd::Host,
+                    End::Device => LinkEnd::Device,
+                },
+                sub_stream: None,
+                target: FaultTarget::Mac(5),
+            });
+            true
         }),
     );
     let weak = Arc::downgrade(ctl);
