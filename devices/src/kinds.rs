@@ -78,12 +78,19 @@ impl SecuritySetup {
     /// The extended capabilities: the DOE mailbox (CMA/SPDM, secured
     /// CMA/SPDM, IDE_KM when the device has an IDE port, TDISP when it has a
     /// TDI) and IDE's.
-    fn ext_caps(&self) -> Vec<ExtCap> {
-        let mut caps = vec![security::doe_capability_secure(
+    /// With a control-plane handle `ctl`, the IDE_KM and TDISP messages go
+    /// to its trace.
+    fn ext_caps(&self, ctl: Option<&Arc<DeviceControl>>) -> Vec<ExtCap> {
+        let wrap = |h| match ctl {
+            Some(c) => crate::control::vendor::Traced::new(h, Arc::clone(c)),
+            None => h,
+        };
+        let mut caps = vec![security::doe_capability_wrapped(
             self.identity.clone(),
             self.config.clone(),
             self.ide.as_ref(),
             self.tdi.as_ref(),
+            &wrap,
         )];
         caps.extend(self.ide.iter().flat_map(|i| i.capabilities()));
         caps
@@ -121,7 +128,7 @@ impl BuildContext<'_> {
     /// `setup`'s extended capabilities, the DOE mailbox behind the device
     /// control's front (trace, DOE and SPDM faults) when there is one.
     fn ext_caps(&self, k: &DeviceKind, setup: &SecuritySetup, dsn: u64) -> Vec<ExtCap> {
-        let mut caps = setup.ext_caps();
+        let mut caps = setup.ext_caps(self.control);
         if let Some(ctl) = self.control {
             let dir = (self.security.identity_dir.clone())
                 .unwrap_or_else(|| security::default_identity_dir(k.name));

@@ -12,8 +12,8 @@
 #  - nvme-media (nvme-media-error on LBAs 4096-4103, 1): a direct read there
 #    is an I/O error, data written elsewhere reads back intact, the read
 #    then succeeds;
-#  - nvme-fatal (nvme-fatal, 1): the first I/O command sets CSTS.CFS; the
-#    nvme driver resets the controller and the disk works again.
+#  - nvme-fatal (nvme-fatal at LBA 2048, 1): reading there sets CSTS.CFS;
+#    the nvme driver resets the controller and the disk works again.
 # Prints "CHECK-OK <what> ..." / "CHECK-FAIL <what>: ..." lines.
 fail=0
 ok() { echo "CHECK-OK $*"; }
@@ -85,8 +85,15 @@ head -c 2048 /tmp/pat | cmp -s - /tmp/back && ok nvme-data-intact || bad nvme-da
 dd if="$media" of=/dev/null bs=512 skip=4096 count=8 iflag=direct 2>/dev/null &&
     ok nvme-media-usable-after || bad nvme-media-usable-after "second read failed"
 
-# --- NVMe: controller fatal status at the first I/O; reset; recovered.
-dmesg | grep -i -E "nvme[0-9]+: .*(controller is down|reset|CSTS)" | sed 's/^/DMESG-FATAL /'
+# --- NVMe: controller fatal status at a read of LBA 2048; the command
+# times out (nvme_core.io_timeout=4), the driver sees CSTS.CFS, resets the
+# controller and retries; then the disk works.
+dd if="$fatal" of=/dev/null bs=512 skip=2048 count=1 iflag=direct 2>&1 | sed 's/^/DD-FATAL /'
+n=0
+until dmesg | grep -q -i -E "controller is down; will reset|CSTS=0x3" || [ $n -ge 60 ]; do
+    sleep 0.5; n=$((n + 1))
+done
+dmesg | grep -i -E "nvme[0-9]+: .*(controller is down|reset|CSTS|timeout)" | sed 's/^/DMESG-FATAL /'
 dmesg | grep -q -i -E "controller is down; will reset|CSTS=0x3" &&
     ok nvme-fatal-reset || bad nvme-fatal-reset "no controller reset in dmesg"
 if [ -b "$fatal" ] && dd if=/tmp/pat of="$fatal" bs=512 count=4 oflag=direct conv=fsync 2>/dev/null &&

@@ -88,8 +88,13 @@ pub enum Fault {
         /// Added latency.
         ms: u64,
     },
-    /// The next NVMe I/O command sets CSTS.CFS (controller fatal status).
-    NvmeFatal,
+    /// The next NVMe I/O command (touching LBAs `lba[0]..=lba[1]`, if
+    /// given) sets CSTS.CFS (controller fatal status).
+    NvmeFatal {
+        /// Inclusive LBA range (default: any command).
+        #[serde(default)]
+        lba: Option<[u64; 2]>,
+    },
     /// A Namespace Attribute Changed asynchronous event (on arming).
     NvmeNsChange,
     /// The next IDE TLP on the link towards `towards` (`host`: device
@@ -101,6 +106,9 @@ pub enum Fault {
         #[serde(default = "host_end")]
         towards: End,
     },
+    /// IDE_KM K_SET_GO (switching a stream to a key set) is refused with an
+    /// SPDM ERROR; the keys stay as they were.
+    IdeKeySetRefusal,
     /// A CONFIG_LOCKED or RUN TDI goes to ERROR, on arming.
     TdiError,
     /// The device asks the client to release it through the REQ interrupt
@@ -281,6 +289,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "nvme-fatal",
     "nvme-ns-change",
     "ide-integrity",
+    "ide-key-set-refusal",
     "tdi-error",
     "surprise-removal",
 ];

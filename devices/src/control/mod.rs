@@ -13,6 +13,7 @@ pub mod fault;
 pub mod probes;
 pub mod socket;
 pub mod trace;
+pub mod vendor;
 
 use fault::{Fault, FaultSpec, FaultSpecError, Faults};
 use serde_json::{json, Value};

@@ -95,6 +95,7 @@ pub fn ide(ctl: &Arc<DeviceControl>, ide: &Arc<Ide>) {
             json!({"link_active": port.link_active(), "streams": streams})
         }),
     );
+    ctl.support(&["ide-key-set-refusal"]);
     let port = Arc::clone(ide);
     ctl.action(
         &["ide-integrity"],

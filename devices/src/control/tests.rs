@@ -40,10 +40,13 @@ struct Rig {
 fn rig() -> Rig {
     let ctl = DeviceControl::new("t0", "test", "/nonexistent".into(), TraceSink::default());
     let ide = Ide::new(IdeConfig::default());
-    let mut caps = vec![crate::security::doe_capability_with_ide(
+    let c = Arc::clone(&ctl);
+    let mut caps = vec![crate::security::doe_capability_wrapped(
         Some(identity()),
         ResponderConfig::default(),
         Some(&ide),
+        None,
+        &move |h| super::vendor::Traced::new(h, Arc::clone(&c)),
     )];
     ctl.wrap_doe(
         &mut caps,
@@ -286,23 +289,39 @@ fn trace_never_carries_keys() {
             );
         }
     }
+    // The key-set switch refusal: K_SET_GO refused, keys left as they were.
+    arm(&t.ctl, json!({"fault": "ide-key-set-refusal"}));
+    let slot = KeySlot::new(KeySet::K0, KeyDirection::Rx, SubStream::Posted);
+    let e = q.ide_km_key_set_go(sid, 0, slot, 0).unwrap_err();
+    assert!(e.to_string().contains("0x05"), "{e}");
+    q.ide_km_key_set_go(sid, 0, slot, 0).unwrap();
     drop(q);
     assert!(!ide.key_states(0).is_empty());
     let text: String = t.ctl.trace.lines(0, usize::MAX).0.join("\n");
     assert!(text.to_lowercase().contains("secured"), "{text}");
+    assert!(
+        text.contains(r#""msg":"KEY_PROG""#),
+        "IDE_KM decoded: {text}"
+    );
+    assert!(text.contains(r#""slot":"K0|TX|CPL""#), "{text}");
+    assert!(text.contains("K_SET_GO refused"), "{text}");
+    // The key as programmed and as it travels in KEY_PROG (dwords byte-swapped).
     for k in &keys {
-        for win in k.windows(6) {
-            let hex: String = win.iter().map(|b| format!("{b:02x}")).collect();
-            let dec = win
-                .iter()
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            assert!(
-                !text.to_lowercase().contains(&hex),
-                "key bytes {hex} in the trace"
-            );
-            assert!(!text.contains(&dec), "key bytes {dec} in the trace");
+        let wire = IdeKey::new(*k, 1).to_wire();
+        for form in [&k[..], &wire[..32]] {
+            for win in form.windows(4) {
+                let hex: String = win.iter().map(|b| format!("{b:02x}")).collect();
+                let dec = win
+                    .iter()
+                    .map(|b| b.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                assert!(
+                    !text.to_lowercase().contains(&hex),
+                    "key bytes {hex} in the trace"
+                );
+                assert!(!text.contains(&dec), "key bytes {dec} in the trace");
+            }
         }
     }
     // The state shows key slots, never keys.

@@ -40,8 +40,8 @@ impl Ctrl {
     /// [`Ctrl::exec_io`] with the armed I/O faults.
     pub(crate) fn exec_io_controlled(&self, cmd: &Command, sc: &mut Scratch) -> Outcome {
         if let Some(ctl) = self.control.get() {
-            if let Some(s) = self.io_fault(ctl, cmd) {
-                return s.into();
+            if let Some(out) = self.io_fault(ctl, cmd) {
+                return out;
             }
         }
         self.exec_io(cmd, sc)
@@ -85,7 +85,8 @@ impl Ctrl {
         out
     }
 
-    fn io_fault(&self, ctl: &DeviceControl, cmd: &Command) -> Option<Status> {
+    /// The outcome an armed fault gives `cmd`, if one hits it.
+    fn io_fault(&self, ctl: &DeviceControl, cmd: &Command) -> Option<Outcome> {
         let rw = matches!(cmd.opcode, io::READ | io::WRITE | io::COMPARE);
         let slba = u64::from(cmd.cdw[0]) | (u64::from(cmd.cdw[1]) << 32);
         let nlb = u64::from(cmd.cdw[2] & 0xffff) + 1;
@@ -96,7 +97,10 @@ impl Ctrl {
             {
                 Match::Hit
             }
-            Fault::NvmeLatency { .. } | Fault::NvmeFatal => Match::Hit,
+            Fault::NvmeFatal { lba: Some(lba) } if rw && slba <= lba[1] && last >= lba[0] => {
+                Match::Hit
+            }
+            Fault::NvmeLatency { .. } | Fault::NvmeFatal { lba: None } => Match::Hit,
             _ => Match::No,
         })?;
         let record = |effect: String| {
@@ -115,17 +119,19 @@ impl Ctrl {
                 };
                 self.counters.media_errors.fetch_add(1, Ordering::Relaxed);
                 record(format!("media error status {:#06x}", s.0));
-                Some(s)
+                Some(s.into())
             }
             Fault::NvmeLatency { ms } => {
                 record(format!("{ms} ms late"));
                 std::thread::sleep(Duration::from_millis(ms));
                 None
             }
-            Fault::NvmeFatal => {
-                record("controller fatal status (CSTS.CFS)".into());
+            Fault::NvmeFatal { .. } => {
+                // A failed controller completes nothing: the host's
+                // timeout finds CSTS.CFS and resets it.
+                record("controller fatal status (CSTS.CFS); command left uncompleted".into());
                 self.fatal(&"injected fault nvme-fatal");
-                Some(Status::INTERNAL_ERROR)
+                Some(Outcome::Deferred)
             }
             _ => None,
         }
