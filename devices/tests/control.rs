@@ -374,10 +374,20 @@ fn nvme_faults_media_latency_fatal_and_admin_trace() {
     drv.read_blocks(q, 1, 0, 512).unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
     // Controller fatal status on the next I/O command.
+    // It completes nothing: submit without waiting, see CSTS.CFS.
     c.req(json!({"cmd": "arm", "device": "nvme0", "fault": {"fault": "nvme-fatal"}}));
-    let _ = drv.read_blocks(q, 1, 0, 512);
-    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
-    assert_eq!(st["state"]["nvme"]["csts"]["cfs"], true, "{st}");
+    let cmd = drv.rw_command(false, 1, 0, nvme_common::IOVA + (3 << 20), 1);
+    drv.submit(q, cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+        if st["state"]["nvme"]["csts"]["cfs"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no CSTS.CFS: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(drv.poll(q).is_none(), "a failed controller completes nothing");
     // The admin commands in the trace.
     let tr = c.req(json!({"cmd": "trace", "device": "nvme0"}));
     let cmds: Vec<&str> = tr["lines"]
