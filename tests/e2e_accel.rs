@@ -51,7 +51,8 @@ fn accelerator_in_a_real_guest() {
             "-d",
             "accel",
             "-d",
-            "accel:rciep",
+            // A security option through `vm -d` (every kind takes them).
+            "accel:rciep,dsn=7d0cacc1e2e00002",
             "--iommu",
             "--qemu-arg",
             "-global",
@@ -92,6 +93,13 @@ fn accelerator_in_a_real_guest() {
         bdfs.iter().any(|b| b.starts_with("0000:00:")),
         "one on pcie.0"
     );
+    // The DSN given with `-d accel:rciep,dsn=...` is what the guest reads
+    // from the function on pcie.0; the other keeps its own.
+    for bdf in &bdfs {
+        let dsn = run.lines(&format!("DSN {bdf} "));
+        let given = dsn.iter().any(|l| l.ends_with(" 7d0cacc1e2e00002"));
+        assert_eq!(given, bdf.starts_with("0000:00:"), "{dsn:?}");
+    }
     let oks = run.lines("CHECK-OK");
     for bdf in &bdfs {
         for what in [

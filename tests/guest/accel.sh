@@ -10,8 +10,9 @@
 #  - every operation from user space through vfio-pci, with MSI-X and polled;
 #  - uio_pci_generic_sva: bind, open, and where SVA stops (a kprobe on
 #    iommu_sva_bind_device records its return value; the IOMMU's ecap SMPWC).
-# Prints "CHECK-OK <bdf> <what>" / "CHECK-FAIL <bdf> <what>: <detail>", and
-# "STATE <bdf> <stage> pasid=.. ats=.. pri=.." lines; exits non-zero on failure.
+# Prints "CHECK-OK <bdf> <what>" / "CHECK-FAIL <bdf> <what>: <detail>",
+# "DSN <bdf> <serial>" and "STATE <bdf> <stage> pasid=.. ats=.. pri=.." lines;
+# exits non-zero on failure.
 fail=0
 ok() { echo "CHECK-OK $bdf $1"; }
 bad() { echo "CHECK-FAIL $bdf $1: $2"; fail=1; }
@@ -94,6 +95,8 @@ for bdf in $bdfs; do
         p=$(( (v >> 20) & 0xffc )); n=$((n + 1))
     done
     expect ext-caps "$ext" " 0003 000f 0013 001b 002e 0030 0001"
+    ds=$(ext_cap "$d" 3)
+    echo "DSN $bdf $(dw "$d" $((ds + 8)))$(dw "$d" $((ds + 4)))"
     pa=$(ext_cap "$d" 27)
     expect pasid-cap-20bit-exec-priv $(( $(hex "$(dw "$d" $((pa + 4)))") & 0xffff )) $((0x1406))
     # What the IOMMU driver did at probe (no driver bound yet).
