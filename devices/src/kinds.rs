@@ -82,7 +82,7 @@ impl SecuritySetup {
     /// to its trace.
     fn ext_caps(&self, ctl: Option<&Arc<DeviceControl>>) -> Vec<ExtCap> {
         let wrap = |h| match ctl {
-            Some(c) => crate::control::vendor::Traced::new(h, Arc::clone(c)),
+            Some(c) => crate::control::vendor::Traced::wrap(h, Arc::clone(c)),
             None => h,
         };
         let mut caps = vec![security::doe_capability_wrapped(

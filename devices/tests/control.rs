@@ -387,7 +387,10 @@ fn nvme_faults_media_latency_fatal_and_admin_trace() {
         assert!(Instant::now() < deadline, "no CSTS.CFS: {st}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(drv.poll(q).is_none(), "a failed controller completes nothing");
+    assert!(
+        drv.poll(q).is_none(),
+        "a failed controller completes nothing"
+    );
     // The admin commands in the trace.
     let tr = c.req(json!({"cmd": "trace", "device": "nvme0"}));
     let cmds: Vec<&str> = tr["lines"]

@@ -24,15 +24,18 @@ pub fn probe_server<D: vfio_user_server::Device>(ctl: &DeviceControl, server: &S
 /// it parses the device's `trustdev serve` arguments).
 pub type Build<'a> = &'a dyn Fn(&DeviceConf, &Arc<DeviceControl>) -> Result<AnyDevice, String>;
 
+/// A device's server thread: its name, stop handle and thread.
+type Running = (
+    String,
+    vfio_user_server::StopHandle,
+    std::thread::JoinHandle<Result<(), String>>,
+);
+
 /// A running daemon.
 pub struct Daemon {
     /// Its devices.
     pub registry: Registry,
-    servers: Vec<(
-        String,
-        vfio_user_server::StopHandle,
-        std::thread::JoinHandle<Result<(), String>>,
-    )>,
+    servers: Vec<Running>,
     _control: Option<ControlSocket>,
 }
 

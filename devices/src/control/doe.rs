@@ -57,7 +57,7 @@ impl AltIdentity {
             }
             CertFault::WrongSan => {
                 // The same CAs, a leaf naming another function.
-                let mut other = self.name.clone();
+                let mut other = self.name;
                 other.device ^= 0x5a5a;
                 other.serial = Some(other.serial.unwrap_or(1) ^ 0xdead_beef);
                 crate::security::cma::load_identity(&self.dir, &other).map_err(|e| e.to_string())?

@@ -46,7 +46,7 @@ fn rig() -> Rig {
         ResponderConfig::default(),
         Some(&ide),
         None,
-        &move |h| super::vendor::Traced::new(h, Arc::clone(&c)),
+        &move |h| super::vendor::Traced::wrap(h, Arc::clone(&c)),
     )];
     ctl.wrap_doe(
         &mut caps,

@@ -112,7 +112,7 @@ pub struct Traced {
 
 impl Traced {
     /// Wraps `inner`.
-    pub fn new(inner: Box<dyn VendorHandler>, ctl: Arc<DeviceControl>) -> Box<dyn VendorHandler> {
+    pub fn wrap(inner: Box<dyn VendorHandler>, ctl: Arc<DeviceControl>) -> Box<dyn VendorHandler> {
         Box::new(Traced { inner, ctl })
     }
 }

@@ -93,7 +93,10 @@ impl Ctrl {
         let last = slba.saturating_add(nlb - 1);
         let hit = ctl.faults.hit(|f, _| match f {
             Fault::NvmeMediaError { lba, nsid }
-                if rw && nsid.is_none_or(|n| n == cmd.nsid) && slba <= lba[1] && last >= lba[0] =>
+                if rw
+                    && nsid.map_or(true, |n| n == cmd.nsid)
+                    && slba <= lba[1]
+                    && last >= lba[0] =>
             {
                 Match::Hit
             }
