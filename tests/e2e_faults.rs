@@ -49,8 +49,31 @@ fn guest_meets_injected_faults() {
             .expect("run trustdev vm"),
         &log,
     );
-    // The control sockets were there while the guest ran.
+    // The decoded traces: the bad signature and the chain it rode on.
+    let trace = ctl_dir.join("dma-copy1.trace.jsonl");
+    let out = std::process::Command::new(support::trustdev())
+        .arg("trace")
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let pretty = String::from_utf8_lossy(&out.stdout);
     let _ = std::fs::remove_dir_all(&ctl_dir);
+    assert!(
+        out.status.success(),
+        "trustdev trace {}: {out:?}",
+        trace.display()
+    );
+    for want in [
+        "DOE -> SPDM 1.3 CHALLENGE",
+        "DOE <- SPDM 1.3 CHALLENGE_AUTH",
+        "FAULT effect=signature byte flipped",
+        "DOE -> Secured CMA/SPDM",
+    ] {
+        assert!(
+            pretty.contains(want),
+            "{want:?} not in the trace:\n{pretty}"
+        );
+    }
     for l in run.lines("CHECK-") {
         eprintln!("{l}");
     }

@@ -151,7 +151,8 @@ struct ServeControlArgs {
 #[derive(clap::Args)]
 struct VmArgs {
     /// Give each device server a control socket DIR/KIND<index>.ctl
-    /// (`trustdev ctl -c` arms faults while the guest runs).
+    /// (`trustdev ctl -c` arms faults while the guest runs) and a decoded
+    /// trace DIR/KIND<index>.trace.jsonl.
     #[arg(long, value_name = "DIR")]
     control_dir: Option<PathBuf>,
     /// Devices from a `trustdev run` configuration file (their sockets are

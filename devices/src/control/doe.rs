@@ -12,7 +12,9 @@
 use super::fault::{CertFault, Fault, Match};
 use super::trace::decode_doe;
 use super::DeviceControl;
-use crate::security::doe::{ctrl, reg, status, DoeMailbox, MAX_OBJECT_DWORDS};
+use crate::security::doe::{
+    ctrl, read_dwords, reg, status, write_dwords, DoeMailbox, MAX_OBJECT_DWORDS,
+};
 use log::warn;
 use serde_json::json;
 use spdm_responder::transport::doe::{decode_object, encode_object, ProtocolId};
@@ -423,36 +425,11 @@ fn pass(mb: &mut dyn ConfigHandler, request: &[u32]) -> Vec<u32> {
 
 impl ConfigHandler for ControlledDoe {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
-        // `offset` is relative to cap+4, as for the mailbox itself.
-        let mut cached: Option<(u16, u32)> = None;
-        for (i, b) in data.iter_mut().enumerate() {
-            let a = offset as usize + 4 + i;
-            let r = (a & !3) as u16;
-            let v = match cached {
-                Some((cr, v)) if cr == r => v,
-                _ => {
-                    let v = self.read_reg(r);
-                    cached = Some((r, v));
-                    v
-                }
-            };
-            *b = v.to_le_bytes()[a & 3];
-        }
+        read_dwords(offset, data, |r| self.read_reg(r));
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) {
-        let start = offset as usize + 4;
-        let mut pos = 0;
-        while pos < data.len() {
-            let a = start + pos;
-            let r = (a & !3) as u16;
-            let within = a & 3;
-            let n = (4 - within).min(data.len() - pos);
-            let mut v = [0u8; 4];
-            v[within..within + n].copy_from_slice(&data[pos..pos + n]);
-            self.write_reg(r, u32::from_le_bytes(v), within == 0 && n == 4);
-            pos += n;
-        }
+        write_dwords(offset, data, |r, v, full| self.write_reg(r, v, full));
     }
 
     fn reset(&mut self) {

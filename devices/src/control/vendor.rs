@@ -34,31 +34,6 @@ fn ide_km_name(obj: u8) -> &'static str {
     }
 }
 
-fn tdisp_name(t: u8) -> &'static str {
-    match t {
-        code::GET_VERSION => "GET_TDISP_VERSION",
-        code::GET_CAPABILITIES => "GET_TDISP_CAPABILITIES",
-        code::LOCK_INTERFACE => "LOCK_INTERFACE_REQUEST",
-        code::GET_DEVICE_INTERFACE_REPORT => "GET_DEVICE_INTERFACE_REPORT",
-        code::GET_DEVICE_INTERFACE_STATE => "GET_DEVICE_INTERFACE_STATE",
-        code::START_INTERFACE => "START_INTERFACE_REQUEST",
-        code::STOP_INTERFACE => "STOP_INTERFACE_REQUEST",
-        code::BIND_P2P_STREAM => "BIND_P2P_STREAM_REQUEST",
-        code::UNBIND_P2P_STREAM => "UNBIND_P2P_STREAM_REQUEST",
-        code::SET_MMIO_ATTRIBUTE => "SET_MMIO_ATTRIBUTE_REQUEST",
-        code::VDM => "VDM_REQUEST",
-        code::VERSION => "TDISP_VERSION",
-        code::CAPABILITIES => "TDISP_CAPABILITIES",
-        code::LOCK_INTERFACE_RSP => "LOCK_INTERFACE_RESPONSE",
-        code::DEVICE_INTERFACE_REPORT => "DEVICE_INTERFACE_REPORT",
-        code::DEVICE_INTERFACE_STATE => "DEVICE_INTERFACE_STATE",
-        code::START_INTERFACE_RSP => "START_INTERFACE_RESPONSE",
-        code::STOP_INTERFACE_RSP => "STOP_INTERFACE_RESPONSE",
-        0x7F => "TDISP_ERROR",
-        _ => "?",
-    }
-}
-
 /// Decodes one IDE_KM or TDISP payload (protocol ID first) for the trace.
 pub fn decode(payload: &[u8]) -> Value {
     let mut m = Map::new();
@@ -83,7 +58,7 @@ pub fn decode(payload: &[u8]) -> Value {
         Some(&PROTOCOL_TDISP) => {
             let t = payload.get(2).copied().unwrap_or(0);
             m.insert("protocol".into(), json!("TDISP"));
-            m.insert("msg".into(), json!(tdisp_name(t)));
+            m.insert("msg".into(), json!(code::name(t).unwrap_or("?")));
             if let Some(v) = payload.get(1) {
                 m.insert("version".into(), json!(format!("{}.{}", v >> 4, v & 0xf)));
             }

@@ -200,8 +200,9 @@ pub struct VmSpec {
     /// Build the test link TSM module (guest/kmod) for the guest kernel,
     /// load it in the guest and start `trustdev-guest tsm-agent`.
     pub tsm: bool,
-    /// Give each device server a control socket `NAME.ctl` here (NAME as in
-    /// its log: KIND + index), for faults armed while the guest runs.
+    /// Give each device server a control socket `NAME.ctl` (for faults armed
+    /// while the guest runs) and a trace `NAME.trace.jsonl` here (NAME as in
+    /// its log: KIND + index).
     pub control_dir: Option<PathBuf>,
 }
 

@@ -124,6 +124,8 @@ fn start_server(
     cmd.arg("serve").arg(kind).arg("--socket").arg(&socket);
     if let Some(c) = control_dir {
         cmd.arg("--control").arg(c.join(format!("{name}.ctl")));
+        cmd.arg("--trace")
+            .arg(c.join(format!("{name}.trace.jsonl")));
     }
     if placement == Placement::RootBus {
         cmd.arg("--rciep");
