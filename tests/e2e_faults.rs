@@ -57,6 +57,9 @@ fn guest_meets_injected_faults() {
         .output()
         .unwrap();
     let pretty = String::from_utf8_lossy(&out.stdout);
+    for l in pretty.lines().take(40) {
+        eprintln!("TRACE {l}");
+    }
     let _ = std::fs::remove_dir_all(&ctl_dir);
     assert!(
         out.status.success(),
@@ -67,7 +70,7 @@ fn guest_meets_injected_faults() {
         "DOE -> SPDM 1.3 CHALLENGE",
         "DOE <- SPDM 1.3 CHALLENGE_AUTH",
         "FAULT effect=signature byte flipped",
-        "DOE -> Secured CMA/SPDM",
+        "DOE -> secured CMA/SPDM",
     ] {
         assert!(
             pretty.contains(want),

@@ -151,7 +151,10 @@ impl DeviceControl {
                 Err(ControlError::NotNow {
                     dev: self.name.clone(),
                     fault: name,
-                    why: "no client has enabled the interrupt or queue it needs".into(),
+                    why: "the device is not in a state for it (REQ interrupt not enabled by \
+                          the client, no SECURE IDE stream, TDI not CONFIG_LOCKED or RUN, \
+                          NVMe controller not ready)"
+                        .into(),
                 })
             };
         }

@@ -344,7 +344,11 @@ pub fn pretty_line(line: &str) -> String {
                             v => format!("{k}={v}"),
                         })
                         .collect();
-                    format!("DOE {arrow} SPDM {ver} {name} {}", extra.join(" "))
+                    let us = v["us"]
+                        .as_u64()
+                        .map(|u| format!(" ({u} us)"))
+                        .unwrap_or_default();
+                    format!("DOE {arrow} SPDM {ver} {name} {}{us}", extra.join(" "))
                 }
                 _ => format!(
                     "DOE {arrow} {proto} {}",
