@@ -87,6 +87,54 @@ pub struct ControlledDoe {
     not_ready: Option<(u8, u8, Vec<u32>)>,
     token: u8,
     go_at: Option<Instant>,
+    /// What the mailbox carried, as the state shows it.
+    seen: Arc<std::sync::Mutex<Seen>>,
+}
+
+/// The SPDM connection as seen on the mailbox (the device's own view of
+/// the negotiation: its responder answered these).
+#[derive(Default)]
+struct Seen {
+    version: Option<String>,
+    phase: &'static str,
+    last_request: Option<String>,
+    last_error: Option<String>,
+    /// Session IDs seen in secured messages, with their record counts.
+    sessions: std::collections::BTreeMap<String, u64>,
+    objects: u64,
+}
+
+impl Seen {
+    fn note(&mut self, req: &serde_json::Value, rsp: &serde_json::Value) {
+        self.objects += 1;
+        if let Some(sid) = req["session_id"].as_str() {
+            *self.sessions.entry(sid.to_string()).or_default() += 1;
+            self.phase = "session";
+            return;
+        }
+        let (Some(q), Some(r)) = (req["spdm"]["msg"].as_str(), rsp["spdm"]["msg"].as_str()) else {
+            return;
+        };
+        self.last_request = Some(q.to_string());
+        if r == "ERROR" {
+            self.last_error = rsp["spdm"]["error"].as_str().map(|e| format!("{q}: {e}"));
+            return;
+        }
+        self.version = rsp["spdm"]["version"].as_str().map(str::to_string);
+        self.phase = match r {
+            "VERSION" => {
+                self.sessions.clear();
+                "after VERSION"
+            }
+            "CAPABILITIES" => "after CAPABILITIES",
+            "ALGORITHMS" => "negotiated",
+            "DIGESTS" => "after DIGESTS",
+            "CERTIFICATE" => "after CERTIFICATE",
+            "CHALLENGE_AUTH" => "authenticated",
+            "KEY_EXCHANGE_RSP" | "PSK_EXCHANGE_RSP" => "session handshake",
+            _ => self.phase,
+        };
+    }
 }
 
 impl ControlledDoe {
@@ -106,6 +154,25 @@ impl ControlledDoe {
             ]);
         }
         ctl.support(&faults);
+        let seen = Arc::new(std::sync::Mutex::new(Seen {
+            phase: "not started",
+            ..Seen::default()
+        }));
+        let view = Arc::clone(&seen);
+        ctl.probe(
+            "spdm",
+            Box::new(move || {
+                let s = view.lock().unwrap_or_else(|e| e.into_inner());
+                json!({
+                    "phase": s.phase,
+                    "version": s.version,
+                    "last_request": s.last_request,
+                    "last_error": s.last_error,
+                    "sessions_seen": s.sessions,
+                    "doe_exchanges": s.objects,
+                })
+            }),
+        );
         ControlledDoe {
             inner,
             ctl,
@@ -119,6 +186,7 @@ impl ControlledDoe {
             not_ready: None,
             token: 0,
             go_at: None,
+            seen,
         }
     }
 
@@ -199,7 +267,8 @@ impl ControlledDoe {
     fn answer(&mut self) {
         let request = std::mem::take(&mut self.request);
         let obj = self.object(&request);
-        self.ctl.trace.record(decode_doe("req", &obj));
+        let req_ev = decode_doe("req", &obj);
+        self.ctl.trace.record(req_ev.clone());
         let response = match decode_object(&obj) {
             Ok((ProtocolId::CMA, payload)) if self.alt.is_some() => {
                 let payload = payload.to_vec();
@@ -216,6 +285,10 @@ impl ControlledDoe {
         if let (Some(at), serde_json::Value::Object(m)) = (self.go_at, &mut ev) {
             m.insert("us".into(), json!(at.elapsed().as_micros() as u64));
         }
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(&req_ev, &ev);
         self.ctl.trace.record(ev);
         self.response = bytes
             .chunks_exact(4)

@@ -194,6 +194,10 @@ fn spdm_error_on_the_nth_request() {
     let e = authenticate(doe).unwrap_err();
     assert!(e.contains("ERROR") && e.contains("0x03"), "{e}");
     authenticate(doe).unwrap();
+    let st = t.ctl.state();
+    assert_eq!(st["spdm"]["phase"], "authenticated", "{st}");
+    assert_eq!(st["spdm"]["version"], "1.3");
+    assert_eq!(st["spdm"]["last_error"], "GET_DIGESTS: Busy");
     let errors: Vec<Value> = trace(&t.ctl)
         .into_iter()
         .filter(|l| l["spdm"]["msg"] == "ERROR")
@@ -324,7 +328,8 @@ fn trace_never_carries_keys() {
             }
         }
     }
-    // The state shows key slots, never keys.
+    // The state shows the session and the key slots, never keys.
+    assert_eq!(t.ctl.state()["spdm"]["phase"], "session");
     let state = t.ctl.state().to_string();
     assert!(state.contains("key_slots"));
     for k in &keys {
