@@ -294,8 +294,21 @@ pub fn decode_doe(dir: &str, object: &[u8]) -> Value {
                         )),
                     );
                 }
-            } else if proto == ProtocolId::DISCOVERY {
+            } else if proto == ProtocolId::DISCOVERY && dir == "req" {
                 m.insert("index".into(), json!(payload.first().copied()));
+            } else if proto == ProtocolId::DISCOVERY {
+                // Vendor ID, data object type, next index.
+                if let Some(p) = payload.get(..4) {
+                    m.insert(
+                        "feature".into(),
+                        json!(format!(
+                            "{:04x}:{:02x}",
+                            u16::from_le_bytes([p[0], p[1]]),
+                            p[2]
+                        )),
+                    );
+                    m.insert("next".into(), json!(p[3]));
+                }
             }
         }
         Err(e) => {
@@ -408,6 +421,12 @@ mod tests {
             &json!({"t": 1.5, "dev": "nvme0", "ev": "doe", "dir": "rsp", "protocol": "CMA", "spdm": v["spdm"]}).to_string(),
         );
         assert!(p.contains("DOE <- SPDM 1.2 ERROR"), "{p}");
+        let obj = encode_object(ProtocolId::DISCOVERY, &[0x01, 0x00, 0x02, 0x00]).unwrap();
+        let v = decode_doe("rsp", &obj);
+        assert_eq!(
+            (v["feature"].as_str(), v["next"].as_u64()),
+            (Some("0001:02"), Some(0))
+        );
         let bad = decode_doe("req", &[1, 2, 3]);
         assert!(bad.get("malformed").is_some());
     }
