@@ -110,23 +110,39 @@ impl Listener {
     /// Binds `path` with permissions 0600. A stale socket (nothing accepts
     /// connections on it) is replaced; anything else at `path` is refused and
     /// left as it is.
+    ///
+    /// The socket appears at `path` only once it listens, with its final
+    /// permissions: it is bound and listening under a temporary name in the
+    /// same directory first, then hard-linked to `path` (which never
+    /// replaces anything that appeared there meanwhile). A client that
+    /// waits for the file and then connects is never refused.
     pub fn bind(path: &Path) -> Result<Listener, ListenError> {
         remove_stale_socket(path)?;
+        let in_use = || ListenError::InUse {
+            path: path.to_path_buf(),
+        };
+        let tmp = temporary_name(path);
         let inner = {
             let _g = UMASK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             // Create the socket file with 0600 from the start (no window where
             // another user could connect), then restore the umask.
             let old = umask(Mode::from_bits_truncate(0o177));
-            let r = UnixListener::bind(path);
+            let r = UnixListener::bind(tmp.as_deref().unwrap_or(path));
             umask(old);
             r.map_err(|e| match e.kind() {
                 // Something appeared at the path since the check: not ours.
-                io::ErrorKind::AddrInUse => ListenError::InUse {
-                    path: path.to_path_buf(),
-                },
+                io::ErrorKind::AddrInUse if tmp.is_none() => in_use(),
                 _ => ListenError::io(path, "bind")(e),
             })?
         };
+        if let Some(tmp) = &tmp {
+            let linked = std::fs::hard_link(tmp, path);
+            let _ = std::fs::remove_file(tmp);
+            linked.map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => in_use(),
+                _ => ListenError::io(path, "link the listening socket")(e),
+            })?;
+        }
         let meta = std::fs::symlink_metadata(path).map_err(ListenError::io(path, "stat"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(ListenError::io(path, "chmod"))?;
@@ -146,6 +162,25 @@ impl Listener {
     pub fn as_listener(&self) -> &UnixListener {
         &self.inner
     }
+}
+
+/// A name next to `path` to bind and listen on before the socket is
+/// linked to `path`; `None` when it would not fit a socket address (then
+/// `path` itself is bound, with a moment between bind and listen).
+fn temporary_name(path: &Path) -> Option<PathBuf> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(name),
+        _ => PathBuf::from(name),
+    };
+    // sun_path holds 108 bytes including the terminating NUL.
+    (tmp.as_os_str().len() < 108).then_some(tmp)
 }
 
 /// Removes `path` if it is a stale socket; succeeds if nothing is there.
@@ -329,5 +364,34 @@ mod tests {
         std::fs::write(&p, b"not yours").unwrap();
         drop(l);
         assert_eq!(std::fs::read(&p).unwrap(), b"not yours");
+    }
+
+    #[test]
+    fn the_socket_appears_listening_and_leaves_nothing_behind() {
+        // A client that connects the moment the file appears is never
+        // refused (the file is linked only once the socket listens).
+        let d = Dir::new("appear");
+        let p = d.0.join("s.sock");
+        let mut refused = 0;
+        for _ in 0..2000 {
+            let watcher = {
+                let p = p.clone();
+                std::thread::spawn(move || loop {
+                    if std::fs::symlink_metadata(&p).is_ok() {
+                        return UnixStream::connect(&p).is_err();
+                    }
+                    std::hint::spin_loop();
+                })
+            };
+            let l = Listener::bind(&p).unwrap();
+            refused += usize::from(watcher.join().unwrap());
+            drop(l);
+        }
+        assert_eq!(
+            refused, 0,
+            "connections refused right after the file appeared"
+        );
+        let left: Vec<_> = std::fs::read_dir(&d.0).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
