@@ -14,9 +14,8 @@ use super::{ControlError, Registry};
 use log::{debug, info, warn};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,52 +32,17 @@ pub const MAX_TRACE_LINES: usize = 1000;
 /// A running control socket.
 #[derive(Debug)]
 pub struct ControlSocket {
-    path: PathBuf,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Binds `path` with mode 0600 before anyone can connect. An existing file
-/// there is replaced only if it is a socket nobody listens on.
-pub fn bind_0600(path: &Path) -> std::io::Result<UnixListener> {
-    use nix::sys::socket::{
-        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-    };
-    use std::os::unix::fs::FileTypeExt;
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        if !md.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket (not replaced)",
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "another process listens on it",
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let addr = UnixAddr::new(path)?;
-    bind(fd.as_raw_fd(), &addr)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    listen(&fd, Backlog::new(64).unwrap_or(Backlog::MAXCONN))?;
-    // SAFETY: `fd` is a listening socket we own; ownership moves into the listener.
-    Ok(unsafe { UnixListener::from_raw_fd(fd.into_raw_fd()) })
 }
 
 impl ControlSocket {
     /// Serves `registry` on `path`.
     pub fn start(path: &Path, registry: Registry) -> std::io::Result<ControlSocket> {
-        let listener = bind_0600(path)?;
-        listener.set_nonblocking(true)?;
+        // 0600; only a stale socket is replaced; the file appears listening.
+        let listener = vfio_user_server::transport::Listener::bind(path)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        listener.as_listener().set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let clients = Arc::new(AtomicUsize::new(0));
@@ -87,7 +51,7 @@ impl ControlSocket {
             .name("control".into())
             .spawn(move || {
                 while !stop2.load(Ordering::Relaxed) {
-                    match listener.accept() {
+                    match listener.as_listener().accept() {
                         Ok((s, _)) => accept(s, &registry, &clients),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             std::thread::sleep(Duration::from_millis(20))
@@ -100,7 +64,6 @@ impl ControlSocket {
                 }
             })?;
         Ok(ControlSocket {
-            path: path.to_path_buf(),
             stop,
             thread: Some(thread),
         })
@@ -110,10 +73,10 @@ impl ControlSocket {
 impl Drop for ControlSocket {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // The listener, dropped with the thread, removes its own socket.
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
