@@ -374,6 +374,19 @@ fn nvme_faults_media_latency_fatal_and_admin_trace() {
     drv.read_blocks(q, 1, 0, 512).unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));
     // Controller fatal status on the next I/O command.
+    // Namespace change: an outstanding Asynchronous Event Request completes
+    // with Notice / Namespace Attribute Changed / log page 04h.
+    let aer = trustdev_devices::nvme::spec::Command {
+        opcode: 0x0c,
+        ..Default::default()
+    };
+    let cid = drv.submit(0, aer);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(drv.poll(0).is_none(), "no event yet");
+    let r = c.req(json!({"cmd": "arm", "device": "nvme0", "fault": {"fault": "nvme-ns-change"}}));
+    assert_eq!(r["ok"], true, "{r}");
+    let done = drv.wait(0, cid).unwrap();
+    assert_eq!(done.dw0, 0x0004_0002, "{done:?}");
     // It completes nothing: submit without waiting, see CSTS.CFS.
     c.req(json!({"cmd": "arm", "device": "nvme0", "fault": {"fault": "nvme-fatal"}}));
     let cmd = drv.rw_command(false, 1, 0, nvme_common::IOVA + (3 << 20), 1);
@@ -399,5 +412,13 @@ fn nvme_faults_media_latency_fatal_and_admin_trace() {
         .iter()
         .filter_map(|l| l["cmd"].as_str())
         .collect();
-    assert_eq!(cmds, ["SET_FEATURES", "CREATE_CQ", "CREATE_SQ"]);
+    assert_eq!(
+        cmds,
+        [
+            "SET_FEATURES",
+            "CREATE_CQ",
+            "CREATE_SQ",
+            "ASYNC_EVENT_REQUEST"
+        ]
+    );
 }
