@@ -233,6 +233,17 @@ impl Config {
                             let spec = FaultSpec::from_value(&json).map_err(|e| {
                                 at(vspan.clone(), &format!("{kp}[{j}]"), e.to_string())
                             })?;
+                            if spec.fault.immediate() {
+                                return Err(at(
+                                    vspan.clone(),
+                                    &format!("{kp}[{j}]"),
+                                    format!(
+                                        "fault {} acts when armed, on a running device: arm it \
+                                         with `trustdev ctl` instead",
+                                        spec.fault.name()
+                                    ),
+                                ));
+                            }
                             conf.faults.push(spec);
                         }
                     }
@@ -440,6 +451,7 @@ rciep = true
             ("[[device]]\nkind = \"toaster\"\n", 2, "device[0].kind", "unknown device kind"),
             ("[[device]]\nsocket = \"x\"\n", 1, "device[0].kind", "missing"),
             ("[[device]]\nkind = \"nvme\"\n[[device.fault]]\nfault = \"doe-bussy\"\n", 3, "device[0].fault[0]", "bad fault spec"),
+            ("[[device]]\nkind = \"nvme\"\n[[device.fault]]\nfault = \"surprise-removal\"\n", 3, "device[0].fault[0]", "acts when armed"),
             ("sockets = 1\n[[device]]\nkind = \"nvme\"\n", 1, "-", "unknown field"),
             ("[[device]]\nkind = \"nvme\"\nsize = [\n", 3, "-", ""),
             ("[[device]]\nkind = \"nvme\"\nname = \"a\"\n[[device]]\nkind = \"dma-copy\"\nname = \"a\"\n", 6, "device[1].name", "used twice"),
