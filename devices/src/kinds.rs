@@ -11,6 +11,7 @@ mod security_args;
 pub use security_args::{parse_dsn, PskArgs, SecurityArgs, SecuritySetup};
 
 use crate::accel::{self, AccelArgs, AccelDevice};
+use crate::control::DeviceControl;
 use crate::example::{self, DmaCopy};
 use crate::nvme::{self, NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use crate::security::{self, ide::IdeDevice, tdisp::TdispDevice};
@@ -77,12 +78,19 @@ impl SecuritySetup {
     /// The extended capabilities: the DOE mailbox (CMA/SPDM, secured
     /// CMA/SPDM, IDE_KM when the device has an IDE port, TDISP when it has a
     /// TDI) and IDE's.
-    fn ext_caps(&self) -> Vec<ExtCap> {
-        let mut caps = vec![security::doe_capability_secure(
+    /// With a control-plane handle `ctl`, the IDE_KM and TDISP messages go
+    /// to its trace.
+    fn ext_caps(&self, ctl: Option<&Arc<DeviceControl>>) -> Vec<ExtCap> {
+        let wrap = |h| match ctl {
+            Some(c) => crate::control::vendor::Traced::wrap(h, Arc::clone(c)),
+            None => h,
+        };
+        let mut caps = vec![security::doe_capability_wrapped(
             self.identity.clone(),
             self.config.clone(),
             self.ide.as_ref(),
             self.tdi.as_ref(),
+            &wrap,
         )];
         caps.extend(self.ide.iter().flat_map(|i| i.capabilities()));
         caps
@@ -112,6 +120,23 @@ struct BuildContext<'a> {
     port: PortType,
     /// Its security options.
     security: SecurityArgs,
+    /// Its control-plane handle (trace, faults, state), if it has one.
+    control: Option<&'a Arc<DeviceControl>>,
+}
+
+impl BuildContext<'_> {
+    /// `setup`'s extended capabilities, the DOE mailbox behind the device
+    /// control's front (trace, DOE and SPDM faults) when there is one.
+    fn ext_caps(&self, k: &DeviceKind, setup: &SecuritySetup, dsn: u64) -> Vec<ExtCap> {
+        let mut caps = setup.ext_caps(self.control);
+        if let Some(ctl) = self.control {
+            let dir = (self.security.identity_dir.clone())
+                .unwrap_or_else(|| security::default_identity_dir(k.name));
+            let name = security::cma_name(&k.pci_ids, dsn);
+            crate::control::probes::security(ctl, &mut caps, setup, name, dir);
+        }
+        caps
+    }
 }
 
 /// clap's message without its `error: ` prefix, usage and hints.
@@ -229,12 +254,30 @@ impl DeviceKind {
         socket: &Path,
         port: PortType,
     ) -> Result<AnyDevice, KindError> {
+        self.build_controlled(m, socket, port, None)
+    }
+
+    /// [`DeviceKind::build`] with the device's control-plane handle: its
+    /// DOE mailbox, SPDM, IDE, TDI, interrupts (and the kind's own hooks)
+    /// report to it and show the faults armed on it.
+    pub fn build_controlled(
+        &self,
+        m: &ArgMatches,
+        socket: &Path,
+        port: PortType,
+        control: Option<&Arc<DeviceControl>>,
+    ) -> Result<AnyDevice, KindError> {
         let ctx = BuildContext {
             socket,
             port,
             security: SecurityArgs::from_arg_matches(m)?,
+            control,
         };
-        (self.build)(self, m, &ctx)
+        let dev = (self.build)(self, m, &ctx)?;
+        if let Some(ctl) = control {
+            crate::control::probes::device(ctl, dev.context());
+        }
+        Ok(dev)
     }
 
     /// The security blocks of this kind's function with Device Serial
@@ -307,7 +350,7 @@ fn build_nvme(
     }
     let setup = k.security(ctx, cfg.dsn)?;
     let sec = NvmeSecurity {
-        ext_caps: setup.ext_caps(),
+        ext_caps: ctx.ext_caps(k, &setup, cfg.dsn),
         tee: setup.tee,
         // The same identity also answers over Security Send/Receive.
         storage: setup
@@ -315,7 +358,11 @@ fn build_nvme(
             .clone()
             .map(|id| Responder::new(setup.config.clone(), id)),
     };
-    setup.finish(NvmeDevice::new_secure(cfg, ctx.port, sec)?)
+    let dev = NvmeDevice::new_secure(cfg, ctx.port, sec)?;
+    if let Some(ctl) = ctx.control {
+        dev.attach_control(ctl);
+    }
+    setup.finish(dev)
 }
 
 fn build_accel(
@@ -328,7 +375,7 @@ fn build_accel(
     let setup = k.security(ctx, cfg.dsn)?;
     cfg.port = ctx.port;
     cfg.tee = setup.tee;
-    cfg.security_caps = setup.ext_caps();
+    cfg.security_caps = ctx.ext_caps(k, &setup, cfg.dsn);
     setup.finish(AccelDevice::new(cfg).map_err(KindError::Device)?)
 }
 
@@ -339,7 +386,7 @@ fn build_dma_copy(
 ) -> Result<AnyDevice, KindError> {
     let dsn = k.dsn(ctx);
     let setup = k.security(ctx, dsn)?;
-    let dev = DmaCopy::with_capabilities(ctx.port, setup.tee, dsn, setup.ext_caps())
+    let dev = DmaCopy::with_capabilities(ctx.port, setup.tee, dsn, ctx.ext_caps(k, &setup, dsn))
         .map_err(KindError::Device)?;
     setup.finish(dev)
 }

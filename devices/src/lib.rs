@@ -12,6 +12,7 @@
 pub mod example;
 
 pub mod accel;
+pub mod control;
 pub mod kinds;
 pub mod nvme;
 pub mod security;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+use trustdev_devices::control::{self as ctl, config::Config, DeviceControl};
 use trustdev_devices::kinds::KindError;
 use trustdev_devices::kinds::{self, PskArgs, KINDS};
 use trustdev_devices::security;
@@ -69,6 +70,36 @@ enum Cmd {
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
+    /// Serve every device a TOML file describes from one process (see
+    /// docs/CONTROL.md), with a control socket and a decoded trace.
+    Run {
+        /// The configuration file.
+        config: PathBuf,
+        /// Control socket (overrides the file's `control`).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Trace file, JSON lines, created new (overrides the file's `trace`).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Talk to a daemon's control socket: list, state DEV, arm DEV FAULT...,
+    /// disarm DEV [ID], trace DEV, faults.
+    Ctl(ctl::client::CtlArgs),
+    /// Pretty-print a trace file (`-`: stdin).
+    Trace {
+        /// The JSON-lines trace.
+        file: PathBuf,
+    },
+    /// Print the QEMU arguments that attach a configuration's devices (for
+    /// virtme-ng's `--qemu-opts` or your own QEMU command line).
+    QemuArgs {
+        /// The configuration file.
+        config: PathBuf,
+        /// Also print q35 and a shared memfd memory backend of this size
+        /// (vfio-user needs guest RAM the server can map), e.g. 2G.
+        #[arg(long)]
+        memory: Option<String>,
+    },
     /// Boot a guest with trustdev devices and explain what its kernel did.
     Demo {
         /// Echo the guest console.
@@ -95,10 +126,39 @@ struct ServeArgs {
     /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
     #[arg(long)]
     rciep: bool,
+    #[command(flatten)]
+    control: ServeControlArgs,
+}
+
+/// Control-plane options of `trustdev serve` (one device).
+#[derive(clap::Args, Debug)]
+struct ServeControlArgs {
+    /// Control socket (created 0600; protocol in docs/CONTROL.md).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// Decoded trace, JSON lines, in this new file.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Arm a fault at start: a JSON fault spec (repeatable; docs/CONTROL.md).
+    #[arg(long, value_name = "JSON")]
+    fault: Vec<String>,
+    /// The device's name on the control socket and in the trace (default:
+    /// KIND0).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(clap::Args)]
 struct VmArgs {
+    /// Give each device server a control socket DIR/KIND<index>.ctl
+    /// (`trustdev ctl -c` arms faults while the guest runs) and a decoded
+    /// trace DIR/KIND<index>.trace.jsonl.
+    #[arg(long, value_name = "DIR")]
+    control_dir: Option<PathBuf>,
+    /// Devices from a `trustdev run` configuration file (their sockets are
+    /// the runner's; their faults are armed at start), before any -d.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Device to attach: KIND[:OPT,...] (repeatable): `rciep` puts it on
     /// pcie.0 (default: behind its own pcie-root-port); any other OPT is
     /// KEY=VALUE or KEY, a security option or one of the kind's own, as
@@ -196,29 +256,68 @@ fn kinds_help() -> String {
     s
 }
 
-/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it.
+/// The `trustdev serve KIND` command line parser of `kind`.
+fn serve_command(kind: &kinds::DeviceKind) -> clap::Command {
+    ServeArgs::augment_args(kind.augment(clap::Command::new(kind.name)))
+        .bin_name(format!("trustdev serve {}", kind.name))
+        .about(kind.about)
+}
+
+/// `trustdev serve KIND ARGS...`: parses the kind's options and serves it,
+/// with its control socket, trace and faults when asked.
 fn serve(argv: &[String]) -> Result<(), String> {
     let (name, _) = argv.split_first().ok_or("no device kind")?;
     let kind = kinds::find(name).map_err(|e| e.to_string())?;
-    let cmd = ServeArgs::augment_args(kind.augment(clap::Command::new(kind.name)))
-        .bin_name(format!("trustdev serve {}", kind.name))
-        .about(kind.about);
-    let m = cmd.try_get_matches_from(argv).unwrap_or_else(|e| e.exit());
+    let m = serve_command(kind)
+        .try_get_matches_from(argv)
+        .unwrap_or_else(|e| e.exit());
     let args = ServeArgs::from_arg_matches(&m).map_err(|e| e.to_string())?;
-    let port = if args.rciep {
+    let c = &args.control;
+    let sink = match &c.trace {
+        Some(p) => ctl::trace::TraceSink::to_file(p)
+            .map_err(|e| format!("--trace {}: {e}", p.display()))?,
+        None => ctl::trace::TraceSink::default(),
+    };
+    let dev_name = c.name.clone().unwrap_or_else(|| format!("{}0", kind.name));
+    let control = DeviceControl::new(&dev_name, kind.name, args.socket.clone(), sink);
+    let dev = kind
+        .build_controlled(&m, &args.socket, port_type(args.rciep), Some(&control))
+        .map_err(|e| e.to_string())?;
+    for f in &c.fault {
+        let v: serde_json::Value =
+            serde_json::from_str(f).map_err(|e| format!("--fault {f}: {e}"))?;
+        let spec =
+            ctl::fault::FaultSpec::from_value(&v).map_err(|e| format!("--fault {f}: {e}"))?;
+        control.arm(spec).map_err(|e| format!("--fault {f}: {e}"))?;
+    }
+    let registry = ctl::Registry::default();
+    registry.add(Arc::clone(&control));
+    let _socket = match &c.control {
+        Some(p) => Some(
+            ctl::socket::ControlSocket::start(p, registry)
+                .map_err(|e| format!("--control {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    run_server(dev, &args.socket, &control)
+}
+
+fn port_type(rciep: bool) -> PortType {
+    if rciep {
         PortType::RcIntegratedEndpoint
     } else {
         PortType::Endpoint
-    };
-    let dev = kind
-        .build(&m, &args.socket, port)
-        .map_err(|e| e.to_string())?;
-    run_server(dev, &args.socket)
+    }
 }
 
-fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
+fn run_server<D: vfio_user_server::Device>(
+    dev: D,
+    socket: &Path,
+    control: &DeviceControl,
+) -> Result<(), String> {
     // Server errors name the socket path themselves.
     let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;
+    ctl::daemon::probe_server(control, &server);
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("signals: {e}"))?;
@@ -229,6 +328,59 @@ fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), 
         }
     });
     server.run().map_err(|e| e.to_string())
+}
+
+/// Checks a configured device's `trustdev serve KIND` options with the
+/// registry's parser.
+fn validate_options(kind: &'static kinds::DeviceKind, args: &[String]) -> Result<(), String> {
+    kind.check_args(args).map_err(|e| e.to_string())
+}
+
+/// `trustdev run CONFIG`.
+fn run_config(path: &Path, control: Option<PathBuf>, trace: Option<PathBuf>) -> Result<(), String> {
+    let mut cfg = Config::load(path, &validate_options).map_err(|e| e.to_string())?;
+    cfg.control = control.or(cfg.control);
+    cfg.trace = trace.or(cfg.trace);
+    let build = |d: &ctl::config::DeviceConf, c: &Arc<DeviceControl>| {
+        let socket = d.socket.clone().unwrap_or_default();
+        let m = d
+            .kind
+            .augment(clap::Command::new(d.kind.name).no_binary_name(true))
+            .try_get_matches_from(&d.args)
+            .map_err(|e| e.to_string())?;
+        let port = port_type(d.placement == vm::Placement::RootBus);
+        d.kind
+            .build_controlled(&m, &socket, port, Some(c))
+            .map_err(|e| e.to_string())
+    };
+    let daemon = ctl::daemon::Daemon::start(&cfg, &build)?;
+    for d in daemon.registry.all() {
+        eprintln!(
+            "trustdev run: {} ({}) on {}",
+            d.name,
+            d.kind,
+            d.socket.display()
+        );
+    }
+    if let Some(c) = &cfg.control {
+        eprintln!("trustdev run: control socket {}", c.display());
+    }
+    let stop = stop_flag();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon.stop();
+    daemon.wait()
+}
+
+fn exit(cmd: &str, r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trustdev {cmd}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn spdm_responder_tcp(
@@ -299,16 +451,26 @@ fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn vm_spec(a: VmArgs) -> VmSpec {
-    VmSpec {
-        devices: a
-            .devices
-            .into_iter()
-            .filter_map(|d| match d {
-                DeviceArg::Device(d) => Some(d),
-                DeviceArg::Help => None,
-            })
-            .collect(),
+fn vm_spec(a: VmArgs) -> Result<VmSpec, String> {
+    let mut devices = Vec::new();
+    if let Some(path) = &a.config {
+        let cfg = Config::load(path, &validate_options).map_err(|e| e.to_string())?;
+        for d in &cfg.devices {
+            let mut spec = d.vm_spec();
+            spec.args.extend(["--name".to_string(), d.name.clone()]);
+            for f in &d.faults {
+                spec.args
+                    .extend(["--fault".to_string(), f.to_value().to_string()]);
+            }
+            devices.push(spec);
+        }
+    }
+    devices.extend(a.devices.into_iter().filter_map(|d| match d {
+        DeviceArg::Device(d) => Some(d),
+        DeviceArg::Help => None,
+    }));
+    Ok(VmSpec {
+        devices,
         kernel: a.kernel,
         initrd: a.initrd,
         append: a.append,
@@ -325,7 +487,8 @@ fn vm_spec(a: VmArgs) -> VmSpec {
         bins: a.bin,
         files: a.file,
         tsm: a.tsm,
-    }
+        control_dir: a.control_dir,
+    })
 }
 
 fn report_failure(e: &VmError) -> ExitCode {
@@ -338,7 +501,13 @@ fn run_vm(a: VmArgs) -> ExitCode {
         print!("{}", kinds::vm_device_help());
         return ExitCode::SUCCESS;
     }
-    let spec = vm_spec(a);
+    let spec = match vm_spec(a) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("trustdev vm: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match vm::run(&spec, stop_flag()) {
         Ok(out) => {
             println!("trustdev vm: {}", out.versions);
@@ -480,6 +649,17 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Vm(a) => run_vm(a),
+        Cmd::Run {
+            config,
+            control,
+            trace,
+        } => exit("run", run_config(&config, control, trace)),
+        Cmd::Ctl(a) => ctl::client::main(a),
+        Cmd::Trace { file } => exit("trace", ctl::trace::pretty_file(&file)),
+        Cmd::QemuArgs { config, memory } => exit(
+            "qemu-args",
+            ctl::config::print_qemu_args(&config, memory.as_deref(), &validate_options),
+        ),
         Cmd::Demo { verbose } => demo(verbose),
     }
 }

@@ -90,6 +90,8 @@ pub struct Ctrl {
     pub(crate) io_queues_created: AtomicBool,
     /// SPDM over NVMe Security Send/Receive (DSP0286, SECP 0xE8), if enabled.
     pub(crate) spdm: OnceLock<Mutex<StorageSpdm>>,
+    /// The control plane's handle (faults, trace), if attached.
+    pub(crate) control: OnceLock<Arc<crate::control::DeviceControl>>,
 
     pub(crate) stop: AtomicBool,
     pub(crate) cc_dirty: AtomicBool,
@@ -152,6 +154,7 @@ impl Ctrl {
             aer: Mutex::new(AerState::default()),
             io_queues_created: AtomicBool::new(false),
             spdm: OnceLock::new(),
+            control: OnceLock::new(),
             stop: AtomicBool::new(false),
             cc_dirty: AtomicBool::new(false),
             nssr_request: AtomicBool::new(false),

@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod backend;
+mod control;
 pub mod ctrl;
 pub mod dptr;
 #[cfg(any(test, feature = "host-driver"))]
@@ -120,6 +121,14 @@ pub struct NvmeDevice {
     config: ConfigSpace,
     ctrl: Arc<Ctrl>,
     threads: Vec<JoinHandle<()>>,
+}
+
+impl NvmeDevice {
+    /// Attaches the control plane: NVMe faults, admin commands in the
+    /// trace, queues and counters in the state.
+    pub fn attach_control(&self, ctl: &Arc<crate::control::DeviceControl>) {
+        control::attach(&self.ctrl, ctl);
+    }
 }
 
 impl std::fmt::Debug for NvmeDevice {

@@ -84,7 +84,7 @@ pub(crate) fn admin_round(c: &Ctrl, sc: &mut Scratch) -> u32 {
     let mut exec = Exec {
         ctrl: c,
         sc,
-        run: Ctrl::exec_admin,
+        run: Ctrl::exec_admin_controlled,
     };
     let n = c.queues.drain_admin(&mut exec, c);
     if let Some(cq) = c.queues.cq(0) {
@@ -157,7 +157,7 @@ pub(crate) fn io_thread(c: &Ctrl, w: usize) {
             &mut Exec {
                 ctrl: c,
                 sc: &mut sc,
-                run: Ctrl::exec_io,
+                run: Ctrl::exec_io_controlled,
             },
             c,
             arm,

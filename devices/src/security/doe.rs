@@ -196,30 +196,52 @@ impl DoeMailbox {
     }
 }
 
+/// A configuration read of `data.len()` bytes at `offset` (relative to
+/// cap+4, as a [`ConfigHandler`] of the capability sees it) served from
+/// dword registers: `reg` reads the register at a capability offset (once
+/// per register touched).
+pub fn read_dwords(offset: u16, data: &mut [u8], mut reg: impl FnMut(u16) -> u32) {
+    let mut cached: Option<(u16, u32)> = None;
+    for (i, b) in data.iter_mut().enumerate() {
+        let a = offset as usize + 4 + i;
+        let r = (a & !3) as u16;
+        let v = match cached {
+            Some((cr, v)) if cr == r => v,
+            _ => {
+                let v = reg(r);
+                cached = Some((r, v));
+                v
+            }
+        };
+        *b = v.to_le_bytes()[a & 3];
+    }
+}
+
+/// A configuration write split into dword register writes: `reg` gets the
+/// register's capability offset, the value (bytes not written are 0) and
+/// whether the whole dword was written.
+pub fn write_dwords(offset: u16, data: &[u8], mut reg: impl FnMut(u16, u32, bool)) {
+    let start = offset as usize + 4;
+    let mut pos = 0;
+    while pos < data.len() {
+        let a = start + pos;
+        let r = (a & !3) as u16;
+        let within = a & 3;
+        let n = (4 - within).min(data.len() - pos);
+        let mut v = [0u8; 4];
+        v[within..within + n].copy_from_slice(&data[pos..pos + n]);
+        reg(r, u32::from_le_bytes(v), within == 0 && n == 4);
+        pos += n;
+    }
+}
+
 impl ConfigHandler for DoeMailbox {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
-        // `offset` is relative to cap+4.
-        for (i, b) in data.iter_mut().enumerate() {
-            let a = offset as usize + 4 + i;
-            let v = self.read_reg((a & !3) as u16);
-            *b = v.to_le_bytes()[a & 3];
-        }
+        read_dwords(offset, data, |r| self.read_reg(r));
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) {
-        let start = offset as usize + 4;
-        let mut pos = 0;
-        while pos < data.len() {
-            let a = start + pos;
-            let reg = (a & !3) as u16;
-            let within = a & 3;
-            let n = (4 - within).min(data.len() - pos);
-            let mut v = [0u8; 4];
-            v[within..within + n].copy_from_slice(&data[pos..pos + n]);
-            let full = within == 0 && n == 4;
-            self.write_reg(reg, u32::from_le_bytes(v), full);
-            pos += n;
-        }
+        write_dwords(offset, data, |r, v, full| self.write_reg(r, v, full));
     }
 
     fn reset(&mut self) {

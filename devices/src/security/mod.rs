@@ -7,6 +7,7 @@ pub mod doe;
 pub mod ide;
 pub mod tdisp;
 
+use spdm_responder::vendor::VendorHandler;
 use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,16 +69,28 @@ pub fn doe_capability_secure(
     ide: Option<&Arc<ide::Ide>>,
     tdi: Option<&Arc<tdisp::Tdi>>,
 ) -> ExtCap {
+    doe_capability_wrapped(identity, config, ide, tdi, &|h| h)
+}
+
+/// [`doe_capability_secure`] with the IDE_KM and TDISP handlers passed
+/// through `wrap` (the control plane traces them).
+pub fn doe_capability_wrapped(
+    identity: Option<Identity>,
+    config: ResponderConfig,
+    ide: Option<&Arc<ide::Ide>>,
+    tdi: Option<&Arc<tdisp::Tdi>>,
+    wrap: &dyn Fn(Box<dyn VendorHandler>) -> Box<dyn VendorHandler>,
+) -> ExtCap {
     let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
     if let Some(identity) = identity {
         let mut r = Responder::new(config, identity);
         if let Some(ide) = ide {
             let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
-            r.register_vendor(key, handler);
+            r.register_vendor(key, wrap(handler));
         }
         if let Some(tdi) = tdi {
             let (key, handler) = tdisp::TdispFunctions::new(vec![Arc::clone(tdi)]).handler();
-            r.register_vendor(key, handler);
+            r.register_vendor(key, wrap(handler));
         }
         protocols.push(Box::new(r));
     }

@@ -200,6 +200,10 @@ pub struct VmSpec {
     /// Build the test link TSM module (guest/kmod) for the guest kernel,
     /// load it in the guest and start `trustdev-guest tsm-agent`.
     pub tsm: bool,
+    /// Give each device server a control socket `NAME.ctl` (for faults armed
+    /// while the guest runs) and a trace `NAME.trace.jsonl` here (NAME as in
+    /// its log: KIND + index).
+    pub control_dir: Option<PathBuf>,
 }
 
 impl Default for VmSpec {
@@ -222,6 +226,7 @@ impl Default for VmSpec {
             bins: Vec::new(),
             files: Vec::new(),
             tsm: false,
+            control_dir: None,
         }
     }
 }

@@ -123,6 +123,16 @@ pub fn args(
         push("-fw_cfg");
         push(&format!("name=opt/trustdev/test.sh,file={}", s.display()));
     }
+    a.extend(device_args(devices));
+    a.extend(spec.qemu_args.iter().cloned());
+    a
+}
+
+/// The arguments attaching `devices` (each behind its own pcie-root-port,
+/// or on pcie.0 at slot 0x10 + index).
+pub fn device_args(devices: &[QemuDevice]) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |s: &str| a.push(s.to_string());
     let mut port = 0;
     for (i, d) in devices.iter().enumerate() {
         let sock = json_str(&d.socket.display().to_string());
@@ -147,7 +157,6 @@ pub fn args(
             }
         }
     }
-    a.extend(spec.qemu_args.iter().cloned());
     a
 }
 

@@ -114,6 +114,7 @@ fn start_server(
     kind: &str,
     placement: Placement,
     extra_args: &[String],
+    control_dir: Option<&Path>,
 ) -> Result<Server, VmError> {
     let name = format!("{kind}{idx}");
     let socket = dir.join(format!("{name}.sock"));
@@ -121,6 +122,11 @@ fn start_server(
     let logf = File::create(&log)?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve").arg(kind).arg("--socket").arg(&socket);
+    if let Some(c) = control_dir {
+        cmd.arg("--control").arg(c.join(format!("{name}.ctl")));
+        cmd.arg("--trace")
+            .arg(c.join(format!("{name}.trace.jsonl")));
+    }
     if placement == Placement::RootBus {
         cmd.arg("--rciep");
     }
@@ -286,6 +292,7 @@ fn run_in(
             d.kind.name,
             d.placement,
             &d.args,
+            spec.control_dir.as_deref(),
         )?);
     }
     let initrd = match &spec.initrd {

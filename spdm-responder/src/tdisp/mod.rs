@@ -79,6 +79,32 @@ pub mod code {
     pub const STOP_INTERFACE_RSP: u8 = 0x07;
     /// TDISP_ERROR.
     pub const ERROR: u8 = 0x7F;
+
+    /// The message type's name (TDISP r1.0 table 11), requests and responses.
+    pub fn name(t: u8) -> Option<&'static str> {
+        Some(match t {
+            GET_VERSION => "GET_TDISP_VERSION",
+            GET_CAPABILITIES => "GET_TDISP_CAPABILITIES",
+            LOCK_INTERFACE => "LOCK_INTERFACE_REQUEST",
+            GET_DEVICE_INTERFACE_REPORT => "GET_DEVICE_INTERFACE_REPORT",
+            GET_DEVICE_INTERFACE_STATE => "GET_DEVICE_INTERFACE_STATE",
+            START_INTERFACE => "START_INTERFACE_REQUEST",
+            STOP_INTERFACE => "STOP_INTERFACE_REQUEST",
+            BIND_P2P_STREAM => "BIND_P2P_STREAM_REQUEST",
+            UNBIND_P2P_STREAM => "UNBIND_P2P_STREAM_REQUEST",
+            SET_MMIO_ATTRIBUTE => "SET_MMIO_ATTRIBUTE_REQUEST",
+            VDM => "VDM_REQUEST",
+            VERSION => "TDISP_VERSION",
+            CAPABILITIES => "TDISP_CAPABILITIES",
+            LOCK_INTERFACE_RSP => "LOCK_INTERFACE_RESPONSE",
+            DEVICE_INTERFACE_REPORT => "DEVICE_INTERFACE_REPORT",
+            DEVICE_INTERFACE_STATE => "DEVICE_INTERFACE_STATE",
+            START_INTERFACE_RSP => "START_INTERFACE_RESPONSE",
+            STOP_INTERFACE_RSP => "STOP_INTERFACE_RESPONSE",
+            ERROR => "TDISP_ERROR",
+            _ => return None,
+        })
+    }
 }
 
 /// LOCK_INTERFACE_REQUEST flags.

@@ -75,20 +75,7 @@ fn error(h: &Header, code: ErrorCode, data: u32) -> Vec<u8> {
 }
 
 fn name(t: u8) -> &'static str {
-    match t {
-        code::GET_VERSION => "GET_TDISP_VERSION",
-        code::GET_CAPABILITIES => "GET_TDISP_CAPABILITIES",
-        code::LOCK_INTERFACE => "LOCK_INTERFACE_REQUEST",
-        code::GET_DEVICE_INTERFACE_REPORT => "GET_DEVICE_INTERFACE_REPORT",
-        code::GET_DEVICE_INTERFACE_STATE => "GET_DEVICE_INTERFACE_STATE",
-        code::START_INTERFACE => "START_INTERFACE_REQUEST",
-        code::STOP_INTERFACE => "STOP_INTERFACE_REQUEST",
-        code::BIND_P2P_STREAM => "BIND_P2P_STREAM_REQUEST",
-        code::UNBIND_P2P_STREAM => "UNBIND_P2P_STREAM_REQUEST",
-        code::SET_MMIO_ATTRIBUTE => "SET_MMIO_ATTRIBUTE_REQUEST",
-        code::VDM => "VDM_REQUEST",
-        _ => "message",
-    }
+    code::name(t).unwrap_or("message")
 }
 
 impl<B: TdispBackend> TdispResponder<B> {

@@ -82,6 +82,8 @@ pub enum ErrorReason {
     DeviceReset,
     /// The SPDM session that locked the TDI ended.
     SessionEnded(u32),
+    /// Put there on purpose through the control plane (fault `tdi-error`).
+    Injected,
 }
 
 impl std::fmt::Display for ErrorReason {
@@ -96,6 +98,7 @@ impl std::fmt::Display for ErrorReason {
             ErrorReason::Flr => write!(f, "Function Level Reset"),
             ErrorReason::DeviceReset => write!(f, "device reset"),
             ErrorReason::SessionEnded(s) => write!(f, "SPDM session {s:#010x} ended"),
+            ErrorReason::Injected => write!(f, "injected fault tdi-error"),
         }
     }
 }
@@ -323,6 +326,16 @@ impl Tdi {
             };
             self.to_error(g, reason);
         }
+    }
+
+    /// Moves a CONFIG_LOCKED or RUN interface to ERROR as if the device had
+    /// detected a fault (the control plane's `tdi-error`); false in other
+    /// states.
+    pub fn inject_error(&self) -> bool {
+        let mut g = self.lock_inner();
+        let locked = matches!(g.state, TdiState::ConfigLocked | TdiState::Run);
+        self.to_error(&mut g, ErrorReason::Injected);
+        locked
     }
 
     fn to_error(&self, g: &mut Inner, reason: ErrorReason) {

@@ -459,3 +459,49 @@ fn firmware_like_layout() {
     assert_eq!(v.bars[4].unwrap().addr, 0xe000_4000);
     assert_eq!(v.command & 2, 2);
 }
+
+#[test]
+fn control_plane_faults_tdi_error_and_ide_integrity() {
+    use crate::control::fault::FaultSpec;
+    use crate::control::{probes, trace::TraceSink, DeviceControl};
+    let mut r = rig(IdeRequirement::Secure);
+    r.secure_stream(1);
+    let ctl = DeviceControl::new("t0", "test", "/nonexistent".into(), TraceSink::default());
+    probes::ide(&ctl, &r.ide);
+    probes::tdi(&ctl, &r.tdi);
+    let arm = |v: serde_json::Value| ctl.arm(FaultSpec::from_value(&v).unwrap());
+    assert!(
+        arm(serde_json::json!({"fault": "tdi-error"})).is_err(),
+        "CONFIG_UNLOCKED cannot go to ERROR"
+    );
+    r.lock(0, 1).unwrap();
+    arm(serde_json::json!({"fault": "tdi-error"})).unwrap();
+    assert_eq!(r.tdi.state(), TdiState::Error);
+    assert_eq!(r.tdi.error_reason(), Some(ErrorReason::Injected));
+    assert!(ctl.state()["tdi"]["state"]
+        .as_str()
+        .unwrap()
+        .contains("Error"));
+    // An IDE integrity failure on the bound stream of a running TDI.
+    r.tdi.stop();
+    assert_eq!(r.ide.secure_stream_ids(), vec![1]);
+    let n = r.lock(0, 1).unwrap();
+    r.tdi.start(SESSION, &n).unwrap();
+    arm(serde_json::json!({"fault": "ide-integrity", "towards": "device"})).unwrap();
+    assert!(
+        !r.ide.link_model().host_write(0x1000, &[7u8; 64]),
+        "dropped"
+    );
+    assert!(r.ide.secure_stream_ids().is_empty(), "stream INSECURE");
+    assert_eq!(r.tdi.state(), TdiState::Error);
+    assert!(matches!(
+        r.tdi.error_reason(),
+        Some(ErrorReason::IdeStream { id: 1, .. })
+    ));
+    let trace = ctl.trace.lines(0, 100).0.join("\n");
+    assert!(trace.contains("integrity-failure"), "{trace}");
+    assert!(
+        arm(serde_json::json!({"fault": "ide-integrity"})).is_err(),
+        "no SECURE stream left"
+    );
+}
