@@ -80,10 +80,23 @@ pub fn vm(args: &[&str]) -> VmRun {
     finish(out, &log)
 }
 
+/// True when `TRUSTDEV_E2E_QEMU=patched` runs the guests on the patched
+/// QEMU instead of the stock 11.1.
+pub fn patched_qemu() -> bool {
+    std::env::var_os("TRUSTDEV_E2E_QEMU").is_some_and(|v| v == "patched")
+}
+
 /// The command `vm` runs (for tests that need to act while it runs).
+/// `TRUSTDEV_E2E_QEMU=patched` runs every guest on the patched QEMU
+/// (`trustdev vm --qemu patched`) unless a test chose its QEMU itself.
 pub fn vm_command(args: &[&str], log: &Path) -> Command {
     let mut c = Command::new(trustdev());
     c.arg("vm").args(args).arg("--serial-log").arg(log);
+    if let Some(q) = std::env::var_os("TRUSTDEV_E2E_QEMU") {
+        if !args.contains(&"--qemu") {
+            c.arg("--qemu").arg(q);
+        }
+    }
     c
 }
 
