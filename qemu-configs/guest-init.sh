@@ -14,6 +14,12 @@
 #  4. with trustdev.shell=1 starts an interactive shell on the console;
 #  5. powers off (poweroff -f: QEMU exits; with -no-reboot a panic exits too).
 #
+# trustdev.tsm=1 (set by `trustdev vm --tsm`): after the modules, insmod
+# /lib/modules/$KVER/extra/trustdev_tsm.ko (parameters as above, e.g.
+# trustdev_tsm.timeout_ms=5000) and start `trustdev-guest tsm-agent` in the
+# background (log /run/tsm-agent.log, pid /run/tsm-agent.pid), waiting until
+# it is attached.
+#
 # Other command-line switches: trustdev.noload=1 (load no modules),
 # trustdev.quiet=1 (no init progress lines), trustdev.debugexit=PORT: after
 # the script, write its status byte to I/O port PORT (QEMU
@@ -36,7 +42,7 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
 ip link set lo up 2>/dev/null || true
 
 CMDLINE=$(cat /proc/cmdline)
-QUIET=0 NOLOAD=0 SHELL_AFTER=0 SCRIPT='' DEBUGEXIT='' RC=''
+QUIET=0 NOLOAD=0 SHELL_AFTER=0 SCRIPT='' DEBUGEXIT='' RC='' TSM=0
 for arg in $CMDLINE; do
     case $arg in
         trustdev.script=*) SCRIPT=${arg#*=} ;;
@@ -44,6 +50,7 @@ for arg in $CMDLINE; do
         trustdev.noload=1) NOLOAD=1 ;;
         trustdev.quiet=1) QUIET=1 ;;
         trustdev.debugexit=*) DEBUGEXIT=${arg#*=} ;;
+        trustdev.tsm=1) TSM=1 ;;
     esac
 done
 
@@ -81,6 +88,31 @@ if [ "$NOLOAD" != 1 ] && [ -f "$MODDIR/load.list" ]; then
             LOAD_FAILED=1
         fi
     done <"$MODDIR/load.list"
+fi
+
+# The test link TSM and its agent.
+if [ "$TSM" = 1 ]; then
+    # shellcheck disable=SC2046 # parameters are whitespace separated on purpose
+    if insmod "$MODDIR/extra/trustdev_tsm.ko" $(modparams trustdev_tsm); then
+        say "loaded trustdev_tsm $(modparams trustdev_tsm | tr '\n' ' ')"
+        trustdev-guest tsm-agent >/run/tsm-agent.log 2>&1 &
+        echo $! >/run/tsm-agent.pid
+        i=0
+        while ! grep -q '^tsm-agent: attached' /run/tsm-agent.log 2>/dev/null; do
+            i=$((i + 1))
+            if [ $i -gt 100 ] || ! kill -0 "$(cat /run/tsm-agent.pid)" 2>/dev/null; then
+                echo "trustdev-init: FAILED to start tsm-agent:" >&2
+                cat /run/tsm-agent.log >&2
+                LOAD_FAILED=1
+                break
+            fi
+            sleep 0.1
+        done
+        say "tsm-agent pid $(cat /run/tsm-agent.pid) (log /run/tsm-agent.log)"
+    else
+        echo "trustdev-init: FAILED to load trustdev_tsm" >&2
+        LOAD_FAILED=1
+    fi
 fi
 
 # Pick the guest script.

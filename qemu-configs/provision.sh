@@ -111,38 +111,11 @@ host_install() {
 [[ -s $KEYRING ]] || die "$KEYRING still missing after installing debian-archive-keyring"
 
 # ---------------------------------------------------------------- private apt
-mkdir -p "$APTDIR"/{lists/partial,archives/partial,etc/apt.conf.d,etc/preferences.d,etc/sources.list.d,debs}
-: >"$APTDIR/status"   # EMPTY dpkg status: apt computes the full closure
-cat >"$APTDIR/etc/sources.list" <<EOF
-deb [signed-by=$KEYRING] $MIRROR trixie main
-deb [signed-by=$KEYRING] $MIRROR $BACKPORTS main
-EOF
-# APT_CONFIG is read first, then Dir::Etc::Parts -> our (empty) private dir,
-# so the host's /etc/apt/apt.conf.d is not consulted.
-cat >"$APTDIR/apt.conf" <<EOF
-Dir "$APTDIR/";
-Dir::State "$APTDIR/";
-Dir::State::Lists "$APTDIR/lists/";
-Dir::State::status "$APTDIR/status";
-Dir::Cache "$APTDIR/";
-Dir::Cache::archives "$APTDIR/archives/";
-Dir::Etc "$APTDIR/etc/";
-Dir::Etc::SourceList "$APTDIR/etc/sources.list";
-Dir::Etc::SourceParts "$APTDIR/etc/sources.list.d/";
-Dir::Etc::Parts "$APTDIR/etc/apt.conf.d/";
-Dir::Etc::Preferences "$APTDIR/etc/preferences";
-Dir::Etc::PreferencesParts "$APTDIR/etc/preferences.d/";
-Dir::Log "$APTDIR/log/";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-APT::Install-Recommends "false";
-APT::Install-Suggests "false";
-APT::Sandbox::User "root";
-Debug::NoLocking "true";
-Acquire::Languages "none";
-Acquire::Retries "3";
-EOF
-export APT_CONFIG=$APTDIR/apt.conf
+# shellcheck source=qemu-configs/private-apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/private-apt.sh"
+private_apt_config "$APTDIR" "$KEYRING" \
+    "deb [signed-by=$KEYRING] $MIRROR trixie main" \
+    "deb [signed-by=$KEYRING] $MIRROR $BACKPORTS main"
 # Prefer trixie-backports wherever it has a package (qemu and its closure).
 PAPT=(-o "APT::Default-Release=$BACKPORTS")
 
@@ -257,23 +230,8 @@ done
 # ---------------------------------------------------------------- unpack
 NEWROOT=$CACHE/root.new
 rm -rf "$NEWROOT"
-mkdir -p "$NEWROOT"
 log "unpacking ${#debs[@]} packages into $ROOT"
-for f in "${debs[@]}"; do
-    dpkg-deb -x "$f" "$NEWROOT" || die "dpkg-deb -x $f failed"
-done
-
-# Absolute symlinks point into the host; make them relative to the root.
-while IFS= read -r -d '' link; do
-    target=$(readlink "$link")
-    [[ $target == /* ]] || continue
-    rel=$(realpath -s -m --relative-to="$(dirname "$link")" "$NEWROOT$target")
-    ln -snf "$rel" "$link"
-done < <(find "$NEWROOT" -type l -print0)
-
-# Hygiene: no set-id binaries in a cache dir; drop docs, manuals, translations.
-find "$NEWROOT" -type f -perm /6000 -exec chmod ug-s {} +
-rm -rf "$NEWROOT"/usr/share/{doc,man,info,locale,lintian,bug}
+unpack_root "$NEWROOT" "${debs[@]}" || die "unpacking into $NEWROOT failed"
 
 # ---------------------------------------------------------------- locate pieces
 first_existing() { local f; for f in "$@"; do [[ -e $f ]] && { printf '%s\n' "$f"; return 0; }; done; return 1; }

@@ -6,6 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+/// Bound of the interactive run: boot (~10 s, a minute under load), two
+/// commands, poweroff.
+const INTERACTIVE_LIMIT_S: u64 = 240;
+
 fn no_strays(run_pid: u32, what: &str) {
     // Children die with the runner; give the kernel a moment to reap.
     for _ in 0..100 {
@@ -47,7 +51,8 @@ fn hung_guest_times_out_with_logs_and_no_strays() {
         &log,
     );
     let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    // The runner's own 40 s timeout must end it; 240 s bounds a runner that hangs.
+    let out = support::wait_with_timeout(child, Duration::from_secs(240), "trustdev vm (hang)");
     let run = support::finish(out, &log);
     assert_eq!(run.code, Some(3), "{}", run.dump());
     assert!(
@@ -110,7 +115,7 @@ fn dying_server_is_reported_and_everything_is_torn_down() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = support::wait_with_timeout(child, Duration::from_secs(120), "trustdev vm (die)");
     let run = support::finish(out, &log);
     assert_eq!(run.code, Some(3), "{}", run.dump());
     assert!(
@@ -169,6 +174,10 @@ fn guest_verdict_is_the_exit_status() {
     assert!(run.serial.contains("failing-on-purpose"));
 }
 
+/// `trustdev vm -i` has no timeout of its own (a person is typing): the test
+/// bounds it, so a shell that never reads our `exit` fails the test instead
+/// of hanging CI. It types only once the shell's prompt is on the console
+/// (input sent while the kernel still boots can lose characters).
 #[test]
 fn interactive_console_takes_commands() {
     if support::skip() {
@@ -177,32 +186,50 @@ fn interactive_console_takes_commands() {
     use std::io::Write;
     let _g = support::lock();
     let mut child = std::process::Command::new(support::trustdev())
-        .args(["vm", "-d", "dma-copy", "-i", "--timeout", "120"])
+        .args(["vm", "-d", "dma-copy", "-i"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(INTERACTIVE_LIMIT_S);
     let mut stdin = child.stdin.take().unwrap();
-    // Type at the shell once it is likely up; the console buffers early input.
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(15));
-        let _ = stdin.write_all(b"echo INTERACTIVE-$((6*7))-OK\n");
-        std::thread::sleep(Duration::from_secs(3));
-        let _ = stdin.write_all(b"exit\n");
-        std::thread::sleep(Duration::from_secs(60));
-    });
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = support::Collector::start(child.stdout.take());
+    let err = support::Collector::start(child.stderr.take());
+    // Waits for `needle` after `from` in the console; false at the deadline
+    // or when trustdev vm ended.
+    let mut appeared = |needle: &str, from: &str| loop {
+        let text = out.text();
+        if text
+            .split_once(from)
+            .is_some_and(|(_, after)| after.contains(needle))
+        {
+            return true;
+        }
+        if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let shell = "interactive shell; exit it to power off";
+    let mut typed = appeared("/ # ", shell);
+    if typed {
+        stdin.write_all(b"echo INTERACTIVE-$((6*7))-OK\n").unwrap();
+        typed = appeared("INTERACTIVE-42-OK", shell);
+    }
+    if typed {
+        stdin.write_all(b"exit\n").unwrap();
+    }
+    let status = support::wait_until(&mut child, deadline);
+    drop(stdin);
+    let (stdout, stderr) = (out.finish(), err.finish());
+    let stdout = String::from_utf8_lossy(&stdout);
+    let dump = format!("{stdout}\n--- stderr\n{}", String::from_utf8_lossy(&stderr));
     assert!(
-        stdout.contains("INTERACTIVE-42-OK"),
-        "the shell ran our command: {stdout}"
+        status.is_some(),
+        "trustdev vm -i: no result within {INTERACTIVE_LIMIT_S} s; killed\n{dump}"
     );
-    assert!(stdout.contains("survived the guest's poweroff"), "{stdout}");
+    assert!(typed, "the shell ran our command:\n{dump}");
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{dump}");
+    assert!(stdout.contains("survived the guest's poweroff"), "{dump}");
 }

@@ -10,18 +10,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NVME_CLI: &str = "/usr/sbin/nvme";
-
-fn kept_dir(stderr: &str) -> Option<PathBuf> {
-    stderr.lines().find_map(|l| {
-        l.split_once("logs kept in ")
-            .map(|(_, d)| PathBuf::from(d.trim()))
-    })
-}
 
 #[test]
 fn nvme_in_a_real_guest() {
@@ -45,34 +38,17 @@ fn nvme_in_a_real_guest() {
     let have_cli = Path::new(NVME_CLI).exists();
     if have_cli {
         args.extend(["--bin", NVME_CLI]);
-    } else if std::env::var_os("TRUSTDEV_SKIP_NVME_CLI").is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: the nvme-cli checks (TRUSTDEV_SKIP_NVME_CLI=1)");
+    } else if support::skip_requested("TRUSTDEV_SKIP_NVME_CLI", "its nvme-cli checks") {
+        // Reported as skipped; the rest of the test runs.
     } else {
         panic!(
             "{NVME_CLI} not found on the host: scripts/test.sh installs Debian's nvme-cli \
              (apt-get install nvme-cli); TRUSTDEV_SKIP_NVME_CLI=1 skips these checks"
         );
     }
-    let run = {
-        let _g = support::lock();
-        let log =
-            std::env::temp_dir().join(format!("trustdev-e2e-nvme-{}.log", std::process::id()));
-        let out = support::vm_command(&args, &log)
-            .env("TRUSTDEV_KEEP", "1")
-            .env("RUST_LOG", "info")
-            .output()
-            .expect("run trustdev vm");
-        support::finish(out, &log)
-    };
-    // The server's log (kept by TRUSTDEV_KEEP) shows the shutdown.
-    let dir = kept_dir(&run.stderr);
-    let server_log = dir
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("nvme0.log")).ok())
-        .unwrap_or_default();
-    if let Some(d) = &dir {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    // The server's log shows the shutdown.
+    let (run, mut logs) = support::vm_with_server_logs(&args, &["nvme0"]);
+    let server_log = logs.remove(0);
     let dump = format!("{}\n--- server log\n{server_log}", run.dump());
     let fails = run.lines("CHECK-FAIL");
     assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{dump}");
@@ -93,6 +69,7 @@ fn nvme_in_a_real_guest() {
         "hwmon-temperature",
         "doe-features",
         "spdm-doe",
+        "dmesg-no-timeouts-resets-aborts",
     ];
     if have_cli {
         want.extend([
@@ -320,6 +297,7 @@ fn file_backed_polled_doorbells_4k_blocks() {
         "direct-io-1",
         "per-queue-interrupts",
         "filesystem-remount",
+        "dmesg-no-timeouts-resets-aborts",
     ] {
         assert!(
             oks.iter().any(|l| l.starts_with(&format!("CHECK-OK {w}"))),

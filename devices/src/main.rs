@@ -127,6 +127,12 @@ struct VmArgs {
     /// Extra QEMU argument (repeatable, one word each).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
     qemu_args: Vec<String>,
+    /// Load the test link TSM module (built for the guest kernel by
+    /// qemu-configs/provision-kmod.sh; TRUSTDEV_KDIR for your own kernel) and
+    /// start `trustdev-guest tsm-agent`: `echo tsm0 > .../tsm/connect` then
+    /// authenticates a device through the kernel's PCI/TSM core.
+    #[arg(long)]
+    tsm: bool,
 }
 
 /// Device security options of `trustdev serve`.
@@ -137,9 +143,14 @@ struct SecurityArgs {
     /// ~/.local/share/trustdev/identity/KIND.
     #[arg(long)]
     identity_dir: Option<PathBuf>,
-    /// A DOE mailbox with discovery only (no CMA/SPDM).
+    /// A DOE mailbox with discovery only (no CMA/SPDM); DEVCAP.TEE stays
+    /// set, so a TSM's connect meets a mailbox it cannot use.
     #[arg(long)]
     no_spdm: bool,
+    /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
+    /// device unless it has IDE).
+    #[arg(long)]
+    no_tee: bool,
 }
 
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
@@ -196,8 +207,7 @@ fn serve(
                 subsystem: 0x0001,
             };
             let identity = security.identity(kind, &ids)?;
-            // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-            let tee = identity.is_some();
+            let tee = !security.no_tee;
             let doe = security::doe_capability(identity);
             DmaCopy::with_capabilities(port, tee, vec![doe])
                 .map_err(|e| format!("cannot create the device: {e}"))?
@@ -215,8 +225,7 @@ fn serve(
             let identity = security.identity(kind, &ids)?;
             let sec = NvmeSecurity {
                 ext_caps: vec![security::doe_capability(identity.clone())],
-                // Function 0 with a CMA mailbox: advertise DEVCAP.TEE.
-                tee: identity.is_some(),
+                tee: !security.no_tee,
                 // The same identity also answers over Security Send/Receive.
                 storage: identity.map(|id| {
                     spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
@@ -296,6 +305,7 @@ fn vm_spec(a: VmArgs) -> VmSpec {
         modules: a.module,
         bins: a.bin,
         files: a.file,
+        tsm: a.tsm,
     }
 }
 

@@ -147,4 +147,6 @@ pub enum TransportError {
     TooLarge(usize),
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    #[error("DOE: {0}")]
+    Doe(#[from] crate::transport::doe::DoeError),
 }

@@ -21,6 +21,7 @@ pub use responder::{Responder, ResponderConfig, SecuredReply};
 pub mod requester;
 pub mod transport;
 
-pub use requester::{Message, Requester, RequesterConfig, Transport};
-pub use transport::doe::{DoeEndpoint, DoeError};
+pub use requester::{Requester, RequesterConfig};
+pub use transport::doe::{DoeEndpoint, DoeError, DoeProtocol, ProtocolId};
 pub use transport::tcp::serve_tcp;
+pub use transport::{Message, Transport};

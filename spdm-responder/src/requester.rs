@@ -14,7 +14,7 @@ use crate::crypto::{
     AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384, DHE_SECP256R1, DHE_SECP384R1,
     HASH_SHA256, HASH_SHA384, KEY_SCHEDULE_SPDM,
 };
-use crate::error::{ErrorCode, RequesterError, TransportError};
+use crate::error::{ErrorCode, RequesterError};
 use crate::identity;
 use crate::keyschedule::{self, HandshakeSecrets};
 use crate::measurement;
@@ -22,32 +22,8 @@ use crate::opaque;
 use crate::responder::{PskEntry, NONCE_SIZE, REQ_CONTEXT_SIZE};
 use crate::rng::{EntropySource, OsEntropy};
 use crate::secured::{Direction, SecureChannel};
-
-/// A message on the wire between requester and responder.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// A plain SPDM message (DOE type 1 / MCTP type 5).
-    Spdm(Vec<u8>),
-    /// A DSP0277 secured record (DOE type 2 / MCTP type 6).
-    Secured(Vec<u8>),
-}
-
-/// A requester-side transport: send one message, receive the response.
-pub trait Transport {
-    fn send_receive(&mut self, msg: Message) -> Result<Message, TransportError>;
-}
-
-impl<T: Transport + ?Sized> Transport for &mut T {
-    fn send_receive(&mut self, msg: Message) -> Result<Message, TransportError> {
-        (**self).send_receive(msg)
-    }
-}
-
-impl<T: Transport + ?Sized> Transport for Box<T> {
-    fn send_receive(&mut self, msg: Message) -> Result<Message, TransportError> {
-        (**self).send_receive(msg)
-    }
-}
+/// The requester runs over any [`Transport`] (defined with the transports).
+pub use crate::transport::{Message, Transport};
 
 /// Requester configuration.
 #[derive(Clone, Debug)]

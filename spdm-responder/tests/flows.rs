@@ -7,9 +7,7 @@ use common::*;
 use spdm_responder::codec::{V10, V11, V12, V13};
 use spdm_responder::requester::{KeyUpdateOp, Transport};
 use spdm_responder::rng::DeterministicEntropy;
-use spdm_responder::transport::doe::{
-    DoeEndpoint, DoeTransport, DOE_TYPE_CMA, DOE_TYPE_DISCOVERY, DOE_TYPE_SECURED_CMA,
-};
+use spdm_responder::transport::doe::{DoeEndpoint, DoeTransport, ProtocolId};
 use spdm_responder::transport::tcp::{self, EmuClient, TRANSPORT_MCTP, TRANSPORT_PCI_DOE};
 use spdm_responder::transport::InMemory;
 use spdm_responder::{Requester, ResponderConfig};
@@ -92,9 +90,9 @@ fn doe_objects_all_versions() {
             assert_eq!(
                 t.discover().unwrap(),
                 vec![
-                    (1, DOE_TYPE_DISCOVERY),
-                    (1, DOE_TYPE_CMA),
-                    (1, DOE_TYPE_SECURED_CMA)
+                    ProtocolId::DISCOVERY,
+                    ProtocolId::CMA,
+                    ProtocolId::SECURED_CMA
                 ]
             );
             let mut r = Requester::with_entropy(

@@ -134,6 +134,22 @@ else
     bad spdm-doe "$(echo "$out" | tail -n 1)"
 fi
 
-dmesg | grep -iE 'nvme.*(error|fail|timeout|abort)' | sed 's/^/DMESG /'
+# The kernel's nvme driver must not have timed out a command, reset the
+# controller or aborted anything, and no block I/O may have failed: the
+# data checks above could still pass after a timeout and a retry. The
+# patterns are the driver's own messages (drivers/nvme/host/pci.c, core.c):
+# "I/O tag N (...) QID N timeout, aborting", "... timeout, reset controller",
+# "Abort status: ...", "controller is down; will reset", "Removing after
+# probe failure", "Device not ready; aborting ...", "I/O error, dev nvme0n1".
+dmesg >/tmp/dmesg.txt
+grep -iE 'nvme' /tmp/dmesg.txt | sed 's/^/DMESG /'
+trouble=$(grep -iE 'nvme' /tmp/dmesg.txt |
+    grep -iE 'timeout|timed out|reset|abort|I/O error|critical|failure|failed|not ready|disabling' |
+    grep -vE 'Shutdown timeout set to [0-9]+ seconds')
+if [ -z "$trouble" ]; then
+    ok dmesg-no-timeouts-resets-aborts
+else
+    bad dmesg-no-timeouts-resets-aborts "$(echo "$trouble" | head -n 5 | tr '\n' '|')"
+fi
 echo "NVME-GUEST-DONE fail=$fail"
 exit $fail

@@ -2,38 +2,242 @@
 //! device servers and a real guest kernel under QEMU, and inspect the result.
 //!
 //! These tests provision QEMU 11.1 and the Debian guest kernel themselves
-//! (qemu-configs/provision.sh) when they are missing. They are never skipped
-//! silently: the only way to skip them is `TRUSTDEV_SKIP_E2E=1`, which prints
-//! that they were skipped.
+//! (qemu-configs/provision.sh) when they are missing, and build the binaries
+//! they run (`trustdev` and the guest's `trustdev-guest`, see [`bins`]).
+//!
+//! A skipped test is never a pass. The only way to skip them is
+//! `TRUSTDEV_SKIP_E2E=1` (and `TRUSTDEV_SKIP_NVME_CLI=1` for the nvme-cli
+//! part of the NVMe guest), and [`skip`] then: refuses when `CI` is set (the
+//! test fails), prints `SKIPPED: <binary>::<test> (<reason>)` straight to the
+//! terminal (past the test harness's output capture), and appends that line
+//! to `$TRUSTDEV_SKIP_LOG` when set (scripts/test.sh reports them at the end).
 
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Guest boots run one at a time (2 cores; TCG is CPU-bound).
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
-/// True (and says so) when the user opted out of guest tests.
-pub fn skip() -> bool {
-    if std::env::var_os("TRUSTDEV_SKIP_E2E").is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED: TRUSTDEV_SKIP_E2E=1 disables the guest end-to-end tests");
-        return true;
+/// True when the CI environment variable says this is a CI run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// `binary::test` of the running test (libtest names a test's thread after it).
+fn test_name() -> String {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(b, _)| b.to_string()))
+        .unwrap_or_default();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string();
+    format!("{bin}::{test}")
+}
+
+/// Whether the user asked to skip `what` with `var=1`. Refused in CI (the
+/// test fails); otherwise the skip is reported as above.
+pub fn skip_requested(var: &str, what: &str) -> bool {
+    if std::env::var_os(var).map_or(true, |v| v != "1") {
+        return false;
     }
-    false
+    assert!(
+        !in_ci(),
+        "{var}=1 in CI (CI={:?}): CI refuses to skip {what}; unset {var}",
+        std::env::var("CI").unwrap_or_default()
+    );
+    let line = format!("SKIPPED: {} ({what}: {var}=1)\n", test_name());
+    // Straight to the terminal: libtest only captures the print macros.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(log) = std::env::var_os("TRUSTDEV_SKIP_LOG") {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            panic!(
+                "cannot record the skip in {}: {e}",
+                Path::new(&log).display()
+            );
+        }
+    }
+    true
+}
+
+/// True (and reported, see the module doc) when the user opted out of guest
+/// tests with TRUSTDEV_SKIP_E2E=1.
+pub fn skip() -> bool {
+    skip_requested("TRUSTDEV_SKIP_E2E", "guest end-to-end test")
+}
+
+/// The binaries under test.
+pub struct Bins {
+    /// `trustdev` (devices/).
+    pub trustdev: PathBuf,
+    /// `trustdev-guest` (guest/), which `trustdev vm` finds next to `trustdev`.
+    pub guest: PathBuf,
+}
+
+/// Builds the workspace's binaries once per test binary (`cargo build
+/// --workspace --bins`, quick when they are up to date) into the target
+/// directory and profile this test was built for, and returns them. The e2e
+/// tests need binaries of two other packages, which Cargo's
+/// CARGO_BIN_EXE_* does not provide; building here also keeps a
+/// `cargo test -p trustdev-e2e --test X` from running a stale guest tool.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        // <target>[/<triple>]/<profile dir>/deps/<this test>
+        let exe = std::env::current_exe().expect("current_exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary under <target>/<profile>/deps")
+            .to_path_buf();
+        let above = profile_dir.parent().expect("target directory");
+        let (target_dir, triple) = if above.join("CACHEDIR.TAG").exists() {
+            (above.to_path_buf(), None)
+        } else {
+            let triple = above.file_name().map(|t| t.to_string_lossy().into_owned());
+            (
+                above.parent().expect("target directory").to_path_buf(),
+                triple,
+            )
+        };
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev".to_string(),
+            Some(p) => p.to_string(),
+            None => "dev".to_string(),
+        };
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(&workspace)
+            .args(["build", "--quiet", "--workspace", "--bins", "--profile"])
+            .arg(&profile)
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if let Some(t) = &triple {
+            cmd.args(["--target", t]);
+        }
+        let t = Instant::now();
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", env!("CARGO")));
+        assert!(
+            out.status.success(),
+            "building the binaries under test failed ({cmd:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bins = Bins {
+            trustdev: profile_dir.join("trustdev"),
+            guest: profile_dir.join("trustdev-guest"),
+        };
+        for b in [&bins.trustdev, &bins.guest] {
+            assert!(b.exists(), "{} missing after {cmd:?}", b.display());
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "e2e: binaries up to date in {:.1} s ({})",
+            t.elapsed().as_secs_f64(),
+            profile_dir.display()
+        );
+        bins
+    })
 }
 
 /// The trustdev binary under test.
 pub fn trustdev() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_trustdev"))
+    bins().trustdev.clone()
 }
 
 /// A guest script from tests/guest/.
 pub fn guest_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/guest")
+        .join("guest")
         .join(name)
+}
+
+/// Everything a child's pipe produces, readable while the child runs.
+pub struct Collector {
+    buf: std::sync::Arc<Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Starts reading `r` (nothing if `None`) on a thread.
+    pub fn start(r: Option<impl std::io::Read + Send + 'static>) -> Collector {
+        let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let b = std::sync::Arc::clone(&buf);
+        let thread = std::thread::spawn(move || {
+            let Some(mut r) = r else { return };
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = r.read(&mut chunk) {
+                b.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        Collector { buf, thread }
+    }
+
+    /// What arrived so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Everything, once the pipe closed.
+    pub fn finish(self) -> Vec<u8> {
+        let _ = self.thread.join();
+        std::mem::take(&mut *self.buf.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Waits until `child` exits or `deadline` passes; then kills it (SIGKILL;
+/// its own children die with it: `trustdev vm` gives them
+/// PR_SET_PDEATHSIG) and returns `None`.
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Waits for `child` at most `limit`, collecting its output; on expiry kills
+/// it and fails the test with what it printed.
+pub fn wait_with_timeout(mut child: Child, limit: Duration, what: &str) -> Output {
+    let out = Collector::start(child.stdout.take());
+    let err = Collector::start(child.stderr.take());
+    let status = wait_until(&mut child, Instant::now() + limit);
+    let (stdout, stderr) = (out.finish(), err.finish());
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what}: no result within {} s; killed.\n--- stdout\n{}\n--- stderr\n{}",
+            limit.as_secs(),
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
 }
 
 /// Result of one `trustdev vm` run.
@@ -71,13 +275,18 @@ impl VmRun {
 /// Runs `trustdev vm ARGS --serial-log <tmp>`; boots are serialised.
 pub fn vm(args: &[&str]) -> VmRun {
     let _g = VM_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let log = std::env::temp_dir().join(format!(
+    let log = serial_log_path();
+    let out = vm_command(args, &log).output().expect("run trustdev vm");
+    finish(out, &log)
+}
+
+/// A fresh temporary path for a run's serial log.
+fn serial_log_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
         "trustdev-e2e-{}-{}.log",
         std::process::id(),
         rand_suffix()
-    ));
-    let out = vm_command(args, &log).output().expect("run trustdev vm");
-    finish(out, &log)
+    ))
 }
 
 /// True when `TRUSTDEV_E2E_QEMU=patched` runs the guests on the patched
@@ -122,6 +331,36 @@ pub fn finish(out: Output, log: &Path) -> VmRun {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         serial,
     }
+}
+
+/// Runs `trustdev vm ARGS` with `TRUSTDEV_KEEP=1` and `RUST_LOG=info` and
+/// returns the run with the logs of the named servers (`NAME.log` of the
+/// kept work directory, which is removed afterwards; empty if missing).
+pub fn vm_with_server_logs(args: &[&str], servers: &[&str]) -> (VmRun, Vec<String>) {
+    let _g = lock();
+    let log = serial_log_path();
+    let out = vm_command(args, &log)
+        .env("TRUSTDEV_KEEP", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run trustdev vm");
+    let run = finish(out, &log);
+    let dir = run.stderr.lines().find_map(|l| {
+        l.split_once("logs kept in ")
+            .map(|(_, d)| PathBuf::from(d.trim()))
+    });
+    let logs = servers
+        .iter()
+        .map(|name| {
+            dir.as_ref()
+                .and_then(|d| std::fs::read_to_string(d.join(format!("{name}.log"))).ok())
+                .unwrap_or_default()
+        })
+        .collect();
+    if let Some(d) = &dir {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    (run, logs)
 }
 
 /// Holds the VM lock for tests that drive `trustdev vm` themselves.

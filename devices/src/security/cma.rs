@@ -1,14 +1,12 @@
-//! CMA/SPDM over DOE (PCIe r6.x §6.31): the SPDM responder of a device,
-//! reached through its DOE mailbox as data object types 1 (CMA/SPDM) and 2
-//! (secured CMA/SPDM), and the device identity behind it.
+//! CMA/SPDM (PCIe r6.x §6.31): the identity behind a device's SPDM
+//! responder. The responder itself is the DOE mailbox's CMA and secured CMA
+//! protocol (`spdm_responder::transport::doe`, `impl DoeProtocol for
+//! Responder`).
 
-use super::doe::{DoeProtocol, PCI_SIG_VENDOR, TYPE_CMA, TYPE_SECURED_CMA};
-use log::warn;
 use spdm_responder::rng::OsEntropy;
-use spdm_responder::{Identity, PciIds, Responder, ResponderConfig, SecuredReply};
+use spdm_responder::{Identity, PciIds};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// Errors setting up a device's SPDM identity.
@@ -66,70 +64,4 @@ pub fn root_certificates(dir: &Path) -> Vec<(String, PathBuf)> {
     }
     out.sort();
     out
-}
-
-/// The two DOE protocols (CMA and secured CMA) of one SPDM responder.
-pub fn doe_protocols(config: ResponderConfig, identity: Identity) -> Vec<Box<dyn DoeProtocol>> {
-    let responder = Arc::new(Mutex::new(Responder::new(config, identity)));
-    vec![
-        Box::new(Cma {
-            responder: Arc::clone(&responder),
-            secured: false,
-        }),
-        Box::new(Cma {
-            responder,
-            secured: true,
-        }),
-    ]
-}
-
-/// One of the two CMA data object protocols over a shared responder.
-struct Cma {
-    responder: Arc<Mutex<Responder>>,
-    secured: bool,
-}
-
-impl DoeProtocol for Cma {
-    fn vendor_id(&self) -> u16 {
-        PCI_SIG_VENDOR
-    }
-
-    fn object_type(&self) -> u8 {
-        if self.secured {
-            TYPE_SECURED_CMA
-        } else {
-            TYPE_CMA
-        }
-    }
-
-    fn handle(&mut self, request: &[u8]) -> Option<Vec<u8>> {
-        let mut r = self.responder.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.secured {
-            return Some(r.handle_message(request));
-        }
-        match r.handle_secured(request) {
-            SecuredReply::Secured(rsp) => Some(rsp),
-            SecuredReply::Plain(err) => {
-                // The record cannot be answered inside a session (unknown
-                // session, bad MAC...). A DOE response must carry the request's
-                // type, and a plain SPDM ERROR in a secured object would not
-                // parse either: discard, as the spec does for objects that
-                // cannot be processed (the requester times out).
-                warn!(
-                    "secured CMA: record not answerable in a session; discarded (SPDM ERROR {:02x?})",
-                    err.get(2..4)
-                );
-                None
-            }
-            SecuredReply::None => None,
-        }
-    }
-
-    fn reset(&mut self) {
-        // Both protocols share the responder; resetting twice is harmless.
-        self.responder
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reset();
-    }
 }

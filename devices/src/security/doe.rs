@@ -1,11 +1,18 @@
-//! The PCIe Data Object Exchange mailbox (PCIe r6.x §6.30) as an extended
-//! capability with behaviour.
+//! The PCIe Data Object Exchange mailbox (PCIe r6.x §6.30): the registers a
+//! guest drives through configuration space, as an extended capability with
+//! behaviour.
+//!
+//! This is only the register model (write mailbox, Go, Busy, Data Object
+//! Ready, read mailbox, Abort, Error). What an object means (its encoding,
+//! discovery, CMA/SPDM dispatch and the policy for secured requests) lives in
+//! one place, `spdm_responder::transport::doe`, and the protocol set a mailbox
+//! serves is pluggable: any [`DoeProtocol`]s (an SPDM responder serves CMA and
+//! secured CMA; IDE_KM and TDISP run inside secured CMA sessions and plug into
+//! the responder, not here).
 //!
 //! A request is handled synchronously inside the configuration write that
 //! sets DOE Go, so the kernel's first status poll after Go already sees
-//! Data Object Ready (each further poll costs the guest a 7.8 ms sleep).
-//! Discovery (PCI-SIG type 0) is built in; other protocols (CMA/SPDM,
-//! secured CMA/SPDM) plug in through [`DoeProtocol`].
+//! Data Object Ready (each further poll costs the guest a poll interval).
 //!
 //! Behaviour on malformed use, per the spec (and as QEMU's own DOE model does):
 //! a data object whose length field does not match the dwords written, or
@@ -15,70 +22,11 @@
 //! accesses are ignored; Abort clears everything, Error included.
 
 use log::{debug, warn};
+use spdm_responder::transport::doe::DoeEndpoint;
+pub use spdm_responder::transport::doe::{
+    ctrl, reg, status, DoeProtocol, ProtocolId, DOE_CAP_SIZE, MAX_OBJECT_DWORDS,
+};
 use vfio_user_server::pci::{ext_cap_id, ConfigHandler, ExtCap};
-
-/// PCI-SIG vendor id of the standard data object protocols.
-pub const PCI_SIG_VENDOR: u16 = 0x0001;
-/// Discovery data object type.
-pub const TYPE_DISCOVERY: u8 = 0;
-/// CMA/SPDM data object type.
-pub const TYPE_CMA: u8 = 1;
-/// Secured CMA/SPDM data object type.
-pub const TYPE_SECURED_CMA: u8 = 2;
-/// Largest data object: 2^18 dwords.
-pub const MAX_OBJECT_DWORDS: usize = 1 << 18;
-/// Size of the DOE capability (header included).
-pub const DOE_CAP_SIZE: usize = 0x18;
-
-/// Register offsets relative to the capability header.
-pub mod reg {
-    /// DOE Capabilities.
-    pub const CAP: u16 = 0x04;
-    /// DOE Control.
-    pub const CTRL: u16 = 0x08;
-    /// DOE Status.
-    pub const STATUS: u16 = 0x0c;
-    /// DOE Write Data Mailbox.
-    pub const WRITE: u16 = 0x10;
-    /// DOE Read Data Mailbox.
-    pub const READ: u16 = 0x14;
-}
-
-/// DOE Control bits.
-pub mod ctrl {
-    /// Abort.
-    pub const ABORT: u32 = 1 << 0;
-    /// Interrupt enable.
-    pub const INT_EN: u32 = 1 << 1;
-    /// Go.
-    pub const GO: u32 = 1 << 31;
-}
-
-/// DOE Status bits.
-pub mod status {
-    /// Busy.
-    pub const BUSY: u32 = 1 << 0;
-    /// Interrupt status.
-    pub const INT_STATUS: u32 = 1 << 1;
-    /// Error.
-    pub const ERROR: u32 = 1 << 2;
-    /// Data Object Ready.
-    pub const READY: u32 = 1 << 31;
-}
-
-/// A data object protocol served by the mailbox.
-pub trait DoeProtocol: Send {
-    /// Vendor id of the protocol.
-    fn vendor_id(&self) -> u16;
-    /// Data object type.
-    fn object_type(&self) -> u8;
-    /// Handles a request payload (the 2-dword header stripped; the length is
-    /// a multiple of 4, padding included). Returns the response payload, or
-    /// `None` to discard the request without a response.
-    fn handle(&mut self, request: &[u8]) -> Option<Vec<u8>>;
-    /// Returns to the power-on state (FLR, reset, client change).
-    fn reset(&mut self) {}
-}
 
 /// Counters, for tests and diagnostics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,7 +41,7 @@ pub struct DoeStats {
 
 /// One DOE mailbox instance.
 pub struct DoeMailbox {
-    protocols: Vec<Box<dyn DoeProtocol>>,
+    endpoint: DoeEndpoint,
     write: Vec<u32>,
     read: Vec<u32>,
     read_idx: usize,
@@ -105,21 +53,17 @@ pub struct DoeMailbox {
 impl std::fmt::Debug for DoeMailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DoeMailbox")
-            .field("protocols", &self.protocols.len())
+            .field("protocols", &self.endpoint.protocols())
             .field("stats", &self.stats)
             .finish()
     }
-}
-
-fn header1(vendor: u16, ty: u8) -> u32 {
-    u32::from(vendor) | (u32::from(ty) << 16)
 }
 
 impl DoeMailbox {
     /// A mailbox serving discovery plus `protocols` (in discovery order).
     pub fn new(protocols: Vec<Box<dyn DoeProtocol>>) -> Self {
         DoeMailbox {
-            protocols,
+            endpoint: DoeEndpoint::new(protocols),
             write: Vec::new(),
             read: Vec::new(),
             read_idx: 0,
@@ -169,7 +113,7 @@ impl DoeMailbox {
         self.stats.aborts += 1;
     }
 
-    fn discard(&mut self, why: &str) {
+    fn discard(&mut self, why: &dyn std::fmt::Display) {
         warn!("DOE: discarding a request data object: {why}");
         self.write.clear();
         self.stats.discarded += 1;
@@ -177,88 +121,24 @@ impl DoeMailbox {
 
     fn go(&mut self) {
         if self.error || self.ready() {
-            self.discard("DOE Go while an error or an unread response is pending");
+            self.discard(&"DOE Go while an error or an unread response is pending");
             return;
         }
-        let obj = std::mem::take(&mut self.write);
-        if obj.len() < 2 {
-            self.discard(&format!("{} dwords is shorter than the header", obj.len()));
-            return;
-        }
-        let len = match obj[1] & 0x3ffff {
-            0 => MAX_OBJECT_DWORDS,
-            n => n as usize,
-        };
-        if len != obj.len() {
-            self.discard(&format!(
-                "length field says {len} dwords, {} were written",
-                obj.len()
-            ));
-            return;
-        }
-        let vendor = (obj[0] & 0xffff) as u16;
-        let ty = ((obj[0] >> 16) & 0xff) as u8;
-        let payload: Vec<u8> = obj[2..].iter().flat_map(|d| d.to_le_bytes()).collect();
-        let response = if vendor == PCI_SIG_VENDOR && ty == TYPE_DISCOVERY {
-            self.discovery(&payload)
-        } else {
-            match self
-                .protocols
-                .iter_mut()
-                .find(|p| p.vendor_id() == vendor && p.object_type() == ty)
-            {
-                Some(p) => p.handle(&payload),
-                None => {
-                    self.discard(&format!("unsupported protocol {vendor:04x}:{ty:02x}"));
-                    return;
-                }
+        let request: Vec<u8> = std::mem::take(&mut self.write)
+            .iter()
+            .flat_map(|d| d.to_le_bytes())
+            .collect();
+        match self.endpoint.handle(&request) {
+            Ok(response) => {
+                self.read = response
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                self.read_idx = 0;
+                self.stats.answered += 1;
             }
-        };
-        let Some(resp) = response else {
-            self.discard(&format!("protocol {vendor:04x}:{ty:02x} gave no response"));
-            return;
-        };
-        let dwords = 2 + resp.len().div_ceil(4);
-        if dwords > MAX_OBJECT_DWORDS {
-            self.discard("response larger than a data object");
-            return;
+            Err(e) => self.discard(&e),
         }
-        let mut out = Vec::with_capacity(dwords);
-        out.push(header1(vendor, ty));
-        out.push(if dwords == MAX_OBJECT_DWORDS {
-            0
-        } else {
-            dwords as u32
-        });
-        for chunk in resp.chunks(4) {
-            let mut b = [0u8; 4];
-            b[..chunk.len()].copy_from_slice(chunk);
-            out.push(u32::from_le_bytes(b));
-        }
-        self.read = out;
-        self.read_idx = 0;
-        self.stats.answered += 1;
-    }
-
-    fn discovery(&self, payload: &[u8]) -> Option<Vec<u8>> {
-        let index = *payload.first()? as usize;
-        // Index 0 is discovery itself; then the protocols in order.
-        let (vendor, ty) = match index {
-            0 => (PCI_SIG_VENDOR, TYPE_DISCOVERY),
-            i if i <= self.protocols.len() => {
-                let p = &self.protocols[i - 1];
-                (p.vendor_id(), p.object_type())
-            }
-            // An index past the end answers with no protocol and no next.
-            _ => (0xffff, 0xff),
-        };
-        let next = if index < self.protocols.len() {
-            index as u32 + 1
-        } else {
-            0
-        };
-        let v = u32::from(vendor) | (u32::from(ty) << 16) | (next << 24);
-        Some(v.to_le_bytes().to_vec())
     }
 
     fn read_reg(&self, reg: u16) -> u32 {
@@ -348,9 +228,7 @@ impl ConfigHandler for DoeMailbox {
         self.read_idx = 0;
         self.error = false;
         self.int_en = false;
-        for p in &mut self.protocols {
-            p.reset();
-        }
+        self.endpoint.reset();
     }
 }
 
@@ -360,15 +238,16 @@ mod tests {
 
     struct Echo;
     impl DoeProtocol for Echo {
-        fn vendor_id(&self) -> u16 {
-            PCI_SIG_VENDOR
+        fn protocols(&self) -> Vec<ProtocolId> {
+            vec![ProtocolId::CMA]
         }
-        fn object_type(&self) -> u8 {
-            TYPE_CMA
-        }
-        fn handle(&mut self, request: &[u8]) -> Option<Vec<u8>> {
+        fn handle(&mut self, _: ProtocolId, request: &[u8]) -> Option<Vec<u8>> {
             Some(request.iter().rev().copied().collect())
         }
+    }
+
+    fn header1(vendor: u16, ty: u8) -> u32 {
+        ProtocolId::new(vendor, ty).header1()
     }
 
     fn w(m: &mut DoeMailbox, reg: u16, v: u32) {
@@ -479,5 +358,38 @@ mod tests {
         w(&mut m, reg::CTRL, ctrl::ABORT);
         assert_eq!(r(&mut m, reg::STATUS), 0);
         assert!(exchange(&mut m, 1, 0, &[0]).is_some());
+    }
+
+    /// The mailbox answers secured CMA with the one policy of
+    /// spdm_responder::transport::doe: a record that could only be answered
+    /// in plain (here: an unknown session) gets no response object.
+    #[test]
+    fn secured_cma_for_an_unknown_session_is_discarded() {
+        use spdm_responder::crypto::AsymAlgo;
+        use spdm_responder::rng::DeterministicEntropy;
+        use spdm_responder::{Identity, PciIds, Responder, ResponderConfig};
+        let identity = Identity::generate(
+            &[AsymAlgo::EcdsaP256],
+            &PciIds::default(),
+            1,
+            &mut DeterministicEntropy::new(b"doe mailbox"),
+        )
+        .unwrap();
+        let responder = Responder::new(ResponderConfig::default(), identity);
+        let mut m = DoeMailbox::new(vec![Box::new(responder)]);
+        // Discovery lists CMA and secured CMA.
+        let rsp = exchange(&mut m, 1, 0, &[1 | (2 << 8)]).unwrap();
+        assert_eq!(rsp[2], header1(1, 1) | (2 << 24));
+        // GET_VERSION over CMA is answered in a CMA object.
+        let rsp = exchange(&mut m, 1, 1, &[0x0000_8410]).unwrap();
+        assert_eq!(rsp[0], header1(1, 1));
+        assert_eq!(rsp[2] & 0xffff, 0x0410, "VERSION");
+        // A record for session 0x12345678: discarded, no Data Object Ready.
+        let before = m.stats();
+        assert!(exchange(&mut m, 1, 2, &[0x1234_5678, 0x14, 0, 0, 0, 0, 0]).is_none());
+        assert_eq!(m.stats().discarded, before.discarded + 1);
+        assert_eq!(r(&mut m, reg::STATUS), 0);
+        // The mailbox keeps working.
+        assert!(exchange(&mut m, 1, 1, &[0x0000_8410]).is_some());
     }
 }

@@ -5,7 +5,7 @@
 pub mod cma;
 pub mod doe;
 
-use spdm_responder::{Identity, ResponderConfig};
+use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::PathBuf;
 use vfio_user_server::pci::ExtCap;
 
@@ -26,11 +26,16 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
 /// The DOE mailbox capability of a device: discovery, plus CMA/SPDM and
 /// secured CMA/SPDM answered by an SPDM responder with `identity` (see
 /// [`cma::load_identity`]); without an identity the mailbox serves discovery
-/// only.
+/// only. A device that serves more (vendor-defined data objects, or a
+/// responder with IDE_KM/TDISP handlers registered) builds
+/// [`doe::DoeMailbox::new`] with its own protocol set.
 pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
-    let protocols = match identity {
-        Some(identity) => cma::doe_protocols(ResponderConfig::default(), identity),
-        None => Vec::new(),
-    };
+    let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
+    if let Some(identity) = identity {
+        protocols.push(Box::new(Responder::new(
+            ResponderConfig::default(),
+            identity,
+        )));
+    }
     doe::DoeMailbox::new(protocols).into_ext_cap()
 }

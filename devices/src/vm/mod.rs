@@ -7,6 +7,7 @@ mod process;
 pub mod qemu;
 pub mod runner;
 pub mod toolchain;
+pub mod tsm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -161,11 +162,14 @@ impl std::str::FromStr for DeviceSpec {
             match o {
                 "rciep" | "pcie.0" => placement = Placement::RootBus,
                 "root-port" => placement = Placement::RootPort,
+                // Device security: a DOE mailbox without CMA/SPDM; DEVCAP.TEE clear.
+                "no-spdm" => args.push("--no-spdm".into()),
+                "no-tee" => args.push("--no-tee".into()),
                 other => match crate::nvme::options::vm_option_args(other) {
                     Some(a) if kind == DeviceKind::Nvme => args.extend(a),
                     _ => {
                         return Err(format!(
-                            "unknown device option {other:?} (rciep, root-port{})",
+                            "unknown device option {other:?} (rciep, root-port, no-spdm, no-tee{})",
                             if kind == DeviceKind::Nvme {
                                 ", or NVMe KEY=VALUE: see `trustdev serve --help`"
                             } else {
@@ -227,6 +231,9 @@ pub struct VmSpec {
     pub bins: Vec<PathBuf>,
     /// Extra files for the initramfs: (host path, guest path).
     pub files: Vec<(PathBuf, String)>,
+    /// Build the test link TSM module (guest/kmod) for the guest kernel,
+    /// load it in the guest and start `trustdev-guest tsm-agent`.
+    pub tsm: bool,
 }
 
 impl Default for VmSpec {
@@ -250,6 +257,7 @@ impl Default for VmSpec {
             modules: Vec::new(),
             bins: Vec::new(),
             files: Vec::new(),
+            tsm: false,
         }
     }
 }
@@ -275,6 +283,8 @@ mod tests {
         assert!("nvme:bogus=1".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:size=1M".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
+        let d: DeviceSpec = "dma-copy:no-spdm,rciep".parse().unwrap();
+        assert_eq!(d.args, ["--no-spdm"]);
     }
 
     #[test]

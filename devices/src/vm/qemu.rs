@@ -142,6 +142,9 @@ pub fn args(
     if spec.interactive {
         cmdline.push("trustdev.shell=1".into());
     }
+    if spec.tsm {
+        cmdline.push(super::tsm::CMDLINE.into());
+    }
     cmdline.extend(spec.append.iter().cloned());
     push("-append");
     push(&cmdline.join(" "));

@@ -293,6 +293,11 @@ fn run_in(
         )?);
     }
     let initrd = match &spec.initrd {
+        Some(_) if spec.tsm => {
+            return Err(VmError::Initramfs(
+                "--tsm puts the TSM module into trustdev's initramfs: it cannot be combined with --initrd".into(),
+            ))
+        }
         Some(i) => i.clone(),
         None => {
             let mut modules: Vec<String> = initramfs::DEFAULT_MODULES
@@ -314,6 +319,11 @@ fn run_in(
             // The root certificates of the servers' SPDM identities (generated
             // by the servers on first use), for requesters in the guest.
             let mut files = spec.files.clone();
+            if spec.tsm {
+                let m = super::tsm::build(tc, spec.kernel.is_some())?;
+                info!("TSM module {} ({})", m.ko.display(), m.release);
+                files.push(m.initramfs_file());
+            }
             let mut kinds: Vec<&str> = spec.devices.iter().map(|d| d.kind.name()).collect();
             kinds.sort_unstable();
             kinds.dedup();

@@ -16,8 +16,8 @@ use log::{debug, info, warn};
 
 use super::doe::{DoeChannel, DoeEndpoint, DOE_MAX_BYTES};
 use crate::error::TransportError;
-use crate::requester::{Message, Transport};
 use crate::responder::{Responder, SecuredReply};
+use crate::transport::{Message, Transport};
 
 pub const CMD_NORMAL: u32 = 0x0001;
 pub const CMD_OOB_ENCAP_KEY_UPDATE: u32 = 0x8001;
@@ -130,7 +130,7 @@ impl Read for QuickAck<'_> {
 /// Serve one connection until it ends.
 pub fn serve_connection(
     stream: &mut TcpStream,
-    ep: &mut DoeEndpoint,
+    ep: &mut DoeEndpoint<Responder>,
 ) -> Result<ConnectionEnd, TransportError> {
     loop {
         let Some((cmd, tt, p)) = read_frame(&mut QuickAck(stream))? else {
@@ -169,7 +169,9 @@ pub fn serve_connection(
                 };
                 match reply {
                     Some(r) => write_frame(stream, CMD_NORMAL, tt, &r)?,
-                    // spdm-emu drops the connection on a message it cannot answer.
+                    // spdm-emu drops the connection on a message it cannot answer
+                    // (over PCI_DOE also a discarded secured record, see
+                    // transport::doe for that policy).
                     None => return Ok(ConnectionEnd::Continue),
                 }
             }
@@ -187,7 +189,7 @@ pub fn serve_connection(
 /// Serve connections from `listener` one at a time until SHUTDOWN or `stop`.
 pub fn serve_listener(
     listener: TcpListener,
-    ep: &mut DoeEndpoint,
+    ep: &mut DoeEndpoint<Responder>,
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
@@ -231,7 +233,11 @@ pub fn serve_tcp(port: u16, responder: Responder) -> std::io::Result<()> {
 pub fn spawn_tcp(
     port: u16,
     responder: Responder,
-) -> std::io::Result<(u16, Arc<AtomicBool>, std::thread::JoinHandle<DoeEndpoint>)> {
+) -> std::io::Result<(
+    u16,
+    Arc<AtomicBool>,
+    std::thread::JoinHandle<DoeEndpoint<Responder>>,
+)> {
     let listener = TcpListener::bind(("127.0.0.1", port))?;
     let port = listener.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));

@@ -15,39 +15,44 @@
 //! device's SPDM state; don't run this while a TSM driver talks to the same
 //! device.
 
-use crate::doe::{mailboxes, Mailbox};
+use crate::doe::{mailboxes, Mailbox, DISCOVERY_VERSION};
 use crate::sysfs;
 use serde_json::{json, Value};
 use spdm_responder::codec::caps;
 use spdm_responder::crypto::{AeadAlgo, AsymAlgo, DheGroup, HashAlgo};
-use spdm_responder::error::{RequesterError, TransportError};
+use spdm_responder::error::RequesterError;
 use spdm_responder::identity;
-use spdm_responder::requester::{Connection, MeasurementBlock, Message, Transport};
+use spdm_responder::requester::{Connection, MeasurementBlock};
+use spdm_responder::transport::doe::{self, DoeTransport, ProtocolId};
 use spdm_responder::{Requester, RequesterConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const PCI_SIG: u16 = 0x0001;
-const DOE_CMA: u8 = 1;
-const DOE_SECURED_CMA: u8 = 2;
-
 /// Options of `trustdev-guest spdm`.
-pub struct Options {
-    /// The function.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// PCI address of the device ([DDDD:]BB:DD.F).
+    #[arg(long)]
     pub bdf: String,
-    /// Trusted root certificates (PEM or DER files).
+    /// Trusted root certificate, PEM or DER (repeatable).
+    #[arg(long = "root", required = true)]
     pub roots: Vec<PathBuf>,
-    /// Print one JSON object.
-    pub json: bool,
-    /// Only offer this SPDM version (0x10..0x13); all of 1.0-1.3 otherwise.
+    /// Offer only this SPDM version (1.0, 1.1, 1.2 or 1.3).
+    #[arg(long, value_parser = parse_version)]
     pub version: Option<u8>,
-    /// Skip CHALLENGE and the measurements outside the session.
-    pub session_only: bool,
-    /// Certificate slot.
+    /// Certificate slot to authenticate and key the session with.
+    #[arg(long, default_value_t = 0)]
     pub slot: u8,
-    /// Only offer this signature algorithm (SPDM BaseAsymAlgo bits); both
-    /// ECDSA P-256 and P-384 otherwise.
+    /// Offer only this signature algorithm: p256 or p384 (default both;
+    /// the device picks).
+    #[arg(long, value_parser = parse_asym)]
     pub asym: Option<u32>,
+    /// Skip CHALLENGE and the signed measurements; only the session.
+    #[arg(long)]
+    pub session_only: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses `p256` / `p384` into SPDM BaseAsymAlgo bits.
@@ -78,43 +83,8 @@ pub fn parse_version(s: &str) -> Result<u8, String> {
 }
 
 /// The requester's transport: SPDM over DOE type 1, secured messages over
-/// DOE type 2, one data object per message.
-struct DoeTransport {
-    mb: Mailbox,
-    /// The full text of the last transport failure (the requester's error
-    /// type only keeps a string of its own).
-    last_error: Option<String>,
-    exchanges: u32,
-    busy: Duration,
-}
-
-impl DoeTransport {
-    fn fail(&mut self, msg: String) -> TransportError {
-        self.last_error = Some(msg.clone());
-        TransportError::Io(std::io::Error::other(msg))
-    }
-}
-
-impl Transport for DoeTransport {
-    fn send_receive(&mut self, msg: Message) -> Result<Message, TransportError> {
-        let (ty, payload) = match &msg {
-            Message::Spdm(m) => (DOE_CMA, m),
-            Message::Secured(r) => (DOE_SECURED_CMA, r),
-        };
-        let t = Instant::now();
-        let r = self.mb.exchange_object(PCI_SIG, ty, payload);
-        self.busy += t.elapsed();
-        self.exchanges += 1;
-        match r {
-            Ok((PCI_SIG, DOE_CMA, p)) => Ok(Message::Spdm(p)),
-            Ok((PCI_SIG, DOE_SECURED_CMA, p)) => Ok(Message::Secured(p)),
-            Ok((v, t, _)) => Err(self.fail(format!(
-                "DOE answered a {PCI_SIG:04x}:{ty:02x} request with a {v:04x}:{t:02x} object"
-            ))),
-            Err(e) => Err(self.fail(e)),
-        }
-    }
-}
+/// DOE type 2, one data object per message, through the mailbox registers.
+type Transport = DoeTransport<Mailbox>;
 
 fn version_str(v: u8) -> String {
     format!("{}.{}", v >> 4, v & 0xf)
@@ -391,28 +361,15 @@ impl Report {
     }
 }
 
-/// Turns a requester error into a precise message.
-fn describe(e: &RequesterError, t: &DoeTransport) -> String {
-    match e {
+/// (step, precise message) of a failed requester call.
+fn fail(step: &'static str, e: RequesterError) -> (&'static str, String) {
+    let msg = match e {
         RequesterError::ErrorResponse { code, raw, data } => {
             let name = code.map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"));
             format!("the device answered SPDM ERROR {name} (code {raw:#04x}, data {data:#04x})")
         }
-        RequesterError::Transport(s) => match &t.last_error {
-            Some(full) => format!("DOE transport: {full}"),
-            None => format!("transport: {s}"),
-        },
         other => other.to_string(),
-    }
-}
-
-/// (step, precise message) of a failed requester call.
-fn fail(
-    r: &mut Requester<DoeTransport>,
-    step: &'static str,
-    e: RequesterError,
-) -> (&'static str, String) {
-    let msg = describe(&e, r.transport_mut());
+    };
     (step, msg)
 }
 
@@ -436,7 +393,8 @@ fn load_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
 }
 
 /// `trustdev-guest spdm`.
-pub fn run(o: &Options) -> Result<(), String> {
+pub fn run(args: Args) -> Result<(), String> {
+    let o = &args;
     if o.roots.is_empty() {
         return Err("spdm: give at least one --root certificate".into());
     }
@@ -482,7 +440,7 @@ pub fn run(o: &Options) -> Result<(), String> {
 
 type StepResult = Result<(), (&'static str, String)>;
 
-fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Report) -> StepResult {
+fn run_inner(o: &Args, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Report) -> StepResult {
     let whole = Instant::now();
     // Find the mailbox that offers CMA/SPDM and secured CMA/SPDM.
     let step = "DOE discovery";
@@ -494,14 +452,11 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
     let mut seen = Vec::new();
     for mut mb in mbs {
         let t = Instant::now();
-        mb.abort().map_err(|e| (step, e))?;
-        let feats = mb.discover().map_err(|e| (step, e))?;
-        let names: Vec<String> = feats
-            .iter()
-            .map(|(v, t)| format!("{v:04x}:{t:02x}"))
-            .collect();
+        mb.abort().map_err(|e| (step, e.to_string()))?;
+        let feats = doe::discover(&mut mb, DISCOVERY_VERSION).map_err(|e| (step, e.to_string()))?;
+        let names: Vec<String> = feats.iter().map(ProtocolId::to_string).collect();
         seen.push(format!("{:#x}: {}", mb.offset, names.join(" ")));
-        if feats.contains(&(PCI_SIG, DOE_CMA)) && feats.contains(&(PCI_SIG, DOE_SECURED_CMA)) {
+        if feats.contains(&ProtocolId::CMA) && feats.contains(&ProtocolId::SECURED_CMA) {
             chosen = Some((mb, names, t.elapsed()));
             break;
         }
@@ -537,13 +492,9 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
     if let Some(a) = o.asym {
         cfg.base_asym = a;
     }
-    let transport = DoeTransport {
-        mb,
-        last_error: None,
-        exchanges: 0,
-        busy: Duration::ZERO,
-    };
-    let mut r = Requester::new(cfg, transport);
+    // The SPDM exchanges only (not the discovery walk) count below.
+    let (n0, busy0) = (mb.exchanges, mb.busy);
+    let mut r = Requester::new(cfg, DoeTransport::new(mb));
 
     // VERSION / CAPABILITIES / ALGORITHMS.
     let auth_start = Instant::now();
@@ -551,7 +502,7 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
     let t = Instant::now();
     let conn: Connection = match r.init_connection() {
         Ok(c) => c.clone(),
-        Err(e) => return Err(fail(&mut r, step, e)),
+        Err(e) => return Err(fail(step, e)),
     };
     let d = t.elapsed();
     let algos = json!({
@@ -592,7 +543,7 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
     // DIGESTS.
     let step = "DIGESTS";
     let t = Instant::now();
-    let (mask, digests) = r.get_digests().map_err(|e| fail(&mut r, step, e))?;
+    let (mask, digests) = r.get_digests().map_err(|e| fail(step, e))?;
     rep.step(
         step,
         t.elapsed(),
@@ -603,7 +554,7 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
     let step = "CERTIFICATE";
     let t = Instant::now();
     let chain = r.get_certificate(o.slot).map_err(|e| {
-        let (step, msg) = fail(&mut r, step, e);
+        let (step, msg) = fail(step, e);
         if mask & (1 << o.slot) == 0 {
             (
                 step,
@@ -658,9 +609,7 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
         // CHALLENGE.
         let step = "CHALLENGE";
         let t = Instant::now();
-        let c = r
-            .challenge(o.slot, 0xff)
-            .map_err(|e| fail(&mut r, step, e))?;
+        let c = r.challenge(o.slot, 0xff).map_err(|e| fail(step, e))?;
         let auth = auth_start.elapsed();
         rep.step(
             step,
@@ -678,7 +627,7 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
         let t = Instant::now();
         let m = r
             .get_measurements(None, 0xff, true, o.slot)
-            .map_err(|e| fail(&mut r, step, e))?;
+            .map_err(|e| fail(step, e))?;
         rep.step(
             step,
             t.elapsed(),
@@ -721,8 +670,8 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
     };
 
     let whole = whole.elapsed();
-    let tr = r.transport_mut();
-    let (n, busy) = (tr.exchanges, tr.busy);
+    let mb = &r.transport_mut().channel;
+    let (n, busy) = (mb.exchanges - n0, mb.busy.saturating_sub(busy0));
     rep.set("doe_exchanges", json!(n));
     rep.set("doe_time_ms", json!(busy.as_secs_f64() * 1000.0));
     rep.set("total_ms", json!(whole.as_secs_f64() * 1000.0));
@@ -760,14 +709,14 @@ fn run_inner(o: &Options, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Rep
 /// KEY_EXCHANGE + FINISH, HEARTBEAT, KEY_UPDATE, MEASUREMENTS in the
 /// session, END_SESSION. Returns (session setup time, VERSION..FINISH time).
 fn session(
-    r: &mut Requester<DoeTransport>,
-    o: &Options,
+    r: &mut Requester<Transport>,
+    o: &Args,
     rep: &mut Report,
     auth_start: Instant,
 ) -> Result<(Duration, Duration), (&'static str, String)> {
     let step = "KEY_EXCHANGE+FINISH";
     let t = Instant::now();
-    let sid = r.key_exchange(o.slot, 0).map_err(|e| fail(r, step, e))?;
+    let sid = r.key_exchange(o.slot, 0).map_err(|e| fail(step, e))?;
     let d = t.elapsed();
     rep.step(
         step,
@@ -787,12 +736,12 @@ fn session(
 
     let step = "HEARTBEAT";
     let t = Instant::now();
-    r.heartbeat(sid).map_err(|e| fail(r, step, e))?;
+    r.heartbeat(sid).map_err(|e| fail(step, e))?;
     rep.step(step, t.elapsed(), "HEARTBEAT_ACK".into());
 
     let step = "KEY_UPDATE";
     let t = Instant::now();
-    r.key_update(sid, true).map_err(|e| fail(r, step, e))?;
+    r.key_update(sid, true).map_err(|e| fail(step, e))?;
     rep.step(
         step,
         t.elapsed(),
@@ -803,7 +752,7 @@ fn session(
     let t = Instant::now();
     let m = r
         .get_measurements(Some(sid), 0xff, false, o.slot)
-        .map_err(|e| fail(r, step, e))?;
+        .map_err(|e| fail(step, e))?;
     rep.step(
         step,
         t.elapsed(),
@@ -821,7 +770,7 @@ fn session(
 
     let step = "END_SESSION";
     let t = Instant::now();
-    r.end_session(sid).map_err(|e| fail(r, step, e))?;
+    r.end_session(sid).map_err(|e| fail(step, e))?;
     rep.step(step, t.elapsed(), "END_SESSION_ACK".into());
 
     Ok((d, setup_total))

@@ -13,8 +13,31 @@ pub fn find(vendor: u16, device: u16) -> Vec<String> {
         .collect()
 }
 
+/// Options of `trustdev-guest wait-dev`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Vendor and device ID in hex, e.g. 7d0c:d3a0.
+    ids: String,
+    /// Seconds to wait.
+    #[arg(long, default_value = "10", value_parser = crate::parse_seconds)]
+    timeout: Duration,
+    /// Print every matching function, one per line.
+    #[arg(long)]
+    all: bool,
+    /// Write /sys/bus/pci/rescan once half the timeout has passed.
+    #[arg(long)]
+    rescan: bool,
+}
+
 /// Runs the subcommand.
-pub fn run(ids: &str, timeout: Duration, all: bool, rescan: bool) -> Result<(), String> {
+pub fn run(args: Args) -> Result<(), String> {
+    let Args {
+        ids,
+        timeout,
+        all,
+        rescan,
+    } = args;
+    let ids = ids.as_str();
     let (vendor, device) = sysfs::parse_id_pair(ids)
         .ok_or_else(|| format!("'{ids}' is not VENDOR:DEVICE in hex (e.g. 7d0c:d3a0)"))?;
     let t0 = Instant::now();

@@ -11,14 +11,16 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// The register map is the example device's own, from its dependency-free
+// file (server/examples/dma_copy/regs.rs): one source for device and driver.
+#[allow(dead_code)] // the device's side of the map (MAX_LEN, BAR2_SIZE, ...)
+#[path = "../../server/examples/dma_copy/regs.rs"]
+mod regs;
+
+use regs::status::{BUSY as STATUS_BUSY, DONE as STATUS_DONE, ERROR as STATUS_ERROR};
+use regs::{error, reg, ID_VALUE, VERSION_VALUE};
 /// Vendor and device ID of the example device.
-// The register map is the example device's own (server/examples/dma_copy).
-use trustdev_devices::example::reg;
-use trustdev_devices::example::status::{
-    BUSY as STATUS_BUSY, DONE as STATUS_DONE, ERROR as STATUS_ERROR,
-};
-use trustdev_devices::example::ID_VALUE;
-pub use trustdev_devices::example::{DEVICE_ID, VENDOR_ID};
+pub use regs::{DEVICE_ID, VENDOR_ID};
 
 /// Registers up to and including SCRATCH.
 const REG_SPAN: u64 = reg::SCRATCH + 4;
@@ -26,10 +28,10 @@ const REG_SPAN: u64 = reg::SCRATCH + 4;
 fn error_name(code: u32) -> &'static str {
     match code {
         0 => "none",
-        1 => "source fault",
-        2 => "destination fault",
-        3 => "bad length",
-        4 => "doorbell while busy",
+        error::SOURCE_FAULT => "source fault",
+        error::DEST_FAULT => "destination fault",
+        error::BAD_LENGTH => "bad length",
+        error::BUSY => "doorbell while busy",
         _ => "unknown error code",
     }
 }
@@ -46,16 +48,32 @@ const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 const IOVA_SRC: u64 = 0x10_0000;
 const IOVA_DST: u64 = 0x10_1000;
 
-/// Command-line options.
-#[derive(Debug, Clone)]
-pub struct Options {
+/// Options of `trustdev-guest dma-copy`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// PCI address of the device ([DDDD:]BB:DD.F).
+    #[arg(long)]
     pub bdf: String,
+    /// Bytes per copy (1..=4096).
+    #[arg(long, default_value_t = 4096)]
     pub size: usize,
+    /// Number of copies, each with its own data pattern.
+    #[arg(long, default_value_t = 16)]
     pub count: u32,
+    /// MSI-X vector the device raises on completion.
+    #[arg(long, default_value_t = 0)]
     pub vector: u32,
+    /// Seconds to wait for each completion.
+    #[arg(long, default_value = "5", value_parser = crate::parse_seconds)]
     pub timeout: Duration,
+    /// Poll STATUS instead of waiting for MSI-X interrupts.
+    #[arg(long)]
     pub poll: bool,
+    /// Issue VFIO_DEVICE_RESET first and check that the registers clear.
+    #[arg(long)]
     pub reset: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -84,7 +102,8 @@ struct Outcome {
 }
 
 /// Runs the subcommand; prints the result. `Err` carries the failure message.
-pub fn run(opts: &Options) -> Result<(), String> {
+pub fn run(args: Args) -> Result<(), String> {
+    let opts = &args;
     let bdf = sysfs::normalize_bdf(&opts.bdf).ok_or_else(|| {
         format!(
             "'{}' is not a PCI address (expected [DDDD:]BB:DD.F)",
@@ -432,7 +451,7 @@ impl Regs<'_> {
     }
 }
 
-fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
+fn run_inner(bdf: &str, opts: &Args, log: &Log) -> Result<Outcome, String> {
     if opts.size == 0 || opts.size > PAGE {
         return Err(format!("--size must be 1..={PAGE} (got {})", opts.size));
     }
@@ -634,6 +653,11 @@ fn run_inner(bdf: &str, opts: &Options, log: &Log) -> Result<Outcome, String> {
         ));
     }
     let version = regs.rd(reg::VERSION)?;
+    if version >> 16 != VERSION_VALUE >> 16 {
+        return Err(format!(
+            "VERSION register reads {version:#010x}: this driver knows register map {VERSION_VALUE:#010x}"
+        ));
+    }
     // SCRATCH round trip: proves BAR writes reach the device.
     let probe = 0x5a5a_0000 | (std::process::id() & 0xffff);
     regs.wr(reg::SCRATCH, probe)?;
@@ -718,7 +742,7 @@ fn copy_loop(
     container: &Container,
     noiommu: bool,
     fds: &[EventFd],
-    opts: &Options,
+    opts: &Args,
     log: &Log,
 ) -> Result<u64, String> {
     let src = DmaPage::new()?;
@@ -770,7 +794,7 @@ fn copy_loop(
 fn one_copy(
     regs: &Regs,
     fds: &[EventFd],
-    opts: &Options,
+    opts: &Args,
     iter: u32,
     src: &DmaPage,
     dst: &DmaPage,

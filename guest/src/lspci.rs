@@ -314,8 +314,19 @@ impl Function {
     }
 }
 
+/// Options of `trustdev-guest lspci`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON (an array, or one object when BDF is given).
+    #[arg(long)]
+    json: bool,
+    /// Only this function ([DDDD:]BB:DD.F).
+    bdf: Option<String>,
+}
+
 /// Runs the subcommand.
-pub fn run(bdf: Option<&str>, as_json: bool) -> Result<(), String> {
+pub fn run(args: Args) -> Result<(), String> {
+    let (bdf, as_json) = (args.bdf.as_deref(), args.json);
     let bdfs = match bdf {
         Some(b) => {
             let n = sysfs::normalize_bdf(b)
