@@ -92,39 +92,16 @@ Q=$CACHE/qemu-patched
 APTDIR=$Q/apt
 
 # ---------------------------------------------------------------- private apt (deb-src)
+# shellcheck source=qemu-configs/private-apt.sh
+. "$HERE/private-apt.sh"
 private_apt() {
-    mkdir -p "$APTDIR"/{lists/partial,archives/partial,etc/apt.conf.d,etc/preferences.d,etc/sources.list.d}
-    : >"$APTDIR/status"
-    cat >"$APTDIR/etc/sources.list" <<EOF
-deb-src [signed-by=$KEYRING] $MIRROR sid main
-deb-src [signed-by=$KEYRING] $MIRROR experimental main
-deb-src [signed-by=$KEYRING] $MIRROR trixie-backports main
-EOF
-    # Sources only (no binary indices); sid's Release is often past its
-    # Valid-Until on mirrors, the signature is still checked.
-    cat >"$APTDIR/apt.conf" <<EOF
-Dir "$APTDIR/";
-Dir::State "$APTDIR/";
-Dir::State::Lists "$APTDIR/lists/";
-Dir::State::status "$APTDIR/status";
-Dir::Cache "$APTDIR/";
-Dir::Cache::archives "$APTDIR/archives/";
-Dir::Etc "$APTDIR/etc/";
-Dir::Etc::SourceList "$APTDIR/etc/sources.list";
-Dir::Etc::SourceParts "$APTDIR/etc/sources.list.d/";
-Dir::Etc::Parts "$APTDIR/etc/apt.conf.d/";
-Dir::Etc::Preferences "$APTDIR/etc/preferences";
-Dir::Etc::PreferencesParts "$APTDIR/etc/preferences.d/";
-Dir::Log "$APTDIR/log/";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; };
-APT::Sandbox::User "root";
-Debug::NoLocking "true";
-Acquire::Languages "none";
-Acquire::Retries "3";
-Acquire::Check-Valid-Until "false";
-EOF
-    export APT_CONFIG=$APTDIR/apt.conf
+    private_apt_config "$APTDIR" "$KEYRING" \
+        "deb-src [signed-by=$KEYRING] $MIRROR sid main" \
+        "deb-src [signed-by=$KEYRING] $MIRROR experimental main" \
+        "deb-src [signed-by=$KEYRING] $MIRROR trixie-backports main"
+    # Sources only (no binary indices). The mirror's sid Release is often
+    # past its Valid-Until; its signature is still checked.
+    printf 'Acquire::Check-Valid-Until "false";\n' >"$APTDIR/etc/apt.conf.d/50trustdev-sid"
     log "private apt: update (deb-src sid, experimental, trixie-backports from $MIRROR)"
     apt-get -qq update >"$APTDIR/update.log" 2>&1 ||
         { cat "$APTDIR/update.log" >&2; die "private apt-get update failed (is $MIRROR reachable?)"; }

@@ -218,50 +218,33 @@ mod tests {
         assert!(s.contains(r#""bus":"pcie.0","addr":"0x11""#));
     }
 
+    /// The command line of `spec` for a QEMU of major version `major`.
+    fn line(spec: &VmSpec, major: u32, devs: &[QemuDevice]) -> String {
+        let (k, i, l) = (Path::new("/k"), Path::new("/i"), Path::new("/l"));
+        args(spec, major, k, i, devs, l, None).join(" ")
+    }
+
     #[test]
     fn iommu_property_names_follow_the_qemu_version() {
-        let spec = VmSpec {
+        let iommu = VmSpec {
             iommu: true,
             ..VmSpec::default()
         };
-        let line = |major| {
-            args(
-                &spec,
-                major,
-                Path::new("/k"),
-                Path::new("/i"),
-                &[],
-                Path::new("/l"),
-                None,
-            )
-            .join(" ")
-        };
-        assert!(line(11).contains("intel-iommu,scalable-mode=on,caching-mode=on"));
-        assert!(line(10).contains("intel-iommu,x-scalable-mode=on,caching-mode=on"));
+        assert!(line(&iommu, 11, &[]).contains("intel-iommu,scalable-mode=on,caching-mode=on"));
+        assert!(line(&iommu, 10, &[]).contains("intel-iommu,x-scalable-mode=on,caching-mode=on"));
         let sva = VmSpec {
             sva: true,
             ..VmSpec::default()
         };
-        let line = |major| {
-            args(
-                &sva,
-                major,
-                Path::new("/k"),
-                Path::new("/i"),
-                &[],
-                Path::new("/l"),
-                None,
-            )
-            .join(" ")
-        };
-        assert!(line(11).contains(
+        assert!(line(&sva, 11, &[]).contains(
             "intel-iommu,scalable-mode=on,caching-mode=on,fsts=on,pasid-bits=20,device-iotlb=on,svm=on"
         ));
-        assert!(line(10).contains(
+        let old = line(&sva, 10, &[]);
+        assert!(old.contains(
             "intel-iommu,x-scalable-mode=on,caching-mode=on,x-flts=on,x-pasid-mode=on,device-iotlb=on,svm=on"
         ));
-        assert!(line(10).contains("max,la57=off") && line(10).contains("intel_iommu=on,sm_on"));
-        assert!(line(11).contains("no_timer_check"));
+        assert!(old.contains("max,la57=off") && old.contains("intel_iommu=on,sm_on"));
+        assert!(old.contains("no_timer_check"));
     }
 
     #[test]
@@ -270,23 +253,14 @@ mod tests {
             socket: "/tmp/a.sock".into(),
             placement: Placement::RootPort,
         }];
-        let line = |qemu| {
+        let with = |qemu| {
             let spec = VmSpec {
                 qemu,
                 ..VmSpec::default()
             };
-            args(
-                &spec,
-                11,
-                Path::new("/k"),
-                Path::new("/i"),
-                &devs,
-                Path::new("/l"),
-                None,
-            )
-            .join(" ")
+            line(&spec, 11, &devs)
         };
-        assert!(!line(QemuBuild::Stock).contains("x-ide"));
-        assert!(line(QemuBuild::Patched).contains("bus=pcie.0,x-ide-sel-streams=4"));
+        assert!(!with(QemuBuild::Stock).contains("x-ide"));
+        assert!(with(QemuBuild::Patched).contains("bus=pcie.0,x-ide-sel-streams=4"));
     }
 }
