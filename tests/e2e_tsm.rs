@@ -14,8 +14,13 @@
 //! pci_tsm_pf0_constructor, a chain the agent's roots do not verify, the
 //! agent killed mid-connect, a hung agent timing out, no agent), each leaving
 //! no state behind; removal of a connected function and a rescan; rmmod with
-//! a device connected. Here the servers' logs must show every
-//! session the guest reported as established and ended by END_SESSION.
+//! a device connected. Connect also sets IDE up (IDE_KM QUERY and K0 keys
+//! inside the session, the device's selective stream enabled and SECURE in
+//! configuration space, platform-emulated as QEMU 11.1's topology requires);
+//! disconnect disables the stream and stops the keys. Here the servers' logs
+//! must show every session the guest reported as established, its keys
+//! programmed, armed, SECURE and stopped inside it, and the session ended by
+//! END_SESSION.
 
 mod support;
 
@@ -127,8 +132,12 @@ fn tsm_connect_in_a_real_guest() {
         for what in [
             "connect",
             "connect-readback",
+            "ide-secure",
+            "ide-connect-agent",
             "disconnect",
             "disconnect-cleared",
+            "ide-disabled",
+            "ide-keys-stopped",
             "session-ended",
             "connect-again",
             "disconnect-again",
@@ -210,6 +219,26 @@ fn tsm_connect_in_a_real_guest() {
                 log.contains(&format!("session {sid} {what}")),
                 "server {server} log lacks \"session {sid} {what}\"\n{}",
                 dump()
+            );
+        }
+        // Inside the session: 6 keys programmed and armed, the stream
+        // SECURE, then the keys stopped, all before END_SESSION.
+        let start = log.find(&format!("session {sid} established")).unwrap();
+        let end = log
+            .find(&format!("session {sid} ended by END_SESSION"))
+            .unwrap();
+        let inside = &log[start..end.max(start)];
+        for (what, n) in [
+            ("port 0: Success", 6),
+            ("IDE_KM K_SET_GO stream", 6),
+            (") is SECURE", 1),
+            ("IDE_KM K_SET_STOP stream", 6),
+            (") is INSECURE", 1),
+        ] {
+            assert_eq!(
+                inside.matches(what).count(),
+                n,
+                "server {server}, session {sid}: {n} x {what:?} expected between its start and END_SESSION\n{inside}"
             );
         }
     }

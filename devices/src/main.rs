@@ -10,6 +10,7 @@ use std::time::Duration;
 use trustdev_devices::example::DmaCopy;
 use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use trustdev_devices::security;
+use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -55,6 +56,14 @@ enum Cmd {
         /// HeartbeatPeriod in seconds advertised in KEY_EXCHANGE_RSP (0: none).
         #[arg(long, default_value_t = 0)]
         heartbeat: u8,
+        /// IDE capability of each modelled port (see `serve --ide`); `off`:
+        /// no IDE_KM.
+        #[arg(long, default_value = "on")]
+        ide: String,
+        /// Number of IDE ports the IDE_KM responder models (PortIndex 0 to
+        /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+        ide_ports: u16,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -68,8 +77,11 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct VmArgs {
-    /// Device to attach: KIND[:rciep] (repeatable). dma-copy sits behind a
-    /// pcie-root-port unless `:rciep` puts it on pcie.0.
+    /// Device to attach: KIND[:OPT,...] (repeatable). A device sits behind a
+    /// pcie-root-port unless `rciep` puts it on pcie.0. Options of every
+    /// kind: no-spdm, no-tee, ide=SPEC (`serve --ide` with `+` between
+    /// items, e.g. ide=selective=4+assoc=2), ide-trace=FILE (`serve
+    /// --ide-trace`); NVMe also takes KEY=VALUE (see `trustdev serve --help`).
     #[arg(long = "device", short = 'd')]
     devices: Vec<DeviceSpec>,
     /// Guest script to run (its exit status is the verdict).
@@ -147,10 +159,36 @@ struct SecurityArgs {
     /// set, so a TSM's connect meets a mailbox it cannot use.
     #[arg(long)]
     no_spdm: bool,
+    /// The IDE capability: `on` (1 link stream, 2 selective streams with 1
+    /// address association block each, AER), `off`, or a comma list of
+    /// link=N, selective=N, assoc=N, tee-limited, flow-through,
+    /// partial-header, aggregation, pcrc, cfg, no-aer, rid=BB:DD.F, segment=N.
+    #[arg(long, default_value = "on")]
+    ide: String,
+    /// Record every IDE TLP of the protected link (ciphertext, MAC, counter,
+    /// key set; never keys) in this new pcap file.
+    #[arg(long)]
+    ide_trace: Option<PathBuf>,
     /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
     /// device unless it has IDE).
     #[arg(long)]
     no_tee: bool,
+}
+
+impl SecurityArgs {
+    /// The device's IDE port, if it has one.
+    fn ide(&self) -> Result<Option<Arc<Ide>>, String> {
+        let cfg = IdeConfig::parse(&self.ide).map_err(|e| format!("--ide: {e}"))?;
+        let ide = cfg.map(Ide::new);
+        match (&ide, &self.ide_trace) {
+            (Some(ide), Some(path)) => ide
+                .set_trace(path)
+                .map_err(|e| format!("--ide-trace {}: {e}", path.display()))?,
+            (None, Some(_)) => return Err("--ide-trace needs an IDE capability (--ide)".into()),
+            _ => {}
+        }
+        Ok(ide)
+    }
 }
 
 fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
@@ -195,7 +233,7 @@ fn serve(
     } else {
         PortType::Endpoint
     };
-    let dev = match kind {
+    match kind {
         "dma-copy" => {
             use trustdev_devices::example;
             let ids = spdm_responder::PciIds {
@@ -208,9 +246,12 @@ fn serve(
             };
             let identity = security.identity(kind, &ids)?;
             let tee = !security.no_tee;
-            let doe = security::doe_capability(identity);
-            DmaCopy::with_capabilities(port, tee, vec![doe])
-                .map_err(|e| format!("cannot create the device: {e}"))?
+            let ide = security.ide()?;
+            let mut caps = vec![security::doe_capability_with_ide(identity, ide.as_ref())];
+            caps.extend(ide.iter().flat_map(|i| i.capabilities()));
+            let dev = DmaCopy::with_capabilities(port, tee, caps)
+                .map_err(|e| format!("cannot create the device: {e}"))?;
+            run_linked(dev, ide, socket)
         }
         "nvme" => {
             let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
@@ -223,8 +264,14 @@ fn serve(
                 subsystem: 0x0001,
             };
             let identity = security.identity(kind, &ids)?;
+            let ide = security.ide()?;
+            let mut ext_caps = vec![security::doe_capability_with_ide(
+                identity.clone(),
+                ide.as_ref(),
+            )];
+            ext_caps.extend(ide.iter().flat_map(|i| i.capabilities()));
             let sec = NvmeSecurity {
-                ext_caps: vec![security::doe_capability(identity.clone())],
+                ext_caps,
                 tee: !security.no_tee,
                 // The same identity also answers over Security Send/Receive.
                 storage: identity.map(|id| {
@@ -233,15 +280,24 @@ fn serve(
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
-            return run_server(dev, socket);
+            run_linked(dev, ide, socket)
         }
-        other => {
-            return Err(format!(
-                "unknown device kind {other:?} (known: dma-copy, nvme)"
-            ))
-        }
-    };
-    run_server(dev, socket)
+        other => Err(format!(
+            "unknown device kind {other:?} (known: dma-copy, nvme)"
+        )),
+    }
+}
+
+/// Serves `dev`, behind its IDE link when it has an IDE port.
+fn run_linked<D: vfio_user_server::Device>(
+    dev: D,
+    ide: Option<Arc<Ide>>,
+    socket: &Path,
+) -> Result<(), String> {
+    match ide {
+        Some(ide) => run_server(IdeDevice::new(dev, ide).map_err(|e| e.to_string())?, socket),
+        None => run_server(dev, socket),
+    }
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
@@ -258,7 +314,13 @@ fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), 
     server.run().map_err(|e| e.to_string())
 }
 
-fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<(), String> {
+fn spdm_responder_tcp(
+    port: u16,
+    dir: Option<PathBuf>,
+    heartbeat: u8,
+    ide: &str,
+    ide_ports: u16,
+) -> Result<(), String> {
     let ids = spdm_responder::PciIds::default();
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
     let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
@@ -272,7 +334,16 @@ fn spdm_responder_tcp(port: u16, dir: Option<PathBuf>, heartbeat: u8) -> Result<
         heartbeat_period: heartbeat,
         ..Default::default()
     };
-    let responder = spdm_responder::Responder::new(cfg, identity);
+    let mut responder = spdm_responder::Responder::new(cfg, identity);
+    if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
+        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        responder.register_vendor(key, handler);
+        eprintln!(
+            "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
+            ide_ports - 1
+        );
+    }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
 }
@@ -454,7 +525,9 @@ fn main() -> ExitCode {
             port,
             identity_dir,
             heartbeat,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat) {
+            ide,
+            ide_ports,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

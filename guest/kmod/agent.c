@@ -342,7 +342,8 @@ static long ioc_ide(void __user *arg)
 	req = claimed_locked(x->id);
 	if (!req) {
 		rc = -ESRCH;
-	} else if (req->op != TDTSM_OP_CONNECT && x->op != TDTSM_IDE_TEARDOWN) {
+	} else if (req->op != TDTSM_OP_CONNECT && x->op != TDTSM_IDE_TEARDOWN &&
+		   x->op != TDTSM_IDE_DISABLE) {
 		rc = -EPERM;	/* only connect sets streams up */
 	} else {
 		switch (x->op) {
@@ -351,6 +352,9 @@ static long ioc_ide(void __user *arg)
 			break;
 		case TDTSM_IDE_ENABLE:
 			rc = tdtsm_ide_enable(req->dsm, x);
+			break;
+		case TDTSM_IDE_DISABLE:
+			rc = tdtsm_ide_disable(req->dsm, x);
 			break;
 		case TDTSM_IDE_TEARDOWN:
 			tdtsm_ide_teardown(req->dsm);

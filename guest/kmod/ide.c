@@ -339,6 +339,50 @@ int tdtsm_ide_enable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 }
 
 /**
+ * tdtsm_ide_disable() - clear the stream's enable bit(s), keep its settings
+ * (the Stream ID stays, so the agent can still K_SET_STOP its keys)
+ * @dsm: the connection
+ * @out: result for the agent (states after)
+ */
+int tdtsm_ide_disable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
+{
+	struct tdtsm_stream *s = &dsm->stream;
+	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
+	u32 val;
+
+	out->mode = s->mode;
+	out->stream_id = s->stream_id;
+	out->stream_index = s->stream_index;
+	out->ide_cap = s->cap;
+	out->rp_state = 0xff;
+	switch (s->mode) {
+	case TDTSM_IDE_OFF:
+		snprintf(out->why, sizeof(out->why), "no stream is set up");
+		return -EINVAL;
+	case TDTSM_IDE_KERNEL: {
+		struct pci_dev *rp = pcie_find_root_port(pdev);
+
+		/* As pci_ide_stream_release() orders it: root port, then endpoint. */
+		pci_ide_stream_disable(rp, s->ide);
+		pci_ide_stream_disable(pdev, s->ide);
+		out->rp_state = sel_state(rp, kernel_sel_offset(rp, s->ide));
+		break;
+	}
+	case TDTSM_IDE_PLATFORM:
+		pci_read_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL, &val);
+		pci_write_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL,
+				       val & ~PCI_IDE_SEL_CTL_EN);
+		break;
+	}
+	s->enabled = false;
+	out->ep_state = sel_state(pdev, s->sel_pos);
+	snprintf(out->why, sizeof(out->why), "stream %u (Stream ID %u) disabled: device state %u",
+		 s->stream_index, s->stream_id, out->ep_state);
+	pci_info(pdev, "IDE: %s\n", out->why);
+	return 0;
+}
+
+/**
  * tdtsm_ide_teardown() - disable and clear the stream, free its IDs
  * @dsm: the connection; a no-op without a stream
  */

@@ -86,6 +86,7 @@ int tdtsm_agent_call(struct tdtsm_dsm *dsm, u32 op, bool killable,
 /* ide.c: selective IDE stream handling */
 int tdtsm_ide_setup(struct tdtsm_dsm *dsm, struct tdtsm_ide *out);
 int tdtsm_ide_enable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out);
+int tdtsm_ide_disable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out);
 void tdtsm_ide_teardown(struct tdtsm_dsm *dsm);
 u16 tdtsm_ide_find_cap(struct pci_dev *pdev);
 void tdtsm_ide_exit(void);

@@ -78,13 +78,13 @@ pub struct Args {
 }
 
 /// Prints progress lines unless JSON output was asked for.
-struct Log {
-    prefix: String,
-    quiet: bool,
+pub(crate) struct Log {
+    pub(crate) prefix: String,
+    pub(crate) quiet: bool,
 }
 
 impl Log {
-    fn say(&self, msg: impl AsRef<str>) {
+    pub(crate) fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
             println!("{}: {}", self.prefix, msg.as_ref());
         }
@@ -93,7 +93,7 @@ impl Log {
 
 /// Result of a successful run.
 #[derive(Debug, Default)]
-struct Outcome {
+pub(crate) struct Outcome {
     copies: u32,
     interrupts: u64,
     mode: &'static str,
@@ -114,7 +114,17 @@ pub fn run(args: Args) -> Result<(), String> {
         prefix: format!("dma-copy {bdf}"),
         quiet: opts.json,
     };
-    let result = run_inner(&bdf, opts, &log);
+    if opts.count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    let result = with_device(&bdf, opts, &log, |c| {
+        for iter in 0..opts.count {
+            c.copy(iter)
+                .map_err(|e| format!("copy {}/{}: {e}", iter + 1, opts.count))?;
+        }
+        Ok(())
+    })
+    .map(|(o, ())| o);
     match (&result, opts.json) {
         (Ok(o), false) => {
             let irq = if opts.poll {
@@ -290,19 +300,24 @@ fn wait_path(p: &Path, timeout: Duration) -> bool {
     true
 }
 
-/// A locked, page-aligned anonymous page.
-struct DmaPage {
+/// A locked, page-aligned anonymous buffer (device DMA, O_DIRECT I/O).
+pub(crate) struct DmaBuf {
     ptr: *mut u8,
+    len: usize,
 }
 
-impl DmaPage {
-    fn new() -> Result<Self, String> {
+impl DmaBuf {
+    /// `len` bytes (a multiple of the page size), zeroed and locked.
+    pub(crate) fn new(len: usize) -> Result<Self, String> {
+        if len == 0 || len % PAGE != 0 {
+            return Err(format!("DMA buffer of {len} bytes: not whole pages"));
+        }
         // SAFETY: anonymous private mapping with no address hint; the result
         // is checked against MAP_FAILED before use.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PAGE,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
@@ -315,50 +330,62 @@ impl DmaPage {
                 std::io::Error::last_os_error()
             ));
         }
-        let page = DmaPage { ptr: p.cast() };
-        // SAFETY: `p` is a mapping of PAGE bytes that we own.
-        if unsafe { libc::mlock(p, PAGE) } != 0 {
+        let buf = DmaBuf { ptr: p.cast(), len };
+        // SAFETY: `p` is a mapping of `len` bytes that we own.
+        if unsafe { libc::mlock(p, len) } != 0 {
             return Err(format!(
                 "mlock of a DMA buffer failed: {} (RLIMIT_MEMLOCK?)",
                 std::io::Error::last_os_error()
             ));
         }
-        page.fill(|_| 0);
-        Ok(page)
+        buf.fill(|_| 0);
+        Ok(buf)
     }
 
-    fn addr(&self) -> u64 {
+    pub(crate) fn addr(&self) -> u64 {
         self.ptr as u64
     }
 
     /// Writes every byte through volatile stores (the device reads them).
-    fn fill(&self, f: impl Fn(usize) -> u8) {
-        for i in 0..PAGE {
-            // SAFETY: `i < PAGE`, inside our live, writable mapping.
+    pub(crate) fn fill(&self, f: impl Fn(usize) -> u8) {
+        for i in 0..self.len {
+            // SAFETY: `i < len`, inside our live, writable mapping.
             unsafe { std::ptr::write_volatile(self.ptr.add(i), f(i)) };
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Reads the page through volatile loads (the device wrote it).
-    fn snapshot(&self) -> Vec<u8> {
+    /// Reads the buffer through volatile loads (the device wrote it).
+    pub(crate) fn snapshot(&self) -> Vec<u8> {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        (0..PAGE)
-            // SAFETY: `i < PAGE`, inside our live, readable mapping.
+        (0..self.len)
+            // SAFETY: `i < len`, inside our live, readable mapping.
             .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
             .collect()
     }
+
+    /// The buffer for a synchronous system call that reads or writes it
+    /// (O_DIRECT `pread`/`pwrite`: the kernel's DMA is over when it returns).
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: our live mapping of `len` bytes, borrowed exclusively
+        // through `&mut self`; no device DMA targets it outside a call.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
 }
 
-impl Drop for DmaPage {
+impl Drop for DmaBuf {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping created in `new`; nothing
         // references it after drop.
         unsafe {
-            libc::munmap(self.ptr.cast(), PAGE);
+            libc::munmap(self.ptr.cast(), self.len);
         }
     }
 }
+
+// SAFETY: the buffer is plain memory owned by this value; moving it to
+// another thread moves that ownership (no thread-local state).
+unsafe impl Send for DmaBuf {}
 
 /// Physical address of a user virtual address, from /proc/self/pagemap.
 fn phys_addr(pagemap: &File, vaddr: u64) -> Result<u64, String> {
@@ -451,12 +478,17 @@ impl Regs<'_> {
     }
 }
 
-fn run_inner(bdf: &str, opts: &Args, log: &Log) -> Result<Outcome, String> {
+/// Binds `bdf` to vfio-pci, opens it (vfio-pci resets the function on
+/// open), enables memory decode and bus mastering, checks BAR0 and sets up
+/// MSI-X, then runs `body` with a [`Copier`]; tears down afterwards.
+pub(crate) fn with_device<T>(
+    bdf: &str,
+    opts: &Args,
+    log: &Log,
+    body: impl FnOnce(&mut Copier<'_>) -> Result<T, String>,
+) -> Result<(Outcome, T), String> {
     if opts.size == 0 || opts.size > PAGE {
         return Err(format!("--size must be 1..={PAGE} (got {})", opts.size));
-    }
-    if opts.count == 0 {
-        return Err("--count must be at least 1".into());
     }
     let dir = sysfs::dev_dir(bdf);
     if !dir.exists() {
@@ -719,75 +751,122 @@ fn run_inner(bdf: &str, opts: &Args, log: &Log) -> Result<Outcome, String> {
         }
     ));
 
-    let result = copy_loop(&regs, &container, noiommu, &fds, opts, log);
+    let result = Copier::new(&regs, &container, noiommu, &fds, opts, log).and_then(|mut c| {
+        let r = body(&mut c)?;
+        Ok((r, c.copies, c.interrupts))
+    });
     if !opts.poll {
         if let Err(e) = dev.disable_irq(vfio::VFIO_PCI_MSIX_IRQ_INDEX) {
             log.say(format!("warning: disabling MSI-X failed: {e}"));
         }
     }
-    let interrupts = result?;
+    let (r, copies, interrupts) = result?;
     let _ = group.unset_container();
-    Ok(Outcome {
-        copies: opts.count,
-        interrupts,
-        mode,
-        group: group_path.display().to_string(),
-        previous_driver,
-    })
+    Ok((
+        Outcome {
+            copies,
+            interrupts,
+            mode,
+            group: group_path.display().to_string(),
+            previous_driver,
+        },
+        r,
+    ))
 }
 
-/// Programs and checks `opts.count` copies; returns interrupts received.
-fn copy_loop(
-    regs: &Regs,
-    container: &Container,
+/// An open DMA-copy device with a source and a destination buffer mapped
+/// for its DMA.
+pub(crate) struct Copier<'a> {
+    regs: &'a Regs<'a>,
+    container: &'a Container,
     noiommu: bool,
-    fds: &[EventFd],
-    opts: &Args,
-    log: &Log,
-) -> Result<u64, String> {
-    let src = DmaPage::new()?;
-    let dst = DmaPage::new()?;
-    let pagemap = if noiommu {
-        Some(
-            File::open("/proc/self/pagemap")
-                .map_err(|e| format!("open /proc/self/pagemap: {e}"))?,
-        )
-    } else {
-        container
-            .map_dma(src.addr(), IOVA_SRC, PAGE as u64)
-            .map_err(|e| format!("VFIO_IOMMU_MAP_DMA(src at IOVA {IOVA_SRC:#x}): {e}"))?;
-        container
-            .map_dma(dst.addr(), IOVA_DST, PAGE as u64)
-            .map_err(|e| format!("VFIO_IOMMU_MAP_DMA(dst at IOVA {IOVA_DST:#x}): {e}"))?;
-        None
-    };
-    let r = (|| {
-        let mut interrupts = 0u64;
-        let mut first = true;
-        for iter in 0..opts.count {
-            let (src_dma, dst_dma) = match &pagemap {
-                // Re-resolved every time: mlock pins pages in memory but
-                // does not strictly forbid migration.
-                Some(pm) => (phys_addr(pm, src.addr())?, phys_addr(pm, dst.addr())?),
-                None => (IOVA_SRC, IOVA_DST),
-            };
-            if first {
-                log.say(format!(
-                    "buffers: source {src_dma:#x}, destination {dst_dma:#x} ({})",
-                    if noiommu { "physical" } else { "IOVA" }
+    fds: &'a [EventFd],
+    opts: &'a Args,
+    log: &'a Log,
+    src: DmaBuf,
+    dst: DmaBuf,
+    pagemap: Option<File>,
+    copies: u32,
+    interrupts: u64,
+}
+
+impl<'a> Copier<'a> {
+    fn new(
+        regs: &'a Regs<'a>,
+        container: &'a Container,
+        noiommu: bool,
+        fds: &'a [EventFd],
+        opts: &'a Args,
+        log: &'a Log,
+    ) -> Result<Self, String> {
+        let src = DmaBuf::new(PAGE)?;
+        let dst = DmaBuf::new(PAGE)?;
+        let pagemap = if noiommu {
+            Some(
+                File::open("/proc/self/pagemap")
+                    .map_err(|e| format!("open /proc/self/pagemap: {e}"))?,
+            )
+        } else {
+            container
+                .map_dma(src.addr(), IOVA_SRC, PAGE as u64)
+                .map_err(|e| format!("VFIO_IOMMU_MAP_DMA(src at IOVA {IOVA_SRC:#x}): {e}"))?;
+            if let Err(e) = container.map_dma(dst.addr(), IOVA_DST, PAGE as u64) {
+                let _ = container.unmap_dma(IOVA_SRC, PAGE as u64);
+                return Err(format!(
+                    "VFIO_IOMMU_MAP_DMA(dst at IOVA {IOVA_DST:#x}): {e}"
                 ));
-                first = false;
             }
-            interrupts += one_copy(regs, fds, opts, iter, &src, &dst, src_dma, dst_dma)
-                .map_err(|e| format!("copy {}/{}: {e}", iter + 1, opts.count))?;
-        }
-        Ok(interrupts)
-    })();
-    if !noiommu {
-        let _ = container.unmap_dma(IOVA_SRC, PAGE as u64);
-        let _ = container.unmap_dma(IOVA_DST, PAGE as u64);
+            None
+        };
+        Ok(Copier {
+            regs,
+            container,
+            noiommu,
+            fds,
+            opts,
+            log,
+            src,
+            dst,
+            pagemap,
+            copies: 0,
+            interrupts: 0,
+        })
     }
-    r
+
+    /// One copy of `opts.size` bytes with data pattern `iter`, checked: the
+    /// data, the counters, the completion interrupt.
+    pub(crate) fn copy(&mut self, iter: u32) -> Result<(), String> {
+        let (src_dma, dst_dma) = match &self.pagemap {
+            // Re-resolved every time: mlock pins pages in memory but
+            // does not strictly forbid migration.
+            Some(pm) => (
+                phys_addr(pm, self.src.addr())?,
+                phys_addr(pm, self.dst.addr())?,
+            ),
+            None => (IOVA_SRC, IOVA_DST),
+        };
+        if self.copies == 0 {
+            self.log.say(format!(
+                "buffers: source {src_dma:#x}, destination {dst_dma:#x} ({})",
+                if self.noiommu { "physical" } else { "IOVA" }
+            ));
+        }
+        let got = one_copy(
+            self.regs, self.fds, self.opts, iter, &self.src, &self.dst, src_dma, dst_dma,
+        )?;
+        self.copies += 1;
+        self.interrupts += got;
+        Ok(())
+    }
+}
+
+impl Drop for Copier<'_> {
+    fn drop(&mut self) {
+        if !self.noiommu {
+            let _ = self.container.unmap_dma(IOVA_SRC, PAGE as u64);
+            let _ = self.container.unmap_dma(IOVA_DST, PAGE as u64);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -796,8 +875,8 @@ fn one_copy(
     fds: &[EventFd],
     opts: &Args,
     iter: u32,
-    src: &DmaPage,
-    dst: &DmaPage,
+    src: &DmaBuf,
+    dst: &DmaBuf,
     src_dma: u64,
     dst_dma: u64,
 ) -> Result<u64, String> {
@@ -973,7 +1052,7 @@ mod tests {
         if unsafe { libc::geteuid() } != 0 {
             return; // PFNs read as 0 without CAP_SYS_ADMIN
         }
-        let p = DmaPage::new().unwrap();
+        let p = DmaBuf::new(PAGE).unwrap();
         let pm = File::open("/proc/self/pagemap").unwrap();
         let pa = phys_addr(&pm, p.addr()).unwrap();
         assert_eq!(pa % PAGE as u64, 0);
@@ -982,7 +1061,7 @@ mod tests {
 
     #[test]
     fn dma_page_roundtrip() {
-        let p = DmaPage::new().unwrap();
+        let p = DmaBuf::new(PAGE).unwrap();
         assert_eq!(p.addr() % PAGE as u64, 0);
         p.fill(|i| i as u8);
         assert_eq!(p.snapshot()[..4], [0, 1, 2, 3]);

@@ -8,6 +8,7 @@
 //! trustdev-guest wait-dev VENDOR:DEVICE [--timeout S] [--all] [--rescan]
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
+//! trustdev-guest ide --bdf BDF [--root PEM|DIR]... [--stream I] [--stream-id ID] [--io auto|nvme|dma-copy|none] [--ios N] [--no-refresh] [--insecure-test-keys SEED]
 //! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! ```
 //!
@@ -24,6 +25,7 @@
 
 mod dma_copy;
 mod doe;
+mod ide;
 mod lspci;
 mod pciconf;
 mod spdm;
@@ -69,6 +71,11 @@ subcommands! {
     /// root, CHALLENGE, signed measurements) and run a secured session
     /// (KEY_EXCHANGE, FINISH, HEARTBEAT, KEY_UPDATE, measurements, END_SESSION).
     Spdm => spdm,
+    /// Drive a device's IDE stream as a TSM does over the DOE and IDE
+    /// registers (SPDM session, IDE_KM keys, Enable, SECURE), run verified
+    /// NVMe I/O or DMA copies through it, refresh K0 -> K1 while they run,
+    /// then stop, disable and end the session.
+    Ide => ide,
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev => wait_dev,
     /// The user-space agent of the trustdev_tsm link TSM module: runs SPDM

@@ -455,7 +455,7 @@ fn run_inner(o: &Args, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Report
         mb.abort().map_err(|e| (step, e.to_string()))?;
         let feats = doe::discover(&mut mb, DISCOVERY_VERSION).map_err(|e| (step, e.to_string()))?;
         let names: Vec<String> = feats.iter().map(ProtocolId::to_string).collect();
-        seen.push(format!("{:#x}: {}", mb.offset, names.join(" ")));
+        seen.push(format!("{:#x}: {}", mb.offset(), names.join(" ")));
         if feats.contains(&ProtocolId::CMA) && feats.contains(&ProtocolId::SECURED_CMA) {
             chosen = Some((mb, names, t.elapsed()));
             break;
@@ -472,9 +472,9 @@ fn run_inner(o: &Args, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Report
     };
     rep.line(&format!(
         "{bdf}: SPDM over the DOE mailbox at config {:#x}",
-        mb.offset
+        mb.offset()
     ));
-    rep.set("doe_offset", json!(mb.offset));
+    rep.set("doe_offset", json!(mb.offset()));
     rep.set("doe_features", json!(feats));
     rep.step(
         step,
@@ -493,7 +493,7 @@ fn run_inner(o: &Args, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Report
         cfg.base_asym = a;
     }
     // The SPDM exchanges only (not the discovery walk) count below.
-    let (n0, busy0) = (mb.exchanges, mb.busy);
+    let (n0, busy0) = (mb.stats().exchanges, mb.stats().busy);
     let mut r = Requester::new(cfg, DoeTransport::new(mb));
 
     // VERSION / CAPABILITIES / ALGORITHMS.
@@ -671,7 +671,10 @@ fn run_inner(o: &Args, bdf: &str, roots: &[(PathBuf, Vec<u8>)], rep: &mut Report
 
     let whole = whole.elapsed();
     let mb = &r.transport_mut().channel;
-    let (n, busy) = (mb.exchanges - n0, mb.busy.saturating_sub(busy0));
+    let (n, busy) = (
+        mb.stats().exchanges - n0,
+        mb.stats().busy.saturating_sub(busy0),
+    );
     rep.set("doe_exchanges", json!(n));
     rep.set("doe_time_ms", json!(busy.as_secs_f64() * 1000.0));
     rep.set("total_ms", json!(whole.as_secs_f64() * 1000.0));

@@ -1,6 +1,10 @@
-//! Small helpers for /sys/bus/pci: BDF names, hex attribute files, links.
+//! Small helpers for /sys/bus/pci: BDF names, hex attribute files, links,
+//! and a function's configuration space through its `config` file.
 
-use std::fs;
+use spdm_responder::transport::doe::ConfigAccess;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Where the kernel lists PCI functions.
@@ -76,6 +80,45 @@ pub fn ids(bdf: &str) -> Option<(u16, u16)> {
 /// Writes `value` to a sysfs attribute, with the attribute named in the error.
 pub fn write_attr(path: &Path, value: &str) -> Result<(), String> {
     fs::write(path, value).map_err(|e| format!("writing '{value}' to {}: {e}", path.display()))
+}
+
+/// A function's configuration space through its sysfs `config` file, read
+/// and written a dword at a time (root may access all 4 KiB of a PCIe
+/// function; QEMU forwards every access to the device's server).
+pub struct ConfigFile {
+    file: File,
+    bdf: String,
+}
+
+impl ConfigFile {
+    /// Opens `bdf`'s `config` for reading and writing.
+    pub fn open(bdf: &str) -> Result<ConfigFile, String> {
+        let path = dev_dir(bdf).join("config");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e} (root needed)", path.display()))?;
+        Ok(ConfigFile {
+            file,
+            bdf: bdf.to_string(),
+        })
+    }
+}
+
+impl ConfigAccess for ConfigFile {
+    fn cfg_read32(&mut self, offset: u16) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.file.read_exact_at(&mut b, u64::from(offset))?;
+        Ok(u32::from_le_bytes(b))
+    }
+    fn cfg_write32(&mut self, offset: u16, value: u32) -> io::Result<()> {
+        self.file
+            .write_all_at(&value.to_le_bytes(), u64::from(offset))
+    }
+    fn name(&self) -> String {
+        self.bdf.clone()
+    }
 }
 
 /// Parses `VVVV:DDDD` (hex, optional `0x` prefixes).

@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod crypto;
 pub mod error;
+pub mod idekm;
 pub mod identity;
 pub mod keyschedule;
 pub mod measurement;

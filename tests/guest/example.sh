@@ -56,7 +56,7 @@ for bdf in $bdfs; do
         p=$(( (v >> 20) & 0xffc ))
         n=$((n + 1))
     done
-    expect ext-caps "$ext" " 0003@100 000b@10c 002e@11c"
+    expect ext-caps "$ext" " 0003@100 000b@10c 002e@11c 0030@134 0001@188"
     expect dsn "$(dw "$d" 264)$(dw "$d" 260)" 7d0c000000000001
     # The kernel's DOE core probed the mailbox at enumeration (abort +
     # discovery walk) without errors.

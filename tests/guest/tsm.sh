@@ -12,6 +12,10 @@
 #    disconnect,dsm,bound} and authenticated; other functions do not;
 #  - connect succeeds for every CMA device in both placements: the kernel
 #    reads back tsm0 in tsm/connect and authenticated, dsm names the device;
+#    the connect also set up IDE (the agent's IDE_KM QUERY, K0 keys, the
+#    module's stream Enable): exactly one selective stream of the device is
+#    enabled and SECURE in configuration space; disconnect disables it
+#    (K_SET_STOP) and the module restores its idle registers;
 #  - the kernel's path, function by function (ftrace function_graph of one
 #    connect and disconnect) and dyndbg of tsm.c and doe.c;
 #  - NVMe I/O works while both controllers are connected;
@@ -34,6 +38,43 @@ expect() { # name got want
     if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "got '$2', want '$3'"; fi
 }
 kmsg() { dmesg -s 1000000; }
+# dword DEV-DIR OFFSET -> 8 hex digits of the config dword
+dw() { od -An -tx4 -j "$2" -N4 "$1/config" | tr -d ' \n'; }
+# ide_streams BDF: "Control/Status" of every selective IDE stream.
+ide_streams() {
+    d=/sys/bus/pci/devices/$1
+    off=256 ide=0
+    while [ "$off" -ne 0 ]; do
+        h=$(dw "$d" "$off")
+        [ $((0x$h & 0xffff)) -eq 48 ] && ide=$off
+        off=$(((0x$h >> 20) & 0xffc))
+    done
+    [ "$ide" -eq 0 ] && return
+    cap=$((0x$(dw "$d" $((ide + 4)))))
+    nlink=0
+    [ $((cap & 1)) -ne 0 ] && nlink=$((((cap >> 13) & 7) + 1))
+    p=$((ide + 12 + 8 * nlink)) i=0 out=""
+    while [ $i -le $(((cap >> 16) & 0xff)) ]; do
+        out="$out $(dw "$d" $((p + 4)))/$(dw "$d" $((p + 8)))"
+        p=$((p + 20 + 12 * (0x$(dw "$d" "$p") & 0xf)))
+        i=$((i + 1))
+    done
+    echo $out
+}
+# secure_streams BDF: how many selective streams are enabled and SECURE;
+# enabled_streams BDF: how many are enabled.
+secure_streams() {
+    n=0
+    for s in $(ide_streams "$1"); do
+        [ $((0x${s%/*} & 1)) -eq 1 ] && [ $((0x${s#*/} & 15)) -eq 2 ] && n=$((n + 1))
+    done
+    echo $n
+}
+enabled_streams() {
+    n=0
+    for s in $(ide_streams "$1"); do [ $((0x${s%/*} & 1)) -eq 1 ] && n=$((n + 1)); done
+    echo $n
+}
 T=/sys/kernel/tracing
 LOG=/run/tsm-agent.log
 
@@ -181,6 +222,10 @@ for e in $devices; do
     connect "$bdf"
     expect "connect $bdf" "$RC $ERR" "0 "
     expect "connect-readback $bdf" "$(state "$bdf")|$(cat "$d/authenticated")|$(cat "$d/tsm/dsm")" "tsm0|tsm0|$bdf"
+    expect "ide-secure $bdf" "$(secure_streams "$bdf") $(enabled_streams "$bdf")" "1 1"
+    grep "connect $bdf: OK" $LOG | tail -n1 | grep -q 'IDE: QUERY port 0 .*its register image matches configuration space.*KEY_PROG + K_SET_GO of the 6 K0 keys.*SECURE via platform-emulated' &&
+        ok "ide-connect-agent $bdf" "$(grep "connect $bdf: OK" $LOG | tail -n1 | sed 's/.*IDE: /IDE: /')" ||
+        bad "ide-connect-agent $bdf" "$(grep "connect $bdf" $LOG | tail -n1)"
     ms=$(grep "connect $bdf: OK in" $LOG | tail -n1 | sed 's/.*OK in \([0-9]*\) ms, \([0-9]*\) DOE.*/\1 ms \2/')
     echo "TIMING connect $(field "$e" 4) $(field "$e" 5) $ms DOE exchanges"
 done
@@ -218,6 +263,9 @@ for e in $devices; do
     disconnect "$bdf"
     expect "disconnect $bdf" "$RC $ERR" "0 "
     expect "disconnect-cleared $bdf" "$(state "$bdf")|$(cat "$d/authenticated")" "|"
+    expect "ide-disabled $bdf" "$(enabled_streams "$bdf") $(secure_streams "$bdf")" "0 0"
+    grep "disconnect $bdf: OK" $LOG | tail -n1 | grep -q 'IDE: stream [0-9]* disabled (device state 0); K_SET_STOP of the 6 K0 keys' &&
+        ok "ide-keys-stopped $bdf" || bad "ide-keys-stopped $bdf" "$(grep "disconnect $bdf" $LOG | tail -n1)"
     grep "disconnect $bdf: OK" $LOG | tail -n1 | grep -q "session $sid ended (END_SESSION_ACK)" &&
         ok "session-ended $bdf" "$sid" || bad "session-ended $bdf" "$(grep "disconnect $bdf" $LOG | tail -n1)"
     connect "$bdf"

@@ -4,9 +4,11 @@
 
 pub mod cma;
 pub mod doe;
+pub mod ide;
 
 use spdm_responder::{Identity, Responder, ResponderConfig};
 use std::path::PathBuf;
+use std::sync::Arc;
 use vfio_user_server::pci::ExtCap;
 
 /// Where a device kind keeps its SPDM identity unless told otherwise:
@@ -30,12 +32,20 @@ pub fn default_identity_dir(kind: &str) -> PathBuf {
 /// responder with IDE_KM/TDISP handlers registered) builds
 /// [`doe::DoeMailbox::new`] with its own protocol set.
 pub fn doe_capability(identity: Option<Identity>) -> ExtCap {
+    doe_capability_with_ide(identity, None)
+}
+
+/// [`doe_capability`] whose SPDM responder also answers IDE_KM (inside
+/// secured sessions) for the device's IDE port.
+pub fn doe_capability_with_ide(identity: Option<Identity>, ide: Option<&Arc<ide::Ide>>) -> ExtCap {
     let mut protocols: Vec<Box<dyn doe::DoeProtocol>> = Vec::new();
     if let Some(identity) = identity {
-        protocols.push(Box::new(Responder::new(
-            ResponderConfig::default(),
-            identity,
-        )));
+        let mut r = Responder::new(ResponderConfig::default(), identity);
+        if let Some(ide) = ide {
+            let (key, handler) = ide::km::IdeKmPorts::new(vec![Arc::clone(ide)]).handler();
+            r.register_vendor(key, handler);
+        }
+        protocols.push(Box::new(r));
     }
     doe::DoeMailbox::new(protocols).into_ext_cap()
 }

@@ -165,11 +165,14 @@ impl std::str::FromStr for DeviceSpec {
                 // Device security: a DOE mailbox without CMA/SPDM; DEVCAP.TEE clear.
                 "no-spdm" => args.push("--no-spdm".into()),
                 "no-tee" => args.push("--no-tee".into()),
+                other if other.starts_with("ide=") || other.starts_with("ide-trace=") => {
+                    args.extend(ide_option_args(other)?)
+                }
                 other => match crate::nvme::options::vm_option_args(other) {
                     Some(a) if kind == DeviceKind::Nvme => args.extend(a),
                     _ => {
                         return Err(format!(
-                            "unknown device option {other:?} (rciep, root-port, no-spdm, no-tee{})",
+                            "unknown device option {other:?} (rciep, root-port, no-spdm, no-tee, ide=SPEC, ide-trace=FILE{})",
                             if kind == DeviceKind::Nvme {
                                 ", or NVMe KEY=VALUE: see `trustdev serve --help`"
                             } else {
@@ -185,6 +188,22 @@ impl std::str::FromStr for DeviceSpec {
             placement,
             args,
         })
+    }
+}
+
+/// `ide=SPEC` and `ide-trace=FILE` of any kind as `trustdev serve`
+/// arguments: SPEC is `serve --ide`'s with `+` between its items (`,`
+/// separates device options), e.g. `ide=selective=4+assoc=2+tee-limited`
+/// or `ide=off`; FILE is `--ide-trace` (a new pcap file).
+fn ide_option_args(opt: &str) -> Result<Vec<String>, String> {
+    if let Some(spec) = opt.strip_prefix("ide=") {
+        let spec = spec.replace('+', ",");
+        crate::security::ide::IdeConfig::parse(&spec).map_err(|e| format!("{opt}: {e}"))?;
+        return Ok(vec!["--ide".into(), spec]);
+    }
+    match opt.strip_prefix("ide-trace=") {
+        Some(f) if !f.is_empty() => Ok(vec!["--ide-trace".into(), f.into()]),
+        _ => Err(format!("{opt}: ide-trace needs a file name")),
     }
 }
 
@@ -285,6 +304,23 @@ mod tests {
         assert!("dma-copy:bogus".parse::<DeviceSpec>().is_err());
         let d: DeviceSpec = "dma-copy:no-spdm,rciep".parse().unwrap();
         assert_eq!(d.args, ["--no-spdm"]);
+        let d: DeviceSpec = "nvme:ide=selective=4+assoc=2+tee-limited,ide-trace=/tmp/w.pcap"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            d.args,
+            [
+                "--ide",
+                "selective=4,assoc=2,tee-limited",
+                "--ide-trace",
+                "/tmp/w.pcap"
+            ]
+        );
+        let d: DeviceSpec = "dma-copy:ide=off".parse().unwrap();
+        assert_eq!(d.args, ["--ide", "off"]);
+        assert!("dma-copy:ide=bogus".parse::<DeviceSpec>().is_err());
+        assert!("dma-copy:ide=selective=0".parse::<DeviceSpec>().is_err());
+        assert!("dma-copy:ide-trace=".parse::<DeviceSpec>().is_err());
     }
 
     #[test]

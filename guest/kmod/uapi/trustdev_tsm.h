@@ -14,7 +14,7 @@
  *                          pci_tsm_doe_transfer() -> pci_doe() on the
  *                          device's CMA mailbox (type 1 SPDM, type 2 secured
  *                          SPDM), only while it holds a claimed request;
- *   TDTSM_IOC_IDE          asks the module to set up, enable or tear down the
+ *   TDTSM_IOC_IDE          asks the module to set up, enable, disable or tear down the
  *                          device's selective IDE stream for the request;
  *   TDTSM_IOC_COMPLETE     gives the verdict: 0 completes connect/disconnect,
  *                          a negative errno fails it with the message shown
@@ -84,6 +84,7 @@ struct tdtsm_doe {
 #define TDTSM_IDE_SETUP 1	/* allocate and program a selective stream, EN still 0 */
 #define TDTSM_IDE_ENABLE 2	/* set EN; the stream must read SECURE */
 #define TDTSM_IDE_TEARDOWN 3	/* disable and clear the stream */
+#define TDTSM_IDE_DISABLE 4	/* disconnect: clear EN, keep the settings (pci_ide_stream_disable) */
 
 /* struct tdtsm_ide.mode (out) */
 #define TDTSM_IDE_MODE_NONE 0

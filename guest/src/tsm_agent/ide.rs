@@ -1,42 +1,26 @@
-//! The IDE step of a connection: the module sets the device's selective
-//! stream up (the kernel's pci_ide_stream_* helpers where Linux allows them,
-//! else platform-emulated register programming; `TDTSM_IOC_IDE`), the
-//! IDE_KM requester programs and arms the keys inside the session, and the
-//! module enables the stream, which must then read SECURE. On disconnect the
-//! keys are stopped; the module tears the stream down after the verdict.
+//! The IDE step of a connection. Connect: the module sets the device's
+//! selective stream up (the kernel's pci_ide_stream_* helpers where Linux
+//! allows them, else platform-emulated register programming;
+//! `TDTSM_IOC_IDE`), the agent runs IDE_KM inside the session - QUERY (the
+//! register image checked against configuration space), KEY_PROG + K_SET_GO
+//! of every key of set K0 (fresh random keys, never logged) - and the module
+//! enables the stream, which must then read SECURE. Disconnect: the module
+//! clears Enable (the Stream ID stays), the agent stops the keys with
+//! K_SET_STOP; the session ends after this step and the module tears the
+//! stream down after the verdict.
 
-use super::link::{Failure, SessionStep, StepContext};
+use super::link::{requester_failure, Failure, SessionStep, StepContext};
 use super::uapi::{self, Ide};
+use crate::sysfs::ConfigFile;
+use spdm_responder::idekm::regs::{off, IdeLayout};
+use spdm_responder::idekm::{IdeKey, IdeKmError, KeySet};
+use spdm_responder::transport::doe::ConfigAccess;
 
-/// IDE_KM key programming for one stream, inside the secured session
-/// (provided by the IDE_KM requester of the SPDM crate).
-pub trait KeyProgrammer {
-    /// KEY_PROG of every sub-stream (PR, NPR, CPL) in both directions, then
-    /// K_SET_GO; returns a summary.
-    fn program_and_go(
-        &mut self,
-        cx: &mut StepContext<'_>,
-        stream_id: u8,
-    ) -> Result<String, Failure>;
-    /// K_SET_STOP of the stream's keys; returns a summary.
-    fn stop(&mut self, cx: &mut StepContext<'_>, stream_id: u8) -> Result<String, Failure>;
-}
-
-/// The IDE step; `km` is `None` while no IDE_KM requester is available, and
-/// the step then reports what the module could set up and tears it down.
+/// The IDE step.
+#[derive(Default)]
 pub struct IdeStep {
-    km: Option<Box<dyn KeyProgrammer>>,
-    stream_id: Option<u8>,
-}
-
-impl IdeStep {
-    /// An IDE step with the given key programmer.
-    pub fn new(km: Option<Box<dyn KeyProgrammer>>) -> IdeStep {
-        IdeStep {
-            km,
-            stream_id: None,
-        }
-    }
+    /// The stream and key set this connection armed.
+    armed: Option<(u8, KeySet)>,
 }
 
 fn mode_name(x: &Ide) -> &'static str {
@@ -55,6 +39,35 @@ fn ide_failure(step: &'static str, e: std::io::Error, x: &Ide) -> Failure {
     )
 }
 
+fn km_failure(step: &'static str, e: IdeKmError) -> Failure {
+    match e {
+        IdeKmError::Requester {
+            step: s,
+            slot,
+            source,
+        } => {
+            let f = requester_failure(step, source);
+            Failure::new(f.errno, step, format!("{s} {slot}: {}", f.msg))
+        }
+        other @ IdeKmError::KpAck { .. } => Failure::new(libc::EPROTO, step, other.to_string()),
+    }
+}
+
+/// The device's IDE registers as configuration space shows them (from the
+/// IDE Capability register on, `n` dwords).
+fn config_image(bdf: &str, n: usize) -> Result<Vec<u32>, String> {
+    let mut cfg = ConfigFile::open(bdf)?;
+    let l = IdeLayout::read(&mut cfg)
+        .map_err(|e| e.to_string())?
+        .ok_or("no IDE capability in configuration space")?;
+    (0..n as u16)
+        .map(|i| {
+            cfg.cfg_read32(l.offset + off::CAP + 4 * i)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 impl SessionStep for IdeStep {
     fn name(&self) -> &'static str {
         "IDE"
@@ -71,39 +84,76 @@ impl SessionStep for IdeStep {
             Err(e) => return Err(ide_failure("IDE stream setup", e, &x)),
         }
         let sid = x.stream_id;
-        let Some(km) = self.km.as_mut() else {
-            let (_, _) = cx.dev.ide(id, uapi::IDE_TEARDOWN);
-            return Ok(format!(
-                "IDE: stream {} (Stream ID {sid}) was set up by {}; no IDE_KM requester in this agent, so it was torn down: link not encrypted",
-                x.stream_index,
-                mode_name(&x)
-            ));
+        let teardown = |cx: &mut StepContext<'_>| {
+            let _ = cx.dev.ide(id, uapi::IDE_TEARDOWN);
         };
-        let keys = match km.program_and_go(cx, sid) {
-            Ok(s) => s,
-            Err(f) => {
-                let _ = cx.dev.ide(id, uapi::IDE_TEARDOWN);
-                return Err(f);
+        // QUERY: the device's port and its register image.
+        let q = match cx.requester.ide_km_query(cx.session, 0) {
+            Ok(q) => q,
+            Err(e) => {
+                teardown(cx);
+                return Err(requester_failure("IDE_KM QUERY", e));
             }
         };
+        let image = match config_image(&cx.request.bdf(), q.regs.len()) {
+            Ok(live) if live == q.regs => "its register image matches configuration space",
+            Ok(_) => {
+                teardown(cx);
+                return Err(Failure::new(
+                    libc::EPROTO,
+                    "IDE_KM QUERY",
+                    "QUERY_RESP's register image differs from configuration space",
+                ));
+            }
+            Err(e) => {
+                teardown(cx);
+                return Err(Failure::new(libc::EIO, "IDE_KM QUERY", e));
+            }
+        };
+        // K0: fresh keys for every sub-stream and direction.
+        if let Err(e) = cx
+            .requester
+            .ide_km_program_set(cx.session, 0, sid, KeySet::K0, |_| IdeKey::random())
+        {
+            teardown(cx);
+            return Err(km_failure("IDE_KM KEY_PROG/K_SET_GO", e));
+        }
         let (r, e) = cx.dev.ide(id, uapi::IDE_ENABLE);
         if let Err(err) = r {
-            let _ = km.stop(cx, sid);
-            let _ = cx.dev.ide(id, uapi::IDE_TEARDOWN);
+            let _ = cx.requester.ide_km_stop_set(cx.session, 0, sid, KeySet::K0);
+            teardown(cx);
             return Err(ide_failure("IDE stream enable", err, &e));
         }
-        self.stream_id = Some(sid);
+        self.armed = Some((sid, KeySet::K0));
         Ok(format!(
-            "IDE: {keys}; stream {} (Stream ID {sid}) SECURE via {}",
+            "IDE: QUERY port {} of max {} ({image}); KEY_PROG + K_SET_GO of the 6 K0 keys (PR, NPR, CPL; RX then TX); selective stream {} (Stream ID {sid}) SECURE via {}",
+            q.port_index,
+            q.max_port_index,
             x.stream_index,
             mode_name(&x)
         ))
     }
 
     fn disconnect(&mut self, cx: &mut StepContext<'_>) -> Result<String, Failure> {
-        match (self.stream_id.take(), self.km.as_mut()) {
-            (Some(sid), Some(km)) => km.stop(cx, sid),
-            _ => Ok("IDE: no stream to stop".into()),
-        }
+        let Some((sid, set)) = self.armed.take() else {
+            return Ok("IDE: no stream".into());
+        };
+        // Enable off first (no traffic on a stream whose keys go away),
+        // then the keys; the module tears the registers down afterwards.
+        let (r, x) = cx.dev.ide(cx.request.id, uapi::IDE_DISABLE);
+        let disabled = match r {
+            Ok(()) => format!(
+                "stream {} disabled (device state {})",
+                x.stream_index, x.ep_state
+            ),
+            Err(e) => format!("disabling the stream failed ({e}: {})", x.why()),
+        };
+        cx.requester
+            .ide_km_stop_set(cx.session, 0, sid, set)
+            .map_err(|e| km_failure("IDE_KM K_SET_STOP", e))?;
+        Ok(format!(
+            "IDE: {disabled}; K_SET_STOP of the 6 K{} keys of Stream ID {sid}",
+            set as u8
+        ))
     }
 }

@@ -52,7 +52,7 @@ fn errno_of(e: &RequesterError) -> i32 {
 }
 
 /// A requester error of `step` as a [`Failure`].
-fn requester_failure(step: &'static str, e: RequesterError) -> Failure {
+pub(super) fn requester_failure(step: &'static str, e: RequesterError) -> Failure {
     let msg = match &e {
         RequesterError::ErrorResponse { code, raw, .. } => format!(
             "the device answered SPDM ERROR {} ({raw:#04x})",

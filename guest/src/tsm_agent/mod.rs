@@ -131,14 +131,15 @@ impl Agent {
         }
     }
 
-    /// The steps that run inside the session for this device. IDE_KM and
-    /// TDISP requesters plug in here.
+    /// The steps that run inside the session for this device: the
+    /// measurements, then IDE (stream, IDE_KM keys, Enable) when the device
+    /// has an IDE capability. TDISP plugs in here.
     fn session_steps(&self, req: &Request) -> Vec<Box<dyn link::SessionStep>> {
         let mut steps: Vec<Box<dyn link::SessionStep>> = vec![Box::new(link::MeasurementsStep {
             slot: self.policy.slot,
         })];
         if req.flags & uapi::REQ_IDE_CAP != 0 {
-            steps.push(Box::new(ide::IdeStep::new(None)));
+            steps.push(Box::new(ide::IdeStep::default()));
         }
         steps
     }

@@ -47,6 +47,8 @@ pub const IDE_SETUP: u32 = 1;
 pub const IDE_ENABLE: u32 = 2;
 /// `TDTSM_IDE_TEARDOWN`.
 pub const IDE_TEARDOWN: u32 = 3;
+/// `TDTSM_IDE_DISABLE`: clear Enable, keep the Stream ID (disconnect).
+pub const IDE_DISABLE: u32 = 4;
 
 /// `TDTSM_IDE_MODE_KERNEL`: drivers/pci/ide.c helpers on both ends.
 pub const IDE_MODE_KERNEL: u32 = 1;
@@ -227,7 +229,8 @@ impl TsmDevice {
         Ok(rsp)
     }
 
-    /// A stream operation (`IDE_SETUP`, `IDE_ENABLE`, `IDE_TEARDOWN`); the
+    /// A stream operation (`IDE_SETUP`, `IDE_ENABLE`, `IDE_DISABLE`,
+    /// `IDE_TEARDOWN`); the
     /// result comes back on failure too.
     pub fn ide(&self, id: u64, op: u32) -> (io::Result<()>, Ide) {
         let mut x = Ide {

@@ -6,6 +6,11 @@
 //! windows without one are reached by DMA_READ/DMA_WRITE messages, which only
 //! worker threads may send. An unmap waits for copies in flight on the window
 //! and no copy starts on a withdrawn one.
+//!
+//! A [`DmaInterposer`] (a model of the PCIe link with IDE encryption) can be
+//! installed once: from then on every device read and write passes through
+//! it, and [`GuestMemory::with_slice`] hands out views of a bounce buffer
+//! while it is active. Without one, the cost is one atomic load per access.
 
 mod region;
 mod remote;
@@ -18,7 +23,7 @@ use crate::protocol::{DmaMapRequest, DmaProt};
 use region::{Backing, DmaRegion};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use thiserror::Error;
 
 /// Page size the server requires DMA windows to be aligned to.
@@ -116,6 +121,11 @@ pub enum DmaError {
     /// Sending failed.
     #[error("transport: {0}")]
     Transport(String),
+    /// The interposed link refused or lost the access (e.g. an IDE stream
+    /// that is enabled but not secure, or a TLP that failed its integrity
+    /// check).
+    #[error("link: {0}")]
+    Link(String),
 }
 
 impl DmaError {
@@ -139,12 +149,53 @@ pub enum Access {
     Write,
 }
 
+/// Something every device access to client memory passes through once it
+/// is installed with [`GuestMemory::set_interposer`]: a model of the link
+/// between the device and the client (root port, PCIe IDE). It moves the
+/// bytes itself, through the [`DirectMemory`] view it is handed.
+pub trait DmaInterposer: Send + Sync {
+    /// Whether accesses are currently transformed. While false,
+    /// [`GuestMemory::with_slice`] gives direct views of client memory
+    /// (reads and writes still call [`DmaInterposer::read`] / `write`).
+    fn active(&self) -> bool;
+    /// The device reads `buf.len()` bytes at `iova`.
+    fn read(&self, mem: DirectMemory<'_>, iova: u64, buf: &mut [u8]) -> Result<(), DmaError>;
+    /// The device writes `data` at `iova`.
+    fn write(&self, mem: DirectMemory<'_>, iova: u64, data: &[u8]) -> Result<(), DmaError>;
+}
+
+/// Client memory without the interposer: what the far end of the link
+/// reads and writes.
+#[derive(Clone, Copy, Debug)]
+pub struct DirectMemory<'a>(&'a GuestMemory);
+
+impl DirectMemory<'_> {
+    /// Copies client memory at `iova` into `buf`.
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.0.read_direct(iova, buf)
+    }
+    /// Copies `data` into client memory at `iova`.
+    pub fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.0.write_direct(iova, data)
+    }
+}
+
 /// Client memory as the device sees it.
-#[derive(Debug)]
 pub struct GuestMemory {
     table: RwLock<BTreeMap<u64, Arc<DmaRegion>>>,
     requester: Mutex<Option<Arc<Requester>>>,
     max_maps: u32,
+    interposer: OnceLock<Arc<dyn DmaInterposer>>,
+}
+
+impl std::fmt::Debug for GuestMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestMemory")
+            .field("windows", &self.map_count())
+            .field("max_maps", &self.max_maps)
+            .field("interposer", &self.interposer.get().is_some())
+            .finish()
+    }
 }
 
 impl GuestMemory {
@@ -154,7 +205,22 @@ impl GuestMemory {
             table: RwLock::new(BTreeMap::new()),
             requester: Mutex::new(None),
             max_maps,
+            interposer: OnceLock::new(),
         }
+    }
+
+    /// Installs the interposer every later access passes through (once;
+    /// a second call returns the rejected one).
+    pub fn set_interposer(
+        &self,
+        interposer: Arc<dyn DmaInterposer>,
+    ) -> Result<(), Arc<dyn DmaInterposer>> {
+        self.interposer.set(interposer)
+    }
+
+    /// This memory without the interposer.
+    pub fn direct(&self) -> DirectMemory<'_> {
+        DirectMemory(self)
     }
 
     pub(crate) fn set_requester(&self, r: Option<Arc<Requester>>) {
@@ -257,6 +323,11 @@ impl GuestMemory {
     /// Runs `f` on a direct view of `len` bytes at `iova`. The range must lie
     /// in one fd-backed window that allows `access`. The window cannot be
     /// unmapped while `f` runs (an unmap waits for it).
+    ///
+    /// While an active interposer is installed, `f` gets a view of a bounce
+    /// buffer instead: filled through the interposer before `f` runs
+    /// ([`Access::Read`]), or written through it after ([`Access::Write`];
+    /// the whole range is written, so `f` must fill all of it).
     pub fn with_slice<R>(
         &self,
         iova: u64,
@@ -269,6 +340,23 @@ impl GuestMemory {
             len: len as u64,
         };
         let region = self.find(iova).ok_or(oob)?;
+        if let Some(link) = self.interposer.get().filter(|l| l.active()) {
+            // Same preconditions as the direct view, then bounce.
+            direct(&region, iova, len, access, |_| ())?;
+            drop(region);
+            let mut bounce = vec![0u8; len];
+            return match access {
+                Access::Read => {
+                    link.read(self.direct(), iova, &mut bounce)?;
+                    Ok(f(GuestSlice::local(&mut bounce)))
+                }
+                Access::Write => {
+                    let r = f(GuestSlice::local(&mut bounce));
+                    link.write(self.direct(), iova, &bounce)?;
+                    Ok(r)
+                }
+            };
+        }
         direct(&region, iova, len, access, f)
     }
 
@@ -299,8 +387,24 @@ impl GuestMemory {
     }
 
     /// Copies client memory at `iova` into `buf`, across adjacent windows and
-    /// through DMA_READ messages where a window has no fd.
+    /// through DMA_READ messages where a window has no fd (through the
+    /// interposer when one is installed).
     pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        match self.interposer.get() {
+            Some(link) => link.read(self.direct(), iova, buf),
+            None => self.read_direct(iova, buf),
+        }
+    }
+
+    /// Copies `buf` into client memory at `iova` (see [`GuestMemory::read`]).
+    pub fn write(&self, iova: u64, buf: &[u8]) -> Result<(), DmaError> {
+        match self.interposer.get() {
+            Some(link) => link.write(self.direct(), iova, buf),
+            None => self.write_direct(iova, buf),
+        }
+    }
+
+    fn read_direct(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         self.for_each_window(iova, buf.len(), Access::Read, |region, addr, off, n| {
             let part = &mut buf[off..off + n];
             match region.backing {
@@ -312,8 +416,7 @@ impl GuestMemory {
         })
     }
 
-    /// Copies `buf` into client memory at `iova` (see [`GuestMemory::read`]).
-    pub fn write(&self, iova: u64, buf: &[u8]) -> Result<(), DmaError> {
+    fn write_direct(&self, iova: u64, buf: &[u8]) -> Result<(), DmaError> {
         self.for_each_window(iova, buf.len(), Access::Write, |region, addr, off, n| {
             let part = &buf[off..off + n];
             match region.backing {

@@ -192,6 +192,13 @@ impl<'a> GuestSlice<'a> {
         }
     }
 
+    /// A view of the server's own buffer (a bounce buffer standing in for
+    /// client memory).
+    pub(crate) fn local(buf: &'a mut [u8]) -> Self {
+        // SAFETY: `buf` is valid and exclusively borrowed for 'a.
+        unsafe { GuestSlice::new(buf.as_mut_ptr(), buf.len(), true) }
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len

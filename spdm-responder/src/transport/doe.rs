@@ -23,12 +23,17 @@
 //! implements [`DoeChannel`]; [`discover`] walks discovery over it and
 //! [`DoeTransport`] turns it into the requester's [`Transport`].
 //!
-//! The register layout ([`reg`], [`ctrl`], [`status`]) is here too, but not
-//! the register behaviour: the device model owns the mailbox state machine
-//! (devices/src/security/doe.rs) and guest user space its own driver of it
-//! through configuration space (the `trustdev-guest` tool).
+//! Driving a mailbox's registers (PCIe §6.30.2): [`Mailbox`] is the one
+//! driver of the DOE registers through configuration space, over anything
+//! that reads and writes a function's configuration dwords
+//! ([`ConfigAccess`]: a sysfs `config` file in a guest, a vfio-user client's
+//! region 7 on the host). The register layout ([`reg`], [`ctrl`],
+//! [`status`]) is here; the register behaviour (the device's mailbox state
+//! machine) is the device model's (devices/src/security/doe.rs).
 
 use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
 
 use log::warn;
 use thiserror::Error;
@@ -546,6 +551,272 @@ impl<C: DoeChannel> Transport for DoeTransport<C> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Requester side: the mailbox registers, through configuration space
+// ---------------------------------------------------------------------------
+
+/// Dword access to one PCI function's configuration space: a sysfs
+/// `config` file in a guest, a vfio-user client's region 7 on the host.
+pub trait ConfigAccess {
+    /// Reads the dword at `offset`.
+    fn cfg_read32(&mut self, offset: u16) -> io::Result<u32>;
+    /// Writes the dword at `offset`.
+    fn cfg_write32(&mut self, offset: u16, value: u32) -> io::Result<()>;
+    /// Names the function in error messages (e.g. its BDF).
+    fn name(&self) -> String {
+        String::new()
+    }
+}
+
+impl<A: ConfigAccess + ?Sized> ConfigAccess for &mut A {
+    fn cfg_read32(&mut self, offset: u16) -> io::Result<u32> {
+        (**self).cfg_read32(offset)
+    }
+    fn cfg_write32(&mut self, offset: u16, value: u32) -> io::Result<()> {
+        (**self).cfg_write32(offset, value)
+    }
+    fn name(&self) -> String {
+        (**self).name()
+    }
+}
+
+/// The offsets of every extended capability with `id`, in list order
+/// (a walk from 100h that stops at a zero or all-ones header, a next
+/// pointer below 100h, or after 1024 entries).
+pub fn find_ext_caps(a: &mut (impl ConfigAccess + ?Sized), id: u16) -> io::Result<Vec<u16>> {
+    let mut out = Vec::new();
+    let mut off = 0x100u16;
+    for _ in 0..1024 {
+        let h = a.cfg_read32(off)?;
+        if h == 0 || h == u32::MAX {
+            break;
+        }
+        if (h & 0xffff) as u16 == id {
+            out.push(off);
+        }
+        let next = (h >> 20) as u16 & 0xffc;
+        if next < 0x100 {
+            break;
+        }
+        off = next;
+    }
+    Ok(out)
+}
+
+/// The offset of the first extended capability with `id`.
+pub fn find_ext_cap(a: &mut (impl ConfigAccess + ?Sized), id: u16) -> io::Result<Option<u16>> {
+    Ok(find_ext_caps(a, id)?.first().copied())
+}
+
+/// How long the driver waits for Busy to clear, for a response, or for an
+/// abort to finish: the 1 s drivers/pci/doe.c uses (PCIe's DOE timeout).
+pub const DOE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a [`Mailbox`] has done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// Exchanges (request objects sent).
+    pub exchanges: u64,
+    /// Time spent in exchanges.
+    pub busy: Duration,
+    /// Status polls the last exchange needed until Data Object Ready.
+    pub last_polls: u32,
+}
+
+/// A DOE mailbox driven through configuration space the way
+/// drivers/pci/doe.c drives one (Busy check, the request dword by dword
+/// into the write mailbox, Go, Data Object Ready, the response dword by
+/// dword with a read-mailbox ack each, Abort after an error), but polling
+/// Status without the kernel's poll-interval sleeps. It is a
+/// [`DoeChannel`]: [`discover`] and [`DoeTransport`] run over it.
+///
+/// The kernel itself uses a mailbox at enumeration and for TSM requests;
+/// don't drive one while a TSM driver talks to the same function.
+pub struct Mailbox<A> {
+    access: A,
+    offset: u16,
+    stats: MailboxStats,
+}
+
+impl<A: ConfigAccess> Mailbox<A> {
+    /// The mailbox whose DOE capability is at `offset` (not aborted).
+    pub fn new(access: A, offset: u16) -> Self {
+        Mailbox {
+            access,
+            offset,
+            stats: MailboxStats::default(),
+        }
+    }
+
+    /// The function's first DOE mailbox, aborted (idle).
+    pub fn open(mut access: A) -> Result<Self, TransportError> {
+        let offset = find_ext_cap(&mut access, DOE_EXT_CAP_ID)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no DOE extended capability", access.name()),
+            )
+        })?;
+        let mut mb = Mailbox::new(access, offset);
+        mb.abort()?;
+        Ok(mb)
+    }
+
+    /// Offset of the DOE capability.
+    pub fn offset(&self) -> u16 {
+        self.offset
+    }
+
+    /// What the mailbox has done so far.
+    pub fn stats(&self) -> MailboxStats {
+        self.stats
+    }
+
+    /// The configuration-space accessor (for the function's other registers).
+    pub fn access(&mut self) -> &mut A {
+        &mut self.access
+    }
+
+    fn fail(&self, what: impl fmt::Display) -> TransportError {
+        let name = self.access.name();
+        let sep = if name.is_empty() { "" } else { ": " };
+        TransportError::Io(io::Error::other(format!(
+            "{name}{sep}DOE [{:#x}] {what}",
+            self.offset
+        )))
+    }
+
+    fn rd(&mut self, reg: u16) -> Result<u32, TransportError> {
+        let at = self.offset + reg;
+        self.access
+            .cfg_read32(at)
+            .map_err(|e| self.fail(format_args!("config read at {at:#x}: {e}")))
+    }
+
+    fn wr(&mut self, reg: u16, v: u32) -> Result<(), TransportError> {
+        let at = self.offset + reg;
+        self.access
+            .cfg_write32(at, v)
+            .map_err(|e| self.fail(format_args!("config write at {at:#x}: {e}")))
+    }
+
+    /// Polls Status until `done` holds; returns it (the number of polls in
+    /// `polls`), or fails with `what` after [`DOE_TIMEOUT`].
+    fn poll(
+        &mut self,
+        start: Instant,
+        polls: &mut u32,
+        done: impl Fn(u32) -> bool,
+        what: &str,
+    ) -> Result<u32, TransportError> {
+        loop {
+            *polls += 1;
+            let s = self.rd(reg::STATUS)?;
+            if done(s) {
+                return Ok(s);
+            }
+            if start.elapsed() > DOE_TIMEOUT {
+                return Err(self.fail(format_args!("{what} (status {s:#010x})")));
+            }
+        }
+    }
+
+    /// Aborts whatever the mailbox is doing and waits until it is idle
+    /// (Busy and Error clear).
+    pub fn abort(&mut self) -> Result<(), TransportError> {
+        self.wr(reg::CTRL, ctrl::ABORT)?;
+        let mut polls = 0;
+        self.poll(
+            Instant::now(),
+            &mut polls,
+            |s| s & (status::BUSY | status::ERROR) == 0,
+            "abort did not finish within 1 s",
+        )
+        .map(|_| ())
+    }
+
+    fn transfer(&mut self, obj: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let p = ProtocolId::from_header1(dword(obj, 0));
+        let what = format!("{p} ({})", p.name());
+        let start = Instant::now();
+        let mut polls = 0;
+        let s = self.poll(
+            start,
+            &mut polls,
+            |s| s & (status::BUSY | status::ERROR) != status::BUSY,
+            "stays busy",
+        )?;
+        if s & status::ERROR != 0 {
+            return Err(self.fail("reports Error before the request"));
+        }
+        for d in obj.chunks_exact(4) {
+            self.wr(reg::WRITE, dword(d, 0))?;
+        }
+        self.wr(reg::CTRL, ctrl::GO)?;
+        polls = 0;
+        let s = self.poll(
+            start,
+            &mut polls,
+            |s| s & (status::READY | status::ERROR) != 0,
+            &format!("gave no response to a {what} request within 1 s (discarded as unsupported or malformed?)"),
+        );
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.abort();
+                return Err(e);
+            }
+        };
+        if s & status::ERROR != 0 {
+            let _ = self.abort();
+            return Err(self.fail(format_args!("set Error after a {what} request")));
+        }
+        self.stats.last_polls = polls;
+        let mut out = Vec::with_capacity(64);
+        for _ in 0..2 {
+            out.extend_from_slice(&self.rd(reg::READ)?.to_le_bytes());
+            self.wr(reg::READ, 0)?;
+        }
+        let len = length_dwords(dword(&out, 4));
+        if len < 2 {
+            let _ = self.abort();
+            return Err(self.fail(format_args!(
+                "response length {len} is shorter than its header"
+            )));
+        }
+        for _ in 2..len {
+            if self.rd(reg::STATUS)? & status::READY == 0 {
+                return Err(self.fail(format_args!(
+                    "response ended before its length ({len} dwords)"
+                )));
+            }
+            out.extend_from_slice(&self.rd(reg::READ)?.to_le_bytes());
+            self.wr(reg::READ, 0)?;
+        }
+        Ok(out)
+    }
+}
+
+fn dword(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// One object in, one object out, through the mailbox registers (counted
+/// and timed in [`Mailbox::stats`]).
+impl<A: ConfigAccess> DoeChannel for Mailbox<A> {
+    fn exchange_object(&mut self, obj: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if obj.len() < HEADER_BYTES || obj.len() % 4 != 0 {
+            return Err(TransportError::Malformed(
+                "DOE object of whole dwords expected",
+            ));
+        }
+        let t = Instant::now();
+        let r = self.transfer(obj);
+        self.stats.busy += t.elapsed();
+        self.stats.exchanges += 1;
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +841,76 @@ mod tests {
         assert_eq!(decode_object(&o[..9]), Err(DoeError::NotDwordAligned(9)));
         assert_eq!(length_dwords(0), MAX_OBJECT_DWORDS);
         assert_eq!(length_dwords(0xfffc_0003), 3);
+    }
+
+    /// The mailbox registers of PCIe §6.30.2 over a discovery-only DOE
+    /// instance, at 100h of a fake configuration space.
+    struct FakeMailbox {
+        ep: DoeEndpoint,
+        write: Vec<u8>,
+        read: Vec<u8>,
+        at: usize,
+        error: bool,
+    }
+
+    impl ConfigAccess for FakeMailbox {
+        fn cfg_read32(&mut self, o: u16) -> io::Result<u32> {
+            Ok(match o {
+                0x100 => 0x0001_002e,
+                0x10c => {
+                    let ready = self.at < self.read.len();
+                    (u32::from(ready) << 31) | if self.error { status::ERROR } else { 0 }
+                }
+                0x114 if self.at < self.read.len() => dword(&self.read, self.at),
+                _ => 0,
+            })
+        }
+        fn cfg_write32(&mut self, o: u16, v: u32) -> io::Result<()> {
+            match (o, v) {
+                (0x108, ctrl::ABORT) => {
+                    *self = FakeMailbox::new();
+                }
+                (0x108, ctrl::GO) => match self.ep.handle(&std::mem::take(&mut self.write)) {
+                    Ok(r) => (self.read, self.at) = (r, 0),
+                    Err(_) => self.error = true,
+                },
+                (0x110, v) => self.write.extend_from_slice(&v.to_le_bytes()),
+                (0x114, _) => self.at += 4,
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    impl FakeMailbox {
+        fn new() -> Self {
+            FakeMailbox {
+                ep: DoeEndpoint::new(Vec::new()),
+                write: Vec::new(),
+                read: Vec::new(),
+                at: 0,
+                error: false,
+            }
+        }
+    }
+
+    #[test]
+    fn mailbox_driver() {
+        let mut mb = Mailbox::open(FakeMailbox::new()).unwrap();
+        assert_eq!(mb.offset(), 0x100);
+        assert_eq!(discover(&mut mb, 2).unwrap(), [ProtocolId::DISCOVERY]);
+        assert_eq!(mb.stats().exchanges, 1);
+        assert_eq!(mb.stats().last_polls, 1, "ready at the first poll");
+        // A request the instance discards sets Error (here): the driver
+        // aborts and says so; the mailbox works again afterwards.
+        let bad = encode_object(ProtocolId::CMA, &[0x10, 0x84, 0, 0]).unwrap();
+        let e = mb.exchange_object(&bad).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "i/o: DOE [0x100] set Error after a 0001:01 (CMA/SPDM) request"
+        );
+        assert_eq!(discover(&mut mb, 2).unwrap().len(), 1);
+        assert!(mb.exchange_object(&[0; 6]).is_err(), "not whole dwords");
     }
 
     #[test]
