@@ -11,6 +11,7 @@
 #[path = "../../server/examples/dma_copy/device.rs"]
 pub mod example;
 
+pub mod accel;
 pub mod nvme;
 pub mod security;
 pub mod vm;

@@ -11,6 +11,7 @@ use trustdev_devices::example::DmaCopy;
 use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig, TdispDevice};
 use trustdev_devices::vm::{self, DeviceKind, DeviceSpec, Placement, VmError, VmSpec};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::Server;
@@ -26,13 +27,15 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve one device on a vfio-user socket until SIGTERM/SIGINT.
     Serve {
-        /// Device model: dma-copy, nvme.
+        /// Device model: dma-copy, nvme, accel.
         kind: String,
-        /// Socket path (created 0600).
+        /// Socket path (created 0600; only a stale socket there is replaced).
         #[arg(long)]
         socket: PathBuf,
         /// Present a Root Complex Integrated Endpoint (for q35's pcie.0).
@@ -64,6 +67,14 @@ enum Cmd {
         /// N-1). DMTF's spdm_requester_emu addresses PortIndex 1.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
         ide_ports: u16,
+        /// TDISP for one TDI (see `serve --tdisp`; here LOCK requires keys
+        /// armed for its stream by IDE_KM, `ide=keys`, as there is no
+        /// configuration space to enable a stream in; its report shows the
+        /// DMA-copy example's BARs as firmware would place them).
+        #[arg(long, default_value = "on")]
+        tdisp: String,
+        #[command(flatten)]
+        psk: PskArgs,
     },
     /// Boot a guest in QEMU against device servers and run a script in it.
     Vm(VmArgs),
@@ -169,10 +180,59 @@ struct SecurityArgs {
     /// key set; never keys) in this new pcap file.
     #[arg(long)]
     ide_trace: Option<PathBuf>,
+    /// TDISP (answered over the DOE mailbox's SPDM sessions): `on`, `off`,
+    /// or a comma list of rid=BB:DD.F (the function's Requester ID; by
+    /// default any, bound by LOCK_INTERFACE), segment=N, ide=secure|keys|none
+    /// (what LOCK requires of its IDE stream; default secure, none without
+    /// --ide).
+    #[arg(long, default_value = "on")]
+    tdisp: String,
     /// Clear DEVCAP.TEE (the kernel then offers no tsm/ attributes for the
     /// device unless it has IDE).
     #[arg(long)]
     no_tee: bool,
+    /// Device Serial Number (up to 16 hex digits), in the DSN capability and
+    /// in the CMA subject-alt-name of the leaf certificate. Default: derived
+    /// from the socket path (nvme: from the NVMe serial number).
+    #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
+    dsn: Option<u64>,
+    #[command(flatten)]
+    psk: PskArgs,
+}
+
+/// PSK session options (off unless given).
+#[derive(clap::Args, Debug, Clone)]
+struct PskArgs {
+    /// Turn PSK_EXCHANGE sessions on with this pre-shared key: hex digits, or
+    /// @FILE holding the raw key bytes (mode 0600 or stricter). Off by default.
+    #[arg(long, value_name = "HEX|@FILE")]
+    psk: Option<String>,
+    /// The PSKHint that names the key (at most 16 bytes; a trailing `\0`
+    /// stands for a NUL byte; a requester's hint with a trailing NUL matches
+    /// a hint configured without it).
+    #[arg(long, value_name = "STRING", requires = "psk")]
+    psk_hint: Option<String>,
+}
+
+impl PskArgs {
+    /// The responder configuration: defaults, plus the PSK if one was given.
+    fn responder_config(&self) -> Result<spdm_responder::ResponderConfig, String> {
+        let mut cfg = spdm_responder::ResponderConfig::default();
+        if let Some(p) = &self.psk {
+            let psk = spdm_responder::psk::PskEntry::from_arg(p, self.psk_hint.as_deref())
+                .map_err(|e| e.to_string())?;
+            cfg.psks.push(psk);
+        }
+        Ok(cfg)
+    }
+}
+
+fn parse_dsn(s: &str) -> Result<u64, String> {
+    let h = s.trim_start_matches("0x");
+    u64::from_str_radix(h, 16)
+        .ok()
+        .filter(|_| !h.is_empty() && h.len() <= 16)
+        .ok_or_else(|| format!("{s:?}: expected up to 16 hex digits"))
 }
 
 impl SecurityArgs {
@@ -201,12 +261,35 @@ fn parse_file_arg(s: &str) -> Result<(PathBuf, String), String> {
 }
 
 impl SecurityArgs {
+    /// The device's TDI (needs SPDM), bound to its IDE port if it has one.
+    fn tdisp(&self, kind: &str, ide: Option<&Arc<Ide>>) -> Result<Option<Arc<Tdi>>, String> {
+        if self.no_spdm {
+            return Ok(None);
+        }
+        let base = TdispConfig {
+            ide: if ide.is_some() {
+                IdeRequirement::Secure
+            } else {
+                IdeRequirement::None
+            },
+            ..TdispConfig::default()
+        };
+        let cfg = TdispConfig::parse(&self.tdisp, base).map_err(|e| format!("--tdisp: {e}"))?;
+        Ok(cfg.map(|c| {
+            Tdi::new(
+                c,
+                &format!("trustdev {kind}"),
+                ide.into_iter().cloned().collect(),
+            )
+        }))
+    }
+
     /// The device's SPDM identity (generated on first use), or `None` with
     /// `--no-spdm`.
     fn identity(
         &self,
         kind: &str,
-        ids: &spdm_responder::PciIds,
+        name: &spdm_responder::CmaDeviceName,
     ) -> Result<Option<spdm_responder::Identity>, String> {
         if self.no_spdm {
             return Ok(None);
@@ -215,7 +298,7 @@ impl SecurityArgs {
             .identity_dir
             .clone()
             .unwrap_or_else(|| security::default_identity_dir(kind));
-        security::cma::load_identity(&dir, ids)
+        security::cma::load_identity(&dir, name)
             .map(Some)
             .map_err(|e| e.to_string())
     }
@@ -233,75 +316,139 @@ fn serve(
     } else {
         PortType::Endpoint
     };
+    let spdm_cfg = security.psk.responder_config()?;
     match kind {
         "dma-copy" => {
             use trustdev_devices::example;
-            let ids = spdm_responder::PciIds {
+            let dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
                 vendor: example::VENDOR_ID,
                 device: example::DEVICE_ID,
                 class_code: 0x12_00_00,
                 revision: 1,
-                subsystem_vendor: example::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((example::VENDOR_ID, 0x0001)),
+                serial: Some(dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let tee = !security.no_tee;
             let ide = security.ide()?;
-            let mut caps = vec![security::doe_capability_with_ide(identity, ide.as_ref())];
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            let mut caps = vec![security::doe_capability_secure(
+                identity,
+                spdm_cfg,
+                ide.as_ref(),
+                tdi.as_ref(),
+            )];
             caps.extend(ide.iter().flat_map(|i| i.capabilities()));
-            let dev = DmaCopy::with_capabilities(port, tee, caps)
+            let dev = DmaCopy::with_capabilities(port, tee, dsn, caps)
                 .map_err(|e| format!("cannot create the device: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
         }
         "nvme" => {
-            let cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
-            let ids = spdm_responder::PciIds {
+            let mut cfg = NvmeConfig::from_args(nvme, &socket.display().to_string())?;
+            if let Some(dsn) = security.dsn {
+                cfg.dsn = dsn;
+            }
+            let name = spdm_responder::CmaDeviceName {
                 vendor: trustdev_devices::nvme::VENDOR_ID,
                 device: trustdev_devices::nvme::DEVICE_ID,
                 class_code: 0x01_08_02,
                 revision: 2,
-                subsystem_vendor: trustdev_devices::nvme::VENDOR_ID,
-                subsystem: 0x0001,
+                subsystem: Some((trustdev_devices::nvme::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
             };
-            let identity = security.identity(kind, &ids)?;
+            let identity = security.identity(kind, &name)?;
             let ide = security.ide()?;
-            let mut ext_caps = vec![security::doe_capability_with_ide(
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            let mut ext_caps = vec![security::doe_capability_secure(
                 identity.clone(),
+                spdm_cfg.clone(),
                 ide.as_ref(),
+                tdi.as_ref(),
             )];
             ext_caps.extend(ide.iter().flat_map(|i| i.capabilities()));
             let sec = NvmeSecurity {
                 ext_caps,
                 tee: !security.no_tee,
                 // The same identity also answers over Security Send/Receive.
-                storage: identity.map(|id| {
-                    spdm_responder::Responder::new(spdm_responder::ResponderConfig::default(), id)
-                }),
+                storage: identity.map(|id| spdm_responder::Responder::new(spdm_cfg, id)),
             };
             let dev = NvmeDevice::new_secure(cfg, port, sec)
                 .map_err(|e| format!("cannot create the NVMe controller: {e}"))?;
-            run_linked(dev, ide, socket)
+            run_linked(dev, ide, tdi, socket)
+        }
+        "accel" => {
+            use trustdev_devices::accel;
+            let mut cfg = accel::AccelArgs::default().config();
+            cfg.dsn = security
+                .dsn
+                .unwrap_or_else(|| security::default_dsn(kind, socket));
+            let name = spdm_responder::CmaDeviceName {
+                vendor: accel::VENDOR_ID,
+                device: accel::DEVICE_ID,
+                class_code: accel::CLASS,
+                revision: accel::REVISION,
+                subsystem: Some((accel::VENDOR_ID, 0x0001)),
+                serial: Some(cfg.dsn),
+            };
+            // The security blocks every device carries, built the same way.
+            let identity = security.identity(kind, &name)?;
+            let ide = security.ide()?;
+            let tdi = security.tdisp(kind, ide.as_ref())?;
+            cfg.port = port;
+            cfg.tee = !security.no_tee;
+            cfg.security_caps = vec![security::doe_capability_secure(
+                identity,
+                spdm_cfg,
+                ide.as_ref(),
+                tdi.as_ref(),
+            )];
+            cfg.security_caps
+                .extend(ide.iter().flat_map(|i| i.capabilities()));
+            let dev = accel::AccelDevice::new(cfg)
+                .map_err(|e| format!("cannot create the accelerator: {e}"))?;
+            run_linked(dev, ide, tdi, socket)
         }
         other => Err(format!(
-            "unknown device kind {other:?} (known: dma-copy, nvme)"
+            "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
         )),
     }
 }
 
-/// Serves `dev`, behind its IDE link when it has an IDE port.
+/// Serves `dev`, behind its IDE link when it has an IDE port, with its TDI
+/// watching it when it has one.
 fn run_linked<D: vfio_user_server::Device>(
     dev: D,
     ide: Option<Arc<Ide>>,
+    tdi: Option<Arc<Tdi>>,
     socket: &Path,
 ) -> Result<(), String> {
     match ide {
-        Some(ide) => run_server(IdeDevice::new(dev, ide).map_err(|e| e.to_string())?, socket),
+        Some(ide) => run_tdi(
+            IdeDevice::new(dev, ide).map_err(|e| e.to_string())?,
+            tdi,
+            socket,
+        ),
+        None => run_tdi(dev, tdi, socket),
+    }
+}
+
+fn run_tdi<D: vfio_user_server::Device>(
+    dev: D,
+    tdi: Option<Arc<Tdi>>,
+    socket: &Path,
+) -> Result<(), String> {
+    match tdi {
+        Some(tdi) => run_server(TdispDevice::new(dev, tdi), socket),
         None => run_server(dev, socket),
     }
 }
 
 fn run_server<D: vfio_user_server::Device>(dev: D, socket: &Path) -> Result<(), String> {
-    let mut server = Server::new(dev, socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // Server errors name the socket path themselves.
+    let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;
     let stop = server.stop_handle();
     let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
         .map_err(|e| format!("signals: {e}"))?;
@@ -320,10 +467,13 @@ fn spdm_responder_tcp(
     heartbeat: u8,
     ide: &str,
     ide_ports: u16,
+    tdisp: &str,
+    psk: &PskArgs,
 ) -> Result<(), String> {
-    let ids = spdm_responder::PciIds::default();
+    // The device behind QEMU's `-device nvme,spdm_port=N`.
+    let name = spdm_responder::CmaDeviceName::QEMU_NVME;
     let dir = dir.unwrap_or_else(|| security::default_identity_dir("nvme"));
-    let identity = security::cma::load_identity(&dir, &ids).map_err(|e| e.to_string())?;
+    let identity = security::cma::load_identity(&dir, &name).map_err(|e| e.to_string())?;
     for (algo, root) in security::cma::root_certificates(&dir) {
         eprintln!(
             "trustdev spdm-responder: {algo} root certificate: {}",
@@ -332,17 +482,40 @@ fn spdm_responder_tcp(
     }
     let cfg = spdm_responder::ResponderConfig {
         heartbeat_period: heartbeat,
-        ..Default::default()
+        ..psk.responder_config()?
     };
     let mut responder = spdm_responder::Responder::new(cfg, identity);
+    let mut ports: Vec<Arc<Ide>> = Vec::new();
     if let Some(ide_cfg) = IdeConfig::parse(ide).map_err(|e| format!("--ide: {e}"))? {
-        let ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
-        let (key, handler) = security::ide::km::IdeKmPorts::new(ports).handler();
+        ports = (0..ide_ports).map(|_| Ide::new(ide_cfg.clone())).collect();
+        let (key, handler) = security::ide::km::IdeKmPorts::new(ports.clone()).handler();
         responder.register_vendor(key, handler);
         eprintln!(
             "trustdev spdm-responder: IDE_KM for {ide_ports} IDE port(s) (PortIndex 0-{})",
             ide_ports - 1
         );
+    }
+    let base = TdispConfig {
+        ide: if ports.is_empty() {
+            IdeRequirement::None
+        } else {
+            IdeRequirement::KeysArmed
+        },
+        ..TdispConfig::default()
+    };
+    if let Some(c) = TdispConfig::parse(tdisp, base).map_err(|e| format!("--tdisp: {e}"))? {
+        let tdi = Tdi::new(c, "trustdev spdm-responder (dma-copy layout)", ports);
+        let mut cfg = trustdev_devices::example::config_space(
+            PortType::Endpoint,
+            true,
+            trustdev_devices::example::DEFAULT_SERIAL,
+            Vec::new(),
+        );
+        security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
+        tdi.observe(&cfg);
+        let (key, handler) = security::tdisp::TdispFunctions::new(vec![tdi]).handler();
+        responder.register_vendor(key, handler);
+        eprintln!("trustdev spdm-responder: TDISP for one TDI");
     }
     eprintln!("trustdev spdm-responder: listening on 127.0.0.1:{port} (spdm-emu protocol)");
     spdm_responder::serve_tcp(port, responder).map_err(|e| format!("127.0.0.1:{port}: {e}"))
@@ -527,7 +700,10 @@ fn main() -> ExitCode {
             heartbeat,
             ide,
             ide_ports,
-        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports) {
+            tdisp,
+            psk,
+        } => match spdm_responder_tcp(port, identity_dir, heartbeat, &ide, ide_ports, &tdisp, &psk)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("trustdev spdm-responder: {e}");

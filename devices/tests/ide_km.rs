@@ -3,26 +3,18 @@
 //! catalogue of wrong requests, each answered as PCIe §6.33.3 / DSP0274
 //! prescribe, with the port still usable after every one of them.
 
-use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::error::{ErrorCode, RequesterError};
 use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
-use spdm_responder::identity::{Identity, PciIds};
-use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{PCISIG_VENDOR_ID, STANDARD_ID_PCISIG};
 use spdm_responder::{Requester, RequesterConfig, Responder, ResponderConfig};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use trustdev_devices::security::ide::km::IdeKmPorts;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
 
-fn identity() -> Identity {
-    static ID: OnceLock<Identity> = OnceLock::new();
-    ID.get_or_init(|| {
-        let mut rng = DeterministicEntropy::new(b"trustdev ide_km test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
-    })
-    .clone()
-}
+mod dma_copy_rig;
+
+use dma_copy_rig::identity;
 
 struct Rig {
     r: Requester<InMemory>,

@@ -4,16 +4,10 @@
 //! accesses, guest memory), then the wire trace decrypted with the keys the
 //! client programmed, by an AES-GCM implementation that is not ring.
 
-use spdm_responder::crypto::AsymAlgo;
 use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot, SubStream};
-use spdm_responder::identity::{Identity, PciIds};
-use spdm_responder::rng::DeterministicEntropy;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use spdm_responder::ResponderConfig;
+use std::sync::{Arc, Mutex};
 use trustdev_devices::example::{self, reg, status, DmaCopy};
 use trustdev_devices::security;
 use trustdev_devices::security::ide::host;
@@ -22,127 +16,48 @@ use trustdev_devices::security::ide::trace::{read_trace, verify};
 use trustdev_devices::security::ide::{
     Ide, IdeConfig, IdeDevice, IdeEvent, InsecureReason, LinkEnd, WireFault,
 };
-use vfio_user_server::client::Client;
 use vfio_user_server::pci::PortType;
-use vfio_user_server::protocol::DmaProt;
-use vfio_user_server::Server;
 
-const IOVA: u64 = 0x8000_0000;
-const RAM: u64 = 4 << 20;
-const BAR0: u64 = 0xfe00_0000;
+mod dma_copy_rig;
 
-fn identity() -> Identity {
-    static ID: OnceLock<Identity> = OnceLock::new();
-    ID.get_or_init(|| {
-        let mut rng = DeterministicEntropy::new(b"trustdev ide_link test identity");
-        Identity::generate(&[AsymAlgo::EcdsaP256], &PciIds::default(), 1, &mut rng).unwrap()
-    })
-    .clone()
-}
+use dma_copy_rig::{copy, identity, Served};
 
 struct Rig {
-    dir: PathBuf,
-    ram: std::fs::File,
+    s: Served,
     ide: Arc<Ide>,
     events: Arc<Mutex<Vec<IdeEvent>>>,
-    stop: vfio_user_server::StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-    socket: PathBuf,
 }
 
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl std::ops::Deref for Rig {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.s
     }
 }
 
 fn start(tag: &str) -> Rig {
-    let dir = std::env::temp_dir().join(format!("trustdev-ide-link-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let ide = Ide::new(IdeConfig::default());
-    ide.set_trace(&dir.join("wire.pcap")).unwrap();
-    let mut caps = vec![security::doe_capability_with_ide(
-        Some(identity()),
-        Some(&ide),
-    )];
-    caps.extend(ide.capabilities());
-    let dev = DmaCopy::with_capabilities(PortType::RcIntegratedEndpoint, true, caps).unwrap();
-    let dev = IdeDevice::new(dev, Arc::clone(&ide)).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let e2 = Arc::clone(&events);
     ide.subscribe(move |e| e2.lock().unwrap().push(e.clone()));
-    let socket = dir.join("dev.sock");
-    let mut server = Server::new(dev, &socket).unwrap();
-    let stop = server.stop_handle();
-    let thread = std::thread::spawn(move || server.run().unwrap());
-    let fd: OwnedFd = {
-        let fd = nix::sys::memfd::memfd_create(c"ram", nix::sys::memfd::MemFdCreateFlag::empty())
-            .unwrap();
-        let f = std::fs::File::from(fd);
-        f.set_len(RAM).unwrap();
-        f.into()
-    };
-    Rig {
-        dir,
-        ram: std::fs::File::from(fd),
-        ide,
-        events,
-        stop,
-        thread: Some(thread),
-        socket,
-    }
-}
-
-impl Rig {
-    fn client(&self) -> Client {
-        let mut c = Client::connect(&self.socket).unwrap();
-        let rw = DmaProt {
-            read: true,
-            write: true,
-        };
-        c.dma_map(IOVA, RAM, 0, rw, Some(self.ram.as_fd())).unwrap();
-        // BAR0 where a guest would put it; memory decode and bus master on.
-        c.write32(7, 0x10, BAR0 as u32).unwrap();
-        c.write32(7, 0x04, 0x6).unwrap();
-        c
-    }
-
-    fn ram_write(&self, off: u64, data: &[u8]) {
-        self.ram.write_all_at(data, off).unwrap();
-    }
-
-    fn ram_read(&self, off: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.ram.read_exact_at(&mut v, off).unwrap();
-        v
-    }
-}
-
-/// Programs a DMA-copy job through BAR0 (over the link when a stream is
-/// secure) and waits for it; returns STATUS.
-fn copy(c: &mut Client, src: u64, dst: u64, len: u32) -> u32 {
-    c.region_write(0, reg::SRC, &(IOVA + src).to_le_bytes())
+    let s = dma_copy_rig::serve(&format!("ide-link-{tag}"), |dir| {
+        ide.set_trace(&dir.join("wire.pcap")).unwrap();
+        let mut caps = vec![security::doe_capability_with_ide(
+            Some(identity()),
+            ResponderConfig::default(),
+            Some(&ide),
+        )];
+        caps.extend(ide.capabilities());
+        let dev = DmaCopy::with_capabilities(
+            PortType::RcIntegratedEndpoint,
+            true,
+            example::DEFAULT_SERIAL,
+            caps,
+        )
         .unwrap();
-    c.region_write(0, reg::DST, &(IOVA + dst).to_le_bytes())
-        .unwrap();
-    c.write32(0, reg::LEN, len).unwrap();
-    c.write32(0, reg::STATUS, status::DONE | status::ERROR)
-        .unwrap();
-    c.write32(0, reg::DOORBELL, 1).unwrap();
-    let t = Instant::now();
-    loop {
-        let s = c.read32(0, reg::STATUS).unwrap();
-        if s & status::BUSY == 0 && s & (status::DONE | status::ERROR) != 0 {
-            return s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "copy stuck: {s:#x}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        IdeDevice::new(dev, Arc::clone(&ide)).unwrap()
+    });
+    Rig { s, ide, events }
 }
 
 fn key_for(set: KeySet, slot: KeySlot) -> IdeKey {

@@ -90,12 +90,15 @@ fn spdm_over_nvme_security_send_receive() {
     let _ = env_logger::builder().is_test(true).try_init();
     let dir = TempDir::new("spdm");
     let socket = dir.path("nvme.sock");
-    let ids = spdm_responder::PciIds::default();
+    let ids = spdm_responder::CmaDeviceName::default();
     let idir = dir.path("identity");
     let identity = security::cma::load_identity(&idir, &ids).unwrap();
     let roots = identity.roots_der();
     let sec = NvmeSecurity {
-        ext_caps: vec![security::doe_capability(Some(identity.clone()))],
+        ext_caps: vec![security::doe_capability(
+            Some(identity.clone()),
+            spdm_responder::ResponderConfig::default(),
+        )],
         tee: true,
         storage: Some(spdm_responder::Responder::new(
             spdm_responder::ResponderConfig::default(),

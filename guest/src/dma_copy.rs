@@ -4,11 +4,11 @@
 //! or a type1 container with IOVA maps when the guest has a vIOMMU.
 
 use crate::sysfs;
-use crate::vfio::{self, Container, Device, EventFd, Group};
+use crate::vfio::{self, Container, Device, EventFd};
+use crate::vfio_session::Session;
 use serde_json::json;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 // The register map is the example device's own, from its dependency-free
@@ -37,13 +37,7 @@ fn error_name(code: u32) -> &'static str {
 }
 
 const PAGE: usize = 4096;
-const PCI_COMMAND: u64 = 0x04;
-const PCI_COMMAND_MEMORY: u16 = 0x2;
-const PCI_COMMAND_MASTER: u16 = 0x4;
 
-const NOIOMMU_PARAM: &str = "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode";
-const VFIO_PCI_DRIVER: &str = "/sys/bus/pci/drivers/vfio-pci";
-const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 /// IOVAs used in type1 mode (below the x86 MSI window, above legacy areas).
 const IOVA_SRC: u64 = 0x10_0000;
 const IOVA_DST: u64 = 0x10_1000;
@@ -164,142 +158,6 @@ pub fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("dma-copy {bdf}: FAILED: {e}"))
 }
 
-fn module_loaded(name: &str) -> bool {
-    Path::new("/sys/module").join(name).exists()
-}
-
-/// Tries `modprobe NAME ARGS...`; returns a description of the failure.
-fn modprobe(name: &str, args: &[&str]) -> Result<(), String> {
-    match std::process::Command::new("modprobe")
-        .arg(name)
-        .args(args)
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "modprobe {name} failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run modprobe: {e}")),
-    }
-}
-
-const MODULE_HINT: &str = "load, in this order: insmod vfio.ko enable_unsafe_noiommu_mode=1; \
-     insmod vfio_iommu_type1.ko; insmod irqbypass.ko; insmod vfio-pci-core.ko; insmod vfio-pci.ko";
-
-/// Makes sure vfio + vfio-pci are present and no-IOMMU mode is allowed.
-fn ensure_modules(log: &Log, want_noiommu: bool) -> Result<(), String> {
-    if !module_loaded("vfio") {
-        modprobe("vfio", &["enable_unsafe_noiommu_mode=1"]).map_err(|e| {
-            format!("kernel module vfio is not loaded (and not built in); {e}; {MODULE_HINT}")
-        })?;
-        log.say("loaded vfio with modprobe");
-    }
-    if !Path::new(VFIO_PCI_DRIVER).exists() {
-        let missing: Vec<&str> = [
-            "vfio",
-            "vfio_iommu_type1",
-            "irqbypass",
-            "vfio_pci_core",
-            "vfio_pci",
-        ]
-        .into_iter()
-        .filter(|m| !module_loaded(m))
-        .collect();
-        modprobe("vfio-pci", &[]).map_err(|e| {
-            format!(
-                "driver vfio-pci is not registered ({VFIO_PCI_DRIVER} missing; modules not \
-                 loaded: {}); {e}; {MODULE_HINT}",
-                if missing.is_empty() {
-                    "none".to_string()
-                } else {
-                    missing.join(" ")
-                }
-            )
-        })?;
-        log.say("loaded vfio-pci with modprobe");
-    }
-    if want_noiommu {
-        let p = Path::new(NOIOMMU_PARAM);
-        let cur = sysfs::read_str(p).ok_or_else(|| {
-            format!(
-                "the device has no IOMMU group and {NOIOMMU_PARAM} does not exist: this \
-                 kernel's vfio was built without CONFIG_VFIO_NOIOMMU (Debian's is), so \
-                 no-IOMMU mode is impossible; give the guest a vIOMMU instead (QEMU \
-                 -device intel-iommu,caching-mode=on and kernel parameter intel_iommu=on) \
-                 so that vfio-pci uses type1 DMA maps"
-            )
-        })?;
-        if cur != "Y" && cur != "1" {
-            sysfs::write_attr(p, "Y")?;
-            log.say("enabled vfio no-IOMMU mode (enable_unsafe_noiommu_mode=Y; taints the kernel)");
-        }
-    }
-    if !Path::new(VFIO_CONTAINER).exists() {
-        return Err(format!(
-            "{VFIO_CONTAINER} does not exist (vfio is loaded; is devtmpfs mounted on /dev? \
-             does the kernel have CONFIG_VFIO_CONTAINER?)"
-        ));
-    }
-    Ok(())
-}
-
-fn iommu_group(bdf: &str) -> Option<String> {
-    sysfs::link_name(&sysfs::dev_dir(bdf).join("iommu_group"))
-}
-
-/// Binds the function to vfio-pci; returns the driver it had before.
-fn bind_vfio(bdf: &str, log: &Log, noiommu_wanted: bool) -> Result<Option<String>, String> {
-    let dir = sysfs::dev_dir(bdf);
-    let before = sysfs::link_name(&dir.join("driver"));
-    if before.as_deref() == Some("vfio-pci") && (iommu_group(bdf).is_some() || !noiommu_wanted) {
-        log.say("already bound to vfio-pci");
-        return Ok(before);
-    }
-    if let Some(drv) = &before {
-        // Bound elsewhere, or bound to vfio-pci before no-IOMMU mode was on
-        // (then it has no group): unbind first.
-        sysfs::write_attr(&dir.join("driver").join("unbind"), bdf)
-            .map_err(|e| format!("cannot unbind from {drv}: {e}"))?;
-    }
-    sysfs::write_attr(&dir.join("driver_override"), "vfio-pci")?;
-    let bind = Path::new(VFIO_PCI_DRIVER).join("bind");
-    if let Err(e) = sysfs::write_attr(&bind, bdf) {
-        // drivers_probe honours driver_override too; try it before giving up.
-        let _ = sysfs::write_attr(Path::new("/sys/bus/pci/drivers_probe"), bdf);
-        if sysfs::link_name(&dir.join("driver")).as_deref() != Some("vfio-pci") {
-            return Err(format!(
-                "binding to vfio-pci failed: {e} (see dmesg: vfio-pci refuses devices \
-                 without an IOMMU group unless no-IOMMU mode is on)"
-            ));
-        }
-    }
-    let now = sysfs::link_name(&dir.join("driver"));
-    if now.as_deref() != Some("vfio-pci") {
-        return Err(format!(
-            "after bind the device's driver is {}, not vfio-pci",
-            now.as_deref().unwrap_or("(none)")
-        ));
-    }
-    log.say(format!(
-        "bound to vfio-pci (was: {})",
-        before.as_deref().unwrap_or("no driver")
-    ));
-    Ok(before)
-}
-
-/// Waits for a device node (devtmpfs creates it asynchronously to us).
-fn wait_path(p: &Path, timeout: Duration) -> bool {
-    let t0 = Instant::now();
-    while !p.exists() {
-        if t0.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
-}
-
 /// A locked, page-aligned anonymous buffer (device DMA, O_DIRECT I/O).
 pub(crate) struct DmaBuf {
     ptr: *mut u8,
@@ -382,10 +240,6 @@ impl Drop for DmaBuf {
         }
     }
 }
-
-// SAFETY: the buffer is plain memory owned by this value; moving it to
-// another thread moves that ownership (no thread-local state).
-unsafe impl Send for DmaBuf {}
 
 /// Physical address of a user virtual address, from /proc/self/pagemap.
 fn phys_addr(pagemap: &File, vaddr: u64) -> Result<u64, String> {
@@ -478,9 +332,6 @@ impl Regs<'_> {
     }
 }
 
-/// Binds `bdf` to vfio-pci, opens it (vfio-pci resets the function on
-/// open), enables memory decode and bus mastering, checks BAR0 and sets up
-/// MSI-X, then runs `body` with a [`Copier`]; tears down afterwards.
 pub(crate) fn with_device<T>(
     bdf: &str,
     opts: &Args,
@@ -490,136 +341,9 @@ pub(crate) fn with_device<T>(
     if opts.size == 0 || opts.size > PAGE {
         return Err(format!("--size must be 1..={PAGE} (got {})", opts.size));
     }
-    let dir = sysfs::dev_dir(bdf);
-    if !dir.exists() {
-        let present = sysfs::list_bdfs().unwrap_or_default().join(" ");
-        return Err(format!("no such PCI device (present: {present})"));
-    }
-    match sysfs::ids(bdf) {
-        Some((VENDOR_ID, DEVICE_ID)) => {}
-        Some((v, d)) => {
-            return Err(format!(
-            "device is {v:04x}:{d:04x}, not the DMA-copy example {VENDOR_ID:04x}:{DEVICE_ID:04x}"
-        ))
-        }
-        None => return Err("cannot read vendor/device from sysfs".into()),
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("must run as root (sysfs binding, /dev/vfio, /proc/self/pagemap)".into());
-    }
-
-    // An IOMMU group before binding means a real (v)IOMMU: use type1.
-    let has_iommu = iommu_group(bdf).is_some_and(|g| {
-        let name = Path::new("/sys/kernel/iommu_groups").join(g).join("name");
-        sysfs::read_str(&name).as_deref() != Some("vfio-noiommu")
-    });
-    ensure_modules(log, !has_iommu)?;
-    let previous_driver = bind_vfio(bdf, log, !has_iommu)?;
-
-    let group_id = iommu_group(bdf).ok_or_else(|| {
-        format!(
-            "no IOMMU group after binding to vfio-pci ({}/iommu_group missing)",
-            dir.display()
-        )
-    })?;
-    // vfio names the fake groups it creates for no-IOMMU devices.
-    let group_name = Path::new("/sys/kernel/iommu_groups")
-        .join(&group_id)
-        .join("name");
-    let noiommu = sysfs::read_str(&group_name).as_deref() == Some("vfio-noiommu");
-    let group_path = PathBuf::from(if noiommu {
-        format!("/dev/vfio/noiommu-{group_id}")
-    } else {
-        format!("/dev/vfio/{group_id}")
-    });
-    if !wait_path(&group_path, Duration::from_secs(2)) {
-        return Err(format!(
-            "{} does not exist for IOMMU group {group_id} (devtmpfs not mounted on /dev?)",
-            group_path.display()
-        ));
-    }
-    let mode = if noiommu { "no-IOMMU" } else { "type1" };
-
-    let container = Container::open(Path::new(VFIO_CONTAINER))
-        .map_err(|e| format!("open {VFIO_CONTAINER}: {e}"))?;
-    let api = container
-        .api_version()
-        .map_err(|e| format!("VFIO_GET_API_VERSION: {e}"))?;
-    if api != vfio::VFIO_API_VERSION {
-        return Err(format!(
-            "VFIO API version {api}, expected {}",
-            vfio::VFIO_API_VERSION
-        ));
-    }
-    let iommu_type = if noiommu {
-        vfio::VFIO_NOIOMMU_IOMMU
-    } else if container
-        .check_extension(vfio::VFIO_TYPE1V2_IOMMU)
-        .unwrap_or(0)
-        > 0
-    {
-        vfio::VFIO_TYPE1V2_IOMMU
-    } else {
-        vfio::VFIO_TYPE1_IOMMU
-    };
-    let ext = container
-        .check_extension(iommu_type)
-        .map_err(|e| format!("VFIO_CHECK_EXTENSION({iommu_type}): {e}"))?;
-    if ext <= 0 {
-        return Err(if noiommu {
-            "the VFIO container does not offer VFIO_NOIOMMU_IOMMU (is \
-             enable_unsafe_noiommu_mode=Y?)"
-                .to_string()
-        } else {
-            format!(
-                "the VFIO container does not offer IOMMU type {iommu_type} \
-                 (is vfio_iommu_type1 loaded?)"
-            )
-        });
-    }
-
-    let group =
-        Group::open(&group_path).map_err(|e| format!("open {}: {e}", group_path.display()))?;
-    let st = group
-        .status()
-        .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
-    if st & vfio::VFIO_GROUP_FLAGS_VIABLE == 0 {
-        return Err(format!(
-            "IOMMU group {group_id} is not viable: every device in \
-             /sys/kernel/iommu_groups/{group_id}/devices must be bound to vfio-pci or unbound"
-        ));
-    }
-    group
-        .set_container(&container)
-        .map_err(|e| format!("VFIO_GROUP_SET_CONTAINER: {e}"))?;
-    let st = group
-        .status()
-        .map_err(|e| format!("VFIO_GROUP_GET_STATUS: {e}"))?;
-    if st & vfio::VFIO_GROUP_FLAGS_CONTAINER_SET == 0 {
-        return Err(format!(
-            "group status {st:#x} lacks CONTAINER_SET after VFIO_GROUP_SET_CONTAINER"
-        ));
-    }
-    container
-        .set_iommu(iommu_type)
-        .map_err(|e| format!("VFIO_SET_IOMMU({iommu_type}): {e}"))?;
-    let dev = group
-        .device(bdf)
-        .map_err(|e| format!("VFIO_GROUP_GET_DEVICE_FD({bdf}): {e}"))?;
-    if dev.info.flags & vfio::VFIO_DEVICE_FLAGS_PCI == 0
-        || dev.info.num_regions <= vfio::VFIO_PCI_CONFIG_REGION_INDEX
-        || dev.info.num_irqs <= vfio::VFIO_PCI_MSIX_IRQ_INDEX
-    {
-        return Err(format!(
-            "unexpected VFIO device info: flags {:#x}, {} regions, {} irqs",
-            dev.info.flags, dev.info.num_regions, dev.info.num_irqs
-        ));
-    }
-
-    let bar0 = dev
-        .region_info(vfio::VFIO_PCI_BAR0_REGION_INDEX)
-        .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(BAR0): {e}"))?;
+    let say = |m: String| log.say(m);
+    let session = Session::open(bdf, (VENDOR_ID, DEVICE_ID), &say)?;
+    let (dev, container, bar0) = (&session.dev, &session.container, &session.bar0);
     let rw = vfio::VFIO_REGION_INFO_FLAG_READ | vfio::VFIO_REGION_INFO_FLAG_WRITE;
     if bar0.size < REG_SPAN || bar0.flags & rw != rw {
         return Err(format!(
@@ -627,37 +351,10 @@ pub(crate) fn with_device<T>(
             bar0.size, bar0.flags, REG_SPAN
         ));
     }
-    let cfg = dev
-        .region_info(vfio::VFIO_PCI_CONFIG_REGION_INDEX)
-        .map_err(|e| format!("VFIO_DEVICE_GET_REGION_INFO(config): {e}"))?;
-
-    // Memory decoding and bus mastering: vfio-pci enables the device
-    // (memory decode) but leaves bus mastering to the user; without it
-    // QEMU drops the device's MSI-X writes.
-    let cmd_off = cfg.offset + PCI_COMMAND;
-    let cmd = dev
-        .read16(cmd_off)
-        .map_err(|e| format!("reading the command register: {e}"))?;
-    let want = cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER;
-    if want != cmd {
-        dev.write16(cmd_off, want)
-            .map_err(|e| format!("writing the command register: {e}"))?;
-        log.say(format!(
-            "command register {cmd:#06x} -> {want:#06x} (memory decode + bus master)"
-        ));
-    }
-    let cmd2 = dev
-        .read16(cmd_off)
-        .map_err(|e| format!("reading the command register: {e}"))?;
-    if cmd2 & (PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER) != PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER {
-        return Err(format!(
-            "command register reads {cmd2:#06x} after writing {want:#06x}: memory decode / \
-             bus master did not stick"
-        ));
-    }
+    let (noiommu, mode, group_path) = (session.noiommu, session.mode(), &session.group_path);
 
     let regs = Regs {
-        dev: &dev,
+        dev,
         base: bar0.offset,
     };
     if opts.reset {
@@ -674,8 +371,7 @@ pub(crate) fn with_device<T>(
             ));
         }
         // The reset restores the command register: enable again.
-        dev.write16(cmd_off, want)
-            .map_err(|e| format!("writing the command register: {e}"))?;
+        session.enable_bus_master(&say)?;
         log.say("VFIO_DEVICE_RESET done: registers cleared");
     }
     let id = regs.rd(reg::ID)?;
@@ -751,24 +447,23 @@ pub(crate) fn with_device<T>(
         }
     ));
 
-    let result = Copier::new(&regs, &container, noiommu, &fds, opts, log).and_then(|mut c| {
+    let result = Copier::new(&regs, container, noiommu, &fds, opts, log).and_then(|mut c| {
         let r = body(&mut c)?;
         Ok((r, c.copies, c.interrupts))
     });
     if !opts.poll {
-        if let Err(e) = dev.disable_irq(vfio::VFIO_PCI_MSIX_IRQ_INDEX) {
-            log.say(format!("warning: disabling MSI-X failed: {e}"));
+        if let Err(e) = session.disable_msix() {
+            log.say(format!("warning: {e}"));
         }
     }
     let (r, copies, interrupts) = result?;
-    let _ = group.unset_container();
     Ok((
         Outcome {
             copies,
             interrupts,
             mode,
             group: group_path.display().to_string(),
-            previous_driver,
+            previous_driver: session.previous_driver.clone(),
         },
         r,
     ))

@@ -9,29 +9,36 @@
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
 //! trustdev-guest ide --bdf BDF [--root PEM|DIR]... [--stream I] [--stream-id ID] [--io auto|nvme|dma-copy|none] [--ios N] [--no-refresh] [--insecure-test-keys SEED]
+//! trustdev-guest tdisp --bdf BDF --root PEM [--stream-id N] [--stream-index N] [--mmio-offset A] [--io FILE] [--touch command|msix] [--keep] [--json]
 //! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
+//! trustdev-guest accel --bdf BDF [--size N] [--poll] [--timeout S] [--json]
+//! trustdev-guest sva --bdf BDF [--json]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
 //!
 //! It is its own crate so it does not link the device models: what it shares
 //! with the host side is the SPDM requester and the DOE encoding
-//! (spdm-responder) and the DMA-copy register map (a dependency-free file of
-//! the example device).
+//! (spdm-responder) and the register maps of the DMA-copy example and the
+//! accelerator (dependency-free files of the device models).
 //!
 //! Each subcommand is a module with `pub struct Args` (clap `Args`: its
 //! options, documented) and `pub fn run(Args) -> Result<(), String>`; adding
 //! one is that module plus one line in [`subcommands!`] below.
 
+mod accel;
 mod dma_copy;
 mod doe;
 mod ide;
 mod lspci;
 mod pciconf;
 mod spdm;
+mod sva;
 mod sysfs;
+mod tdisp;
 mod tsm_agent;
 mod vfio;
+mod vfio_session;
 mod wait_dev;
 
 use clap::{Parser, Subcommand};
@@ -78,10 +85,21 @@ subcommands! {
     Ide => ide,
     /// Wait until a PCI function with these IDs exists; print its BDF.
     WaitDev => wait_dev,
+    /// TDISP as a TSM drives it: SPDM session, IDE keys and a SECURE stream,
+    /// LOCK, the interface report, START (RUN); a locked register touched
+    /// (ERROR); STOP.
+    Tdisp => tdisp,
     /// The user-space agent of the trustdev_tsm link TSM module: runs SPDM
     /// for the kernel's tsm/connect and tsm/disconnect over
     /// pci_tsm_doe_transfer() (guest/kmod, docs/TSM.md).
     TsmAgent => tsm_agent,
+    /// Drive the trustdev accelerator through vfio-pci: every operation on
+    /// rings in user memory, verified against software, with MSI-X or polling.
+    Accel => accel,
+    /// Bind the accelerator to uio_pci_generic_sva and try shared virtual
+    /// addressing: report how far it gets; drive it with process addresses
+    /// if the PASID bind succeeds.
+    Sva => sva,
 }
 
 #[derive(Parser, Debug)]

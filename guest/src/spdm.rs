@@ -373,7 +373,7 @@ fn fail(step: &'static str, e: RequesterError) -> (&'static str, String) {
     (step, msg)
 }
 
-fn load_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
+pub(crate) fn load_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
     let mut out = Vec::new();
     for p in paths {
         let data = std::fs::read(p).map_err(|e| format!("--root {}: {e}", p.display()))?;
@@ -803,7 +803,7 @@ mod tests {
         let mut rng = spdm_responder::rng::DeterministicEntropy::new(b"subject");
         let id = spdm_responder::Identity::generate(
             &[AsymAlgo::EcdsaP256],
-            &spdm_responder::PciIds::default(),
+            &spdm_responder::CmaDeviceName::default(),
             1,
             &mut rng,
         )

@@ -78,6 +78,8 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("--serve") if args.len() == 2 => serve_ours(Path::new(&args[1])),
         Some("--serve-floor") if args.len() == 2 => serve_floor(Path::new(&args[1])),
+        Some("--serve-once") if args.len() == 2 => serve_once(Path::new(&args[1])),
+        Some("--drive") => drive(&args[1..]),
         _ => match Options::parse(&args) {
             Ok(o) => run(&o),
             Err(e) => {
@@ -213,6 +215,72 @@ fn serve_ours(path: &Path) -> Result<(), BoxError> {
     let mut server = Server::new(dev, path)?;
     server.run()?;
     Ok(())
+}
+
+/// `--serve-once SOCKET`: our server for exactly one client, then exit (for
+/// instruction counts under valgrind, which writes its profile at exit).
+fn serve_once(path: &Path) -> Result<(), BoxError> {
+    die_with_parent();
+    let dev = device::DmaCopy::new(PortType::Endpoint)?;
+    // The server's own listener sits beside the socket the client uses: this
+    // mode accepts the one client itself and hands it to `Server::serve`.
+    let mut server = Server::new(dev, &path.with_extension("unused"))?;
+    let listener = UnixListener::bind(path)?;
+    let (stream, _) = listener.accept()?;
+    drop(listener);
+    let _ = std::fs::remove_file(path);
+    server.serve(stream);
+    Ok(())
+}
+
+/// `--drive SOCKET --op read|config|write|posted --count N [--region R]
+/// [--offset O] [--size S]`: connects, negotiates, performs N operations
+/// (posted writes end with one synchronous read) and disconnects. Used with
+/// `--serve-once` under valgrind: instructions per message are the difference
+/// between two counts divided by the difference in messages.
+fn drive(args: &[String]) -> Result<(), BoxError> {
+    let mut it = args.iter();
+    let path = PathBuf::from(it.next().ok_or("--drive needs a socket")?);
+    let (mut op, mut count, mut r, mut o, mut s) = (String::new(), 0usize, 0u32, 0u64, 4u32);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--op" => op = val()?.clone(),
+            "--count" => count = val()?.parse()?,
+            "--region" => r = parse_num(val()?)? as u32,
+            "--offset" => o = parse_num(val()?)?,
+            "--size" => s = parse_num(val()?)? as u32,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let mut c = connect(&path)?;
+    for i in 0..count {
+        match op.as_str() {
+            "read" => drop(black_box(c.region_read(r, o, s)?)),
+            "config" => drop(black_box(c.region_read(region::CONFIG, 0, 4)?)),
+            "write" => c.region_write(r, o, &value(i)[..s as usize])?,
+            "posted" => c.region_write_posted(r, o, &value(i)[..s as usize])?,
+            other => return Err(format!("unknown op {other:?}").into()),
+        }
+    }
+    if op == "posted" {
+        c.region_read(r, o, s)?;
+    }
+    Ok(())
+}
+
+/// Connects and negotiates, waiting up to a minute for a server that is
+/// still starting (one under valgrind starts slowly; a socket file may exist
+/// before its server listens).
+fn connect(path: &Path) -> Result<Client, BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match Client::connect(path) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// `--serve-floor SOCKET`: the least a vfio-user responder can do per message.
@@ -377,6 +445,9 @@ struct Round {
     posted_per_s: f64,
 }
 
+/// Short names of [`OPS`] in the RESULT lines.
+const OP_KEYS: [&str; 4] = ["read", "config", "write", "posted"];
+
 const OPS: [&str; 4] = [
     "REGION_READ",
     "config REGION_READ",
@@ -407,8 +478,9 @@ fn timed(
     Ok(Lat::from_samples(ns, last - start))
 }
 
-fn value(i: usize, size: u32) -> Vec<u8> {
-    (i as u64).to_le_bytes()[..size as usize].to_vec()
+/// What the `i`-th write stores (its low bytes, as many as the access size).
+fn value(i: usize) -> [u8; 8] {
+    (i as u64).to_le_bytes()
 }
 
 fn measure(c: &mut Client, t: &Target) -> Result<Round, BoxError> {
@@ -422,17 +494,17 @@ fn measure(c: &mut Client, t: &Target) -> Result<Round, BoxError> {
         Ok(())
     })?;
     let write = timed(WRITES, OTHER_BUDGET, |i| {
-        Ok(c.region_write(r, o, &value(i, s))?)
+        Ok(c.region_write(r, o, &value(i)[..s as usize])?)
     })?;
     for i in 0..WARMUP {
-        c.region_write_posted(r, o, &value(i, s))?;
+        c.region_write_posted(r, o, &value(i)[..s as usize])?;
     }
     c.region_read(r, o, s)?;
     let start = Instant::now();
     let mut sent = 0;
     while sent < POSTED {
         for i in sent..sent + 1000 {
-            c.region_write_posted(r, o, &value(i, s))?;
+            c.region_write_posted(r, o, &value(i)[..s as usize])?;
         }
         sent += 1000;
         if start.elapsed() > OTHER_BUDGET * 2 {
@@ -483,7 +555,7 @@ fn run(o: &Options) -> Result<(), BoxError> {
     targets.extend(o.external.clone());
     let mut clients = Vec::new();
     for t in &targets {
-        clients.push(Client::connect(&t.path).map_err(|e| format!("{}: {e}", t.path.display()))?);
+        clients.push(connect(&t.path).map_err(|e| format!("{}: {e}", t.path.display()))?);
     }
     let id = clients[0].read32(0, device::reg::ID)?;
     if id != device::ID_VALUE {
@@ -507,7 +579,11 @@ fn run(o: &Options) -> Result<(), BoxError> {
         copy_bench(o.rounds.max(5))?;
     }
     println!();
-    println!("total time {:.1} s", t0.elapsed().as_secs_f64());
+    println!(
+        "total time {:.1} s; load average {} at the end",
+        t0.elapsed().as_secs_f64(),
+        load_average()
+    );
     Ok(())
 }
 
@@ -600,6 +676,17 @@ fn measure_all(o: &Options, targets: &[Target], clients: &mut [Client]) -> Resul
             println!();
         }
     }
+    // The same medians for scripts (scripts/vfio-user-bench.sh).
+    println!();
+    for (op, key) in OP_KEYS.iter().enumerate() {
+        for (i, t) in targets.iter().enumerate() {
+            let l = meds[i][op];
+            println!(
+                "RESULT op={key} target={} ops_per_s={:.0} p50_us={:.3} p99_us={:.3}",
+                t.name, l.ops_per_s, l.p50, l.p99
+            );
+        }
+    }
     Ok(())
 }
 
@@ -614,12 +701,42 @@ fn print_machine() {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    // Fields 19 (nice) and 41 (policy) of /proc/self/stat; the fields after
+    // the command name start at 3.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let field = |n: usize| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(n - 3))
+            .unwrap_or("?")
+            .to_string()
+    };
+    let nice = field(19);
+    let policy = match field(41).as_str() {
+        "0" => "SCHED_OTHER".to_string(),
+        "1" => "SCHED_FIFO".to_string(),
+        "2" => "SCHED_RR".to_string(),
+        "3" => "SCHED_BATCH".to_string(),
+        "5" => "SCHED_IDLE".to_string(),
+        other => format!("policy {other}"),
+    };
+    // With autogroup scheduling, the session's group niceness is what counts
+    // against other sessions.
+    let group = std::fs::read_to_string("/proc/self/autogroup")
+        .map(|g| g.trim().to_string())
+        .unwrap_or_else(|_| "no autogroup".into());
     println!(
-        "# regio: {cpus} CPUs, {cpu}; load average {} at start",
-        load.join(" ")
+        "# regio: {cpus} CPUs, {cpu}; {policy}, nice {nice} ({group}); load average {} at start",
+        load_average()
     );
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 //! benchmarks and host-side tools. It also serves the server's DMA_READ and
 //! DMA_WRITE requests for memory it registered without an fd.
 
+use crate::iommu::{IommuModel, PasidClient, Served};
+use crate::protocol::pasid::{InvalidateRequest, PageResponse};
 use crate::protocol::{
     encode_write_multi, Command, DmaMapRequest, DmaProt, DmaTransfer, Header, IrqAction, IrqData,
     MessageType, MultiWrite, ProtocolError, Reader, RegionAccess, SetIrqsRequest, SparseArea,
     REGION_INFO_SIZE,
 };
-use crate::transport::{recv_message, send_message, Message, TransportError};
-use std::collections::BTreeMap;
+use crate::transport::{send_message, Message, Receiver, TransportError};
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -46,6 +48,9 @@ impl ClientError {
     }
 }
 
+/// Largest message payload the client accepts.
+const MAX_MESSAGE: usize = 64 << 20;
+
 /// A reply as received.
 #[derive(Debug)]
 pub struct Response {
@@ -75,7 +80,7 @@ pub struct RegionInfo {
 /// A vfio-user client connection.
 #[derive(Debug)]
 pub struct Client {
-    stream: UnixStream,
+    rx: Receiver,
     next_id: u16,
     /// The server's VERSION reply JSON.
     pub server_caps: String,
@@ -83,6 +88,15 @@ pub struct Client {
     remote: BTreeMap<u64, Vec<u8>>,
     /// DMA_READ/WRITE requests served so far.
     pub dma_requests_served: u64,
+    /// The PASID extension's client side, once enabled.
+    pasid: Option<PasidClient>,
+    /// Commands sent without waiting for their reply (automatic page
+    /// responses); their replies are consumed when they arrive.
+    detached: HashSet<u16>,
+    /// Error replies received for detached commands: (id, errno).
+    pub detached_errors: Vec<(u16, i32)>,
+    /// Reused message buffer.
+    scratch: Vec<u8>,
 }
 
 impl Client {
@@ -95,8 +109,18 @@ impl Client {
 
     /// Sends VERSION with QEMU 11.1's capability proposal and checks the reply.
     pub fn negotiate(&mut self) -> Result<(), ClientError> {
+        self.negotiate_with("")
+    }
+
+    /// Sends VERSION with QEMU 11.1's capability proposal plus `extra`
+    /// members of the capabilities object (e.g.
+    /// `"pasid":{"ats":true,"pri":true,"dma":true}`), and checks the reply.
+    pub fn negotiate_with(&mut self, extra: &str) -> Result<(), ClientError> {
         let c = self;
-        let json = r#"{"capabilities":{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true}}"#;
+        let sep = if extra.is_empty() { "" } else { "," };
+        let json = format!(
+            r#"{{"capabilities":{{"max_msg_fds":16,"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535,"write_multiple":true{sep}{extra}}}}}"#
+        );
         let mut p = vec![0, 0, 0, 0];
         p.extend_from_slice(json.as_bytes());
         p.push(0);
@@ -115,22 +139,26 @@ impl Client {
     pub fn connect_raw(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)?;
         Ok(Client {
-            stream,
+            rx: Receiver::new(stream, MAX_MESSAGE),
             next_id: 1,
             server_caps: String::new(),
             remote: BTreeMap::new(),
             dma_requests_served: 0,
+            pasid: None,
+            detached: HashSet::new(),
+            detached_errors: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
     /// The socket (for raw writes in tests).
     pub fn stream(&self) -> &UnixStream {
-        &self.stream
+        self.rx.stream()
     }
 
     /// Sets a receive timeout for replies.
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)
+        self.rx.stream().set_read_timeout(t)
     }
 
     fn id(&mut self) -> u16 {
@@ -158,7 +186,7 @@ impl Client {
         payload: &[u8],
         fds: &[RawFd],
     ) -> Result<Response, ClientError> {
-        send_message(&self.stream, &h, payload, fds)?;
+        send_message(self.rx.stream(), &h, payload, fds)?;
         self.wait_reply(h.msg_id)
     }
 
@@ -166,7 +194,7 @@ impl Client {
     pub fn post(&mut self, cmd: Command, payload: &[u8]) -> Result<(), ClientError> {
         let mut h = Header::command(self.id(), cmd, payload.len());
         h.no_reply = true;
-        send_message(&self.stream, &h, payload, &[])?;
+        send_message(self.rx.stream(), &h, payload, &[])?;
         Ok(())
     }
 
@@ -177,7 +205,7 @@ impl Client {
         let rights = [ControlMessage::ScmRights(fds)];
         let cm: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
         sendmsg::<UnixAddr>(
-            self.stream.as_raw_fd(),
+            self.rx.stream().as_raw_fd(),
             &iov,
             cm,
             MsgFlags::MSG_NOSIGNAL,
@@ -189,7 +217,7 @@ impl Client {
 
     /// Receives the next message (reply or server request) as is.
     pub fn recv(&mut self) -> Result<Message, ClientError> {
-        Ok(recv_message(&self.stream, 64 << 20)?)
+        Ok(self.rx.recv()?.into_owned())
     }
 
     /// Waits for the reply with `id`, serving DMA requests that come first.
@@ -198,6 +226,12 @@ impl Client {
             let mut m = self.recv()?;
             if m.header.kind == MessageType::Command {
                 self.serve_dma(m)?;
+                continue;
+            }
+            if m.header.msg_id != id && self.detached.remove(&m.header.msg_id) {
+                if let Some(e) = m.header.error {
+                    self.detached_errors.push((m.header.msg_id, e as i32));
+                }
                 continue;
             }
             if m.header.msg_id != id {
@@ -221,10 +255,15 @@ impl Client {
     /// none arriving. Returns how many were served.
     pub fn serve_requests(&mut self, timeout: Duration) -> Result<u64, ClientError> {
         let before = self.dma_requests_served;
-        self.stream.set_read_timeout(Some(timeout))?;
+        self.rx.stream().set_read_timeout(Some(timeout))?;
         let r = loop {
             match self.recv() {
                 Ok(m) if m.header.kind == MessageType::Command => self.serve_dma(m)?,
+                Ok(m) if self.detached.remove(&m.header.msg_id) => {
+                    if let Some(e) = m.header.error {
+                        self.detached_errors.push((m.header.msg_id, e as i32));
+                    }
+                }
                 Ok(m) => {
                     break Err(ClientError::Unexpected(format!(
                         "reply {} with nothing outstanding",
@@ -242,7 +281,7 @@ impl Client {
                 Err(e) => break Err(e),
             }
         };
-        self.stream.set_read_timeout(None)?;
+        self.rx.stream().set_read_timeout(None)?;
         r.map(|_| self.dma_requests_served - before)
     }
 
@@ -274,12 +313,38 @@ impl Client {
                     _ => Err(libc::EFAULT),
                 }
             }
+            Some(
+                c @ (Command::AtsTranslate
+                | Command::PageRequest
+                | Command::PasidDmaRead
+                | Command::PasidDmaWrite),
+            ) if self.pasid.is_some() => {
+                let served = self.pasid.as_mut().map(|p| p.serve(c, &m.payload));
+                match served {
+                    Some(Served::Reply(p)) => Ok(p),
+                    Some(Served::Error(e)) => Err(e),
+                    Some(Served::Posted(rsp)) => {
+                        if let Some(rsp) = rsp {
+                            let payload = rsp.encode();
+                            let hdr =
+                                Header::command(self.id(), Command::PageResponse, payload.len());
+                            self.detached.insert(hdr.msg_id);
+                            send_message(self.rx.stream(), &hdr, &payload, &[])?;
+                        }
+                        return Ok(());
+                    }
+                    None => Err(libc::ENOSYS),
+                }
+            }
             _ => Err(libc::ENOSYS),
         };
         self.dma_requests_served += 1;
+        if h.no_reply {
+            return Ok(());
+        }
         match reply {
-            Ok(p) => send_message(&self.stream, &h.reply(p.len()), &p, &[])?,
-            Err(e) => send_message(&self.stream, &h.error_reply(e), &[], &[])?,
+            Ok(p) => send_message(self.rx.stream(), &h.reply(p.len()), &p, &[])?,
+            Err(e) => send_message(self.rx.stream(), &h.error_reply(e), &[], &[])?,
         }
         Ok(())
     }
@@ -440,7 +505,14 @@ impl Client {
             region,
             count: data.len() as u32,
         };
-        self.post(Command::RegionWrite, &a.encode(data))
+        // Posted writes come in streams: encode into a reused buffer.
+        let mut p = std::mem::take(&mut self.scratch);
+        p.clear();
+        p.extend_from_slice(&a.fixed());
+        p.extend_from_slice(data);
+        let r = self.post(Command::RegionWrite, &p);
+        self.scratch = p;
+        r
     }
 
     /// REGION_WRITE_MULTI with a reply; returns the reported write count.
@@ -459,14 +531,7 @@ impl Client {
         prot: DmaProt,
         fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), ClientError> {
-        let req = DmaMapRequest {
-            prot,
-            offset,
-            address,
-            size,
-        };
-        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
-        self.request(Command::DmaMap, &req.encode(), &fds)?;
+        self.map_window(Command::DmaMap, (address, size, offset), prot, fd)?;
         if fd.is_none() {
             self.remote.insert(address, vec![0; size as usize]);
         }
@@ -480,13 +545,82 @@ impl Client {
 
     /// DMA_UNMAP of exactly `address+size`.
     pub fn dma_unmap(&mut self, address: u64, size: u64) -> Result<(), ClientError> {
+        self.unmap_window(Command::DmaUnmap, address, size)?;
+        self.remote.remove(&address);
+        Ok(())
+    }
+
+    /// DMA_MAP or TRANSLATED_DMA_MAP of `size` bytes at `address` from
+    /// `fd` at `offset`.
+    fn map_window(
+        &mut self,
+        cmd: Command,
+        (address, size, offset): (u64, u64, u64),
+        prot: DmaProt,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
+        let req = DmaMapRequest {
+            prot,
+            offset,
+            address,
+            size,
+        };
+        let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        self.request(cmd, &req.encode(), &fds)?;
+        Ok(())
+    }
+
+    /// DMA_UNMAP or TRANSLATED_DMA_UNMAP of exactly `address+size`.
+    fn unmap_window(&mut self, cmd: Command, address: u64, size: u64) -> Result<(), ClientError> {
         let mut p = Vec::with_capacity(24);
         p.extend_from_slice(&24u32.to_le_bytes());
         p.extend_from_slice(&0u32.to_le_bytes());
         p.extend_from_slice(&address.to_le_bytes());
         p.extend_from_slice(&size.to_le_bytes());
-        self.request(Command::DmaUnmap, &p, &[])?;
-        self.remote.remove(&address);
+        self.request(cmd, &p, &[])?;
+        Ok(())
+    }
+
+    /// Enables the PASID extension's client side around `iommu` (after
+    /// negotiating `"pasid"`): ATS_TRANSLATE, PAGE_REQUEST and PASID DMA
+    /// requests are then served from the model.
+    pub fn enable_pasid(&mut self, iommu: IommuModel) {
+        self.pasid = Some(PasidClient::new(iommu));
+    }
+
+    /// The extension's client side, if enabled.
+    pub fn pasid(&mut self) -> Option<&mut PasidClient> {
+        self.pasid.as_mut()
+    }
+
+    /// TRANSLATED_DMA_MAP: like [`Client::dma_map`], into the translated
+    /// (physical) address space.
+    pub fn translated_dma_map(
+        &mut self,
+        address: u64,
+        size: u64,
+        offset: u64,
+        prot: DmaProt,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), ClientError> {
+        self.map_window(Command::TranslatedDmaMap, (address, size, offset), prot, fd)
+    }
+
+    /// TRANSLATED_DMA_UNMAP of exactly `address+size`.
+    pub fn translated_dma_unmap(&mut self, address: u64, size: u64) -> Result<(), ClientError> {
+        self.unmap_window(Command::TranslatedDmaUnmap, address, size)
+    }
+
+    /// ATS_INVALIDATE; returns when the device no longer uses the
+    /// translations.
+    pub fn ats_invalidate(&mut self, req: &InvalidateRequest) -> Result<(), ClientError> {
+        self.request(Command::AtsInvalidate, &req.encode(), &[])?;
+        Ok(())
+    }
+
+    /// PAGE_RESPONSE, waiting for its reply.
+    pub fn page_response(&mut self, rsp: &PageResponse) -> Result<(), ClientError> {
+        self.request(Command::PageResponse, &rsp.encode(), &[])?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The [`Device`] trait a device model implements, and the [`DeviceContext`]
 //! (client memory + interrupts) it works with.
 
-use crate::dma::GuestMemory;
+use crate::dma::{GuestMemory, PasidMemory};
 use crate::irq::{Interrupts, IrqInfo};
 use crate::pci::{ConfigEvents, ConfigSpace};
 use crate::protocol::SparseArea;
@@ -21,13 +21,17 @@ pub struct DeviceContext {
     pub memory: Arc<GuestMemory>,
     /// Interrupts.
     pub irqs: Arc<Interrupts>,
+    /// PASID-tagged access to client memory (the vfio-user PASID extension).
+    pub pasid: Arc<PasidMemory>,
 }
 
 impl DeviceContext {
     /// A context with the given IRQ indexes (see [`IrqInfo::pci`]).
     pub fn new(irqs: &[IrqInfo]) -> Self {
+        let memory = Arc::new(GuestMemory::new(DEFAULT_MAX_DMA_MAPS));
         DeviceContext {
-            memory: Arc::new(GuestMemory::new(DEFAULT_MAX_DMA_MAPS)),
+            pasid: Arc::new(PasidMemory::new(Arc::clone(&memory), DEFAULT_MAX_DMA_MAPS)),
+            memory,
             irqs: Arc::new(Interrupts::new(irqs)),
         }
     }

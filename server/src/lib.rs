@@ -14,11 +14,15 @@
 //! - [`irq`]: eventfd-backed interrupts;
 //! - [`device`]: the trait device models implement;
 //! - [`server`]: the request loop;
-//! - [`client`]: a client for tests, benchmarks and tools.
+//! - [`client`]: a client for tests, benchmarks and tools;
+//! - [`iommu`]: an IOMMU model (per-PASID page tables in client memory)
+//!   for clients of the PASID extension.
 
 pub mod client;
 pub mod device;
 pub mod dma;
+mod extension;
+pub mod iommu;
 pub mod irq;
 pub mod pci;
 pub mod protocol;

@@ -13,7 +13,7 @@ use crate::protocol::{
     REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use crate::stats::Stats;
-use crate::transport::{bufpool, recv_message, Listener, Message, Sender, TransportError};
+use crate::transport::{Frame, ListenError, Listener, Receiver, Sender, TransportError};
 use log::{debug, error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
@@ -83,8 +83,11 @@ impl RequestError {
 /// Errors that end serving.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    /// Socket setup or accept failed.
-    #[error("socket: {0}")]
+    /// The socket path cannot be listened on (nothing at it was touched).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// Setting up the server or accepting a client failed.
+    #[error("server socket: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -99,24 +102,46 @@ impl StopHandle {
     }
 }
 
-/// A successful reply: payload and fds to attach.
-struct Reply {
-    payload: Vec<u8>,
+/// The reply being built: room for the header, then the payload, and the fds
+/// to attach. One per connection, reused for every message.
+struct ReplyBuf {
+    buf: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
-impl Reply {
-    fn empty() -> Self {
-        Reply {
-            payload: Vec::new(),
+impl ReplyBuf {
+    fn new() -> Self {
+        let mut buf = Vec::with_capacity(4096);
+        buf.resize(HEADER_SIZE, 0);
+        ReplyBuf {
+            buf,
             fds: Vec::new(),
         }
     }
-    fn data(payload: Vec<u8>) -> Self {
-        Reply {
-            payload,
-            fds: Vec::new(),
-        }
+
+    /// Empties the payload and the fds.
+    fn clear(&mut self) {
+        self.buf.truncate(HEADER_SIZE);
+        self.fds.clear();
+    }
+
+    /// Appends payload bytes.
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends `len` zero bytes and returns them, to be filled in place.
+    fn put_zeroed(&mut self, len: usize) -> &mut [u8] {
+        let at = self.buf.len();
+        self.buf.resize(at + len, 0);
+        &mut self.buf[at..]
+    }
+
+    /// The whole message with `header` written in front of the payload.
+    fn message(&mut self, header: &Header) -> &[u8] {
+        let h = header.reply(self.buf.len() - HEADER_SIZE);
+        self.buf[..HEADER_SIZE].copy_from_slice(&h.encode());
+        &self.buf
     }
 }
 
@@ -125,6 +150,7 @@ struct Session {
     sender: Arc<Sender>,
     requester: Arc<Requester>,
     client: Option<ClientCaps>,
+    reply: ReplyBuf,
 }
 
 /// How long a client may pause in the middle of sending a message.
@@ -259,6 +285,7 @@ impl<D: Device> Server<D> {
             sender,
             requester,
             client: None,
+            reply: ReplyBuf::new(),
         };
         let max_payload = self.caps.max_data_xfer_size as usize + 4096;
         // This thread blocks in recvmsg, with no poll per message; the watcher
@@ -270,8 +297,9 @@ impl<D: Device> Server<D> {
                 return;
             }
         };
+        let mut rx = Receiver::new(stream, max_payload);
         loop {
-            let msg = match recv_message(&stream, max_payload) {
+            let msg = match rx.recv() {
                 Ok(m) => m,
                 Err(TransportError::Closed) if self.stopped() => {
                     info!("server stopping; closing the client connection");
@@ -343,6 +371,7 @@ impl<D: Device> Server<D> {
         // Workers waiting for a DMA reply fail now rather than after the
         // timeout (the device reset below waits for them).
         sess.requester.cancel_all();
+        ctx.pasid.disconnect();
         self.device.config().reset();
         self.device.reset();
         ctx.memory.unmap_all();
@@ -353,11 +382,11 @@ impl<D: Device> Server<D> {
         );
     }
 
-    fn handle(&mut self, sess: &mut Session, mut msg: Message) -> Flow {
+    fn handle(&mut self, sess: &mut Session, msg: Frame<'_>) -> Flow {
         let h = msg.header;
         if h.kind == MessageType::Reply {
             // A reply to one of our DMA_READ/WRITE requests.
-            if !sess.requester.complete(h, std::mem::take(&mut msg.payload)) {
+            if !sess.requester.complete(h, msg.payload.to_vec()) {
                 warn!(
                     "dropping an unsolicited reply (id {}, command {})",
                     h.msg_id, h.command
@@ -378,6 +407,7 @@ impl<D: Device> Server<D> {
             );
         }
         self.stats.count(h.command);
+        sess.reply.clear();
         let result = self.dispatch(sess, &h, msg);
         let is_version = h.command == Command::Version as u16;
         let failed_version = is_version && result.is_err() && sess.client.is_none();
@@ -390,17 +420,17 @@ impl<D: Device> Server<D> {
         flow
     }
 
-    fn answer(&mut self, sess: &Session, h: &Header, result: Result<Reply, RequestError>) -> Flow {
+    fn answer(&mut self, sess: &mut Session, h: &Header, result: Result<(), RequestError>) -> Flow {
         match result {
-            Ok(reply) => {
+            Ok(()) => {
                 if h.no_reply {
                     return Flow::Continue;
                 }
-                let fds: Vec<RawFd> = reply.fds.iter().map(|f| f.as_raw_fd()).collect();
-                let sent = sess
-                    .sender
-                    .send(&h.reply(reply.payload.len()), &reply.payload, &fds);
-                bufpool::give(reply.payload);
+                let out = &mut sess.reply;
+                let fds: Vec<RawFd> = out.fds.iter().map(|f| f.as_raw_fd()).collect();
+                let sent = sess.sender.send_encoded(out.message(h), &fds);
+                // Our copies of the fds are not needed once sent.
+                out.fds.clear();
                 if let Err(e) = sent {
                     warn!("cannot send reply: {e}");
                     return Flow::Disconnect;
@@ -423,12 +453,13 @@ impl<D: Device> Server<D> {
         Flow::Continue
     }
 
+    /// Carries out one command; its reply payload goes to `sess.reply`.
     fn dispatch(
         &mut self,
         sess: &mut Session,
         h: &Header,
-        mut msg: Message,
-    ) -> Result<Reply, RequestError> {
+        mut msg: Frame<'_>,
+    ) -> Result<(), RequestError> {
         let Some(cmd) = Command::from_raw(h.command) else {
             return Err(ProtocolError::UnknownCommand(h.command).into());
         };
@@ -441,7 +472,7 @@ impl<D: Device> Server<D> {
             .into());
         }
         let fd_limit = match cmd {
-            Command::DmaMap => 1,
+            Command::DmaMap | Command::TranslatedDmaMap => 1,
             Command::DeviceSetIrqs => self.caps.max_msg_fds as usize,
             _ => 0,
         };
@@ -461,7 +492,7 @@ impl<D: Device> Server<D> {
             if sess.client.is_some() {
                 return Err(RequestError::Sequence("VERSION was already negotiated"));
             }
-            let req = VersionRequest::decode(&msg.payload)?;
+            let req = VersionRequest::decode(msg.payload)?;
             if req.major != 0 {
                 return Err(ProtocolError::UnsupportedMajor(req.major).into());
             }
@@ -482,14 +513,18 @@ impl<D: Device> Server<D> {
                 .context()
                 .memory
                 .set_requester(Some(Arc::clone(&sess.requester)));
+            let pasid = &self.device.context().pasid;
+            pasid.set_features(self.caps.pasid_agreed(&req));
+            pasid.log_features();
             sess.client = Some(req.caps);
-            return Ok(Reply::data(reply));
+            sess.reply.put(&reply);
+            return Ok(());
         }
         if sess.client.is_none() {
             return Err(RequestError::Sequence("VERSION must be the first message"));
         }
         let max_xfer = self.caps.max_data_xfer_size;
-        let p = &msg.payload;
+        let p = msg.payload;
         match cmd {
             Command::Version => Err(RequestError::Sequence("VERSION was already negotiated")),
             Command::DmaMap => {
@@ -503,7 +538,7 @@ impl<D: Device> Server<D> {
                     req.offset
                 );
                 self.device.context().memory.map(&req, fd)?;
-                Ok(Reply::empty())
+                Ok(())
             }
             Command::DmaUnmap => {
                 let req = DmaUnmapRequest::decode(p)?;
@@ -515,19 +550,21 @@ impl<D: Device> Server<D> {
                     }
                     DmaUnmapKind::All => mem.unmap_all(),
                 }
-                Ok(Reply::data(req.encode()))
+                sess.reply.put(&req.encode());
+                Ok(())
             }
             Command::DeviceGetInfo => {
                 InfoRequest::decode_device_info(p)?;
-                Ok(Reply::data(encode_device_info(
+                sess.reply.put(&encode_device_info(
                     DEVICE_FLAGS_PCI | DEVICE_FLAGS_RESET,
                     region::COUNT,
                     NUM_IRQS,
-                )))
+                ));
+                Ok(())
             }
             Command::DeviceGetRegionInfo => {
                 let req = InfoRequest::decode_region_info(p)?;
-                self.region_info(req)
+                self.region_info(req, &mut sess.reply)
             }
             Command::DeviceGetRegionIoFds => {
                 let req = InfoRequest::decode_region_io_fds(p)?;
@@ -542,9 +579,9 @@ impl<D: Device> Server<D> {
                 let info = infos
                     .get(req.index as usize)
                     .ok_or(IrqError::BadIndex(req.index))?;
-                Ok(Reply::data(encode_irq_info(
-                    info.flags, req.index, info.count,
-                )))
+                sess.reply
+                    .put(&encode_irq_info(info.flags, req.index, info.count));
+                Ok(())
             }
             Command::DeviceSetIrqs => {
                 let req = SetIrqsRequest::decode(p)?;
@@ -561,25 +598,23 @@ impl<D: Device> Server<D> {
                     .context()
                     .irqs
                     .set_irqs(&req, std::mem::take(&mut msg.fds))?;
-                Ok(Reply::empty())
+                Ok(())
             }
             Command::RegionRead => {
                 let a = RegionAccess::decode_read(p, max_xfer)?;
                 // The reply is the request's fixed part followed by the data,
                 // read in place.
-                let mut out = bufpool::take(RegionAccess::SIZE + a.count as usize);
-                out[..RegionAccess::SIZE].copy_from_slice(&a.fixed());
-                self.region_access(a, Access::Read(&mut out[RegionAccess::SIZE..]))?;
-                Ok(Reply::data(out))
+                sess.reply.put(&a.fixed());
+                self.region_access(a, Access::Read(sess.reply.put_zeroed(a.count as usize)))
             }
             Command::RegionWrite => {
                 let (a, data) = RegionAccess::decode_write(p, max_xfer)?;
                 self.region_access(a, Access::Write(data))?;
-                if h.no_reply {
-                    // A posted write (QEMU's memory-BAR writes): nothing to encode.
-                    return Ok(Reply::empty());
+                if !h.no_reply {
+                    // Not for a posted write (QEMU's memory-BAR writes).
+                    sess.reply.put(&a.fixed());
                 }
-                Ok(Reply::data(a.encode(&[])))
+                Ok(())
             }
             Command::RegionWriteMulti => {
                 let writes = decode_write_multi(p)?;
@@ -590,7 +625,8 @@ impl<D: Device> Server<D> {
                         Access::Write(&w.data[..w.access.count as usize]),
                     )?;
                 }
-                Ok(Reply::data(n.to_le_bytes().to_vec()))
+                sess.reply.put(&n.to_le_bytes());
+                Ok(())
             }
             Command::DeviceReset => {
                 if !p.is_empty() {
@@ -606,11 +642,26 @@ impl<D: Device> Server<D> {
                 // worker waiting for a reply (which only this thread can route)
                 // releases the device instead of stalling the reset.
                 sess.requester.cancel_all();
+                self.device.context().pasid.reset();
                 self.device.config().reset();
                 self.device.reset();
-                Ok(Reply::empty())
+                Ok(())
             }
-            Command::DmaRead | Command::DmaWrite => Err(ProtocolError::WrongDirection(cmd).into()),
+            Command::TranslatedDmaMap
+            | Command::TranslatedDmaUnmap
+            | Command::AtsInvalidate
+            | Command::PageResponse => {
+                let pasid = &self.device.context().pasid;
+                let data = crate::extension::dispatch(cmd, pasid, p, &mut msg.fds)?;
+                sess.reply.put(&data);
+                Ok(())
+            }
+            Command::DmaRead
+            | Command::DmaWrite
+            | Command::AtsTranslate
+            | Command::PageRequest
+            | Command::PasidDmaRead
+            | Command::PasidDmaWrite => Err(ProtocolError::WrongDirection(cmd).into()),
             Command::DirtyPages
             | Command::DeviceFeature
             | Command::MigDataRead
@@ -630,7 +681,7 @@ impl<D: Device> Server<D> {
         }
     }
 
-    fn region_info(&mut self, req: InfoRequest) -> Result<Reply, RequestError> {
+    fn region_info(&mut self, req: InfoRequest, out: &mut ReplyBuf) -> Result<(), RequestError> {
         if req.index >= region::COUNT {
             return Err(RequestError::NoSuchRegion(req.index));
         }
@@ -643,7 +694,6 @@ impl<D: Device> Server<D> {
         if req.index == region::ROM {
             flags &= !REGION_FLAG_WRITE;
         }
-        let mut fds = Vec::new();
         let mut mmap_offset = 0;
         let mut sparse: Vec<SparseArea> = Vec::new();
         if size > 0 && req.index < region::ROM {
@@ -656,13 +706,18 @@ impl<D: Device> Server<D> {
                 flags |= REGION_FLAG_MMAP;
                 mmap_offset = m.offset;
                 sparse = m.areas;
-                fds.push(fd);
+                out.fds.push(fd);
             }
         }
-        Ok(Reply {
-            payload: encode_region_info(req.argsz, req.index, flags, size, mmap_offset, &sparse),
-            fds,
-        })
+        out.put(&encode_region_info(
+            req.argsz,
+            req.index,
+            flags,
+            size,
+            mmap_offset,
+            &sparse,
+        ));
+        Ok(())
     }
 
     fn region_access(&mut self, a: RegionAccess, access: Access<'_>) -> Result<(), RequestError> {

@@ -401,8 +401,18 @@ fn cases() -> Vec<Case> {
         case("unknown_command_0", Errno(libc::ENOSYS), |c| {
             req(c, 0, &[], &[])
         }),
-        case("unknown_command_19", Errno(libc::ENOSYS), |c| {
-            req(c, 19, &[1, 2, 3, 4], &[])
+        case("unknown_command_27", Errno(libc::ENOSYS), |c| {
+            req(c, 27, &[1, 2, 3, 4], &[])
+        }),
+        // The PASID extension's commands (docs/VFIO-USER-PASID.md) without
+        // having negotiated it, and its server-to-client ones sent by a client.
+        case(
+            "pasid_extension_not_negotiated",
+            Errno(libc::ENOTSUP),
+            |c| req(c, cmd(Command::AtsInvalidate), &[0; 24], &[]),
+        ),
+        case("page_request_sent_by_the_client", Errno(EINVAL), |c| {
+            req(c, cmd(Command::PageRequest), &[0; 24], &[])
         }),
         case("unknown_command_0xffff", Errno(libc::ENOSYS), |c| {
             req(c, 0xffff, &[], &[])

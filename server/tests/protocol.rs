@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use vfio_user_server::client::{Client, ClientError};
 use vfio_user_server::pci::PortType;
 use vfio_user_server::protocol::{
-    encode_write_multi, irq_index, region, Command, IrqAction, IrqData, MultiWrite, RegionAccess,
-    DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DMA_UNMAP_ALL, IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD,
-    IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, REGION_FLAG_CAPS, REGION_FLAG_MMAP, REGION_FLAG_READ,
-    REGION_FLAG_WRITE, REGION_INFO_CAP_SPARSE_MMAP,
+    encode_write_multi, irq_index, region, Command, DmaMapRequest, Header, IrqAction, IrqData,
+    MultiWrite, RegionAccess, DEVICE_FLAGS_PCI, DEVICE_FLAGS_RESET, DMA_UNMAP_ALL,
+    IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, REGION_FLAG_CAPS,
+    REGION_FLAG_MMAP, REGION_FLAG_READ, REGION_FLAG_WRITE, REGION_INFO_CAP_SPARSE_MMAP,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -1127,6 +1127,92 @@ fn posted_writes_get_no_reply() {
     assert!(c.recv().is_err(), "no stray reply is pending");
 }
 
+/// One message as bytes: `header` (flags as given) and `payload`.
+fn wire(h: Header, payload: &[u8]) -> Vec<u8> {
+    let mut m = h.encode().to_vec();
+    m.extend_from_slice(payload);
+    m
+}
+
+#[test]
+fn queued_messages_are_answered_in_order_and_fds_stay_with_their_message() {
+    // Everything is written before any reply is read, so the server takes
+    // several messages per read; a malformed one in the middle is answered
+    // and skipped, and the fd goes with the DMA_MAP it was sent with.
+    let s = TestServer::start();
+    let mut c = s.connect();
+    let ram = memfd(0x4000);
+    file(&ram).write_all_at(&pattern(0x100, 3), 0).unwrap();
+    let access = |offset, data: &[u8]| {
+        RegionAccess {
+            offset,
+            region: 0,
+            count: if data.is_empty() {
+                4
+            } else {
+                data.len() as u32
+            },
+        }
+        .encode(data)
+    };
+    let mut posted = command_header(1, Command::RegionWrite as u16, 20);
+    posted.no_reply = true;
+    let mut batch = wire(posted, &access(reg::SCRATCH, &0x11u32.to_le_bytes()));
+    batch.extend(wire(
+        command_header(2, Command::RegionRead as u16, 16),
+        &access(reg::SCRATCH, &[]),
+    ));
+    // Reserved flag bit 6: answered with EINVAL, its payload skipped.
+    let mut bad = raw_header(3, Command::RegionRead as u16, 32, 1 << 6, 0);
+    bad.extend_from_slice(&access(reg::SCRATCH, &[]));
+    batch.extend(bad);
+    batch.extend(wire(
+        command_header(4, Command::RegionWrite as u16, 20),
+        &access(reg::SCRATCH, &0x22u32.to_le_bytes()),
+    ));
+    c.send_bytes(&batch, &[]).unwrap();
+    let map = DmaMapRequest {
+        prot: RW,
+        offset: 0,
+        address: A,
+        size: 0x4000,
+    }
+    .encode();
+    c.send_bytes(
+        &wire(command_header(5, Command::DmaMap as u16, map.len()), &map),
+        &[ram.as_raw_fd()],
+    )
+    .unwrap();
+    // REGION_READ refuses fds: had the fd been attributed to it, it would fail.
+    c.send_bytes(
+        &wire(
+            command_header(6, Command::RegionRead as u16, 16),
+            &access(reg::SCRATCH, &[]),
+        ),
+        &[],
+    )
+    .unwrap();
+
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        let m = c.recv().unwrap();
+        replies.push((m.header.msg_id, m.header.error, m.payload.clone()));
+    }
+    let ids: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(ids, [2, 3, 4, 5, 6], "in order, none for the posted write");
+    assert_eq!(le32(&replies[0].2, 16), 0x11);
+    assert_eq!(replies[1].1, Some(libc::EINVAL as u32));
+    assert_eq!(replies[2].1, None);
+    assert_eq!(replies[3].1, None, "DMA_MAP with its fd");
+    assert_eq!(replies[4].1, None);
+    assert_eq!(le32(&replies[4].2, 16), 0x22);
+    // The window is backed by the fd: the device copies within the memfd.
+    assert_eq!(copy(&mut c, A, A + 0x1000, 0x100, false), status::DONE);
+    let mut got = vec![0u8; 0x100];
+    file(&ram).read_exact_at(&mut got, 0x1000).unwrap();
+    assert_eq!(got, pattern(0x100, 3));
+}
+
 #[test]
 fn unsupported_and_unknown_commands() {
     let s = TestServer::start();
@@ -1156,7 +1242,7 @@ fn unsupported_and_unknown_commands() {
         errno(c.request(Command::DirtyPages, &mig, &[])),
         libc::ENOTSUP
     );
-    for cmd in [0u16, 19, 100, 0xffff] {
+    for cmd in [0u16, 27, 100, 0xffff] {
         let id = 0x100u16.wrapping_add(cmd);
         assert_eq!(
             errno(raw_request(&mut c, id, cmd, &[1, 2, 3], &[])),

@@ -5,7 +5,10 @@
 //! ```text
 //! cargo run -p spdm-responder --example spdm_request -- --root ROOT.{pem,der} [--port 2323]
 //!     [--trans PCI_DOE|MCTP] [--ver 1.0|1.1|1.2|1.3] [--p256] [--chacha] [--dts BYTES]
+//!     [--psk HEX|@FILE [--psk-hint STRING]]
 //! ```
+//! The PSK session runs only with `--psk` (DMTF's spdm_responder_emu uses
+//! "TestPskData\0" = 5465737450736b4461746100 with hint "TestPskHint").
 
 use spdm_responder::codec::{V10, V11, V12, V13};
 use spdm_responder::crypto::*;
@@ -68,6 +71,10 @@ fn flow<T: Transport>(r: &mut Requester<T>) -> Result<(), Box<dyn std::error::Er
     println!("  KEY_UPDATE UpdateKey + UpdateAllKeys + VerifyNewKey ok");
     r.end_session(s)?;
     println!("  END_SESSION ok");
+    if r.connection().rsp_caps & spdm_responder::codec::caps::PSK_MASK == 0 {
+        println!("no PSK_CAP (or no --psk): PSK session skipped");
+        return Ok(());
+    }
     let p = r.psk_exchange(0)?;
     println!("PSK_EXCHANGE/PSK_FINISH: session {p:#010x} established");
     r.key_update(p, true)?;
@@ -81,6 +88,7 @@ fn main() {
     let mut port = 2323u16;
     let mut trans = TRANSPORT_PCI_DOE;
     let mut cfg = RequesterConfig::default();
+    let (mut psk, mut psk_hint) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
@@ -113,8 +121,15 @@ fn main() {
             }
             "--chacha" => cfg.aead = AEAD_CHACHA20_POLY1305,
             "--dts" => cfg.data_transfer_size = val().parse().expect("bytes"),
+            "--psk" => psk = Some(val()),
+            "--psk-hint" => psk_hint = Some(val()),
             other => panic!("unknown argument {other}"),
         }
+    }
+    if let Some(p) = psk {
+        let entry = spdm_responder::psk::PskEntry::from_arg(&p, psk_hint.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        cfg.psk = Some(entry);
     }
     let client = EmuClient::connect(port, trans).expect("connect");
     let res = if trans == TRANSPORT_MCTP {

@@ -5,13 +5,14 @@
 //!     [--chain FILE --key FILE [--slot N]]...   (user chains; PEM or DER)
 //!     [--export-root FILE]                      (PEM root(s) for a requester's trust store)
 //!     [--heartbeat SECONDS] [--data-transfer-size BYTES]
+//!     [--psk HEX|@FILE [--psk-hint STRING]]    (PSK sessions; off without --psk)
 //! ```
 //! Without --chain, an identity is generated on first run in --identity-dir
 //! (default ./trustdev-identity) and reloaded afterwards.
 
 use std::path::PathBuf;
 
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::OsEntropy;
 use spdm_responder::{serve_tcp, Responder, ResponderConfig};
 
@@ -25,6 +26,7 @@ fn main() {
     let mut slot = 0u8;
     let mut export: Option<PathBuf> = None;
     let mut cfg = ResponderConfig::default();
+    let (mut psk, mut psk_hint) = (None, None);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| panic!("{a} needs a value"));
         match a.as_str() {
@@ -40,11 +42,19 @@ fn main() {
             "--export-root" => export = Some(val().into()),
             "--heartbeat" => cfg.heartbeat_period = val().parse().expect("seconds"),
             "--data-transfer-size" => cfg.data_transfer_size = val().parse().expect("bytes"),
+            "--psk" => psk = Some(val()),
+            "--psk-hint" => psk_hint = Some(val()),
             other => panic!("unknown argument {other}"),
         }
     }
+    if let Some(p) = psk {
+        let entry = spdm_responder::psk::PskEntry::from_arg(&p, psk_hint.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        cfg.psks.push(entry);
+    }
     let identity = if chains.is_empty() {
-        Identity::load_or_generate(&dir, &PciIds::default(), &mut OsEntropy).expect("identity")
+        Identity::load_or_generate(&dir, &CmaDeviceName::default(), &mut OsEntropy)
+            .expect("identity")
     } else {
         let mut id = Identity::default();
         for (c, k, s) in &chains {

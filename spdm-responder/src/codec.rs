@@ -272,6 +272,25 @@ pub mod caps {
     pub const PUB_KEY_ID: u32 = 1 << 16;
     pub const CHUNK: u32 = 1 << 17;
     pub const ALIAS_CERT: u32 = 1 << 18;
+    /// 1.3 EP_INFO_CAP (2 bits): 01b without, 10b with signature, 11b reserved.
+    pub const EP_INFO_MASK: u32 = 3 << 22;
+    pub const EVENT: u32 = 1 << 25;
+    /// 1.3 MULTI_KEY_CAP (2 bits): 01b only, 10b negotiated, 11b reserved.
+    pub const MULTI_KEY_MASK: u32 = 3 << 26;
+    /// Bits a requester of each version defines (the others are reserved).
+    pub const REQ_MASK_11: u32 = 0x0001_FFC6;
+    pub const REQ_MASK_12: u32 = REQ_MASK_11 | CHUNK;
+    pub const REQ_MASK_13: u32 = REQ_MASK_12 | EP_INFO_MASK | EVENT | MULTI_KEY_MASK;
+
+    /// The requester flag bits `version` defines.
+    pub fn request_mask(version: u8) -> u32 {
+        match version {
+            super::V10 => 0,
+            super::V11 => REQ_MASK_11,
+            super::V12 => REQ_MASK_12,
+            _ => REQ_MASK_13,
+        }
+    }
     /// Bits defined by each version (for masking what we advertise).
     pub const MASK_10: u32 = 0x3F;
     pub const MASK_11: u32 = 0x1_FFFF;

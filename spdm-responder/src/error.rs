@@ -109,6 +109,24 @@ pub enum IdentityError {
     Slot(u8),
 }
 
+/// Errors loading a pre-shared key (`--psk HEX|@FILE`).
+#[derive(Debug, Error)]
+pub enum PskError {
+    #[error("PSK: expected an even number of hex digits, or @FILE")]
+    Hex,
+    #[error("PSK must be 1 to 256 bytes (got {0})")]
+    KeyLength(usize),
+    #[error("PSK hint must be at most 16 bytes (got {0})")]
+    HintLength(usize),
+    #[error("PSK file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("PSK file {path} has mode {mode:04o}; it must not be accessible by group or others (chmod 600 {path})")]
+    Permissions { path: String, mode: u32 },
+}
+
 /// Errors seen by the requester.
 #[derive(Debug, Error)]
 pub enum RequesterError {

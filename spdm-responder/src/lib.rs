@@ -11,13 +11,15 @@ pub mod identity;
 pub mod keyschedule;
 pub mod measurement;
 pub mod opaque;
+pub mod psk;
 pub mod responder;
 pub mod rng;
 pub mod secured;
+pub mod tdisp;
 pub mod vendor;
 
 pub use error::ErrorCode;
-pub use identity::{Identity, PciIds};
+pub use identity::{CmaDeviceName, Identity};
 pub use responder::{Responder, ResponderConfig, SecuredReply};
 pub mod requester;
 pub mod transport;

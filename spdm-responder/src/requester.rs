@@ -19,7 +19,8 @@ use crate::identity;
 use crate::keyschedule::{self, HandshakeSecrets};
 use crate::measurement;
 use crate::opaque;
-use crate::responder::{PskEntry, NONCE_SIZE, REQ_CONTEXT_SIZE};
+use crate::psk::PskEntry;
+use crate::responder::{NONCE_SIZE, REQ_CONTEXT_SIZE};
 use crate::rng::{EntropySource, OsEntropy};
 use crate::secured::{Direction, SecureChannel};
 /// The requester runs over any [`Transport`] (defined with the transports).
@@ -40,6 +41,8 @@ pub struct RequesterConfig {
     pub aead: u16,
     /// Trusted root certificates (DER).
     pub trusted_roots: Vec<Vec<u8>>,
+    /// The PSK for PSK_EXCHANGE (none by default); GET_CAPABILITIES
+    /// advertises PSK_CAP exactly when one is set.
     pub psk: Option<PskEntry>,
     /// Block size for GET_CERTIFICATE.
     pub cert_block: u16,
@@ -56,6 +59,9 @@ pub enum Fault {
     None,
     /// Send FINISH / PSK_FINISH with a corrupted RequesterVerifyData.
     CorruptFinish,
+    /// Stop after KEY_EXCHANGE_RSP / PSK_EXCHANGE_RSP: the session stays in
+    /// its handshake phase (no FINISH / PSK_FINISH is sent).
+    NoFinish,
 }
 
 impl Default for RequesterConfig {
@@ -67,7 +73,6 @@ impl Default for RequesterConfig {
                 | caps::ENCRYPT
                 | caps::MAC
                 | caps::KEY_EX
-                | caps::PSK
                 | caps::HBEAT
                 | caps::KEY_UPD
                 | caps::CHUNK,
@@ -79,7 +84,7 @@ impl Default for RequesterConfig {
             dhe: DHE_SECP256R1 | DHE_SECP384R1,
             aead: AEAD_AES_256_GCM | AEAD_CHACHA20_POLY1305,
             trusted_roots: Vec::new(),
-            psk: Some(PskEntry::dmtf_test()),
+            psk: None,
             cert_block: 0x400,
             fault: Fault::None,
         }
@@ -498,10 +503,13 @@ impl<T: Transport> Requester<T> {
             } else {
                 caps::MASK_13
             };
+            // PSK_CAP (requester) exactly when a PSK is configured.
+            let psk = if self.cfg.psk.is_some() { caps::PSK } else { 0 };
+            let flags = (self.cfg.caps & !caps::PSK_MASK) | psk;
             w.u8(0)
                 .u8(self.cfg.ct_exponent)
                 .u16(0)
-                .u32(self.cfg.caps & mask & !if version == V11 { caps::CHUNK } else { 0 });
+                .u32(flags & mask & !if version == V11 { caps::CHUNK } else { 0 });
         }
         if version >= V12 {
             w.u32(self.cfg.data_transfer_size)
@@ -979,6 +987,9 @@ impl<T: Transport> Requester<T> {
             established: false,
             heartbeat_period,
         });
+        if self.cfg.fault == Fault::NoFinish {
+            return Ok(id);
+        }
         // FINISH (in the handshake-secured channel).
         let s = self
             .sessions
@@ -1103,6 +1114,9 @@ impl<T: Transport> Requester<T> {
             established: false,
             heartbeat_period,
         });
+        if self.cfg.fault == Fault::NoFinish {
+            return Ok(id);
+        }
         let mut fin = hdr.to_vec();
         fin.extend_from_slice(&verify);
         let r = match self.exchange(Some(id), &fin) {

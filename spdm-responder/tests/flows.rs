@@ -70,7 +70,7 @@ fn full_flow<T: Transport>(r: &mut Requester<T>, version: u8) {
 fn in_memory_all_versions_all_algorithms() {
     for v in [V10, V11, V12, V13] {
         for a in &ALGOS {
-            let mut r = in_memory(v, a, ResponderConfig::default());
+            let mut r = in_memory(v, a, psk_config());
             full_flow(&mut r, v);
             assert!(
                 r.transport_mut().responder.session_ids().is_empty(),
@@ -85,7 +85,7 @@ fn in_memory_all_versions_all_algorithms() {
 fn doe_objects_all_versions() {
     for v in [V10, V11, V12, V13] {
         for a in [&ALGOS[0], &ALGOS[3]] {
-            let ep = DoeEndpoint::new(responder(ResponderConfig::default()));
+            let ep = DoeEndpoint::new(responder(psk_config()));
             let mut t = DoeTransport::new(ep);
             assert_eq!(
                 t.discover().unwrap(),
@@ -108,7 +108,7 @@ fn doe_objects_all_versions() {
 #[test]
 fn tcp_loopback_pci_doe_and_mctp() {
     for (v, a) in [(V12, &ALGOS[0]), (V13, &ALGOS[1]), (V11, &ALGOS[2])] {
-        let (port, _stop, h) = tcp::spawn_tcp(0, responder(ResponderConfig::default())).unwrap();
+        let (port, _stop, h) = tcp::spawn_tcp(0, responder(psk_config())).unwrap();
         let mut c = EmuClient::connect(port, TRANSPORT_PCI_DOE).unwrap();
         assert_eq!(c.hello().unwrap(), b"Server Hello!\0");
         let mut t = DoeTransport::new(c);
@@ -123,7 +123,7 @@ fn tcp_loopback_pci_doe_and_mctp() {
         h.join().unwrap();
     }
     // MCTP framing (2-byte sequence numbers in secured records).
-    let (port, _stop, h) = tcp::spawn_tcp(0, responder(ResponderConfig::default())).unwrap();
+    let (port, _stop, h) = tcp::spawn_tcp(0, responder(psk_config())).unwrap();
     let c = EmuClient::connect(port, TRANSPORT_MCTP).unwrap();
     let mut r = Requester::with_entropy(
         requester_config(V13, &ALGOS[0]),
@@ -144,7 +144,7 @@ fn chunking_small_data_transfer_size() {
         for a in [&ALGOS[0], &ALGOS[1]] {
             let cfg = ResponderConfig {
                 data_transfer_size: 64,
-                ..ResponderConfig::default()
+                ..psk_config()
             };
             let mut rc = requester_config(v, a);
             rc.data_transfer_size = 64;
@@ -162,7 +162,7 @@ fn chunking_small_data_transfer_size() {
 fn respond_if_ready_flow() {
     let cfg = ResponderConfig {
         respond_not_ready: true,
-        ..ResponderConfig::default()
+        ..psk_config()
     };
     let mut r = in_memory(V12, &ALGOS[1], cfg);
     full_flow(&mut r, V12);
@@ -173,13 +173,13 @@ fn mac_only_sessions_and_padding() {
     let cfg = ResponderConfig {
         encrypt: false,
         max_padding: 16,
-        ..ResponderConfig::default()
+        ..psk_config()
     };
     let mut r = in_memory(V12, &ALGOS[0], cfg);
     full_flow(&mut r, V12);
     let cfg = ResponderConfig {
         max_padding: 32,
-        ..ResponderConfig::default()
+        ..psk_config()
     };
     let mut r = in_memory(V13, &ALGOS[3], cfg);
     full_flow(&mut r, V13);
@@ -187,7 +187,7 @@ fn mac_only_sessions_and_padding() {
 
 #[test]
 fn get_version_resets_sessions_and_identity_is_stable() {
-    let mut r = in_memory(V12, &ALGOS[0], ResponderConfig::default());
+    let mut r = in_memory(V12, &ALGOS[0], psk_config());
     r.authenticate(0).unwrap();
     let s = r.key_exchange(0, 0).unwrap();
     r.heartbeat(s).unwrap();
@@ -200,7 +200,7 @@ fn get_version_resets_sessions_and_identity_is_stable() {
 
 #[test]
 fn several_concurrent_sessions_are_independent() {
-    let mut r = in_memory(V13, &ALGOS[1], ResponderConfig::default());
+    let mut r = in_memory(V13, &ALGOS[1], psk_config());
     r.authenticate(0).unwrap();
     let ids: Vec<u32> = (0..4)
         .map(|i| {
@@ -228,5 +228,26 @@ fn several_concurrent_sessions_are_independent() {
     }
     for s in ids {
         r.end_session(s).unwrap();
+    }
+}
+
+/// KEY_EXCHANGE with the responder's ECDHE keys from ring: every version and
+/// algorithm set interoperates with the (RustCrypto) requester.
+#[test]
+fn ring_ecdhe_sessions() {
+    use spdm_responder::crypto::EcdhBackend;
+    for v in [V11, V12, V13] {
+        for a in &ALGOS {
+            let cfg = ResponderConfig {
+                ecdh: EcdhBackend::Ring,
+                ..psk_config()
+            };
+            let mut r = in_memory(v, a, cfg);
+            r.authenticate(0).unwrap();
+            let s = r.key_exchange(0, 0).unwrap();
+            r.heartbeat(s).unwrap();
+            r.key_update(s, true).unwrap();
+            r.end_session(s).unwrap();
+        }
     }
 }

@@ -12,12 +12,6 @@ use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{VendorContext, VendorHandler, VendorKey};
 use spdm_responder::{Requester, ResponderConfig};
 
-const INVALID: u8 = ErrorCode::InvalidRequest as u8;
-const UNEXPECTED: u8 = ErrorCode::UnexpectedRequest as u8;
-const UNSUPPORTED: u8 = ErrorCode::UnsupportedRequest as u8;
-const MISMATCH: u8 = ErrorCode::VersionMismatch as u8;
-const SESSION_REQUIRED: u8 = ErrorCode::SessionRequired as u8;
-const DECRYPT: u8 = ErrorCode::DecryptError as u8;
 const TOO_LARGE: u8 = ErrorCode::RequestTooLarge as u8;
 const INVALID_SESSION: u8 = 0x02;
 
@@ -32,7 +26,7 @@ fn assert_error(resp: &[u8], code: u8, what: &str) {
 }
 
 fn fresh(version: u8) -> Requester<InMemory> {
-    in_memory(version, &ALGOS[0], ResponderConfig::default())
+    in_memory(version, &ALGOS[0], psk_config())
 }
 
 /// After a hostile request the whole flow still works.
@@ -441,12 +435,12 @@ fn catalogue_after_negotiation() {
         (
             "FINISH outside a session",
             [vec![v, 0xE5, 0, 0], vec![0u8; 32]].concat(),
-            UNEXPECTED,
+            SESSION_REQUIRED,
         ),
         (
             "PSK_FINISH outside a session",
             [vec![v, 0xE7, 0, 0], vec![0u8; 32]].concat(),
-            UNEXPECTED,
+            SESSION_REQUIRED,
         ),
         ("KEY_EXCHANGE truncated exchange data", ke_short, INVALID),
         (
@@ -660,7 +654,7 @@ fn finish_with_wrong_verify_data_is_decrypt_error() {
 fn sequence_number_exhaustion_ends_session_cleanly() {
     let cfg = ResponderConfig {
         max_sequence_number: 3,
-        ..ResponderConfig::default()
+        ..psk_config()
     };
     let mut r = in_memory(V12, &ALGOS[1], cfg);
     usable(&mut r);
@@ -708,7 +702,7 @@ fn old_versions_refuse_newer_requests() {
 fn chunk_send_protocol_errors() {
     let cfg = ResponderConfig {
         data_transfer_size: 64,
-        ..ResponderConfig::default()
+        ..psk_config()
     };
     let mut rc = requester_config(V12, &ALGOS[0]);
     rc.data_transfer_size = 64;

@@ -94,7 +94,7 @@ for bdf in $bdfs; do
             *"SPDM-OK $bdf"*) ok spdm "$(echo "$out" | grep '^SPDM-OK' | cut -d' ' -f3-)" ;;
             *) bad spdm "no SPDM-OK line" ;;
         esac
-        echo "$out" | grep -q "leaf otherName 2.23.147: Vendor=7D0C:Device=D3A0" &&
+        echo "$out" | grep -q -E "leaf otherName 2.23.147: Vendor=7d0c:Device=d3a0:CC=120000:REV=01:SSVID=7d0c:SSID=0001:[0-9a-f]{16}$" &&
             ok spdm-othername || bad spdm-othername "leaf otherName missing or wrong"
         for step in CERTIFICATE CHALLENGE "MEASUREMENTS (signed, all)" KEY_EXCHANGE+FINISH HEARTBEAT KEY_UPDATE "MEASUREMENTS in session" END_SESSION; do
             echo "$out" | grep -q "^  $step  *OK" || bad spdm-steps "step $step not OK"

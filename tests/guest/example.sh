@@ -57,7 +57,16 @@ for bdf in $bdfs; do
         n=$((n + 1))
     done
     expect ext-caps "$ext" " 0003@100 000b@10c 002e@11c 0030@134 0001@188"
-    expect dsn "$(dw "$d" 264)$(dw "$d" 260)" 7d0c000000000001
+    # Every instance has its own non-zero Device Serial Number.
+    dsn="$(dw "$d" 264)$(dw "$d" 260)"
+    if [ "$dsn" = 0000000000000000 ] || [ ${#dsn} -ne 16 ]; then
+        bad dsn "no serial number ($dsn)"
+    elif echo " $dsns " | grep -q " $dsn "; then
+        bad dsn "$dsn also on another device"
+    else
+        ok "dsn $dsn"
+    fi
+    dsns="$dsns $dsn"
     # The kernel's DOE core probed the mailbox at enumeration (abort +
     # discovery walk) without errors.
     expect doe-discovery "$(cat "$d/doe_features/doe_discovery" 2>&1)" 0001:00

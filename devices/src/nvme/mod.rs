@@ -103,7 +103,7 @@ fn config_space(
         revision: 2,
     };
     let (table, pba, msix_size) = msix_layout(vectors);
-    let serial = options::fnv64(cfg.serial.as_bytes());
+    let serial = cfg.dsn;
     let mut b = ConfigBuilder::new(ids)
         .bar(0, Bar::mem64(bar0, false))
         .bar(MSIX_BAR, Bar::mem64(msix_size, false))

@@ -235,6 +235,9 @@ pub struct NvmeConfig {
     pub mdts: u8,
     /// Serial number (<= 20 ASCII).
     pub serial: String,
+    /// Device Serial Number capability value (default: derived from the
+    /// serial number).
+    pub dsn: u64,
     /// Model number (<= 40 ASCII).
     pub model: String,
     /// Firmware revision (<= 8 ASCII).
@@ -389,6 +392,7 @@ impl NvmeConfig {
             },
             dstrd: args.doorbell_stride,
             mdts: args.mdts,
+            dsn: fnv64(serial.as_bytes()),
             serial,
             model: ascii_field(
                 args.model.as_deref().unwrap_or("trustdev NVMe Controller"),

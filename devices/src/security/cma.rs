@@ -4,7 +4,7 @@
 //! Responder`).
 
 use spdm_responder::rng::OsEntropy;
-use spdm_responder::{Identity, PciIds};
+use spdm_responder::{CmaDeviceName, Identity};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -30,12 +30,13 @@ pub enum CmaError {
     },
 }
 
-/// Loads the identity stored in `dir`, generating it on first use (root CA ->
-/// intermediate -> device leaf with the CMA otherName for `ids`, P-256 and
-/// P-384; private keys 0600). Several servers may start at once with the
-/// same directory: generation happens under an exclusive lock, so they all
-/// end up with the same identity.
-pub fn load_identity(dir: &Path, ids: &PciIds) -> Result<Identity, CmaError> {
+/// Loads the identity stored in `dir` for the device named `name`: the
+/// directory's root and intermediate CAs (created on first use, then kept),
+/// and leaves with the CMA otherName of `name` (issued on first use, cached;
+/// P-256 and P-384; private keys 0600). Several servers may start at once
+/// with the same directory: this happens under an exclusive lock, so they
+/// all share the same CAs.
+pub fn load_identity(dir: &Path, name: &CmaDeviceName) -> Result<Identity, CmaError> {
     let derr = |source| CmaError::Dir {
         dir: dir.to_path_buf(),
         source,
@@ -44,7 +45,7 @@ pub fn load_identity(dir: &Path, ids: &PciIds) -> Result<Identity, CmaError> {
     let lock = File::create(dir.join(".lock")).map_err(derr)?;
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| derr(std::io::Error::from(e)))?;
-    Identity::load_or_generate(dir, ids, &mut OsEntropy).map_err(|source| CmaError::Identity {
+    Identity::load_or_generate(dir, name, &mut OsEntropy).map_err(|source| CmaError::Identity {
         dir: dir.to_path_buf(),
         source,
     })

@@ -367,10 +367,10 @@ mod tests {
     fn secured_cma_for_an_unknown_session_is_discarded() {
         use spdm_responder::crypto::AsymAlgo;
         use spdm_responder::rng::DeterministicEntropy;
-        use spdm_responder::{Identity, PciIds, Responder, ResponderConfig};
+        use spdm_responder::{CmaDeviceName, Identity, Responder, ResponderConfig};
         let identity = Identity::generate(
             &[AsymAlgo::EcdsaP256],
-            &PciIds::default(),
+            &CmaDeviceName::default(),
             1,
             &mut DeterministicEntropy::new(b"doe mailbox"),
         )

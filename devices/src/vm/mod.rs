@@ -115,6 +115,8 @@ pub enum DeviceKind {
     DmaCopy,
     /// The NVMe controller.
     Nvme,
+    /// The work-queue accelerator with PASID/ATS/PRI.
+    Accel,
 }
 
 impl DeviceKind {
@@ -123,6 +125,7 @@ impl DeviceKind {
         match self {
             DeviceKind::DmaCopy => "dma-copy",
             DeviceKind::Nvme => "nvme",
+            DeviceKind::Accel => "accel",
         }
     }
 }
@@ -150,9 +153,10 @@ impl std::str::FromStr for DeviceSpec {
         let kind = match kind {
             "dma-copy" => DeviceKind::DmaCopy,
             "nvme" => DeviceKind::Nvme,
+            "accel" => DeviceKind::Accel,
             other => {
                 return Err(format!(
-                    "unknown device kind {other:?} (known: dma-copy, nvme)"
+                    "unknown device kind {other:?} (known: dma-copy, nvme, accel)"
                 ))
             }
         };

@@ -85,11 +85,18 @@ impl std::fmt::Debug for DmaCopy {
     }
 }
 
-/// Builds the example's configuration space.
+/// The Device Serial Number of [`DmaCopy::new`].
+pub const DEFAULT_SERIAL: u64 = 0x7d0c_0000_0000_0001;
+
 /// Builds the example's configuration space; `extra` extended capabilities
-/// (a DOE mailbox, say) follow the built-in DSN and VSEC ones; `tee` sets
-/// DEVCAP.TEE (the function supports TDISP).
-pub fn config_space(port_type: PortType, tee: bool, extra: Vec<ExtCap>) -> ConfigSpace {
+/// (a DOE mailbox, say) follow the built-in DSN (with `serial`) and VSEC
+/// ones; `tee` sets DEVCAP.TEE (the function supports TDISP).
+pub fn config_space(
+    port_type: PortType,
+    tee: bool,
+    serial: u64,
+    extra: Vec<ExtCap>,
+) -> ConfigSpace {
     let ids = PciIds {
         vendor: VENDOR_ID,
         device: DEVICE_ID,
@@ -98,7 +105,6 @@ pub fn config_space(port_type: PortType, tee: bool, extra: Vec<ExtCap>) -> Confi
         class: 0x12_00_00, // processing accelerator
         revision: 1,
     };
-    let serial: u64 = 0x7d0c_0000_0000_0001;
     let mut b = ConfigBuilder::new(ids)
         .bar(0, Bar::mem32(0x1000))
         .bar(1, Bar::mem32(0x1000))
@@ -148,20 +154,21 @@ pub fn config_space(port_type: PortType, tee: bool, extra: Vec<ExtCap>) -> Confi
 impl DmaCopy {
     /// Creates the device (Endpoint behind a root port, or RCiEP on pcie.0).
     pub fn new(port_type: PortType) -> std::io::Result<Self> {
-        Self::with_capabilities(port_type, false, Vec::new())
+        Self::with_capabilities(port_type, false, DEFAULT_SERIAL, Vec::new())
     }
 
-    /// Creates the device with DEVCAP.TEE as given and additional extended
-    /// capabilities.
+    /// Creates the device with DEVCAP.TEE as given, its Device Serial
+    /// Number, and additional extended capabilities.
     pub fn with_capabilities(
         port_type: PortType,
         tee: bool,
+        serial: u64,
         extra: Vec<ExtCap>,
     ) -> std::io::Result<Self> {
         let ctx = DeviceContext::new(&IrqInfo::pci(1, u32::from(MSIX_VECTORS)));
         let mut dev = DmaCopy {
             ctx,
-            config: config_space(port_type, tee, extra),
+            config: config_space(port_type, tee, serial, extra),
             regs: Arc::new(Regs::default()),
             ram: Arc::new(SharedMemory::new("dma-copy-bar2", BAR2_SIZE)?),
             jobs: None,

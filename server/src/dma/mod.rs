@@ -12,9 +12,13 @@
 //! it, and [`GuestMemory::with_slice`] hands out views of a bounce buffer
 //! while it is active. Without one, the cost is one atomic load per access.
 
+mod ops;
+mod pasid;
 mod region;
 mod remote;
 
+pub use ops::{copy, fill, read_stream, Bounce, OpFault, Operand};
+pub use pasid::{DmaFault, DmaSpace, PasidError, PasidMemory, PasidSpace, PasidStats, Piece};
 pub use region::GuestSlice;
 
 pub(crate) use remote::Requester;
@@ -218,6 +222,11 @@ impl GuestMemory {
         self.interposer.set(interposer)
     }
 
+    /// The installed interposer, if any.
+    pub fn interposer(&self) -> Option<Arc<dyn DmaInterposer>> {
+        self.interposer.get().cloned()
+    }
+
     /// This memory without the interposer.
     pub fn direct(&self) -> DirectMemory<'_> {
         DirectMemory(self)
@@ -358,6 +367,31 @@ impl GuestMemory {
             };
         }
         direct(&region, iova, len, access, f)
+    }
+
+    /// Runs `f` on a direct view of up to `max_len` bytes at `iova`: as many
+    /// as the fd-backed window holding `iova` has from there (at least one).
+    /// For device engines that walk a range window by window.
+    pub fn with_slice_upto<R>(
+        &self,
+        iova: u64,
+        max_len: usize,
+        access: Access,
+        f: impl FnOnce(GuestSlice<'_>) -> R,
+    ) -> Result<R, DmaError> {
+        let oob = DmaError::OutOfBounds {
+            iova,
+            len: max_len as u64,
+        };
+        let region = self.find(iova).ok_or(oob)?;
+        let avail = usize::try_from(region.end() - iova).unwrap_or(usize::MAX);
+        let n = max_len.min(avail);
+        if self.interposer.get().is_some_and(|l| l.active()) {
+            // Through the link's bounce buffer, like every other access.
+            drop(region);
+            return self.with_slice(iova, n, access, f);
+        }
+        direct(&region, iova, n, access, f)
     }
 
     /// Splits `[iova, iova+len)` into pieces that each lie in one window
@@ -524,11 +558,12 @@ fn retire(region: &DmaRegion) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
-    fn memfd(len: u64) -> OwnedFd {
+    /// A memfd of `len` bytes (test "client memory").
+    pub(crate) fn memfd(len: u64) -> OwnedFd {
         let fd =
             nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MemFdCreateFlag::empty()).unwrap();
         let f = std::fs::File::from(fd);

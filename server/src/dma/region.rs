@@ -52,7 +52,7 @@ pub(crate) struct Liveness {
 const DEAD: usize = 1 << (usize::BITS - 1);
 
 impl Liveness {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Liveness {
             state: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -248,6 +248,34 @@ impl<'a> GuestSlice<'a> {
         // SAFETY: both views are live and of equal length; `copy` tolerates
         // overlap (both may point into the same guest RAM).
         unsafe { std::ptr::copy(self.ptr, dst.ptr, self.len) };
+        Ok(())
+    }
+
+    /// The sub-view `offset..offset + len`, or `None` if it does not fit.
+    pub fn sub(&self, offset: usize, len: usize) -> Option<GuestSlice<'a>> {
+        self.check(offset, len).ok()?;
+        // SAFETY: offset + len <= self.len (checked), so the sub-view lies in
+        // the same live mapping for 'a.
+        Some(unsafe { GuestSlice::new(self.ptr.add(offset), len, self.writable) })
+    }
+
+    /// Fills the view with copies of `pattern` (repeated from offset 0; the
+    /// last copy may be cut short).
+    pub fn fill(&self, pattern: &[u8]) -> Result<(), DmaError> {
+        if !self.writable {
+            return Err(DmaError::ReadOnly);
+        }
+        if pattern.is_empty() {
+            return Ok(());
+        }
+        let mut off = 0;
+        while off < self.len {
+            let n = pattern.len().min(self.len - off);
+            // SAFETY: off + n <= len, inside the live writable mapping;
+            // `pattern` is our own memory.
+            unsafe { std::ptr::copy_nonoverlapping(pattern.as_ptr(), self.ptr.add(off), n) };
+            off += n;
+        }
         Ok(())
     }
 

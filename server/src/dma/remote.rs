@@ -57,7 +57,26 @@ impl Requester {
         }
     }
 
-    fn round_trip(&self, cmd: Command, payload: &[u8]) -> Result<ReplyMsg, DmaError> {
+    /// The largest data transfer one message may carry.
+    pub fn max_transfer(&self) -> usize {
+        self.max_xfer as usize
+    }
+
+    /// Sends a command that asks for no reply (a posted message).
+    pub fn post(&self, cmd: Command, payload: &[u8]) -> Result<(), DmaError> {
+        if std::thread::current().id() == self.conn_thread {
+            return Err(DmaError::WouldDeadlock);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut header = Header::command(id, cmd, payload.len());
+        header.no_reply = true;
+        self.sender
+            .send(&header, payload, &[])
+            .map_err(|e| DmaError::Transport(e.to_string()))
+    }
+
+    /// Sends `cmd` and waits for its reply (worker threads only).
+    pub fn round_trip(&self, cmd: Command, payload: &[u8]) -> Result<ReplyMsg, DmaError> {
         if std::thread::current().id() == self.conn_thread {
             return Err(DmaError::WouldDeadlock);
         }
@@ -143,7 +162,7 @@ impl Requester {
     }
 }
 
-fn check_reply(r: &ReplyMsg, cmd: Command) -> Result<(), DmaError> {
+pub(crate) fn check_reply(r: &ReplyMsg, cmd: Command) -> Result<(), DmaError> {
     if let Some(errno) = r.header.error {
         return Err(DmaError::Client(errno as i32));
     }

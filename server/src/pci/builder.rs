@@ -2,6 +2,7 @@
 //! (PM, MSI, MSI-X, PCI Express) and extended capabilities with behaviour.
 
 use super::config::{ConfigHandler, ConfigSpace, CONFIG_SPACE_SIZE};
+use super::translation::TranslationRegs;
 use super::{Bar, BarKind};
 use thiserror::Error;
 
@@ -213,6 +214,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Appends the ATS, PRI and PASID capabilities `regs` describes (those
+    /// it has, in that order), sharing their live state with `regs`.
+    pub fn translation(mut self, regs: &std::sync::Arc<TranslationRegs>) -> Self {
+        self.ext.extend(regs.ext_caps());
+        self
+    }
+
     /// Appends an extended capability (laid out from 0x100 in call order).
     pub fn ext_capability(mut self, cap: ExtCap) -> Self {
         self.ext.push(cap);
@@ -370,8 +378,9 @@ impl ConfigBuilder {
                     // DevCap2: completion timeout ranges, 10-bit tags, EE prefix.
                     let mut devcap2: u32 = 0xf | (1 << 4) | (1 << 16) | (1 << 17);
                     if p.ee_prefix {
-                        devcap2 |= 1 << 21;
-                        devcap2 |= 1 << 22; // one End-End TLP prefix
+                        // Extended Fmt Field (required with prefixes), End-End
+                        // TLP Prefix Supported, Max End-End TLP Prefixes = 1.
+                        devcap2 |= (1 << 20) | (1 << 21) | (1 << 22);
                     }
                     put(&mut cfg, off + 0x24, &devcap2.to_le_bytes(), &[0; 4], &[]);
                     put(&mut cfg, off + 0x28, &[0, 0], &[0xff, 0xff], &[]);

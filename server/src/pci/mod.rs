@@ -4,12 +4,14 @@
 mod builder;
 mod config;
 mod shm;
+pub mod translation;
 
 pub use builder::{
     cap_id, ext_cap_id, BuildError, ConfigBuilder, ExtCap, MsixCap, PciIds, PcieCap, PortType,
 };
 pub use config::{ConfigEvents, ConfigHandler, ConfigSpace, CONFIG_SPACE_SIZE};
 pub use shm::SharedMemory;
+pub use translation::{AtsCap, PasidCap, PriCap, TranslationFeatures, TranslationRegs};
 
 /// What kind of resource a BAR decodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

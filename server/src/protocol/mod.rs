@@ -7,6 +7,7 @@
 
 mod header;
 mod messages;
+pub mod pasid;
 mod version;
 mod wire;
 
@@ -57,6 +58,22 @@ pub enum Command {
     MigDataRead = 17,
     /// Migration data in.
     MigDataWrite = 18,
+    /// PASID extension: map client memory into the translated address space.
+    TranslatedDmaMap = 19,
+    /// PASID extension: withdraw translated-space memory.
+    TranslatedDmaUnmap = 20,
+    /// PASID extension, server -> client: ATS translation request.
+    AtsTranslate = 21,
+    /// PASID extension: invalidate the device's cached translations.
+    AtsInvalidate = 22,
+    /// PASID extension, server -> client (posted): PRI page request.
+    PageRequest = 23,
+    /// PASID extension: PRG response to page requests.
+    PageResponse = 24,
+    /// PASID extension, server -> client: PASID-tagged read of client memory.
+    PasidDmaRead = 25,
+    /// PASID extension, server -> client: PASID-tagged write of client memory.
+    PasidDmaWrite = 26,
 }
 
 impl Command {
@@ -82,6 +99,14 @@ impl Command {
             16 => DeviceFeature,
             17 => MigDataRead,
             18 => MigDataWrite,
+            19 => TranslatedDmaMap,
+            20 => TranslatedDmaUnmap,
+            21 => AtsTranslate,
+            22 => AtsInvalidate,
+            23 => PageRequest,
+            24 => PageResponse,
+            25 => PasidDmaRead,
+            26 => PasidDmaWrite,
             _ => return None,
         })
     }

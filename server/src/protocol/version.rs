@@ -1,5 +1,6 @@
 //! VERSION negotiation: the client's proposal and the server's (small) reply.
 
+use super::pasid::{PasidFeatures, CAPABILITY as PASID_CAPABILITY};
 use super::{ProtocolError, Reader, Writer};
 use serde_json::{Map, Value};
 
@@ -25,6 +26,8 @@ pub struct ClientCaps {
     pub max_dma_maps: u32,
     /// Client may send REGION_WRITE_MULTI.
     pub write_multiple: bool,
+    /// The PASID/ATS/PRI extension features the client offers.
+    pub pasid: Option<PasidFeatures>,
     /// Names of the capabilities present in the proposal (the reply may only
     /// contain a subset of them).
     pub proposed: Vec<String>,
@@ -38,6 +41,7 @@ impl Default for ClientCaps {
             pgsizes: DEFAULT_PGSIZES,
             max_dma_maps: DEFAULT_MAX_DMA_MAPS,
             write_multiple: false,
+            pasid: None,
             proposed: Vec::new(),
         }
     }
@@ -112,6 +116,7 @@ impl VersionRequest {
                         ProtocolError::BadVersionData("write_multiple must be a boolean".into())
                     })?
                 }
+                PASID_CAPABILITY => caps.pasid = Some(PasidFeatures::from_json(value)?),
                 _ => {}
             }
             caps.proposed.push(name.clone());
@@ -133,6 +138,8 @@ pub struct ServerCaps {
     pub max_dma_maps: u32,
     /// Server handles REGION_WRITE_MULTI.
     pub write_multiple: bool,
+    /// PASID/ATS/PRI extension features the server offers.
+    pub pasid: PasidFeatures,
 }
 
 impl Default for ServerCaps {
@@ -143,6 +150,7 @@ impl Default for ServerCaps {
             pgsizes: DEFAULT_PGSIZES,
             max_dma_maps: DEFAULT_MAX_DMA_MAPS,
             write_multiple: true,
+            pasid: PasidFeatures::ALL,
         }
     }
 }
@@ -160,6 +168,7 @@ impl ServerCaps {
                 "pgsizes" => Value::from(self.pgsizes & req.caps.pgsizes),
                 "max_dma_maps" => Value::from(self.max_dma_maps.min(req.caps.max_dma_maps)),
                 "write_multiple" => Value::from(self.write_multiple && req.caps.write_multiple),
+                PASID_CAPABILITY => self.pasid_agreed(req).to_json(),
                 _ => continue,
             };
             caps.insert(name.clone(), value);
@@ -170,6 +179,16 @@ impl ServerCaps {
         let mut w = Writer::with_capacity(4 + json.len() + 1);
         w.u16(req.major).u16(0).bytes(json.as_bytes()).bytes(&[0]);
         w.into_vec()
+    }
+}
+
+impl ServerCaps {
+    /// The extension features both sides support (none if the client did
+    /// not propose the extension).
+    pub fn pasid_agreed(&self, req: &VersionRequest) -> PasidFeatures {
+        req.caps
+            .pasid
+            .map_or(PasidFeatures::default(), |c| c.intersect(self.pasid))
     }
 }
 
@@ -197,6 +216,24 @@ mod tests {
         let json: Value = serde_json::from_slice(&reply[4..reply.len() - 1]).unwrap();
         assert!(json["capabilities"].get("migration").is_none());
         assert_eq!(json["capabilities"]["write_multiple"], true);
+    }
+
+    #[test]
+    fn pasid_extension_is_answered_only_when_proposed() {
+        let p = payload(
+            r#"{"capabilities":{"max_msg_fds":16,"pasid":{"ats":true,"pri":true,"dma":false}}}"#,
+        );
+        let req = VersionRequest::decode(&p).unwrap();
+        let reply = ServerCaps::default().reply_payload(&req);
+        let json: Value = serde_json::from_slice(&reply[4..reply.len() - 1]).unwrap();
+        assert_eq!(json["capabilities"]["pasid"]["pri"], true);
+        assert!(json["capabilities"]["pasid"].get("dma").is_none());
+        assert!(reply.len() <= p.len(), "reply never outgrows the proposal");
+        let plain = VersionRequest::decode(&payload(r#"{"capabilities":{"max_msg_fds":16}}"#));
+        let reply = ServerCaps::default().reply_payload(&plain.unwrap());
+        assert!(!String::from_utf8_lossy(&reply).contains("pasid"));
+        let bad = payload(r#"{"capabilities":{"pasid":true}}"#);
+        assert!(VersionRequest::decode(&bad).is_err());
     }
 
     #[test]

@@ -1,16 +1,18 @@
-//! UNIX-socket transport: message framing, SCM_RIGHTS fd passing, the listening
-//! socket (created 0600) and the shared sender used for replies and for
-//! server-to-client requests.
+//! UNIX-socket transport: message framing ([`Receiver`]: buffered, many
+//! messages per read), SCM_RIGHTS fd passing, the listening socket (created
+//! 0600) and the shared sender used for replies and for server-to-client
+//! requests.
 
-pub mod bufpool;
 mod listener;
+mod receiver;
 
-pub use listener::Listener;
+pub use listener::{FileKind, ListenError, Listener};
+pub use receiver::{Frame, Receiver};
 
-use crate::protocol::{Header, ProtocolError, HEADER_SIZE};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, UnixAddr};
-use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use crate::protocol::{Header, ProtocolError};
+use nix::sys::socket::{send, sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use thiserror::Error;
@@ -19,7 +21,8 @@ use thiserror::Error;
 /// closes what does not fit the control buffer and we see MSG_CTRUNC).
 pub const MAX_RECV_FDS: usize = 64;
 
-/// A message as received: header, payload and the fds that came with it.
+/// A message as received, with its payload copied out of the receive buffer
+/// (see [`Frame::into_owned`]).
 #[derive(Debug)]
 pub struct Message {
     /// Decoded header.
@@ -30,13 +33,6 @@ pub struct Message {
     pub fds: Vec<OwnedFd>,
     /// The control data was truncated: the peer sent more fds than we accept.
     pub fds_truncated: bool,
-}
-
-impl Drop for Message {
-    fn drop(&mut self) {
-        // The payload buffer goes back to the receiving thread's pool.
-        bufpool::give(std::mem::take(&mut self.payload));
-    }
 }
 
 /// Errors while receiving.
@@ -104,140 +100,6 @@ fn mid_message(e: io::Error) -> io::Error {
     }
 }
 
-/// A control-message buffer with room for [`MAX_RECV_FDS`] fds.
-fn cmsg_buffer() -> Vec<u8> {
-    nix::cmsg_space!([RawFd; MAX_RECV_FDS])
-}
-
-/// Reads exactly `buf.len()` bytes, collecting fds that arrive with them;
-/// `cmsg` (from [`cmsg_buffer`]) is scratch space, reused across calls.
-/// Returns the number of bytes read before EOF (== len on success).
-fn recv_exact(
-    fd: RawFd,
-    buf: &mut [u8],
-    cmsg: &mut Vec<u8>,
-    fds: &mut Vec<OwnedFd>,
-    truncated: &mut bool,
-) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        let mut iov = [IoSliceMut::new(&mut buf[got..])];
-        let msg = match recvmsg::<UnixAddr>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Ok(m) => m,
-            Err(nix::Error::EINTR) => continue,
-            Err(e) if got > 0 => return Err(mid_message(to_io(e))),
-            Err(e) => return Err(to_io(e)),
-        };
-        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            *truncated = true;
-        }
-        let n = msg.bytes;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    for r in raw {
-                        // SAFETY: the kernel just installed this descriptor in our
-                        // table for us (SCM_RIGHTS); nothing else owns it.
-                        fds.push(unsafe { OwnedFd::from_raw_fd(r) });
-                    }
-                }
-            }
-        }
-        if n == 0 {
-            return Ok(got);
-        }
-        got += n;
-    }
-    Ok(got)
-}
-
-/// Receives one whole message from `stream`. `max_payload` bounds the payload
-/// the caller accepts; larger messages are drained and reported as
-/// [`TransportError::Oversized`].
-pub fn recv_message(stream: &UnixStream, max_payload: usize) -> Result<Message, TransportError> {
-    // One control-message buffer per receiving thread, reused for every message.
-    thread_local! {
-        static CMSG: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(cmsg_buffer());
-    }
-    CMSG.with(|c| recv_with(stream.as_raw_fd(), max_payload, &mut c.borrow_mut()))
-}
-
-fn recv_with(fd: RawFd, max_payload: usize, cmsg: &mut Vec<u8>) -> Result<Message, TransportError> {
-    let mut fds = Vec::new();
-    let mut truncated = false;
-    let mut hdr = [0u8; HEADER_SIZE];
-    let got = recv_exact(fd, &mut hdr, cmsg, &mut fds, &mut truncated)?;
-    if got == 0 {
-        return Err(TransportError::Closed);
-    }
-    if got < HEADER_SIZE {
-        return Err(TransportError::Truncated {
-            got,
-            want: HEADER_SIZE,
-        });
-    }
-    let header = match Header::decode(&hdr) {
-        Ok(h) => h,
-        Err(e @ ProtocolError::MessageTooShort(_)) => return Err(e.into()),
-        Err(error) => {
-            // The size field passed its check: skip the payload and stay in frame.
-            let size = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as usize;
-            drain(
-                fd,
-                size.saturating_sub(HEADER_SIZE),
-                &mut fds,
-                &mut truncated,
-            )?;
-            return Err(TransportError::BadHeader {
-                msg_id: u16::from_le_bytes([hdr[0], hdr[1]]),
-                command: u16::from_le_bytes([hdr[2], hdr[3]]),
-                flags: u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]),
-                error,
-            });
-        }
-    };
-    let len = header.payload_len();
-    if len > max_payload {
-        drain(fd, len, &mut fds, &mut truncated)?;
-        return Err(TransportError::Oversized {
-            header,
-            size: header.msg_size,
-            limit: max_payload + HEADER_SIZE,
-        });
-    }
-    let mut payload = bufpool::take(len);
-    let got = recv_exact(fd, &mut payload, cmsg, &mut fds, &mut truncated).map_err(mid_message)?;
-    if got < len {
-        return Err(TransportError::Truncated {
-            got: got + HEADER_SIZE,
-            want: len + HEADER_SIZE,
-        });
-    }
-    Ok(Message {
-        header,
-        payload,
-        fds,
-        fds_truncated: truncated,
-    })
-}
-
-fn drain(fd: RawFd, mut len: usize, fds: &mut Vec<OwnedFd>, tr: &mut bool) -> io::Result<()> {
-    let mut scratch = vec![0u8; 64 * 1024];
-    let mut cmsg = cmsg_buffer();
-    while len > 0 {
-        let chunk = len.min(scratch.len());
-        let got = recv_exact(fd, &mut scratch[..chunk], &mut cmsg, fds, tr).map_err(mid_message)?;
-        if got < chunk {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed while an oversized message was drained",
-            ));
-        }
-        len -= chunk;
-    }
-    Ok(())
-}
-
 /// Sends `header` + `payload` with `fds` as SCM_RIGHTS on `stream`.
 pub fn send_message(
     stream: &UnixStream,
@@ -245,24 +107,32 @@ pub fn send_message(
     payload: &[u8],
     fds: &[RawFd],
 ) -> io::Result<()> {
-    let hdr = header.encode();
-    let total = hdr.len() + payload.len();
+    send_parts(stream, &header.encode(), payload, fds)
+}
+
+/// Sends `a` followed by `b` (one `sendmsg` unless the socket takes less),
+/// with `fds` attached to the first byte.
+fn send_parts(stream: &UnixStream, a: &[u8], b: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let total = a.len() + b.len();
     let mut sent = 0usize;
     let fd = stream.as_raw_fd();
     while sent < total {
-        let (a, b): (&[u8], &[u8]) = if sent < hdr.len() {
-            (&hdr[sent..], payload)
+        let (x, y): (&[u8], &[u8]) = if sent < a.len() {
+            (&a[sent..], b)
         } else {
-            (&payload[sent - hdr.len()..], &[])
+            (&b[sent - a.len()..], &[])
         };
-        let iov = [IoSlice::new(a), IoSlice::new(b)];
-        let rights = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage] = if sent == 0 && !fds.is_empty() {
-            &rights
+        let with_fds = sent == 0 && !fds.is_empty();
+        let r = if y.is_empty() && !with_fds {
+            // The common case (every reply but REGION_INFO's): a plain send.
+            send(fd, x, MsgFlags::MSG_NOSIGNAL)
         } else {
-            &[]
+            let iov = [IoSlice::new(x), IoSlice::new(y)];
+            let rights = [ControlMessage::ScmRights(fds)];
+            let cmsgs: &[ControlMessage] = if with_fds { &rights } else { &[] };
+            sendmsg::<UnixAddr>(fd, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
         };
-        match sendmsg::<UnixAddr>(fd, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        match r {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
             Ok(n) => sent += n,
             Err(nix::Error::EINTR) => continue,
@@ -294,52 +164,15 @@ impl Sender {
         send_message(&stream, header, payload, fds)
     }
 
+    /// Sends a message already encoded (header included) atomically.
+    pub fn send_encoded(&self, message: &[u8], fds: &[RawFd]) -> io::Result<()> {
+        let stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        send_parts(&stream, message, &[], fds)
+    }
+
     /// Shuts the socket down in both directions (wakes a blocked reader).
     pub fn shutdown(&self) {
         let stream = self.stream.lock().unwrap_or_else(|p| p.into_inner());
         let _ = stream.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::Command;
-
-    #[test]
-    fn message_roundtrip_with_fds() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let file = std::fs::File::open("/dev/null").unwrap();
-        let h = Header::command(3, Command::DmaMap, 4);
-        send_message(&a, &h, &[1, 2, 3, 4], &[file.as_raw_fd()]).unwrap();
-        let m = recv_message(&b, 1024).unwrap();
-        assert_eq!(m.header, h);
-        assert_eq!(m.payload, vec![1, 2, 3, 4]);
-        assert_eq!(m.fds.len(), 1);
-        drop(a);
-        assert!(matches!(
-            recv_message(&b, 1024),
-            Err(TransportError::Closed)
-        ));
-    }
-
-    #[test]
-    fn oversized_is_drained_and_stream_stays_in_frame() {
-        let (a, b) = UnixStream::pair().unwrap();
-        let big = vec![0u8; 100];
-        let h = Header::command(1, Command::RegionWrite, big.len());
-        let sender = std::thread::spawn(move || {
-            send_message(&a, &h, &big, &[]).unwrap();
-            let h2 = Header::command(2, Command::DeviceReset, 0);
-            send_message(&a, &h2, &[], &[]).unwrap();
-            a
-        });
-        assert!(matches!(
-            recv_message(&b, 50),
-            Err(TransportError::Oversized { .. })
-        ));
-        let m = recv_message(&b, 50).unwrap();
-        assert_eq!(m.header.msg_id, 2);
-        drop(sender.join());
     }
 }

@@ -7,7 +7,16 @@ use spdm_responder::crypto::{
     AsymAlgo, AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305, ASYM_ECDSA_P256, ASYM_ECDSA_P384,
     DHE_SECP256R1, DHE_SECP384R1, HASH_SHA256, HASH_SHA384,
 };
-use spdm_responder::identity::{Identity, PciIds};
+use spdm_responder::error::ErrorCode;
+use spdm_responder::identity::{CmaDeviceName, Identity};
+use spdm_responder::psk::PskEntry;
+
+pub const INVALID: u8 = ErrorCode::InvalidRequest as u8;
+pub const UNEXPECTED: u8 = ErrorCode::UnexpectedRequest as u8;
+pub const UNSUPPORTED: u8 = ErrorCode::UnsupportedRequest as u8;
+pub const MISMATCH: u8 = ErrorCode::VersionMismatch as u8;
+pub const SESSION_REQUIRED: u8 = ErrorCode::SessionRequired as u8;
+pub const DECRYPT: u8 = ErrorCode::DecryptError as u8;
 use spdm_responder::rng::DeterministicEntropy;
 use spdm_responder::transport::InMemory;
 use spdm_responder::{Requester, RequesterConfig, Responder, ResponderConfig};
@@ -19,7 +28,7 @@ pub fn identity() -> Identity {
         let mut rng = DeterministicEntropy::new(b"trustdev test identity");
         Identity::generate(
             &[AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384],
-            &PciIds::default(),
+            &CmaDeviceName::default(),
             2,
             &mut rng,
         )
@@ -77,7 +86,17 @@ pub fn requester_config(version: u8, a: &Algos) -> RequesterConfig {
         dhe: a.dhe,
         aead: a.aead,
         trusted_roots: identity().roots_der(),
+        psk: Some(PskEntry::dmtf_test()),
         ..RequesterConfig::default()
+    }
+}
+
+/// The default configuration plus DMTF's public test PSK (PSK sessions are
+/// off by default; these tests turn them on explicitly).
+pub fn psk_config() -> ResponderConfig {
+    ResponderConfig {
+        psks: vec![PskEntry::dmtf_test()],
+        ..ResponderConfig::default()
     }
 }
 

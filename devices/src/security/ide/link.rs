@@ -539,16 +539,50 @@ impl IdeLink {
     }
 }
 
+impl IdeLink {
+    /// TDISP's DMA gate ([`super::DmaGate`]): refuses the whole access
+    /// before any TLP of it crosses the link when the gate is closed, or
+    /// when a TLP of it would not travel on the bound SECURE stream.
+    fn gate(&self, iova: u64, len: usize, max: usize) -> Result<(), DmaError> {
+        let id = match self.ide.dma_gate() {
+            super::DmaGate::Open => return Ok(()),
+            super::DmaGate::Closed => {
+                self.ide.link.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(link_err("the TDI is in ERROR: device DMA refused".into()));
+            }
+            super::DmaGate::Stream(id) => id,
+        };
+        let view = self.ide.view();
+        let tee = self.ide.tee.load(Ordering::Relaxed);
+        for (a, _) in tlp::split(iova, len, max) {
+            if !view
+                .route_request(a, tee)
+                .is_some_and(|s| s.secure && s.id == id)
+            {
+                self.ide.link.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(link_err(format!(
+                    "DMA at {a:#x} is not on the TDI's bound stream (Stream ID {id}): refused"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl DmaInterposer for IdeLink {
     fn active(&self) -> bool {
-        self.ide.link_active() || self.ide.require_secure.load(Ordering::Relaxed)
+        self.ide.link_active()
+            || self.ide.require_secure.load(Ordering::Relaxed)
+            || self.ide.dma_gate() != super::DmaGate::Open
     }
 
     fn read(&self, mem: DirectMemory<'_>, iova: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        self.gate(iova, buf.len(), self.mrrs())?;
         self.dma_read(mem, iova, buf)
     }
 
     fn write(&self, mem: DirectMemory<'_>, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.gate(iova, data.len(), self.mps())?;
         self.dma_write(mem, iova, data)
     }
 }

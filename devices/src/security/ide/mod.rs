@@ -55,7 +55,7 @@ pub use link::{IdeLink, LinkStats, WireFault};
 use regs::{dword_writes, read_bytes};
 use spdm_responder::idekm::{IdeKey, KeySlot, QueryResp};
 use state::{KmError, LinkView, PortState};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use vfio_user_server::pci::{
     ext_cap_id, BuildError, ConfigBuilder, ConfigHandler, ConfigSpace, ExtCap, PciIds, PcieCap,
@@ -144,6 +144,35 @@ pub enum IdeEvent {
     },
 }
 
+/// Which device DMA the link lets through (set by TDISP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaGate {
+    /// All of it (the link's own rules apply).
+    Open,
+    /// Only requests routed to the SECURE stream with this Stream ID.
+    Stream(u8),
+    /// None.
+    Closed,
+}
+
+impl DmaGate {
+    fn encode(self) -> u16 {
+        match self {
+            DmaGate::Open => 0,
+            DmaGate::Stream(id) => 0x100 | u16::from(id),
+            DmaGate::Closed => 0x200,
+        }
+    }
+
+    fn decode(v: u16) -> DmaGate {
+        match v >> 8 {
+            0 => DmaGate::Open,
+            1 => DmaGate::Stream(v as u8),
+            _ => DmaGate::Closed,
+        }
+    }
+}
+
 /// A stream's current state, for TDISP and tools.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamInfo {
@@ -179,6 +208,8 @@ pub struct Ide {
     pub(crate) tee: AtomicBool,
     pub(crate) require_secure: AtomicBool,
     pub(crate) link: link::LinkShared,
+    /// TDISP: which device DMA the link lets through ([`DmaGate`]).
+    pub(crate) gate: AtomicU16,
 }
 
 impl std::fmt::Debug for Ide {
@@ -201,6 +232,7 @@ impl Ide {
             tee: AtomicBool::new(false),
             require_secure: AtomicBool::new(false),
             link: link::LinkShared::default(),
+            gate: AtomicU16::new(DmaGate::Open.encode()),
         })
     }
 
@@ -390,6 +422,28 @@ impl Ide {
     pub fn set_require_secure(&self, on: bool) {
         self.require_secure.store(on, Ordering::Release);
     }
+
+    // --- TDISP hooks (helper "tdisp"): the DMA gate and key readiness ---
+
+    /// Sets which device DMA the link lets through (TDISP: a TDI in RUN
+    /// may only use its bound stream; a TDI in ERROR may not DMA at all).
+    pub fn set_dma_gate(&self, gate: DmaGate) {
+        self.gate.store(gate.encode(), Ordering::Release);
+    }
+
+    /// The DMA gate.
+    pub fn dma_gate(&self) -> DmaGate {
+        DmaGate::decode(self.gate.load(Ordering::Acquire))
+    }
+
+    /// Whether keys for every sub-stream in both directions of Stream ID
+    /// `id` are programmed and armed (the key condition of SECURE, whether
+    /// or not a stream register block is enabled with that ID).
+    pub fn keys_ready(&self, id: u8) -> bool {
+        self.lock().keys_ready(id)
+    }
+
+    // --- end of TDISP hooks ---
 
     /// Sets Max_Payload_Size and Max_Read_Request_Size in bytes (powers of
     /// two, 128 to 4096). [`IdeDevice`] keeps them equal to the device's

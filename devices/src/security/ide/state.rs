@@ -508,6 +508,11 @@ impl PortState {
         any
     }
 
+    /// Whether every key of Stream ID `id` needed for SECURE is armed.
+    pub fn keys_ready(&self, id: u8) -> bool {
+        self.keys.get(&id).is_some_and(StreamKeys::ready)
+    }
+
     /// Key slot states of a Stream ID (never the keys).
     pub fn key_states(&self, id: u8) -> Vec<(KeySlot, &'static str)> {
         self.keys.get(&id).map(|k| k.describe()).unwrap_or_default()
