@@ -427,3 +427,30 @@ pub fn children_of(parent: u32) -> Vec<(u32, String)> {
     }
     out
 }
+
+/// Builds (or finds, cached) uio_pci_generic_sva.ko for the guest kernel.
+pub fn uio_sva_module() -> String {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-configs/provision-kmod.sh");
+    assert!(
+        script.exists(),
+        "{} is missing: uio_pci_generic_sva.ko cannot be built",
+        script.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["--only", "uio-sva", "--quiet"])
+        .output()
+        .expect("run provision-kmod.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "provision-kmod.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TRUSTDEV_UIO_SVA_KO="))
+        .unwrap_or_else(|| panic!("no TRUSTDEV_UIO_SVA_KO in:\n{stdout}"))
+        .to_string()
+}
