@@ -6,6 +6,7 @@
 //! count the protected TLPs.
 
 use spdm_responder::crypto::AsymAlgo;
+use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
 use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::rng::DeterministicEntropy;
@@ -15,7 +16,6 @@ use trustdev_devices::accel::desc::{flags, opcode, status, Completion, Descripto
 use trustdev_devices::accel::regs::{ctrl, queue, QUEUE_BASE};
 use trustdev_devices::accel::{AccelConfig, AccelDevice};
 use trustdev_devices::security;
-use spdm_responder::idekm::regs::StreamSettings;
 use trustdev_devices::security::ide::host as idehost;
 use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
 use vfio_user_server::client::Client;

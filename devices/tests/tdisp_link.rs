@@ -7,15 +7,15 @@
 //! bound stream, any DMA), and recovery through STOP.
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use spdm_responder::idekm::regs::StreamSettings;
 use spdm_responder::idekm::{IdeKey, KeySet, KeySlot};
 use spdm_responder::tdisp::{lock_flags, range_attr, ErrorCode, InterfaceId, LockParams, TdiState};
+use spdm_responder::transport::doe::{find_ext_cap, ConfigAccess};
 use spdm_responder::ResponderConfig;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use trustdev_devices::example::{self, status, DmaCopy};
 use trustdev_devices::security;
-use spdm_responder::idekm::regs::StreamSettings;
-use spdm_responder::transport::doe::{find_ext_cap, ConfigAccess};
 use trustdev_devices::security::ide::host::{self as idehost, ClientConfig, ClientIdeHost};
 use trustdev_devices::security::ide::{DmaGate, Ide, IdeConfig, IdeDevice};
 use trustdev_devices::security::tdisp::{ErrorReason, Tdi, TdispConfig, TdispDevice};
