@@ -9,7 +9,8 @@
 //! the BARs and MSI-X table/PBA the guest kernel assigned, START (RUN), NVMe
 //! I/O in RUN, a locked register touched (ERROR; the report refused: the
 //! Command register, then in the second run MSI-X Message Control), STOP
-//! (CONFIG_UNLOCKED), teardown. After each NVMe flow the controller is
+//! (CONFIG_UNLOCKED), teardown; the DMA-copy device a third time after a
+//! Function Level Reset (its BAR addresses kept). After each NVMe flow the controller is
 //! reset (what the host does before using a device it took back from a
 //! TDI: a TDI in ERROR does no DMA, which a busy controller may not
 //! survive) and is live again at once, its I/O correct, no I/O ever timed
@@ -65,6 +66,8 @@ fn tdisp_flow_in_a_real_guest() {
         "tdisp-dma-copy-stop",
         "tdisp-dma-copy-again ",
         "tdisp-dma-copy-again-error",
+        "dma-copy-flr",
+        "tdisp-dma-copy-after-flr ",
         "nvme-dmesg-clean",
     ] {
         assert!(
@@ -91,9 +94,9 @@ fn tdisp_flow_in_a_real_guest() {
             "TDISP: TDI RUN -> ERROR: locked configuration changed: MSI-X Message Control",
             2,
         ),
-        ("TDISP: TDI ERROR -> CONFIG_UNLOCKED (STOP)", 4),
+        ("TDISP: TDI ERROR -> CONFIG_UNLOCKED (STOP)", 5),
         ("TDISP START_INTERFACE_REQUEST for 01:00.0: ok, TDI RUN", 2),
-        ("refused in ERROR: TDISP_ERROR InvalidInterfaceState", 4),
+        ("refused in ERROR: TDISP_ERROR InvalidInterfaceState", 5),
     ] {
         assert!(
             server_logs.matches(needle).count() >= n,

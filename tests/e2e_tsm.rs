@@ -6,12 +6,14 @@
 //! kernel with qemu-configs/provision-kmod.sh - Debian's headers and gcc-14
 //! fetched through the private apt - and starts the agent from /init) with an
 //! NVMe controller and a DMA-copy device behind root ports and on pcie.0,
-//! plus a DMA-copy device served with `--no-spdm`. The guest script
+//! plus a DMA-copy device served with `--no-spdm` and one served with
+//! `--wrong-san` (chain valid, CMA SAN naming another device). The guest script
 //! (tests/guest/tsm.sh) checks what the kernel did: /sys/class/tsm/tsm0, the
 //! tsm/ attributes, connect / read-back / disconnect / connect again for every
 //! CMA device, the kernel's call path (ftrace) and dyndbg of tsm.c and doe.c,
 //! NVMe I/O while connected, and the failure paths (no CMA mailbox refused by
-//! pci_tsm_pf0_constructor, a chain the agent's roots do not verify, the
+//! pci_tsm_pf0_constructor, a chain the agent's roots do not verify, a SAN
+//! refused by the agent's default policy (enforce) and accepted with `warn`, the
 //! agent killed mid-connect, a hung agent timing out, no agent), each leaving
 //! no state behind; removal of a connected function and a rescan; rmmod with
 //! a device connected. Connect also sets IDE up (IDE_KM QUERY and K0 keys
@@ -52,6 +54,8 @@ fn tsm_connect_in_a_real_guest() {
         "dma-copy:rciep",
         "-d",
         "dma-copy:no-spdm",
+        "-d",
+        "dma-copy:wrong-san,dsn=7d0c00000000ba05",
         "--tsm",
         "--append",
         DYNDBG,
@@ -89,7 +93,7 @@ fn tsm_connect_in_a_real_guest() {
 
     // Every device, in both placements, with and without CMA.
     let devices = run.lines("DEVICE ");
-    assert_eq!(devices.len(), 5, "{devices:#?}\n{}", dump());
+    assert_eq!(devices.len(), 6, "{devices:#?}\n{}", dump());
     for (kind, place, _) in SERVERS {
         assert!(
             devices
@@ -102,6 +106,12 @@ fn tsm_connect_in_a_real_guest() {
         devices
             .iter()
             .any(|d| d.ends_with(" dma-copy root-port no-cma")),
+        "{devices:#?}"
+    );
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.ends_with(" dma-copy root-port wrong-san")),
         "{devices:#?}"
     );
     let bdfs: Vec<&str> = devices
@@ -164,6 +174,11 @@ fn tsm_connect_in_a_real_guest() {
         "wrong-root-kernel-message",
         "wrong-root-state",
         "connect-after-wrong-root",
+        "wrong-san-refused",
+        "wrong-san-kernel-message",
+        "wrong-san-state",
+        "wrong-san-warn-connects",
+        "wrong-san-warned",
         "agent-mid-connect",
         "killed-agent-fails-connect",
         "killed-agent-kernel-message",

@@ -13,8 +13,18 @@
 //! (set up over DOE/SPDM/IDE_KM by this process, as a TSM would), all in
 //! one invocation.
 //!
+//! `crypto`: the AES-256-GCM candidates for the link, per core, on TLP
+//! payloads of each size with a 20-byte AAD (IDE prefix + 4-DW header):
+//! ring seal+open with its 128-bit tag (the baseline of `link`), and the
+//! whole cost of one IDE TLP with a 96-bit MAC (seal at the transmitter,
+//! verify-and-decrypt at the receiver) with ring the way the link does it
+//! (open as two seals), with ring for the keystream plus RustCrypto's GHASH
+//! and AES for the tag, with RustCrypto's AES-GCM alone, and (built with
+//! `--features openssl-bench`, needs libssl-dev) OpenSSL's EVP AES-GCM.
+//!
 //! ```text
 //! cargo build --release -p trustdev-devices --bins --examples
+//! target/release/examples/ide_bench crypto [--seconds S] [--sizes 128,256,512,4096]
 //! target/release/examples/ide_bench link [--seconds S] [--sizes 128,256,512,4096]
 //! target/release/examples/ide_bench nvme [--seconds S] [--qd N] [--mps 128|256|512] [--doorbells shadow|trap]
 //!     [--variants off,idle,secure]
@@ -165,6 +175,204 @@ fn link_bench(secs: f64, sizes: &[usize]) {
     );
 }
 
+/// One TLP's crypto with a 96-bit MAC: seal at the transmitter, open at
+/// the receiver (which must verify before it releases the plaintext).
+trait Candidate {
+    fn name(&self) -> &'static str;
+    fn tlp(&mut self, invocation: u64, aad: &[u8], buf: &mut [u8]);
+}
+
+fn nonce(n: u64) -> Nonce {
+    Nonce::assume_unique_for_key(IdeKey::iv(n))
+}
+
+/// ring, receiver as in the link (devices/src/security/ide/aead.rs): ring's
+/// open takes only a full 128-bit tag, so the receiver seals the ciphertext
+/// (decrypting it) and seals the plaintext again (for the tag over the
+/// ciphertext): 3 GCM passes per TLP.
+struct RingThreePass(LessSafeKey, Vec<u8>);
+
+impl Candidate for RingThreePass {
+    fn name(&self) -> &'static str {
+        "ring 3-pass"
+    }
+    fn tlp(&mut self, n: u64, aad: &[u8], buf: &mut [u8]) {
+        let t = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), Aad::from(aad), buf)
+            .unwrap();
+        let _ = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), Aad::from(aad), buf);
+        self.1.clear();
+        self.1.extend_from_slice(buf);
+        let t2 = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), Aad::from(aad), buf)
+            .unwrap();
+        assert_eq!(t.as_ref()[..12], t2.as_ref()[..12]);
+    }
+}
+
+/// ring for the keystream (the receiver seals the ciphertext to decrypt
+/// it), the tag recomputed over the ciphertext with RustCrypto's GHASH and
+/// one AES block: GHASH(H; AAD, C) xor AES_K(J0).
+struct RingGhash(LessSafeKey, aes::Aes256, ghash::GHash);
+
+impl RingGhash {
+    fn new(k: &[u8; 32]) -> Self {
+        use aes::cipher::{BlockEncrypt, KeyInit};
+        let aes = aes::Aes256::new(k.into());
+        let mut h = [0u8; 16].into();
+        aes.encrypt_block(&mut h);
+        let gh = <ghash::GHash as ghash::universal_hash::KeyInit>::new(&h);
+        RingGhash(
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, k).unwrap()),
+            aes,
+            gh,
+        )
+    }
+}
+
+impl Candidate for RingGhash {
+    fn name(&self) -> &'static str {
+        "ring+GHASH"
+    }
+    fn tlp(&mut self, n: u64, aad: &[u8], buf: &mut [u8]) {
+        use aes::cipher::BlockEncrypt;
+        use ghash::universal_hash::UniversalHash;
+        let t = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), Aad::from(aad), buf)
+            .unwrap();
+        let mut g = self.2.clone();
+        g.update_padded(aad);
+        g.update_padded(buf);
+        let mut lens = [0u8; 16];
+        lens[..8].copy_from_slice(&(aad.len() as u64 * 8).to_be_bytes());
+        lens[8..].copy_from_slice(&(buf.len() as u64 * 8).to_be_bytes());
+        g.update(&[lens.into()]);
+        let mut j0 = [0u8; 16];
+        j0[..12].copy_from_slice(&IdeKey::iv(n));
+        j0[15] = 1;
+        let mut j0 = j0.into();
+        self.1.encrypt_block(&mut j0);
+        let mut tag = g.finalize();
+        tag.iter_mut().zip(j0.iter()).for_each(|(a, b)| *a ^= b);
+        let _ = self
+            .0
+            .seal_in_place_separate_tag(nonce(n), Aad::from(aad), buf);
+        assert_eq!(t.as_ref()[..12], tag[..12]);
+    }
+}
+
+type Gcm96 = aes_gcm::AesGcm<aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
+
+/// RustCrypto's AES-GCM with a 96-bit tag: one pass each way.
+struct RustCrypto(Gcm96);
+
+impl Candidate for RustCrypto {
+    fn name(&self) -> &'static str {
+        "RustCrypto"
+    }
+    fn tlp(&mut self, n: u64, aad: &[u8], buf: &mut [u8]) {
+        use aes_gcm::aead::AeadInPlace;
+        let iv = IdeKey::iv(n).into();
+        let t = self.0.encrypt_in_place_detached(&iv, aad, buf).unwrap();
+        self.0.decrypt_in_place_detached(&iv, aad, buf, &t).unwrap();
+    }
+}
+
+/// OpenSSL's EVP AES-256-GCM with a 12-byte tag, key schedules set once,
+/// only the IV per TLP: one pass each way.
+#[cfg(feature = "openssl-bench")]
+struct OpenSsl(
+    openssl::cipher_ctx::CipherCtx,
+    openssl::cipher_ctx::CipherCtx,
+);
+
+#[cfg(feature = "openssl-bench")]
+impl OpenSsl {
+    fn new(k: &[u8; 32]) -> Self {
+        use openssl::cipher::Cipher;
+        use openssl::cipher_ctx::CipherCtx;
+        let mut e = CipherCtx::new().unwrap();
+        e.encrypt_init(Some(Cipher::aes_256_gcm()), Some(k), None)
+            .unwrap();
+        let mut d = CipherCtx::new().unwrap();
+        d.decrypt_init(Some(Cipher::aes_256_gcm()), Some(k), None)
+            .unwrap();
+        OpenSsl(e, d)
+    }
+}
+
+#[cfg(feature = "openssl-bench")]
+impl Candidate for OpenSsl {
+    fn name(&self) -> &'static str {
+        "OpenSSL"
+    }
+    fn tlp(&mut self, n: u64, aad: &[u8], buf: &mut [u8]) {
+        let iv = IdeKey::iv(n);
+        let (e, d) = (&mut self.0, &mut self.1);
+        let len = buf.len();
+        e.encrypt_init(None, None, Some(&iv)).unwrap();
+        e.cipher_update(aad, None).unwrap();
+        e.cipher_update_inplace(buf, len).unwrap();
+        e.cipher_final(&mut []).unwrap();
+        let mut tag = [0u8; 12];
+        e.tag(&mut tag).unwrap();
+        d.decrypt_init(None, None, Some(&iv)).unwrap();
+        d.set_tag(&tag).unwrap();
+        d.cipher_update(aad, None).unwrap();
+        d.cipher_update_inplace(buf, len).unwrap();
+        d.cipher_final(&mut []).unwrap();
+    }
+}
+
+fn crypto_bench(secs: f64, sizes: &[usize]) {
+    let k = [7u8; 32];
+    let ring = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).unwrap());
+    let mut cands: Vec<Box<dyn Candidate>> = vec![
+        Box::new(RingThreePass(
+            LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &k).unwrap()),
+            Vec::new(),
+        )),
+        Box::new(RingGhash::new(&k)),
+        {
+            use aes_gcm::aead::KeyInit;
+            Box::new(RustCrypto(Gcm96::new(&k.into())))
+        },
+    ];
+    #[cfg(feature = "openssl-bench")]
+    cands.push(Box::new(OpenSsl::new(&k)));
+    let aad = [0x92u8; 20];
+    print!("{:>6} {:>16}", "TLP", "ring seal+open");
+    for c in &cands {
+        print!(" {:>16}", c.name());
+    }
+    println!("   (GB/s of payload per core; in parentheses: / ring seal+open)");
+    for &size in sizes {
+        let mut buf = vec![0x5au8; size];
+        let base = rate(secs, size, || {
+            let t = ring
+                .seal_in_place_separate_tag(nonce(1), Aad::from(&aad), &mut buf)
+                .unwrap();
+            ring.open_in_place_separate_tag(nonce(1), Aad::from(&aad), t, &mut buf, 0..)
+                .unwrap();
+        });
+        print!("{size:>6} {:>11.2} GB/s", base / 1e9);
+        for c in cands.iter_mut() {
+            let mut n = 0u64;
+            let r = rate(secs, size, || {
+                n += 1;
+                c.tlp(n, &aad, &mut buf);
+            });
+            print!(" {:>5.2} GB/s ({:.2})", r / 1e9, r / base);
+        }
+        println!();
+    }
+}
+
 fn nvme_bench(secs: f64, qd: usize, mps: usize, shadow: bool, variants: &[String]) {
     let exe = std::env::current_exe()
         .ok()
@@ -296,6 +504,7 @@ fn main() {
         }
     }
     match what.as_str() {
+        "crypto" => crypto_bench(secs, &sizes),
         "link" => link_bench(secs, &sizes),
         "nvme" => nvme_bench(secs, qd, mps, shadow, &variants),
         _ => what_usage(),
@@ -303,6 +512,6 @@ fn main() {
 }
 
 fn what_usage() -> ! {
-    eprintln!("usage: ide_bench link [--seconds S] [--sizes 128,256,...] | nvme [--seconds S] [--qd N] [--mps N] [--doorbells shadow|trap] [--variants off,idle,secure]");
+    eprintln!("usage: ide_bench crypto|link [--seconds S] [--sizes 128,256,...] | nvme [--seconds S] [--qd N] [--mps N] [--doorbells shadow|trap] [--variants off,idle,secure]");
     std::process::exit(2)
 }

@@ -196,6 +196,12 @@ struct SecurityArgs {
     /// from the socket path (nvme: from the NVMe serial number).
     #[arg(long, value_name = "HEX", value_parser = parse_dsn)]
     dsn: Option<u64>,
+    /// Test fault (wrong on purpose, never a default): the leaf
+    /// certificate's CMA subject-alt-name names DSN xor 1 instead of this
+    /// device, so a TSM's SAN check (the kernel's CMA code, tsm-agent) must
+    /// refuse the device although its chain verifies.
+    #[arg(long)]
+    wrong_san: bool,
     #[command(flatten)]
     psk: PskArgs,
 }
@@ -284,8 +290,8 @@ impl SecurityArgs {
         }))
     }
 
-    /// The device's SPDM identity (generated on first use), or `None` with
-    /// `--no-spdm`.
+    /// The device's SPDM identity (generated on first use) for `name`, or
+    /// `None` with `--no-spdm`; with `--wrong-san`, for another device.
     fn identity(
         &self,
         kind: &str,
@@ -294,6 +300,15 @@ impl SecurityArgs {
         if self.no_spdm {
             return Ok(None);
         }
+        let mut name = *name;
+        if self.wrong_san {
+            name.serial = Some(name.serial.unwrap_or(0) ^ 1);
+            log::warn!(
+                "--wrong-san: the certificate names {} (not this device)",
+                name.other_name()
+            );
+        }
+        let name = &name;
         let dir = self
             .identity_dir
             .clone()

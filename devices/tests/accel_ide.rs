@@ -16,7 +16,7 @@ use trustdev_devices::accel::desc::{flags, opcode, status, Completion, Descripto
 use trustdev_devices::accel::regs::{ctrl, queue, QUEUE_BASE};
 use trustdev_devices::accel::{AccelConfig, AccelDevice};
 use trustdev_devices::security;
-use trustdev_devices::security::ide::host as idehost;
+use trustdev_devices::security::ide::host;
 use trustdev_devices::security::ide::{Ide, IdeConfig, IdeDevice};
 use vfio_user_server::client::Client;
 use vfio_user_server::iommu::{IommuModel, PTE_W};
@@ -110,7 +110,7 @@ fn accelerator_dma_over_a_secure_ide_stream() {
     c.write32(7, 0x04, 0x6).unwrap();
 
     // What a TSM does: SPDM session, IDE_KM key programming, stream enable.
-    let mut host = idehost::connect(c, id.roots_der()).unwrap();
+    let mut host = host::connect(c, id.roots_der()).unwrap();
     let sel = StreamSettings::endpoint(1, 0x0008);
     host.setup(0, &sel).unwrap();
     host.program(1, KeySet::K0, |s| key(KeySet::K0, s)).unwrap();

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use trustdev_devices::example::{self, status, DmaCopy};
 use trustdev_devices::security;
-use trustdev_devices::security::ide::host::{self as idehost, ClientConfig, ClientIdeHost};
+use trustdev_devices::security::ide::host::{self, ClientConfig, ClientIdeHost};
 use trustdev_devices::security::ide::{DmaGate, Ide, IdeConfig, IdeDevice};
 use trustdev_devices::security::tdisp::{ErrorReason, Tdi, TdispConfig, TdispDevice};
 use vfio_user_server::pci::PortType;
@@ -71,7 +71,7 @@ fn start(tag: &str) -> Rig {
 fn tsm(rig: &Rig) -> ClientIdeHost {
     let mut c = rig.s.client();
     c.write32(7, 0x14, BAR1 as u32).unwrap();
-    let mut host = idehost::connect(c, identity().roots_der()).unwrap();
+    let mut host = host::connect(c, identity().roots_der()).unwrap();
     let sel = StreamSettings::endpoint(STREAM, 0);
     host.setup(0, &sel).unwrap();
     host.program(STREAM, KeySet::K0, key).unwrap();

@@ -98,3 +98,8 @@ fn spdm() {
 fn spdm_secured() {
     fuzz("spdm-secured", 2_000);
 }
+
+#[test]
+fn accel_desc() {
+    fuzz("accel-desc", 5_000);
+}

@@ -158,24 +158,19 @@ pub fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("dma-copy {bdf}: FAILED: {e}"))
 }
 
-/// A locked, page-aligned anonymous buffer (device DMA, O_DIRECT I/O).
-pub(crate) struct DmaBuf {
+/// A locked, page-aligned anonymous page.
+struct DmaPage {
     ptr: *mut u8,
-    len: usize,
 }
 
-impl DmaBuf {
-    /// `len` bytes (a multiple of the page size), zeroed and locked.
-    pub(crate) fn new(len: usize) -> Result<Self, String> {
-        if len == 0 || len % PAGE != 0 {
-            return Err(format!("DMA buffer of {len} bytes: not whole pages"));
-        }
+impl DmaPage {
+    fn new() -> Result<Self, String> {
         // SAFETY: anonymous private mapping with no address hint; the result
         // is checked against MAP_FAILED before use.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                len,
+                PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
@@ -188,55 +183,47 @@ impl DmaBuf {
                 std::io::Error::last_os_error()
             ));
         }
-        let buf = DmaBuf { ptr: p.cast(), len };
-        // SAFETY: `p` is a mapping of `len` bytes that we own.
-        if unsafe { libc::mlock(p, len) } != 0 {
+        let page = DmaPage { ptr: p.cast() };
+        // SAFETY: `p` is a mapping of PAGE bytes that we own.
+        if unsafe { libc::mlock(p, PAGE) } != 0 {
             return Err(format!(
                 "mlock of a DMA buffer failed: {} (RLIMIT_MEMLOCK?)",
                 std::io::Error::last_os_error()
             ));
         }
-        buf.fill(|_| 0);
-        Ok(buf)
+        page.fill(|_| 0);
+        Ok(page)
     }
 
-    pub(crate) fn addr(&self) -> u64 {
+    fn addr(&self) -> u64 {
         self.ptr as u64
     }
 
     /// Writes every byte through volatile stores (the device reads them).
-    pub(crate) fn fill(&self, f: impl Fn(usize) -> u8) {
-        for i in 0..self.len {
-            // SAFETY: `i < len`, inside our live, writable mapping.
+    fn fill(&self, f: impl Fn(usize) -> u8) {
+        for i in 0..PAGE {
+            // SAFETY: `i < PAGE`, inside our live, writable mapping.
             unsafe { std::ptr::write_volatile(self.ptr.add(i), f(i)) };
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Reads the buffer through volatile loads (the device wrote it).
-    pub(crate) fn snapshot(&self) -> Vec<u8> {
+    /// Reads the page through volatile loads (the device wrote it).
+    fn snapshot(&self) -> Vec<u8> {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        (0..self.len)
-            // SAFETY: `i < len`, inside our live, readable mapping.
+        (0..PAGE)
+            // SAFETY: `i < PAGE`, inside our live, readable mapping.
             .map(|i| unsafe { std::ptr::read_volatile(self.ptr.add(i)) })
             .collect()
     }
-
-    /// The buffer for a synchronous system call that reads or writes it
-    /// (O_DIRECT `pread`/`pwrite`: the kernel's DMA is over when it returns).
-    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: our live mapping of `len` bytes, borrowed exclusively
-        // through `&mut self`; no device DMA targets it outside a call.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
 }
 
-impl Drop for DmaBuf {
+impl Drop for DmaPage {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping created in `new`; nothing
         // references it after drop.
         unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
+            libc::munmap(self.ptr.cast(), PAGE);
         }
     }
 }
@@ -332,6 +319,9 @@ impl Regs<'_> {
     }
 }
 
+/// Binds `bdf` to vfio-pci, opens it (vfio-pci resets the function on
+/// open), enables memory decode and bus mastering, checks BAR0 and sets up
+/// MSI-X, then runs `body` with a [`Copier`]; tears down afterwards.
 pub(crate) fn with_device<T>(
     bdf: &str,
     opts: &Args,
@@ -469,7 +459,7 @@ pub(crate) fn with_device<T>(
     ))
 }
 
-/// An open DMA-copy device with a source and a destination buffer mapped
+/// An open DMA-copy device with a source and a destination page mapped
 /// for its DMA.
 pub(crate) struct Copier<'a> {
     regs: &'a Regs<'a>,
@@ -478,8 +468,8 @@ pub(crate) struct Copier<'a> {
     fds: &'a [EventFd],
     opts: &'a Args,
     log: &'a Log,
-    src: DmaBuf,
-    dst: DmaBuf,
+    src: DmaPage,
+    dst: DmaPage,
     pagemap: Option<File>,
     copies: u32,
     interrupts: u64,
@@ -494,8 +484,8 @@ impl<'a> Copier<'a> {
         opts: &'a Args,
         log: &'a Log,
     ) -> Result<Self, String> {
-        let src = DmaBuf::new(PAGE)?;
-        let dst = DmaBuf::new(PAGE)?;
+        let src = DmaPage::new()?;
+        let dst = DmaPage::new()?;
         let pagemap = if noiommu {
             Some(
                 File::open("/proc/self/pagemap")
@@ -570,8 +560,8 @@ fn one_copy(
     fds: &[EventFd],
     opts: &Args,
     iter: u32,
-    src: &DmaBuf,
-    dst: &DmaBuf,
+    src: &DmaPage,
+    dst: &DmaPage,
     src_dma: u64,
     dst_dma: u64,
 ) -> Result<u64, String> {
@@ -747,7 +737,7 @@ mod tests {
         if unsafe { libc::geteuid() } != 0 {
             return; // PFNs read as 0 without CAP_SYS_ADMIN
         }
-        let p = DmaBuf::new(PAGE).unwrap();
+        let p = DmaPage::new().unwrap();
         let pm = File::open("/proc/self/pagemap").unwrap();
         let pa = phys_addr(&pm, p.addr()).unwrap();
         assert_eq!(pa % PAGE as u64, 0);
@@ -756,7 +746,7 @@ mod tests {
 
     #[test]
     fn dma_page_roundtrip() {
-        let p = DmaBuf::new(PAGE).unwrap();
+        let p = DmaPage::new().unwrap();
         assert_eq!(p.addr() % PAGE as u64, 0);
         p.fill(|i| i as u8);
         assert_eq!(p.snapshot()[..4], [0, 1, 2, 3]);

@@ -373,21 +373,48 @@ fn fail(step: &'static str, e: RequesterError) -> (&'static str, String) {
     (step, msg)
 }
 
+/// Reads trusted roots: each path a PEM/DER file (one or more
+/// certificates) or a directory of them (sorted by name). Every
+/// certificate comes with the file it was read from; no certificate at all
+/// is an error.
 pub(crate) fn load_roots(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Vec<u8>)>, String> {
-    let mut out = Vec::new();
+    let mut files = Vec::new();
     for p in paths {
-        let data = std::fs::read(p).map_err(|e| format!("--root {}: {e}", p.display()))?;
+        if p.is_dir() {
+            let rd = std::fs::read_dir(p).map_err(|e| format!("--root {}: {e}", p.display()))?;
+            let mut v: Vec<PathBuf> = rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| f.is_file())
+                .collect();
+            v.sort();
+            files.extend(v);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for f in files {
+        let data = std::fs::read(&f).map_err(|e| format!("--root {}: {e}", f.display()))?;
         let certs = identity::parse_certs(&data)
-            .map_err(|e| format!("--root {}: not a PEM or DER certificate: {e}", p.display()))?;
+            .map_err(|e| format!("--root {}: not a PEM or DER certificate: {e}", f.display()))?;
         if certs.is_empty() {
             return Err(format!(
                 "--root {}: no certificate in the file",
-                p.display()
+                f.display()
             ));
         }
-        for c in certs {
-            out.push((p.clone(), c));
-        }
+        out.extend(certs.into_iter().map(|c| (f.clone(), c)));
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "no trusted root certificate in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     Ok(out)
 }

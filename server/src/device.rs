@@ -108,10 +108,11 @@ pub trait Device: Send {
     }
 
     /// Called after a configuration write with its side effects. The default
-    /// resets the device on Function Level Reset.
+    /// resets the device on Function Level Reset (configuration space by
+    /// [`ConfigSpace::function_reset`]: BAR addresses survive).
     fn config_written(&mut self, events: ConfigEvents) {
         if events.flr {
-            self.config().reset();
+            self.config().function_reset();
             self.reset();
         }
     }

@@ -74,5 +74,5 @@ for d in /sys/bus/pci/devices/*; do
     [ "$(cat "$d/device")" = 0xd3a0 ] && idle=00000000
     expect ide-idle-after "$(dw "$d" $((sel0 + 4))) $(dw "$d" $((sel0 + 8))) $(dw "$d" $((sel0 + 12))) $(dw "$d" $((sel0 + 16)))" "$idle 00000000 00000000 00000000"
 done
-dmesg | grep -i -E "PCI/IDE|ide_" | head -20
+dmesg -s 1000000 | grep -i -E "PCI/IDE|ide_" | head -20
 exit $fail

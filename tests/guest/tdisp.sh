@@ -10,7 +10,9 @@
 # teardown. Each device runs the flow twice (a TDI is reusable after STOP):
 # the second run touches MSI-X Message Control (Function Mask) instead of the
 # Command register, locked by LOCK_MSIX (QEMU emulates MSI-X but writes
-# Message Control through to the server).
+# Message Control through to the server). The DMA-copy device then gets a
+# Function Level Reset and runs the flow a third time: its report must still
+# match the BARs the kernel assigned.
 # A TDI in ERROR does no DMA, so an NVMe controller busy at that moment (its
 # shadow doorbells) may go fatal (CSTS.CFS): after each flow the script resets
 # the controller (nvme reset_controller), as the host does before it uses a
@@ -91,6 +93,12 @@ fi
 if [ -n "$dma" ]; then
     run_flow tdisp-dma-copy "$dma" dma-copy
     run_flow tdisp-dma-copy-again "$dma" dma-copy --stream-id 9 --stream-index 1 --touch msix
+    # A Function Level Reset through the kernel (pci_reset_function: FLR,
+    # then the saved state restored) keeps the BAR addresses the kernel
+    # assigned on the device side, so a new interface report still matches
+    # them.
+    if echo 1 >"/sys/bus/pci/devices/$dma/reset"; then ok dma-copy-flr; else bad dma-copy-flr "reset refused"; fi
+    run_flow tdisp-dma-copy-after-flr "$dma" dma-copy
 else
     bad tdisp-dma-copy "no DMA-copy device"
 fi

@@ -5,8 +5,10 @@
 # /init (`trustdev vm --tsm`).
 #
 # Devices: NVMe controllers and DMA-copy devices behind root ports and on
-# pcie.0, and one DMA-copy device served with --no-spdm (a DOE mailbox
-# without CMA/SPDM, DEVCAP.TEE set).
+# pcie.0, one DMA-copy device served with --no-spdm (a DOE mailbox
+# without CMA/SPDM, DEVCAP.TEE set), and one served with --wrong-san (its
+# certificate chain verifies, its CMA SAN names another device; DSN
+# $WRONG_SAN_DSN identifies it).
 #
 #  - /sys/class/tsm/tsm0 exists; every trustdev device shows tsm/{connect,
 #    disconnect,dsm,bound} and authenticated; other functions do not;
@@ -22,7 +24,9 @@
 #  - disconnect ends the SPDM session and clears the state; connect works again;
 #  - failures: the --no-spdm device is refused by pci_tsm_pf0_constructor()
 #    ("no CMA mailbox"); a chain that does not verify against the agent's
-#    roots fails with EACCES; killing the agent mid-connect fails connect at
+#    roots fails with EACCES; so does, with the agent's default SAN policy
+#    (enforce), the device whose SAN names another device, which connects
+#    with --san warn; killing the agent mid-connect fails connect at
 #    once (EPIPE); a hung agent times out (ETIMEDOUT); no agent: ENOTCONN;
 #    after each, connect works again;
 #  - removing a connected function disconnects it (pci_tsm_destroy), a rescan
@@ -38,6 +42,16 @@ expect() { # name got want
     if [ "$2" = "$3" ]; then ok "$1"; else bad "$1" "got '$2', want '$3'"; fi
 }
 kmsg() { dmesg -s 1000000; }
+WRONG_SAN_DSN=7d0c00000000ba05
+# dsn DEV-DIR: the Device Serial Number (16 hex digits), or nothing.
+dsn() {
+    off=256
+    while [ "$off" -ne 0 ]; do
+        h=$(dw "$1" "$off")
+        [ $((0x$h & 0xffff)) -eq 3 ] && { echo "$(dw "$1" $((off + 8)))$(dw "$1" $((off + 4)))"; return; }
+        off=$(((0x$h >> 20) & 0xffc))
+    done
+}
 # dword DEV-DIR OFFSET -> 8 hex digits of the config dword
 dw() { od -An -tx4 -j "$2" -N4 "$1/config" | tr -d ' \n'; }
 # ide_streams BDF: "Control/Status" of every selective IDE stream.
@@ -147,6 +161,7 @@ for d in /sys/bus/pci/devices/*; do
     esac
     case $bdf in 0000:00:*) place=rciep ;; *) place=root-port ;; esac
     if [ -e "$d/doe_features/0001:01" ]; then cma=cma; else cma=no-cma; fi
+    [ "$(dsn "$d")" = $WRONG_SAN_DSN ] && cma=wrong-san
     echo "DEVICE $bdf $kind $place $cma"
     devices="$devices $bdf:$kind:$place:$cma"
     # The TSM attributes the core shows once a link TSM is registered.
@@ -305,6 +320,31 @@ agent_start
 connect "$dev"
 expect connect-after-wrong-root "$RC $ERR $(state "$dev")" "0  tsm0"
 disconnect "$dev"
+
+# ------------------------------------------------------------ failure: a SAN naming another device
+# The agent runs with its default SAN policy (enforce).
+wsan=""
+for e in $devices; do [ "$(field "$e" 6)" = wrong-san ] && wsan=$(bdf_of "$e"); done
+if [ -z "$wsan" ]; then
+    bad wrong-san-device "no device with DSN $WRONG_SAN_DSN"
+else
+    connect "$wsan"
+    expect wrong-san-refused "$RC $ERR" "1 Permission denied"
+    msg=$(kmsg | grep -F "$wsan" | grep 'connect failed (-13)' | tail -n1)
+    echo "$msg" | grep -q 'CERTIFICATE failed: leaf certificate SAN .* does not match the device' &&
+        ok wrong-san-kernel-message "$(echo "$msg" | sed 's/.*trustdev_tsm: //')" ||
+        bad wrong-san-kernel-message "$(kmsg | grep -F "$wsan" | tail -n3)"
+    expect wrong-san-state "$(state "$wsan")" ""
+    agent_stop
+    agent_start --san warn
+    connect "$wsan"
+    expect wrong-san-warn-connects "$RC $ERR $(state "$wsan")" "0  tsm0"
+    grep "connect $wsan: OK" $LOG | tail -n1 | grep -q 'SAN mismatch (warned)' &&
+        ok wrong-san-warned || bad wrong-san-warned "$(grep "$wsan" $LOG | tail -n2)"
+    disconnect "$wsan"
+    agent_stop
+    agent_start
+fi
 
 # ------------------------------------------------------------ failure: agent killed mid-connect
 agent_stop

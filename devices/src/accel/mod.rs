@@ -440,7 +440,7 @@ impl Device for AccelDevice {
     fn config_written(&mut self, events: ConfigEvents) {
         if events.flr {
             info!("accelerator: function level reset");
-            self.config.reset();
+            self.config.function_reset();
             self.reset();
         }
     }

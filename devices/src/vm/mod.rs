@@ -169,6 +169,11 @@ impl std::str::FromStr for DeviceSpec {
                 // Device security: a DOE mailbox without CMA/SPDM; DEVCAP.TEE clear.
                 "no-spdm" => args.push("--no-spdm".into()),
                 "no-tee" => args.push("--no-tee".into()),
+                // Test fault: a certificate whose CMA SAN names another device.
+                "wrong-san" => args.push("--wrong-san".into()),
+                other if other.starts_with("dsn=") => {
+                    args.extend(["--dsn".into(), other["dsn=".len()..].into()])
+                }
                 other if other.starts_with("ide=") || other.starts_with("ide-trace=") => {
                     args.extend(ide_option_args(other)?)
                 }
@@ -176,7 +181,7 @@ impl std::str::FromStr for DeviceSpec {
                     Some(a) if kind == DeviceKind::Nvme => args.extend(a),
                     _ => {
                         return Err(format!(
-                            "unknown device option {other:?} (rciep, root-port, no-spdm, no-tee, ide=SPEC, ide-trace=FILE{})",
+                            "unknown device option {other:?} (rciep, root-port, no-spdm, no-tee, wrong-san, dsn=HEX, ide=SPEC, ide-trace=FILE{})",
                             if kind == DeviceKind::Nvme {
                                 ", or NVMe KEY=VALUE: see `trustdev serve --help`"
                             } else {
@@ -325,6 +330,8 @@ mod tests {
         assert!("dma-copy:ide=bogus".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:ide=selective=0".parse::<DeviceSpec>().is_err());
         assert!("dma-copy:ide-trace=".parse::<DeviceSpec>().is_err());
+        let d: DeviceSpec = "dma-copy:wrong-san,dsn=7d0c00000000ba05".parse().unwrap();
+        assert_eq!(d.args, ["--wrong-san", "--dsn", "7d0c00000000ba05"]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The fuzz targets, by name.
 
+pub mod accel_desc;
 pub mod doe;
 pub mod nvme_ctrl;
 pub mod nvme_dptr;
@@ -10,7 +11,7 @@ pub mod vfio_server;
 use crate::engine::Target;
 
 /// Every target: name and what it fuzzes.
-pub const TARGETS: [(&str, &str); 8] = [
+pub const TARGETS: [(&str, &str); 9] = [
     (
         "vfio-decode",
         "vfio-user header and every command's payload decoder",
@@ -43,6 +44,10 @@ pub const TARGETS: [(&str, &str); 8] = [
         "spdm-secured",
         "secured-message records into a responder with a live session",
     ),
+    (
+        "accel-desc",
+        "accelerator descriptors (every operation, PASID) over adversarial client memory",
+    ),
 ];
 
 /// Builds the target called `name`.
@@ -56,6 +61,7 @@ pub fn make(name: &str) -> Result<Box<dyn Target>, String> {
         "doe-mailbox" => Box::new(doe::DoeMailboxTarget::new()),
         "spdm" => Box::new(spdm::Spdm::new()),
         "spdm-secured" => Box::new(spdm::SpdmSecured::new()?),
+        "accel-desc" => Box::new(accel_desc::AccelDesc::new()?),
         _ => {
             return Err(format!(
                 "unknown target {name:?}; targets: {}",

@@ -34,13 +34,17 @@ use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, SubStream, KE
 use spdm_responder::identity::{CmaDeviceName, Identity};
 use spdm_responder::responder::PskEntry;
 use spdm_responder::rng::DeterministicEntropy;
+use spdm_responder::tdisp::{
+    InterfaceId, LockParams, Request as TdispRequest, TdiState, NONCE_LEN, VERSION_10,
+};
 use spdm_responder::transport::InMemory;
 use spdm_responder::vendor::{PCISIG_VENDOR_ID, STANDARD_ID_PCISIG};
 use spdm_responder::{
     Message, Requester, RequesterConfig, Responder, ResponderConfig, SecuredReply,
 };
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use trustdev_devices::security::ide::{km::IdeKmPorts, Ide, IdeConfig};
+use trustdev_devices::security::tdisp::{IdeRequirement, Tdi, TdispConfig, TdispFunctions};
 
 /// The device identity every SPDM target uses (P-256 and P-384, two
 /// slots), generated once from a fixed seed.
@@ -69,17 +73,95 @@ pub fn responder_config() -> ResponderConfig {
 }
 
 /// A responder on deterministic entropy (so recorded sessions replay),
-/// answering IDE_KM in secured sessions for one IDE port (as `trustdev
-/// serve` devices with IDE do).
+/// answering IDE_KM for one IDE port and TDISP for one TDI in secured
+/// sessions (as `trustdev serve` devices with IDE and TDISP do). The TDI
+/// locks once IDE_KM armed keys for its stream (there are no configuration
+/// registers here to enable a stream with), and reports the DMA-copy
+/// example's function with BARs assigned.
 pub fn responder() -> Responder {
     let mut r = Responder::with_entropy(
         responder_config(),
         identity(),
         Box::new(DeterministicEntropy::new(b"trustdev fuzz responder")),
     );
-    let (key, handler) = IdeKmPorts::new(vec![Ide::new(IdeConfig::default())]).handler();
+    let ide = Ide::new(IdeConfig::default());
+    let tdi = Tdi::new(
+        TdispConfig {
+            ide: IdeRequirement::KeysArmed,
+            ..TdispConfig::default()
+        },
+        "trustdev fuzz",
+        vec![Arc::clone(&ide)],
+    );
+    TDI_FUNCTION.with(|cfg| tdi.observe(cfg));
+    let (key, handler) = IdeKmPorts::new(vec![ide]).handler();
+    r.register_vendor(key, handler);
+    let (key, handler) = TdispFunctions::new(vec![tdi]).handler();
     r.register_vendor(key, handler);
     r
+}
+
+thread_local! {
+    /// The configuration space the fuzzed TDI reports on: the DMA-copy
+    /// example's function with its BARs assigned (built once per thread).
+    static TDI_FUNCTION: vfio_user_server::pci::ConfigSpace = {
+        let mut cfg = trustdev_devices::example::config_space(
+            vfio_user_server::pci::PortType::Endpoint,
+            true,
+            trustdev_devices::example::DEFAULT_SERIAL,
+            Vec::new(),
+        );
+        trustdev_devices::security::tdisp::view::assign_bars(&mut cfg, 0xfe00_0000);
+        cfg
+    };
+}
+
+/// The TDI's INTERFACE_ID in every recorded request.
+pub const TDI_INTERFACE: u16 = 0x0100;
+
+/// TDISP requests a TSM sends, each once, in the order of a whole flow
+/// (the START nonce is a wrong one here; the recorded flows use the real
+/// one), plus one the device does not support (BIND_P2P).
+pub fn tdisp_requests() -> Vec<TdispRequest> {
+    vec![
+        TdispRequest::GetVersion,
+        TdispRequest::GetCapabilities { tsm_caps: 0 },
+        TdispRequest::LockInterface(LockParams::default()),
+        TdispRequest::GetDeviceInterfaceReport {
+            offset: 0,
+            length: 0x400,
+        },
+        TdispRequest::GetDeviceInterfaceState,
+        TdispRequest::StartInterface {
+            nonce: [0x11; NONCE_LEN],
+        },
+        TdispRequest::BindP2pStream { stream_id: 1 },
+        TdispRequest::StopInterface,
+    ]
+}
+
+/// IDE_KM KEY_PROG and K_SET_GO for every sub-stream and direction of key
+/// set K0 of stream 0: what LOCK_INTERFACE of the fuzzed TDI needs.
+fn arm_stream_zero() -> Vec<spdm_responder::idekm::Request> {
+    use spdm_responder::idekm::Request;
+    let mut prog = Vec::new();
+    let mut go = Vec::new();
+    for dir in [KeyDirection::Rx, KeyDirection::Tx] {
+        for sub in [
+            SubStream::Posted,
+            SubStream::NonPosted,
+            SubStream::Completion,
+        ] {
+            let h = StreamHeader::new(0, KeySlot::new(KeySet::K0, dir, sub), 0);
+            prog.push(Request::KeyProg {
+                header: h,
+                key: IdeKey::new([0x3c; KEY_LEN], 7),
+            });
+            go.push(Request::KSetGo(h));
+        }
+    }
+    prog.extend(go);
+    prog
 }
 
 /// IDE_KM requests a TSM sends: QUERY, KEY_PROG for two slots, K_SET_GO,
@@ -106,13 +188,26 @@ pub fn ide_km_requests() -> Vec<spdm_responder::idekm::Request> {
 
 /// An IDE_KM request as the SPDM VENDOR_DEFINED_REQUEST carrying it.
 fn ide_km_message(version: u8, req: &spdm_responder::idekm::Request) -> Vec<u8> {
-    let payload = req.encode();
+    pcisig_message(version, &req.encode())
+}
+
+/// A TDISP request about [`TDI_INTERFACE`] as the SPDM
+/// VENDOR_DEFINED_REQUEST carrying it.
+fn tdisp_message(version: u8, req: &TdispRequest) -> Vec<u8> {
+    pcisig_message(
+        version,
+        &req.encode(VERSION_10, InterfaceId::from_rid(TDI_INTERFACE)),
+    )
+}
+
+/// A PCI-SIG VENDOR_DEFINED_REQUEST with `payload` (protocol byte first).
+fn pcisig_message(version: u8, payload: &[u8]) -> Vec<u8> {
     let mut m = vec![version, 0xFE, 0, 0];
     m.extend_from_slice(&STANDARD_ID_PCISIG.to_le_bytes());
     m.push(2);
     m.extend_from_slice(&PCISIG_VENDOR_ID.to_le_bytes());
     m.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-    m.extend_from_slice(&payload);
+    m.extend_from_slice(payload);
     m
 }
 
@@ -197,6 +292,7 @@ pub fn recorded_flows() -> Vec<Vec<Message>> {
                 for req in ide_km_requests() {
                     let _ = r.ide_km(sid, &req);
                 }
+                tdisp_flow(&mut r, sid);
                 r.end_session(sid)?;
                 let psk = r.psk_exchange(0)?;
                 r.get_measurements(Some(psk), 1, false, 0)?;
@@ -208,6 +304,32 @@ pub fn recorded_flows() -> Vec<Vec<Message>> {
         flows.push(log.into_iter().step_by(2).collect());
     }
     flows
+}
+
+/// A whole TDISP flow in session `sid`: keys for stream 0 armed, then
+/// version, capabilities, LOCK, the report, START with LOCK's nonce (RUN),
+/// state, STOP, and the unsupported and out-of-state requests once each.
+/// Returns the state the TDI reached before STOP.
+fn tdisp_flow<T: spdm_responder::transport::Transport>(
+    r: &mut Requester<T>,
+    sid: u32,
+) -> Option<TdiState> {
+    for req in arm_stream_zero() {
+        let _ = r.ide_km(sid, &req);
+    }
+    let iface = InterfaceId::from_rid(TDI_INTERFACE);
+    let _ = r.tdisp_get_version(sid, iface);
+    let _ = r.tdisp_get_capabilities(sid, iface, 0);
+    let nonce = r.tdisp_lock(sid, iface, &LockParams::default()).ok();
+    let _ = r.tdisp_get_report(sid, iface);
+    if let Some(n) = nonce {
+        let _ = r.tdisp_start(sid, iface, &n);
+    }
+    let state = r.tdisp_get_state(sid, iface).ok();
+    let _ = r.tdisp(sid, iface, &TdispRequest::BindP2pStream { stream_id: 1 });
+    let _ = r.tdisp_lock(sid, iface, &LockParams::default());
+    let _ = r.tdisp_stop(sid, iface);
+    state
 }
 
 /// Serialises a sequence: per message a kind byte (bit 0: secured record)
@@ -481,6 +603,8 @@ impl SpdmSecured {
         let apps: Vec<Vec<u8>> = apps
             .into_iter()
             .chain(ide_km_requests().iter().map(|r| ide_km_message(v, r)))
+            .chain(arm_stream_zero().iter().map(|r| ide_km_message(v, r)))
+            .chain(tdisp_requests().iter().map(|r| tdisp_message(v, r)))
             .collect();
         for (i, app) in apps.iter().enumerate() {
             let mut s = vec![MODE_SEALED];
@@ -683,6 +807,37 @@ mod tests {
             t.run(&input).unwrap();
             assert_eq!(t.sealed_ok, before + 1, "{req:?} was not answered");
         }
+    }
+
+    #[test]
+    fn tdisp_is_answered_in_the_session() {
+        let mut t = SpdmSecured::new().unwrap();
+        for req in tdisp_requests() {
+            let before = t.sealed_ok;
+            let mut input = vec![MODE_SEALED];
+            input.extend(tdisp_message(V12, &req));
+            t.run(&input).unwrap();
+            assert_eq!(t.sealed_ok, before + 1, "{req:?} was not answered");
+        }
+    }
+
+    #[test]
+    fn the_recorded_tdisp_flow_reaches_run() {
+        // The seeds reach deep into the TDI state machine: with the keys
+        // armed, LOCK succeeds and START with its nonce gives RUN.
+        let mut r = Requester::new(
+            RequesterConfig {
+                versions: vec![V12],
+                trusted_roots: identity().roots_der(),
+                ..RequesterConfig::default()
+            },
+            InMemory::new(responder()),
+        );
+        r.init_connection().unwrap();
+        r.get_digests().unwrap();
+        r.get_certificate(0).unwrap();
+        let sid = r.key_exchange(0, 0).unwrap();
+        assert_eq!(tdisp_flow(&mut r, sid), Some(TdiState::Run));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! for it in the device server's link trace: it must appear in the
 //! decrypted payloads and never in the ciphertext.
 
-use crate::dma_copy::{self, Copier, DmaBuf};
+use crate::dma_copy::{self, Copier};
 use crate::sysfs;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -90,12 +90,17 @@ fn block_pattern(n: u64) -> Vec<u8> {
     b
 }
 
+/// One block, aligned as O_DIRECT wants it (to the page, which covers any
+/// logical block size up to 4 KiB).
+#[repr(C, align(4096))]
+struct AlignedBlock([u8; BLOCK]);
+
 /// 4 KiB blocks written and read back with O_DIRECT through the kernel's
 /// nvme driver.
 pub struct NvmeIo {
     dev: PathBuf,
     file: File,
-    buf: DmaBuf,
+    buf: Box<AlignedBlock>,
 }
 
 impl NvmeIo {
@@ -112,7 +117,7 @@ impl NvmeIo {
         Ok(NvmeIo {
             dev,
             file,
-            buf: DmaBuf::new(BLOCK)?,
+            buf: Box::new(AlignedBlock([0; BLOCK])),
         })
     }
 }
@@ -121,15 +126,16 @@ impl Workload for NvmeIo {
     fn one(&mut self, n: u64) -> Result<(), String> {
         let at = BASE + (n % BLOCKS) * BLOCK as u64;
         let want = block_pattern(n);
-        self.buf.as_mut_slice().copy_from_slice(&want);
+        let buf = &mut self.buf.0;
+        buf.copy_from_slice(&want);
         self.file
-            .write_all_at(self.buf.as_mut_slice(), at)
+            .write_all_at(buf, at)
             .map_err(|e| format!("O_DIRECT write at {at:#x}: {e}"))?;
-        self.buf.as_mut_slice().fill(0);
+        buf.fill(0);
         self.file
-            .read_exact_at(self.buf.as_mut_slice(), at)
+            .read_exact_at(buf, at)
             .map_err(|e| format!("O_DIRECT read at {at:#x}: {e}"))?;
-        let got = self.buf.as_mut_slice();
+        let got = &buf[..];
         if got != &want[..] {
             let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
             return Err(format!(

@@ -34,7 +34,7 @@ use io::{DmaCopyIo, NvmeIo, Workload};
 use spdm_responder::idekm::regs::{self, state_name, sts, IdeRegs, StreamSettings};
 use spdm_responder::idekm::{IdeHost, IdeKey, KeySet, KeySlot};
 use spdm_responder::transport::doe::ConfigAccess;
-use spdm_responder::{identity, RequesterConfig};
+use spdm_responder::RequesterConfig;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -64,6 +64,12 @@ pub struct Args {
     /// Skip the K0 -> K1 refresh.
     #[arg(long)]
     pub no_refresh: bool,
+    /// A shell command to run while the stream is SECURE on K0, after the
+    /// verified I/O and before the refresh (e.g. fio against the NVMe
+    /// namespace: scripts/ide-fio-bench.sh); it must exit 0 and the stream
+    /// must still be SECURE afterwards.
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
     /// INSECURE, for tests: derive every key from SEED (anyone who knows
     /// the seed can decrypt the link) instead of the random source.
     #[arg(long, value_name = "SEED")]
@@ -157,6 +163,8 @@ fn partner(bdf: &str) -> (u16, String) {
     }
 }
 
+/// The trusted roots: `paths`, or /etc/trustdev/roots (which `trustdev vm`
+/// fills).
 fn load_roots(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
     let default = [PathBuf::from("/etc/trustdev/roots")];
     let paths = if paths.is_empty() {
@@ -164,30 +172,10 @@ fn load_roots(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, String> {
     } else {
         paths
     };
-    let mut out = Vec::new();
-    for p in paths {
-        let files: Vec<PathBuf> = if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| format!("{}: {e}", p.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .collect();
-            v.sort();
-            v
-        } else {
-            vec![p.clone()]
-        };
-        for f in files {
-            let data = std::fs::read(&f).map_err(|e| format!("root {}: {e}", f.display()))?;
-            out.extend(
-                identity::parse_certs(&data).map_err(|e| format!("root {}: {e}", f.display()))?,
-            );
-        }
-    }
-    if out.is_empty() {
-        return Err("no trusted root certificate (--root)".into());
-    }
-    Ok(out)
+    Ok(crate::spdm::load_roots(paths)?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
 }
 
 /// The stream's Status, read straight from configuration space (not
@@ -344,6 +332,18 @@ fn flow(bdf: &str, a: &Args, w: &mut dyn Workload) -> Result<(), String> {
     // 6. I/O on K0.
     let mut next = 0u64;
     let mut total = io_phase(bdf, w, &mut next, a.ios, "K0")?;
+    if let Some(cmd) = &a.run {
+        say(bdf, format!("--run with the stream SECURE: {cmd}"));
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .map_err(|e| format!("--run: cannot start sh: {e}"))?;
+        if !st.success() {
+            return Err(format!("--run command failed ({st})"));
+        }
+        expect_state(bdf, index, sts::SECURE, "after --run")?;
+    }
 
     // 7. Refresh while I/O runs.
     let mut set = KeySet::K0;

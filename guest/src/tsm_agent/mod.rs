@@ -26,7 +26,6 @@ mod uapi;
 
 use link::{Link, Policy};
 use san::SanPolicy;
-use spdm_responder::identity;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -54,7 +53,7 @@ pub struct Args {
     pub asym: Option<u32>,
     /// Check the leaf certificate's CMA SAN against the device as the
     /// kernel's CMA code does: enforce, warn or off.
-    #[arg(long, default_value = "warn", value_parser = san::parse_policy)]
+    #[arg(long, default_value = "enforce", value_parser = san::parse_policy)]
     pub san: SanPolicy,
     /// Fault injection: stop answering after this connect step (claim,
     /// version, certificate, challenge, session, steps).
@@ -71,41 +70,12 @@ pub fn parse_step(s: &str) -> Result<String, String> {
     }
 }
 
-/// Reads the roots: each path a PEM/DER file or a directory of them.
+/// Reads the roots (files or directories of them), named by their files.
 fn load_roots(paths: &[PathBuf]) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let rd = std::fs::read_dir(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let mut v: Vec<PathBuf> = rd
-                .flatten()
-                .map(|e| e.path())
-                .filter(|f| f.is_file())
-                .collect();
-            v.sort();
-            files.extend(v);
-        } else {
-            files.push(p.clone());
-        }
-    }
-    let mut out = Vec::new();
-    for f in &files {
-        let data = std::fs::read(f).map_err(|e| format!("root {}: {e}", f.display()))?;
-        let certs = identity::parse_certs(&data)
-            .map_err(|e| format!("root {}: not a PEM or DER certificate: {e}", f.display()))?;
-        out.extend(certs.into_iter().map(|c| (f.display().to_string(), c)));
-    }
-    if out.is_empty() {
-        return Err(format!(
-            "no trusted root certificate in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    Ok(out)
+    Ok(crate::spdm::load_roots(paths)?
+        .into_iter()
+        .map(|(f, c)| (f.display().to_string(), c))
+        .collect())
 }
 
 fn log(msg: &str) {

@@ -7,6 +7,7 @@
 
 use crate::pciconf::Cfg;
 use crate::sysfs;
+use spdm_responder::identity::CmaDeviceName;
 
 /// What the agent does when the SAN does not match the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,22 +53,24 @@ fn dsn(cfg: Cfg) -> Option<u64> {
     None
 }
 
-/// The expected SAN of the function with configuration space `cfg`.
+/// The expected SAN of the function with configuration space `cfg`
+/// (spdm_responder's [`CmaDeviceName`] formats it: one home for the
+/// kernel's format, here and in the device identities).
 pub fn expected(cfg: Cfg) -> Option<String> {
-    let vendor = cfg.u16(0)?;
-    let device = cfg.u16(2)?;
-    let rev = cfg.u8(8)?;
-    let class = cfg.u32(8)? >> 8;
-    let mut s = format!("Vendor={vendor:04x}:Device={device:04x}:CC={class:06x}:REV={rev:02x}");
-    if cfg.u8(0x0e)? & 0x7f == 0 {
-        let ssvid = cfg.u16(0x2c)?;
-        let ssid = cfg.u16(0x2e)?;
-        s.push_str(&format!(":SSVID={ssvid:04x}:SSID={ssid:04x}"));
-    }
-    if let Some(d) = dsn(cfg) {
-        s.push_str(&format!(":{d:016x}"));
-    }
-    Some(s)
+    let type0 = cfg.u8(0x0e)? & 0x7f == 0;
+    let name = CmaDeviceName {
+        vendor: cfg.u16(0)?,
+        device: cfg.u16(2)?,
+        class_code: cfg.u32(8)? >> 8,
+        revision: cfg.u8(8)?,
+        subsystem: if type0 {
+            Some((cfg.u16(0x2c)?, cfg.u16(0x2e)?))
+        } else {
+            None
+        },
+        serial: dsn(cfg),
+    };
+    Some(name.other_name())
 }
 
 /// The expected SAN of `bdf`, read from sysfs `config`.

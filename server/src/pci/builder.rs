@@ -597,4 +597,28 @@ mod tests {
         c.write(0x06, &[0xff, 0xff]);
         assert_eq!(c.read_u16(0x06), 0x0010);
     }
+
+    #[test]
+    fn function_reset_keeps_bar_addresses() {
+        let mut c = ConfigBuilder::new(ids())
+            .bar(0, Bar::mem32(0x4000))
+            .pcie(PcieCap {
+                port_type: PortType::Endpoint,
+                tee: false,
+                ee_prefix: false,
+                flr: true,
+            })
+            .build()
+            .unwrap();
+        c.write(0x10, &0xfebf_0000u32.to_le_bytes());
+        c.write(0x04, &0x0006u16.to_le_bytes());
+        c.function_reset();
+        // The BAR address is what the host restores after FLR; the command
+        // register returns to its reset value for the guest to restore.
+        assert_eq!(c.read_u32(0x10), 0xfebf_0000);
+        assert_eq!(c.read_u16(0x04), 0);
+        // A power-on reset (client gone) clears it.
+        c.reset();
+        assert_eq!(c.read_u32(0x10), 0);
+    }
 }

@@ -132,6 +132,25 @@ impl ConfigSpace {
         }
     }
 
+    /// Function Level Reset as the guest sees it through a vfio-user client:
+    /// everything returns to the reset image except the BAR and expansion-ROM
+    /// base addresses. For a passed-through function the host restores those
+    /// after the reset itself (vfio-pci saves and restores the function's
+    /// state), and the client emulates them, so the guest kernel's own
+    /// restore (`pci_restore_config_space()` rewrites only dwords that read
+    /// back changed) never writes them again. Without this the device would
+    /// report BARs at 0 after `echo 1 > reset` (and, for example, a TDISP
+    /// interface report with no MMIO ranges).
+    pub fn function_reset(&mut self) {
+        let mut bars = [0u8; 24];
+        bars.copy_from_slice(&self.data[BAR0..BAR0 + 24]);
+        let mut rom = [0u8; 4];
+        rom.copy_from_slice(&self.data[ROM_BAR..ROM_BAR + 4]);
+        self.reset();
+        self.data[BAR0..BAR0 + 24].copy_from_slice(&bars);
+        self.data[ROM_BAR..ROM_BAR + 4].copy_from_slice(&rom);
+    }
+
     /// Reads a little-endian u16 from the store (not through handlers).
     pub fn read_u16(&self, off: usize) -> u16 {
         u16::from_le_bytes([self.data[off], self.data[off + 1]])
