@@ -192,7 +192,7 @@ if [[ $SRC_VERSION != newest ]]; then
 fi
 
 # ---------------------------------------------------------------- prerequisites
-log "building the patched QEMU (one-time; about 6-12 minutes on 2 cores)"
+log "building the patched QEMU (one-time; about 20 minutes on 2 cores)"
 bash "$HERE/provision.sh" >&2 || die "provision.sh failed (the patched QEMU uses its firmware)"
 # shellcheck disable=SC1091
 . "$CACHE/provisioned.env"

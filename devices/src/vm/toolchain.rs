@@ -117,7 +117,7 @@ impl Toolchain {
     /// This toolchain with the QEMU `build` asks for: the stock one as
     /// provisioned, or the patched one, which is built first when the cache
     /// has no build of the current source version and patch series (about
-    /// ten minutes once; see provision-qemu-patched.sh).
+    /// 20 minutes once on 2 cores; see provision-qemu-patched.sh).
     pub fn with_qemu(mut self, build: QemuBuild) -> Result<Toolchain, VmError> {
         if build == QemuBuild::Stock {
             return Ok(self);
