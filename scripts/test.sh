@@ -3,7 +3,8 @@
 # tests, and the end-to-end tests (package trustdev-e2e, tests/) that boot a
 # real Debian guest kernel under QEMU 11.1 against our servers. It provisions
 # QEMU and the guest kernel itself (qemu-configs/provision.sh, cached under
-# ~/.cache/trustdev). .ci/run runs exactly this.
+# ~/.cache/trustdev) and builds the patched QEMU once
+# (qemu-configs/provision-qemu-patched.sh). .ci/run runs exactly this.
 #
 # Skipping is possible locally and never silent, never a pass:
 #   TRUSTDEV_SKIP_E2E=1       do not boot guests (the e2e tests are not run)
@@ -58,6 +59,10 @@ rustc --version
 if [[ $skip_e2e != 1 ]]; then
     step "guest toolchain: QEMU 11.1 + Debian 7.x kernel (provision.sh)"
     bash qemu-configs/provision.sh
+    # tests/e2e_qemu_patched.rs boots the patched QEMU: build it here (once;
+    # cached by source version + patch series) rather than inside a test.
+    step "patched QEMU: qemu-configs/patches (provision-qemu-patched.sh)"
+    bash qemu-configs/provision-qemu-patched.sh
     # nvme-cli runs inside the NVMe guest test (copied in with its libraries).
     if ! command -v nvme >/dev/null 2>&1 && [[ $skip_cli != 1 ]]; then
         step "host package: nvme-cli (Debian 12)"

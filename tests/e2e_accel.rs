@@ -9,41 +9,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::Command;
-
-/// Builds (or finds, cached) uio_pci_generic_sva.ko for the guest kernel.
-fn uio_sva_module() -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-configs/provision-kmod.sh");
-    assert!(
-        script.exists(),
-        "{} is missing: uio_pci_generic_sva.ko cannot be built",
-        script.display()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["--only", "uio-sva", "--quiet"])
-        .output()
-        .expect("run provision-kmod.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "provision-kmod.sh failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("TRUSTDEV_UIO_SVA_KO="))
-        .unwrap_or_else(|| panic!("no TRUSTDEV_UIO_SVA_KO in:\n{stdout}"))
-        .to_string()
-}
-
 #[test]
 fn accelerator_in_a_real_guest() {
     if support::skip() {
         return;
     }
-    let ko = uio_sva_module();
+    let ko = support::uio_sva_module();
     let module = format!("{ko}:/lib/modules/uio_pci_generic_sva.ko");
     let script = support::guest_script("accel.sh");
     let (run, logs) = support::vm_with_server_logs(

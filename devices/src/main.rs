@@ -193,6 +193,16 @@ struct VmArgs {
     /// Add an intel-iommu (scalable mode) to the machine.
     #[arg(long)]
     iommu: bool,
+    /// Add an intel-iommu set up for SVA (first-stage translation, PASID,
+    /// device IOTLB, page requests; implies --iommu). Binding SVA in the
+    /// guest needs --qemu patched.
+    #[arg(long)]
+    sva: bool,
+    /// QEMU to run: `stock` (the provisioned QEMU 11.1) or `patched` (built
+    /// once from source with qemu-configs/patches: root ports with an IDE
+    /// capability, SVA-capable VT-d; see docs/QEMU-PATCHES.md).
+    #[arg(long, default_value = "stock")]
+    qemu: vm::QemuBuild,
     /// Keep the serial console log here.
     #[arg(long)]
     serial_log: Option<PathBuf>,
@@ -480,6 +490,8 @@ fn vm_spec(a: VmArgs) -> Result<VmSpec, String> {
         smp: a.smp,
         mem_mb: a.mem,
         iommu: a.iommu,
+        sva: a.sva,
+        qemu: a.qemu,
         qemu_args: a.qemu_args,
         serial_log: a.serial_log,
         echo: a.verbose,

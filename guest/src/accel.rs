@@ -64,7 +64,7 @@ const MAX_SIZE: usize = 1 << 20;
 
 /// CRC-32C (Castagnoli, reflected 0x82F63B78) continuing from `seed`, bit by
 /// bit: an implementation independent of the device's.
-fn crc32c_sw(seed: u32, data: &[u8]) -> u32 {
+pub(crate) fn crc32c_sw(seed: u32, data: &[u8]) -> u32 {
     let mut crc = !seed;
     for &b in data {
         crc ^= u32::from(b);

@@ -8,14 +8,18 @@
 //! descriptors tagged with it, page faults resolved through PRI.
 
 use crate::sysfs;
-use crate::vfio_session::{bind, Anon};
+use crate::vfio_session::bind;
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::{Aes256Gcm, KeyInit};
 use serde_json::json;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::accel::desc::{flags, opcode, status, Completion, Descriptor};
+use crate::accel::desc::{
+    flags, opcode, status, AesParams, Completion, Descriptor, AES_TAG_OFFSET,
+};
 use crate::accel::regs::{self, ctrl, global, qpasid, queue, QUEUE_BASE};
 
 /// The driver name of uio_pci_generic_sva.
@@ -41,6 +45,7 @@ struct Report {
     open_errno: Option<i32>,
     pasid: Option<u32>,
     verified: bool,
+    ops: Vec<String>,
     detail: String,
 }
 
@@ -118,69 +123,225 @@ impl Drop for Bar {
     }
 }
 
-/// A memmove with process virtual addresses (the SVA path proper).
-fn drive(bar: &Bar, pasid: u32) -> Result<(), String> {
+/// Process heap memory (malloc) the device reads and writes through the
+/// PASID: the program only ever touches it through volatile accesses.
+struct Heap {
+    buf: Vec<u8>,
+    base: usize,
+}
+
+impl Heap {
+    /// `len` bytes of heap, the usable part starting page-aligned.
+    fn new(len: usize) -> Heap {
+        let buf = vec![0u8; len + 4096];
+        let base = buf.as_ptr().align_offset(4096);
+        Heap { buf, base }
+    }
+
+    fn ptr(&self, off: usize, len: usize) -> Result<*mut u8, String> {
+        if self.base + off + len > self.buf.len() {
+            return Err(format!("heap access {off:#x}+{len:#x} out of bounds"));
+        }
+        // SAFETY: in bounds (checked); the device writes this memory
+        // behind the compiler's back, so all access is volatile.
+        Ok(unsafe { self.buf.as_ptr().add(self.base + off).cast_mut() })
+    }
+
+    fn addr(&self, off: usize) -> u64 {
+        self.buf.as_ptr() as u64 + (self.base + off) as u64
+    }
+
+    fn write(&self, off: usize, data: &[u8]) -> Result<(), String> {
+        let p = self.ptr(off, data.len())?;
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: `p..p+len` is inside the buffer (checked by `ptr`).
+            unsafe { std::ptr::write_volatile(p.add(i), *b) };
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read(&self, off: usize, out: &mut [u8]) -> Result<(), String> {
+        let p = self.ptr(off, out.len())?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: `p..p+len` is inside the buffer (checked by `ptr`).
+            *b = unsafe { std::ptr::read_volatile(p.add(i)) };
+        }
+        Ok(())
+    }
+}
+
+/// Heap layout of `drive`: ring, completion records, AES parameters and
+/// AAD, then the data buffers.
+const RING_SLOTS: u32 = 8;
+const RECORDS: usize = 0x1000;
+const PARAMS: usize = 0x1800;
+const AAD: usize = 0x1900;
+const SRC: usize = 0x2000;
+const LEN: usize = 0x10000;
+const DST: usize = SRC + LEN;
+const CT: usize = DST + LEN;
+const PT: usize = CT + LEN;
+
+/// The accelerator driven with this process's own pointers: ring, records
+/// and buffers on the heap, descriptors tagged with the bound PASID. Runs
+/// memmove, CRC-32C, AES-GCM encrypt and decrypt (checked against software)
+/// and a memmove from an address the process has not mapped, whose fault
+/// must come back in the completion record. Returns what ran.
+fn drive(bar: &Bar, pasid: u32) -> Result<Vec<String>, String> {
     if bar.rd(global::ID) != regs::ID_VALUE {
         return Err(format!(
             "ID register {:#x} through map0",
             bar.rd(global::ID)
         ));
     }
-    // Everything lives in ordinary process memory: no pinning, no IOVA.
-    const RING: usize = 0;
-    const RECORD: usize = 0x1000;
-    const SRC: usize = 0x2000;
-    const DST: usize = 0x12000;
-    const LEN: usize = 0x10000;
-    let m = Anon::new(DST + LEN, false)?;
+    let m = Heap::new(PT + LEN);
+    // Pre-fault every page (a fresh large allocation is not present until
+    // touched, and without PRI the device cannot ask for it).
+    m.write(0, &vec![0u8; PT + LEN])?;
     let src: Vec<u8> = (0..LEN as u32).map(|i| (i * 31 % 251) as u8).collect();
     m.write(SRC, &src)?;
-    let d = Descriptor {
-        opcode: opcode::MEMMOVE,
-        flags: flags::COMPLETION | flags::PASID | flags::BLOCK_ON_FAULT,
-        pasid,
-        src: m.addr(SRC),
-        dst: m.addr(DST),
-        len: LEN as u32,
-        completion: m.addr(RECORD),
-        ..Descriptor::default()
-    };
-    m.write(RING, &d.encode())?;
     let q = QUEUE_BASE;
     bar.wr(q + queue::CTRL, ctrl::RESET);
     let t0 = Instant::now();
     while bar.rd(q + queue::CTRL) & ctrl::RESET != 0 && t0.elapsed() < Duration::from_secs(5) {}
-    bar.wr(q + queue::RING_LO, m.addr(RING) as u32);
-    bar.wr(q + queue::RING_HI, (m.addr(RING) >> 32) as u32);
-    bar.wr(q + queue::RING_SIZE, 4);
+    bar.wr(q + queue::RING_LO, m.addr(0) as u32);
+    bar.wr(q + queue::RING_HI, (m.addr(0) >> 32) as u32);
+    bar.wr(q + queue::RING_SIZE, RING_SLOTS);
     bar.wr(q + queue::PASID, pasid & qpasid::PASID_MASK);
     bar.wr(q + queue::CTRL, ctrl::ENABLE | ctrl::RING_PASID);
-    bar.wr(q + queue::TAIL, 1);
-    while m.byte(RECORD)? == status::PENDING {
-        if t0.elapsed() > Duration::from_secs(10) {
-            return Err(format!(
-                "no completion with PASID {pasid} (queue STATUS {:#x})",
-                bar.rd(q + queue::STATUS)
-            ));
+    let mut slot = 0u32;
+    let mut submit = |d: Descriptor| -> Result<Completion, String> {
+        let rec = RECORDS + slot as usize * 32;
+        let d = Descriptor {
+            flags: d.flags | flags::COMPLETION | flags::PASID,
+            pasid,
+            completion: m.addr(rec),
+            ..d
+        };
+        m.write(rec, &[0u8; 32])?;
+        m.write(slot as usize * 64, &d.encode())?;
+        slot = (slot + 1) % RING_SLOTS;
+        bar.wr(q + queue::TAIL, slot);
+        let t0 = Instant::now();
+        let mut b = [0u8; 32];
+        loop {
+            m.read(rec, &mut b)?;
+            if b[0] != status::PENDING {
+                return Ok(Completion::decode(&b));
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "{}: no completion with PASID {pasid} (queue STATUS {:#x})",
+                    opcode::name(d.opcode),
+                    bar.rd(q + queue::STATUS)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let mut b = [0u8; 32];
-    m.read(RECORD, &mut b)?;
-    let c = Completion::decode(&b);
-    bar.wr(q + queue::CTRL, 0);
-    if c.status != status::SUCCESS {
-        return Err(format!(
-            "memmove with PASID {pasid}: {}",
-            status::name(c.status)
-        ));
-    }
+    };
+    let ok = |what: &str, c: &Completion| -> Result<(), String> {
+        if c.status == status::SUCCESS {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} with PASID {pasid}: {}",
+                status::name(c.status)
+            ))
+        }
+    };
+    let mut done = Vec::new();
+    let desc = |op: u8, src: usize, dst: usize| Descriptor {
+        opcode: op,
+        flags: flags::BLOCK_ON_FAULT,
+        src: m.addr(src),
+        dst: m.addr(dst),
+        len: LEN as u32,
+        ..Descriptor::default()
+    };
+
+    let c = submit(desc(opcode::MEMMOVE, SRC, DST))?;
+    ok("memmove", &c)?;
     let mut got = vec![0u8; LEN];
     m.read(DST, &mut got)?;
     if got != src {
         return Err("SVA memmove: destination differs".into());
     }
-    Ok(())
+    done.push("memmove".to_string());
+
+    let c = submit(Descriptor {
+        dst: 0,
+        arg: 0xfeed_f00d,
+        ..desc(opcode::CRC32C, SRC, 0)
+    })?;
+    ok("crc32c", &c)?;
+    let want = crate::accel::crc32c_sw(0xfeed_f00d, &src);
+    if c.result != u64::from(want) {
+        return Err(format!(
+            "crc32c: device {:#010x}, software {want:#010x}",
+            c.result
+        ));
+    }
+    done.push(format!("crc32c={want:08x}"));
+
+    let key: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7) ^ 0x5a).collect();
+    let nonce: Vec<u8> = (0..12u8).map(|i| i ^ 0xa5).collect();
+    let aad = b"trustdev guest sva".to_vec();
+    m.write(AAD, &aad)?;
+    let mut p = AesParams {
+        key: [0; 32],
+        nonce: [0; 12],
+        aad_len: aad.len() as u32,
+        aad_addr: m.addr(AAD),
+        rsvd: 0,
+        tag: [0; 16],
+    };
+    p.key.copy_from_slice(&key);
+    p.nonce.copy_from_slice(&nonce);
+    m.write(PARAMS, &p.encode())?;
+    let c = submit(Descriptor {
+        arg2: m.addr(PARAMS),
+        ..desc(opcode::AES_GCM_ENCRYPT, SRC, CT)
+    })?;
+    ok("aes-gcm encrypt", &c)?;
+    let cipher = Aes256Gcm::new_from_slice(&key).map_err(|e| e.to_string())?;
+    let mut want_ct = src.clone();
+    let tag = cipher
+        .encrypt_in_place_detached(nonce[..].into(), &aad, &mut want_ct)
+        .map_err(|e| e.to_string())?;
+    m.read(CT, &mut got)?;
+    let mut got_tag = [0u8; 16];
+    m.read(PARAMS + AES_TAG_OFFSET as usize, &mut got_tag)?;
+    if got != want_ct || got_tag[..] != tag[..] {
+        return Err("aes-gcm encrypt: ciphertext or tag differs from RustCrypto".into());
+    }
+    done.push("aes-gcm-encrypt".to_string());
+    let c = submit(Descriptor {
+        arg2: m.addr(PARAMS),
+        ..desc(opcode::AES_GCM_DECRYPT, CT, PT)
+    })?;
+    ok("aes-gcm decrypt", &c)?;
+    m.read(PT, &mut got)?;
+    if got != src {
+        return Err("aes-gcm decrypt: plaintext differs".into());
+    }
+    done.push("aes-gcm-decrypt".to_string());
+
+    // An address this process never mapped (below mmap_min_addr): the
+    // IOMMU has no translation for the PASID, the fault comes back.
+    let c = submit(Descriptor {
+        flags: 0,
+        src: 0x1000,
+        len: 4096,
+        ..desc(opcode::MEMMOVE, 0, DST)
+    })?;
+    if c.status == status::SUCCESS {
+        return Err("memmove from an unmapped address succeeded".into());
+    }
+    done.push(format!("unmapped-source={}", status::name(c.status)));
+    bar.wr(q + queue::CTRL, 0);
+    Ok(done)
 }
 
 fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
@@ -233,7 +394,7 @@ fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
         .map(|m| m.2 as usize)
         .ok_or("uio device has no map0 (BAR0 is not 32-bit non-prefetchable?)")?;
     let bar = Bar::map(f.as_raw_fd(), len)?;
-    drive(&bar, pasid)?;
+    r.ops = drive(&bar, pasid)?;
     r.verified = true;
     r.stage = "done";
     Ok(())
@@ -255,6 +416,7 @@ pub fn run(a: Args) -> Result<(), String> {
                    "maps": r.maps.iter().map(|m| json!({"name": m.0, "addr": m.1, "size": m.2}))
                        .collect::<Vec<_>>(),
                    "open_errno": r.open_errno, "pasid": r.pasid, "verified": r.verified,
+                   "ops": r.ops,
                    "detail": r.detail})
         );
     } else {
@@ -273,8 +435,9 @@ pub fn run(a: Args) -> Result<(), String> {
             }
             (Err(e), None) => println!("sva {bdf}: stopped at {}: {e}", r.stage),
             (Ok(()), _) => println!(
-                "sva {bdf}: PASID {} bound; memmove with process virtual addresses verified",
-                r.pasid.unwrap_or(0)
+                "sva {bdf}: PASID {} bound; with heap pointers of this process: {} verified",
+                r.pasid.unwrap_or(0),
+                r.ops.join(" ")
             ),
         }
     }

@@ -289,10 +289,23 @@ fn serial_log_path() -> PathBuf {
     ))
 }
 
+/// True when `TRUSTDEV_E2E_QEMU=patched` runs the guests on the patched
+/// QEMU instead of the stock 11.1.
+pub fn patched_qemu() -> bool {
+    std::env::var_os("TRUSTDEV_E2E_QEMU").is_some_and(|v| v == "patched")
+}
+
 /// The command `vm` runs (for tests that need to act while it runs).
+/// `TRUSTDEV_E2E_QEMU=patched` runs every guest on the patched QEMU
+/// (`trustdev vm --qemu patched`) unless a test chose its QEMU itself.
 pub fn vm_command(args: &[&str], log: &Path) -> Command {
     let mut c = Command::new(trustdev());
     c.arg("vm").args(args).arg("--serial-log").arg(log);
+    if let Some(q) = std::env::var_os("TRUSTDEV_E2E_QEMU") {
+        if !args.contains(&"--qemu") {
+            c.arg("--qemu").arg(q);
+        }
+    }
     c
 }
 
@@ -413,4 +426,31 @@ pub fn children_of(parent: u32) -> Vec<(u32, String)> {
         }
     }
     out
+}
+
+/// Builds (or finds, cached) uio_pci_generic_sva.ko for the guest kernel.
+pub fn uio_sva_module() -> String {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../qemu-configs/provision-kmod.sh");
+    assert!(
+        script.exists(),
+        "{} is missing: uio_pci_generic_sva.ko cannot be built",
+        script.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["--only", "uio-sva", "--quiet"])
+        .output()
+        .expect("run provision-kmod.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "provision-kmod.sh failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TRUSTDEV_UIO_SVA_KO="))
+        .unwrap_or_else(|| panic!("no TRUSTDEV_UIO_SVA_KO in:\n{stdout}"))
+        .to_string()
 }

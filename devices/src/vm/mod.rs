@@ -75,6 +75,31 @@ pub enum VmError {
     Io(#[from] std::io::Error),
 }
 
+/// Which QEMU runs the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QemuBuild {
+    /// The provisioned Debian QEMU 11.1 (qemu-configs/provision.sh).
+    #[default]
+    Stock,
+    /// QEMU built from source with trustdev's patch series
+    /// (qemu-configs/patches, built and cached by
+    /// qemu-configs/provision-qemu-patched.sh): root ports with an IDE
+    /// capability, a VT-d that can do SVA.
+    Patched,
+}
+
+impl std::str::FromStr for QemuBuild {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stock" => Ok(QemuBuild::Stock),
+            "patched" => Ok(QemuBuild::Patched),
+            other => Err(format!("unknown QEMU {other:?} (stock, patched)")),
+        }
+    }
+}
+
 /// Where a device sits in the guest's PCIe topology.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
@@ -185,6 +210,14 @@ pub struct VmSpec {
     pub mem_mb: u32,
     /// Add an intel-iommu in scalable mode.
     pub iommu: bool,
+    /// Add an intel-iommu set up for shared virtual addressing (implies
+    /// `iommu`): first-stage translation, PASID, device IOTLB, page requests.
+    /// A guest can bind SVA only with [`QemuBuild::Patched`] (stock QEMU's
+    /// VT-d lacks ECAP.SMPWC). vfio-user DMA then goes through DMA messages:
+    /// QEMU sends no DMA_MAP for first-stage mappings.
+    pub sva: bool,
+    /// Which QEMU to run.
+    pub qemu: QemuBuild,
     /// Extra QEMU arguments.
     pub qemu_args: Vec<String>,
     /// Where to keep the serial log (default: in the work directory).
@@ -219,6 +252,8 @@ impl Default for VmSpec {
             smp: 1,
             mem_mb: 512,
             iommu: false,
+            sva: false,
+            qemu: QemuBuild::Stock,
             qemu_args: Vec::new(),
             serial_log: None,
             echo: false,
@@ -302,5 +337,12 @@ mod tests {
     fn option_splitting() {
         assert_eq!(split_options("a,b=1,,2,,,c,"), ["a", "b=1,2,", "c"]);
         assert!(split_options("").is_empty());
+    }
+
+    #[test]
+    fn qemu_build_parsing() {
+        assert_eq!("stock".parse::<QemuBuild>(), Ok(QemuBuild::Stock));
+        assert_eq!("patched".parse::<QemuBuild>(), Ok(QemuBuild::Patched));
+        assert!("11.1".parse::<QemuBuild>().is_err());
     }
 }

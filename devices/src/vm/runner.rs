@@ -237,7 +237,7 @@ fn answers(socket: &Path) -> bool {
 
 /// Runs the VM described by `spec`. `stop` aborts the run when set (signal).
 pub fn run(spec: &VmSpec, stop: Arc<AtomicBool>) -> Result<VmOutcome, VmError> {
-    let tc = Toolchain::load(true)?;
+    let tc = Toolchain::load(true)?.with_qemu(spec.qemu)?;
     let dir = work_dir()?;
     let result = run_in(spec, &tc, &dir, &stop);
     match &result {
@@ -259,8 +259,12 @@ fn run_in(
     stop: &AtomicBool,
 ) -> Result<VmOutcome, VmError> {
     let versions = format!(
-        "QEMU {} ({}), guest kernel {} ({})",
+        "QEMU {}{} ({}), guest kernel {} ({})",
         tc.qemu_version,
+        tc.qemu_patches
+            .as_deref()
+            .map(|p| format!(" [{p}]"))
+            .unwrap_or_default(),
         tc.qemu.display(),
         tc.kernel_release,
         tc.kernel_version
@@ -370,6 +374,7 @@ fn run_in(
     let qemu_log = dir.join("qemu.log");
     let args = qemu::args(
         spec,
+        tc.qemu_major(),
         &kernel,
         &initrd,
         &qdevs,
