@@ -363,7 +363,7 @@ pub fn print_qemu_args(
             placement: d.placement,
         })
         .collect();
-    out.extend(crate::vm::qemu::device_args(&devs));
+    out.extend(crate::vm::qemu::device_args(&devs, false));
     let quoted: Vec<String> = out.iter().map(|a| shell_quote(a)).collect();
     println!("{}", quoted.join(" "));
     Ok(())

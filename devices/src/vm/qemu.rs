@@ -156,14 +156,15 @@ pub fn args(
         push("-fw_cfg");
         push(&format!("name=opt/trustdev/test.sh,file={}", s.display()));
     }
-    a.extend(device_args(devices));
+    a.extend(device_args(devices, spec.qemu == QemuBuild::Patched));
     a.extend(spec.qemu_args.iter().cloned());
     a
 }
 
 /// The arguments attaching `devices` (each behind its own pcie-root-port,
-/// or on pcie.0 at slot 0x10 + index).
-pub fn device_args(devices: &[QemuDevice]) -> Vec<String> {
+/// or on pcie.0 at slot 0x10 + index). `root_port_ide`: the root ports get
+/// the IDE capability of the patched QEMU (qemu-configs/patches).
+pub fn device_args(devices: &[QemuDevice], root_port_ide: bool) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |s: &str| a.push(s.to_string());
     let mut port = 0;
@@ -173,7 +174,7 @@ pub fn device_args(devices: &[QemuDevice]) -> Vec<String> {
             Placement::RootPort => {
                 port += 1;
                 push("-device");
-                let ide = if spec.qemu == QemuBuild::Patched {
+                let ide = if root_port_ide {
                     format!(",x-ide-sel-streams={ROOT_PORT_IDE_STREAMS}")
                 } else {
                     String::new()
