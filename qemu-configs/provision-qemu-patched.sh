@@ -227,6 +227,13 @@ if [[ $SRC_VERSION == newest ]] || ! have_source "$(basename "$(srcdir_for "$SRC
         ((${#candidates[@]} > 0)) || die "the mirror lists no qemu source package"
     else
         candidates=("$SRC_VERSION")
+        if [[ -z ${TRUSTDEV_QEMU_SRC_VERSION:-} ]]; then
+            # Debian's mirror serves only current source versions: when the
+            # one the series is written against has gone, try what it has
+            # now, newest first (the patches must still apply, or the build
+            # stops at `patch` with the failing hunk).
+            mapfile -t -O 1 candidates < <(source_versions | grep -vxF -- "$SRC_VERSION")
+        fi
     fi
     got=''
     for v in "${candidates[@]}"; do
