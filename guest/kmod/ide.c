@@ -278,6 +278,23 @@ int tdtsm_ide_setup(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 	return 0;
 }
 
+/*
+ * stream_result() - the stream's identity in @out for enable and disable;
+ * -EINVAL with the reason when no stream is set up
+ */
+static int stream_result(const struct tdtsm_stream *s, struct tdtsm_ide *out)
+{
+	out->mode = s->mode;
+	out->stream_id = s->stream_id;
+	out->stream_index = s->stream_index;
+	out->ide_cap = s->cap;
+	out->rp_state = 0xff;
+	if (s->mode != TDTSM_IDE_OFF)
+		return 0;
+	snprintf(out->why, sizeof(out->why), "no stream is set up");
+	return -EINVAL;
+}
+
 /**
  * tdtsm_ide_enable() - set the stream's enable bit(s); the device end (and
  * the root port end in kernel mode) must then read SECURE
@@ -291,16 +308,10 @@ int tdtsm_ide_enable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 	int rc = 0;
 	u32 val;
 
-	out->mode = s->mode;
-	out->stream_id = s->stream_id;
-	out->stream_index = s->stream_index;
-	out->ide_cap = s->cap;
-	out->rp_state = 0xff;
-	switch (s->mode) {
-	case TDTSM_IDE_OFF:
-		snprintf(out->why, sizeof(out->why), "no stream is set up");
-		return -EINVAL;
-	case TDTSM_IDE_KERNEL: {
+	rc = stream_result(s, out);
+	if (rc)
+		return rc;
+	if (s->mode == TDTSM_IDE_KERNEL) {
 		struct pci_dev *rp = pcie_find_root_port(pdev);
 
 		rc = pci_ide_stream_enable(pdev, s->ide);
@@ -314,9 +325,7 @@ int tdtsm_ide_enable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 			 out->ep_state == PCI_IDE_SEL_STS_STATE_SECURE ? "SECURE" : "not SECURE",
 			 out->rp_state == PCI_IDE_SEL_STS_STATE_SECURE ? "SECURE" : "not SECURE",
 			 rc);
-		break;
-	}
-	case TDTSM_IDE_PLATFORM:
+	} else { /* TDTSM_IDE_PLATFORM */
 		pci_read_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL, &val);
 		pci_write_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL,
 				       val | PCI_IDE_SEL_CTL_EN);
@@ -327,7 +336,6 @@ int tdtsm_ide_enable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 			 "platform-emulated enable of stream %u: device SEL_STS.STATE %u (%s)",
 			 s->stream_index, out->ep_state,
 			 rc ? "not SECURE" : "SECURE");
-		break;
 	}
 	/* A failed enable leaves EN set until teardown (as pci_ide_stream_enable() documents). */
 	s->enabled = !rc;
@@ -349,30 +357,22 @@ int tdtsm_ide_disable(struct tdtsm_dsm *dsm, struct tdtsm_ide *out)
 	struct tdtsm_stream *s = &dsm->stream;
 	struct pci_dev *pdev = dsm->pf0.base_tsm.pdev;
 	u32 val;
+	int rc;
 
-	out->mode = s->mode;
-	out->stream_id = s->stream_id;
-	out->stream_index = s->stream_index;
-	out->ide_cap = s->cap;
-	out->rp_state = 0xff;
-	switch (s->mode) {
-	case TDTSM_IDE_OFF:
-		snprintf(out->why, sizeof(out->why), "no stream is set up");
-		return -EINVAL;
-	case TDTSM_IDE_KERNEL: {
+	rc = stream_result(s, out);
+	if (rc)
+		return rc;
+	if (s->mode == TDTSM_IDE_KERNEL) {
 		struct pci_dev *rp = pcie_find_root_port(pdev);
 
 		/* As pci_ide_stream_release() orders it: root port, then endpoint. */
 		pci_ide_stream_disable(rp, s->ide);
 		pci_ide_stream_disable(pdev, s->ide);
 		out->rp_state = sel_state(rp, kernel_sel_offset(rp, s->ide));
-		break;
-	}
-	case TDTSM_IDE_PLATFORM:
+	} else { /* TDTSM_IDE_PLATFORM */
 		pci_read_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL, &val);
 		pci_write_config_dword(pdev, s->sel_pos + PCI_IDE_SEL_CTL,
 				       val & ~PCI_IDE_SEL_CTL_EN);
-		break;
 	}
 	s->enabled = false;
 	out->ep_state = sel_state(pdev, s->sel_pos);
