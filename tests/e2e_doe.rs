@@ -84,13 +84,7 @@ fn doe_cma_spdm_in_a_real_guest() {
         "600",
     ]);
     print_timings(&run);
-    let fails = run.lines("CHECK-FAIL");
-    assert!(
-        fails.is_empty(),
-        "guest checks failed: {fails:#?}\n{}",
-        run.dump()
-    );
-    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_checks_passed();
     let bdfs = devices_line(&run);
     assert_eq!(bdfs.len(), 2, "both devices enumerated: {}", run.dump());
     assert!(bdfs.iter().any(|b| b.starts_with("0000:00:")), "{bdfs:?}");
@@ -266,13 +260,7 @@ fn spdm_through_qemu_builtin_nvme_doe() {
     );
     let _ = std::fs::remove_dir_all(&work);
     print_timings(&run);
-    let fails = run.lines("CHECK-FAIL");
-    assert!(
-        fails.is_empty(),
-        "guest checks failed: {fails:#?}\n{}\n{logs}",
-        run.dump()
-    );
-    assert_eq!(run.code, Some(0), "{}\n{logs}", run.dump());
+    run.assert_checks_passed_with(&format!("\n{logs}"));
     let bdfs = devices_line(&run);
     assert_eq!(bdfs.len(), 2, "both controllers enumerated: {}", run.dump());
     assert!(bdfs.iter().any(|b| b.starts_with("0000:00:")), "{bdfs:?}");

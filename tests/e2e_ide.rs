@@ -127,13 +127,7 @@ fn ide_enumeration_and_flows_in_a_real_guest() {
         "900",
     ]);
     let run = support::vm(&args);
-    let fails = run.lines("CHECK-FAIL");
-    assert!(
-        fails.is_empty(),
-        "guest checks failed: {fails:#?}\n{}",
-        run.dump()
-    );
-    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_checks_passed();
     let ide = run.lines("IDE ");
     let placements: Vec<&str> = ide
         .iter()

@@ -56,9 +56,7 @@ fn nvme_in_a_real_guest() {
     let (run, mut logs) = support::vm_with_server_logs(&args, &["nvme0"]);
     let server_log = logs.remove(0);
     let dump = format!("{}\n--- server log\n{server_log}", run.dump());
-    let fails = run.lines("CHECK-FAIL");
-    assert!(fails.is_empty(), "guest checks failed: {fails:#?}\n{dump}");
-    assert_eq!(run.code, Some(0), "{dump}");
+    run.assert_checks_passed_with(&format!("\n--- server log\n{server_log}"));
     let oks = run.lines("CHECK-OK");
     let mut want = vec![
         "namespace",
@@ -290,13 +288,7 @@ fn file_backed_polled_doorbells_4k_blocks() {
     ]);
     let image = std::fs::read(&img).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
-    let fails = run.lines("CHECK-FAIL");
-    assert!(
-        fails.is_empty(),
-        "guest checks failed: {fails:#?}\n{}",
-        run.dump()
-    );
-    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_checks_passed();
     let oks = run.lines("CHECK-OK");
     for w in [
         "direct-io-0",

@@ -200,8 +200,7 @@ fn link_tsm_run(qemu: &str) -> (support::VmRun, String) {
     {
         eprintln!("{l}");
     }
-    assert!(run.lines("CHECK-FAIL").is_empty(), "{}", run.dump());
-    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_checks_passed();
     (run, logs.remove(0))
 }
 
@@ -347,8 +346,7 @@ fn sva_run(qemu: &str, extra: &[&str]) -> (support::VmRun, String, String) {
     for l in run.lines("SVA-JSON") {
         eprintln!("{l}");
     }
-    assert!(run.lines("CHECK-FAIL").is_empty(), "{}", run.dump());
-    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_checks_passed();
     let qemu_log = logs.pop().unwrap_or_default();
     (run, logs.pop().unwrap_or_default(), qemu_log)
 }

@@ -38,13 +38,7 @@ fn tdisp_flow_in_a_real_guest() {
     // The servers' logs (nvme0, dma-copy1) for the checks below.
     let (run, logs) = support::vm_with_server_logs(&args, &["nvme0", "dma-copy1"]);
     let server_logs = logs.concat();
-    let fails = run.lines("CHECK-FAIL");
-    assert!(
-        fails.is_empty(),
-        "guest checks failed: {fails:#?}\n{}",
-        run.dump()
-    );
-    assert_eq!(run.code, Some(0), "{}", run.dump());
+    run.assert_checks_passed();
     let oks = run.lines("CHECK-OK");
     for what in [
         "namespace",

@@ -263,6 +263,24 @@ impl VmRun {
             .collect()
     }
 
+    /// Asserts that the guest script passed: no `CHECK-FAIL` line (they are
+    /// listed otherwise) and exit status 0.
+    pub fn assert_checks_passed(&self) {
+        self.assert_checks_passed_with("");
+    }
+
+    /// [`VmRun::assert_checks_passed`], with `context` (server logs, say)
+    /// after the run in the failure message.
+    pub fn assert_checks_passed_with(&self, context: &str) {
+        let fails = self.lines("CHECK-FAIL");
+        assert!(
+            fails.is_empty(),
+            "guest checks failed: {fails:#?}\n{}{context}",
+            self.dump()
+        );
+        assert_eq!(self.code, Some(0), "{}{context}", self.dump());
+    }
+
     /// Everything, for assertion messages.
     pub fn dump(&self) -> String {
         format!(
