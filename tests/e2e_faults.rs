@@ -1,9 +1,10 @@
 //! End-to-end: a guest kernel meets injected faults (issue 13). ONE boot of
-//! `trustdev vm --config tests/faults.toml` (five devices from one TOML
+//! `trustdev vm --config tests/faults.toml` (six devices from one TOML
 //! file, each with a fault armed at start for one event; see
 //! tests/guest/faults.sh for what the guest checks): the kernel's DOE
 //! timeout and abort, the guest SPDM requester reporting a bad signature and
-//! a bad chain, an NVMe media error surfacing as an I/O error with the data
+//! a bad chain and an expired leaf (checked against the guest's clock),
+//! an NVMe media error surfacing as an I/O error with the data
 //! elsewhere intact, a controller fatal status making the nvme driver reset
 //! the controller and recover, each device usable again once its fault is
 //! used up. (Surprise removal is not here: QEMU's vfio-user-pci never
@@ -88,6 +89,9 @@ fn guest_meets_injected_faults() {
         "bad-signature-usable-after",
         "bad-chain-refused",
         "bad-chain-usable-after",
+        "expired-cert-refused",
+        "expired-cert-usable-after",
+        "expired-cert-session-after",
         "nvme-media-error",
         "nvme-media-dmesg",
         "nvme-data-intact",

@@ -26,6 +26,9 @@ pub enum CertFault {
     /// A chain under the device's real root whose leaf names another device
     /// (the CMA subject-alt-name does not match the function).
     WrongSan,
+    /// The device's own chain (its real CAs, its own subject-alt-name) with
+    /// a leaf whose validity ended on 2025-01-01: only the date is wrong.
+    Expired,
 }
 
 /// One kind of fault, with its parameters.
