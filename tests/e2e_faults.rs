@@ -81,6 +81,19 @@ fn guest_meets_injected_faults() {
     for l in run.lines("CHECK-") {
         eprintln!("{l}");
     }
+    // The expired leaf, refused by date against the guest's clock.
+    let clock = run.lines("GUEST-CLOCK");
+    let expired = run.lines("SPDM-expired-cert-refused ");
+    for l in clock.iter().chain(&expired) {
+        eprintln!("{l}");
+    }
+    assert!(
+        expired.iter().any(|l| l.contains(
+            "certificate expired: certificate 2 (leaf) was valid until 2025-01-01T00:00:00Z"
+        )),
+        "no expired-leaf refusal:\n{}",
+        run.dump()
+    );
     let oks = run.lines("CHECK-OK");
     for want in [
         "doe-kernel-timeout",

@@ -54,7 +54,7 @@ spdm_fail_then_ok() { # name bdf pattern
     # shellcheck disable=SC2086
     out=$(trustdev-guest spdm --bdf "$2" $roots 2>&1)
     st=$?
-    echo "$out" | sed "s/^/SPDM-$1 /"
+    echo "$out" | sed "s/^/SPDM-$1-refused /"
     if [ $st -ne 0 ] && echo "$out" | grep -q -i -E "$3"; then ok "$1-refused"; else
         bad "$1-refused" "status $st, want a failure matching '$3'"; fi
     # shellcheck disable=SC2086
