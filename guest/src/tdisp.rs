@@ -3,7 +3,8 @@
 //! `config`):
 //!
 //! 1. an SPDM session (the device authenticated to a `--root`);
-//! 2. IDE: IDE_KM QUERY, KEY_PROG + K_SET_GO of fresh random K0 keys for
+//! 2. IDE: IDE_KM QUERY, KEY_PROG + K_SET_GO of fresh random K0 keys (or,
+//!    for tests, keys from `--insecure-test-keys SEED`) for
 //!    every sub-stream in both directions, the selective stream's registers
 //!    (Stream ID, Default Stream, Enable) — the stream reads SECURE;
 //! 3. TDISP: GET_TDISP_VERSION, GET_TDISP_CAPABILITIES, LOCK_INTERFACE
@@ -33,8 +34,7 @@ use crate::doe::{mailboxes, Mailbox, DISCOVERY_VERSION};
 use crate::spdm::load_roots;
 use crate::sysfs;
 use serde_json::{json, Value};
-use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
-use spdm_responder::rng::{EntropySource, OsEntropy};
+use spdm_responder::idekm::{KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
 use spdm_responder::tdisp::{
     range_attr, ErrorCode, InterfaceId, InterfaceReport, LockParams, TdiState, TdispError,
 };
@@ -96,6 +96,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// INSECURE, for tests: derive the IDE keys from SEED (as
+    /// `trustdev-guest ide --insecure-test-keys`) instead of the random
+    /// source, so a test knows the keys it must never find in a trace.
+    #[arg(long, value_name = "SEED")]
+    pub insecure_test_keys: Option<String>,
 }
 
 /// Parses a decimal or `0x` hexadecimal number.
@@ -460,13 +465,11 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         ),
     );
     let step = "IDE_KM KEY_PROG+K_SET_GO";
-    let mut rng = OsEntropy;
+    let keys = crate::ide::Keys::from_seed(o.insecure_test_keys.as_deref());
     for d in [KeyDirection::Rx, KeyDirection::Tx] {
         for ss in SubStream::ALL {
             let slot = KeySlot::new(KeySet::K0, d, ss);
-            let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            rng.fill(&mut k[..]);
-            let key = IdeKey::new(*k, 1);
+            let key = keys.key(o.stream_id, slot);
             match r
                 .ide_km_key_prog(sid, o.stream_id, slot, 0, &key)
                 .map_err(spdm_err(step))?
@@ -478,7 +481,10 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
                 .map_err(spdm_err(step))?;
         }
     }
-    flow.ok(step, "fresh K0 keys, RX and TX × PR/NPR/CPL, armed".into());
+    flow.ok(
+        step,
+        format!("K0 {}, RX and TX × PR/NPR/CPL, armed", keys.describe()),
+    );
     let step = "IDE stream enable";
     cfg.wr(sel + 4, ctl | ide_regs::CTL_EN)
         .map_err(|e| (step, e))?;
