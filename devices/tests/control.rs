@@ -539,3 +539,78 @@ fn vfio_user_drop_closes_the_connection_and_the_device_comes_back() {
     vfio_works(&d.path("nvme0.sock"));
     assert!(d.alive());
 }
+
+#[test]
+fn state_lists_nvme_queues_and_dma_windows() {
+    let d = Daemon::start("state", CONFIG);
+    let mut c = d.ctl();
+    // NVMe: the admin queue pair and one I/O pair, with their positions.
+    let (mut drv, _vec) = nvme_common::connect(&d.path("nvme0.sock"), 4 << 20);
+    let q = drv.create_io_queues(1, 32).unwrap();
+    let data = vec![0x5au8; 4 * 512];
+    drv.write_blocks(q, 1, 0, &data).unwrap();
+    drv.write_blocks(q, 1, 8, &data).unwrap();
+    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+    let queues = &st["state"]["nvme"]["queues"];
+    let sq = queues["sq"].as_array().unwrap();
+    let cq = queues["cq"].as_array().unwrap();
+    assert_eq!(
+        sq.iter()
+            .map(|s| s["qid"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1],
+        "{queues}"
+    );
+    assert_eq!(sq[0]["size"], 32, "admin SQ (HostDriver::enable(.., 32))");
+    let io = &sq[1];
+    assert_eq!(
+        (io["size"].clone(), io["cqid"].clone()),
+        (json!(32), json!(1))
+    );
+    assert_eq!(io["tail"], 2, "two commands submitted: {io}");
+    assert_eq!(io["head"], 2, "{io}");
+    assert_eq!(io["completed"], 2, "{io}");
+    let icq = cq.iter().find(|c| c["qid"] == 1).unwrap();
+    assert_eq!(
+        (
+            icq["size"].clone(),
+            icq["vector"].clone(),
+            icq["ien"].clone()
+        ),
+        (json!(32), json!(1), json!(true)),
+        "{icq}"
+    );
+    assert_eq!(
+        (icq["tail"].clone(), icq["phase"].clone()),
+        (json!(2), json!(true)),
+        "{icq}"
+    );
+    // The DMA windows: the driver's memfd window.
+    let w = &st["state"]["dma"]["windows"];
+    assert_eq!(
+        w,
+        &json!([{"iova": format!("{:#x}", nvme_common::IOVA), "size": 4 << 20, "prot": "rw", "fd_backed": true}]),
+        "{w}"
+    );
+    // A window without an fd (served by DMA_READ/WRITE messages), read-only.
+    let v = &mut drv.bar;
+    v.dma_map(
+        0x7000_0000,
+        0x2000,
+        0,
+        vfio_user_server::protocol::DmaProt {
+            read: true,
+            write: false,
+        },
+        None,
+    )
+    .unwrap();
+    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+    let w = st["state"]["dma"]["windows"].as_array().unwrap().clone();
+    assert_eq!(st["state"]["dma"]["maps"], 2);
+    assert_eq!(
+        w[0],
+        json!({"iova": "0x70000000", "size": 0x2000, "prot": "r", "fd_backed": false}),
+        "IOVA order"
+    );
+}
