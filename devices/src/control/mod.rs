@@ -26,8 +26,10 @@ use vfio_user_server::pci::{ext_cap_id, ExtCap};
 pub type Probe = Box<dyn Fn() -> Value + Send + Sync>;
 
 /// Acts on a fault at arming time (NVMe namespace change, surprise
-/// removal); returns whether it did.
-pub type Action = Box<dyn Fn(&Fault) -> bool + Send + Sync>;
+/// removal); returns whether it did (`Ok(false)`: not its fault, or the
+/// device is not in a state for it), or why it refused the fault's
+/// parameters in the device's present state.
+pub type Action = Box<dyn Fn(&Fault) -> Result<bool, String> + Send + Sync>;
 
 /// Everything the control plane knows about one served device.
 pub struct DeviceControl {
@@ -144,19 +146,24 @@ impl DeviceControl {
             "ev": "fault", "armed": spec.to_value(),
         }));
         if spec.fault.immediate() {
-            let done = lock(&self.actions).iter().any(|a| a(&spec.fault));
-            return if done {
-                Ok(0)
-            } else {
-                Err(ControlError::NotNow {
-                    dev: self.name.clone(),
-                    fault: name,
-                    why: "the device is not in a state for it (REQ interrupt not enabled by \
-                          the client, no SECURE IDE stream, TDI not CONFIG_LOCKED or RUN, \
-                          NVMe controller not ready)"
-                        .into(),
-                })
-            };
+            let mut refused = None;
+            for a in lock(&self.actions).iter() {
+                match a(&spec.fault) {
+                    Ok(true) => return Ok(0),
+                    Ok(false) => {}
+                    Err(why) => refused = refused.or(Some(why)),
+                }
+            }
+            return Err(ControlError::NotNow {
+                dev: self.name.clone(),
+                fault: name,
+                why: refused.unwrap_or_else(|| {
+                    "the device is not in a state for it (REQ interrupt not enabled by \
+                     the client, no SECURE IDE stream, TDI not CONFIG_LOCKED or RUN, \
+                     NVMe controller not ready)"
+                        .into()
+                }),
+            });
         }
         Ok(self.faults.arm(spec))
     }
@@ -197,7 +204,7 @@ impl DeviceControl {
             &["surprise-removal"],
             Box::new(move |f| {
                 if *f != Fault::SurpriseRemoval {
-                    return false;
+                    return Ok(false);
                 }
                 let sent = irqs.request();
                 log::warn!(
@@ -208,7 +215,7 @@ impl DeviceControl {
                         "not enabled by the client"
                     }
                 );
-                sent
+                Ok(sent)
             }),
         );
     }
