@@ -76,17 +76,6 @@ pub struct WireFault {
 }
 
 impl WireFault {
-    /// The next TLP towards `towards`, of any sub-stream and stream.
-    pub fn next(towards: LinkEnd, target: FaultTarget) -> WireFault {
-        WireFault {
-            towards,
-            sub_stream: None,
-            stream_id: None,
-            skip: 0,
-            target,
-        }
-    }
-
     fn matches(&self, towards: LinkEnd, ss: SubStream, id: u8) -> bool {
         self.towards == towards
             && self.sub_stream.map_or(true, |s| s == ss)
