@@ -232,6 +232,13 @@ fn ide_stream_lost_under_io() {
     for l in run.lines("DMESG-LOSS") {
         eprintln!("{l}");
     }
+    for l in server_log.lines().filter(|l| {
+        ["IDE:", "TDISP: TDI", "fatal", "fault"]
+            .iter()
+            .any(|w| l.contains(w))
+    }) {
+        eprintln!("SERVER {l}");
+    }
     assert_eq!(
         arming.len(),
         2,
@@ -317,7 +324,10 @@ fn ide_stream_lost_under_io() {
     // The server's log: the failure on that stream, the TDI to ERROR for
     // it, RUN twice.
     for (needle, n) in [
-        ("IDE: integrity check failed on selective stream 0 (ID 5)", 1),
+        (
+            "IDE: integrity check failed on selective stream 0 (ID 5)",
+            1,
+        ),
         (
             "TDISP: TDI RUN -> ERROR: IDE stream 5 left SECURE: IntegrityFailure(Host)",
             1,
