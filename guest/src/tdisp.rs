@@ -15,6 +15,15 @@
 //! 5. a locked register touched (Command register, INTx Disable toggled;
 //!    or with `--touch msix` MSI-X Message Control's Function Mask): the
 //!    TDI reads ERROR and refuses the report; the register restored;
+//!    or, with `--expect-loss SECS` (an NVMe function bound to the nvme
+//!    driver), the stream lost under I/O: verified O_DIRECT I/O kept
+//!    running on a thread, `TDISP-LOSS-READY <bdf> stream <id>` printed
+//!    (the host then injects an IDE integrity failure on the stream), the
+//!    Stream Status read INSECURE and the TDI ERROR, STOP, the stream
+//!    disabled, the I/O in flight waited for (its outcome reported: the
+//!    kernel's timeout and controller reset run meanwhile), then new keys,
+//!    SECURE, LOCK, report, START, the blocks written before the loss and
+//!    new I/O verified;
 //! 6. STOP_INTERFACE: CONFIG_UNLOCKED; then the stream disabled, its keys
 //!    retired, the session ended.
 //!
