@@ -46,7 +46,12 @@ pub struct DeviceControl {
     supported: Mutex<Vec<&'static str>>,
     probes: Mutex<Vec<(&'static str, Probe)>>,
     actions: Mutex<Vec<Action>>,
+    clears: Mutex<Vec<Clear>>,
 }
+
+/// Drops what an immediate fault left queued in a device block (an IDE
+/// corruption waiting for its TLP); returns how many it dropped.
+pub type Clear = Box<dyn Fn() -> usize + Send + Sync>;
 
 impl std::fmt::Debug for DeviceControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +110,7 @@ impl DeviceControl {
             supported: Mutex::new(Vec::new()),
             probes: Mutex::new(Vec::new()),
             actions: Mutex::new(Vec::new()),
+            clears: Mutex::new(Vec::new()),
         })
     }
 
@@ -127,6 +133,21 @@ impl DeviceControl {
     pub fn action(&self, faults: &[&'static str], a: Action) {
         self.support(faults);
         lock(&self.actions).push(a);
+    }
+
+    /// Adds what `disarm` of all faults also drops (see [`Clear`]).
+    pub fn on_disarm_all(&self, c: Clear) {
+        lock(&self.clears).push(c);
+    }
+
+    /// Disarms fault `id`, or all of them and whatever immediate faults
+    /// left queued (`None`); returns how many.
+    pub fn disarm(&self, id: Option<u64>) -> usize {
+        let n = self.faults.disarm(id);
+        if id.is_some() {
+            return n;
+        }
+        n + lock(&self.clears).iter().map(|c| c()).sum::<usize>()
     }
 
     /// Arms a fault (immediate ones act now); returns its id (0 for an

@@ -147,6 +147,8 @@ pub fn ide(ctl: &Arc<DeviceControl>, ide: &Arc<Ide>) {
             Ok(true)
         }),
     );
+    let port = Arc::clone(ide);
+    ctl.on_disarm_all(Box::new(move || port.clear_faults()));
     let weak = Arc::downgrade(ctl);
     ide.subscribe(move |e| {
         let Some(ctl) = weak.upgrade() else { return };

@@ -213,6 +213,15 @@ impl Ide {
         self.link.faults_pending.store(true, Ordering::Release);
     }
 
+    /// Drops every queued corruption; returns how many.
+    pub fn clear_faults(&self) -> usize {
+        let mut q = self.link.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let n = q.len();
+        q.clear();
+        self.link.faults_pending.store(false, Ordering::Release);
+        n
+    }
+
     /// The corruptions queued and not yet applied (with their remaining
     /// skip counts).
     pub fn pending_faults(&self) -> Vec<WireFault> {

@@ -497,6 +497,14 @@ fn control_plane_faults_tdi_error_and_ide_integrity() {
         "{e}"
     );
     assert_eq!(r.tdi.state(), TdiState::Run);
+    // Queued for later (a large skip count): disarming all of the
+    // device's faults drops it.
+    arm(serde_json::json!({"fault": "ide-integrity", "stream": 1, "skip": 1000})).unwrap();
+    assert_eq!(r.ide.pending_faults().len(), 1);
+    assert_eq!(ctl.disarm(Some(7)), 0, "an id names a table fault only");
+    assert_eq!(r.ide.pending_faults().len(), 1);
+    assert_eq!(ctl.disarm(None), 1);
+    assert!(r.ide.pending_faults().is_empty());
     // On the bound stream, after one TLP let through (in the state until
     // it hits).
     arm(serde_json::json!({"fault": "ide-integrity", "towards": "device", "stream": 1, "skip": 1}))
