@@ -453,6 +453,26 @@ fn traced(qemu_log: &str, event: &str, pasid: &str) -> usize {
 /// that the extension's ATS and PRI were negotiated and used instead of
 /// PASID_DMA messages. Returns the PASID.
 fn expect_sva_over_ats(run: &support::VmRun, accel0: &str, qemu_log: &str) -> String {
+    for l in accel0
+        .lines()
+        .filter(|l| l.contains("PASID") || l.contains("PasidStats"))
+    {
+        eprintln!("accel0: {l}");
+    }
+    for l in run.lines("FACT ") {
+        eprintln!("{l}");
+    }
+    for event in [
+        "vfio_user_translated_dma_map",
+        "vfio_user_ats_translate ",
+        "vfio_user_ats_invalidate",
+        "vfio_user_page_request ",
+        "vfio_user_page_response",
+        "vfio_user_pasid_dma ",
+    ] {
+        let n = qemu_log.lines().filter(|l| l.contains(event)).count();
+        eprintln!("qemu trace {}: {n}", event.trim());
+    }
     let pasid = fact(run, "sva-pasid").unwrap_or_default();
     assert!(
         pasid.parse::<u32>().is_ok_and(|p| p > 0),
