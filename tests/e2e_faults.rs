@@ -134,18 +134,10 @@ fn vfio_user_drop_in_a_real_guest() {
     if support::skip() {
         return;
     }
-    let _g = support::lock();
-    let ctl_dir = std::env::temp_dir().join(format!("td-e2e-drop-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&ctl_dir);
-    std::fs::create_dir_all(&ctl_dir).unwrap();
-    let log = std::env::temp_dir().join(format!("td-e2e-drop-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
     let script = support::guest_script("vfio-user-drop.sh");
     let args = [
         "-d",
         "nvme:size=16M",
-        "--control-dir",
-        ctl_dir.to_str().unwrap(),
         "--script",
         script.to_str().unwrap(),
         "--append",
@@ -153,50 +145,13 @@ fn vfio_user_drop_in_a_real_guest() {
         "--timeout",
         "300",
     ];
-    let child = support::vm_command(&args, &log)
-        .env("TRUSTDEV_KEEP", "1")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start trustdev vm");
+    let mut vm = support::LiveVm::start("drop", &args, std::time::Duration::from_secs(360));
     // Arm once the guest says so.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    let mut armed = String::new();
-    while std::time::Instant::now() < deadline {
-        let serial = std::fs::read_to_string(&log).unwrap_or_default();
-        if serial.contains("READY-FOR-DROP") {
-            let out = std::process::Command::new(support::trustdev())
-                .arg("ctl")
-                .arg("-c")
-                .arg(ctl_dir.join("nvme0.ctl"))
-                .args(["arm", "nvme0", "vfio-user-drop"])
-                .output()
-                .unwrap();
-            armed = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let run = support::finish(child.wait_with_output().unwrap(), &log);
-    let _ = std::fs::remove_dir_all(&ctl_dir);
-    let dir = run.stderr.lines().find_map(|l| {
-        l.split_once("logs kept in ")
-            .map(|(_, d)| PathBuf::from(d.trim()))
-    });
-    let read = |n: &str| {
-        dir.as_ref()
-            .and_then(|d| std::fs::read_to_string(d.join(n)).ok())
-            .unwrap_or_default()
-    };
-    let (server, qemu) = (read("nvme0.log"), read("qemu.log"));
-    if let Some(d) = &dir {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    vm.wait_for("READY-FOR-DROP");
+    let (_, armed) = vm.ctl("nvme0", &["arm", "nvme0", "vfio-user-drop"]);
+    let done = vm.finish();
+    let run = &done.run;
+    let (server, qemu) = (done.log("nvme0.log"), done.log("qemu.log"));
     assert_eq!(
         armed.trim(),
         r#"{"id":0}"#,
@@ -251,25 +206,6 @@ fn vfio_user_drop_in_a_real_guest() {
     );
 }
 
-/// Runs `trustdev ctl -c SOCK WORDS...`; (exit success, stdout + stderr).
-fn ctl(sock: &std::path::Path, words: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(support::trustdev())
-        .arg("ctl")
-        .arg("-c")
-        .arg(sock)
-        .args(words)
-        .output()
-        .expect("run trustdev ctl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// End-to-end: an IDE stream lost under I/O (issue 13). ONE boot, the NVMe
 /// controller behind a root port, bound to the Linux nvme driver;
 /// tests/guest/ide_lost.sh runs `trustdev-guest tdisp --stream-id 5
@@ -289,23 +225,14 @@ fn ctl(sock: &std::path::Path, words: &[&str]) -> (bool, String) {
 /// log shows the TDI going RUN -> ERROR for that stream.
 #[test]
 fn ide_stream_lost_under_io() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     if support::skip() {
         return;
     }
-    let _g = support::lock();
-    let pid = std::process::id();
-    let ctl_dir = std::env::temp_dir().join(format!("td-e2e-ide-lost-{pid}"));
-    let _ = std::fs::remove_dir_all(&ctl_dir);
-    std::fs::create_dir_all(&ctl_dir).unwrap();
-    let log = std::env::temp_dir().join(format!("td-e2e-ide-lost-{pid}.log"));
-    let _ = std::fs::remove_file(&log);
     let script = support::guest_script("ide_lost.sh");
     let args = [
         "-d",
         "nvme:size=64M",
-        "--control-dir",
-        ctl_dir.to_str().unwrap(),
         "--script",
         script.to_str().unwrap(),
         "--append",
@@ -313,65 +240,21 @@ fn ide_stream_lost_under_io() {
         "--timeout",
         "900",
     ];
-    let mut child = support::vm_command(&args, &log)
-        .env("TRUSTDEV_KEEP", "1")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start trustdev vm");
-    let out = support::Collector::start(child.stdout.take());
-    let err = support::Collector::start(child.stderr.take());
-    let deadline = Instant::now() + Duration::from_secs(960);
+    let mut vm = support::LiveVm::start("ide-lost", &args, Duration::from_secs(960));
     // Arm while the guest's I/O runs in RUN.
-    let sock = ctl_dir.join("nvme0.ctl");
-    let mut arming = Vec::new();
-    loop {
-        let serial = std::fs::read_to_string(&log).unwrap_or_default();
-        if serial.contains("TDISP-LOSS-READY") {
-            arming.push(ctl(&sock, &["arm", "nvme0", "ide-integrity", "stream=4"]));
-            arming.push(ctl(
-                &sock,
-                &["arm", "nvme0", "ide-integrity", "stream=5", "skip=64"],
-            ));
-            break;
-        }
-        if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = support::wait_until(&mut child, deadline);
-    let (stdout, stderr) = (out.finish(), err.finish());
-    let Some(status) = status else {
-        panic!(
-            "trustdev vm: no result within 960 s; killed\n--- stderr\n{}\n--- serial\n{}",
-            String::from_utf8_lossy(&stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-    };
-    let run = support::finish(
-        std::process::Output {
-            status,
-            stdout,
-            stderr,
-        },
-        &log,
-    );
+    vm.wait_for("TDISP-LOSS-READY");
+    let arming = [
+        vm.ctl("nvme0", &["arm", "nvme0", "ide-integrity", "stream=4"]),
+        vm.ctl(
+            "nvme0",
+            &["arm", "nvme0", "ide-integrity", "stream=5", "skip=64"],
+        ),
+    ];
+    let done = vm.finish();
+    let run = &done.run;
     // The server's log (kept by TRUSTDEV_KEEP) and its trace.
-    let kept = run.stderr.lines().find_map(|l| {
-        l.split_once("logs kept in ")
-            .map(|(_, d)| PathBuf::from(d.trim()))
-    });
-    let server_log = kept
-        .as_ref()
-        .and_then(|d| std::fs::read_to_string(d.join("nvme0.log")).ok())
-        .unwrap_or_default();
-    if let Some(d) = &kept {
-        let _ = std::fs::remove_dir_all(d);
-    }
-    let trace = std::fs::read_to_string(ctl_dir.join("nvme0.trace.jsonl")).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&ctl_dir);
+    let server_log = done.log("nvme0.log");
+    let trace = done.control_file("nvme0.trace.jsonl");
     for l in run.lines("CHECK-").iter().chain(&run.lines("FACT")) {
         eprintln!("{l}");
     }
@@ -385,12 +268,6 @@ fn ide_stream_lost_under_io() {
     }) {
         eprintln!("SERVER {l}");
     }
-    assert_eq!(
-        arming.len(),
-        2,
-        "the guest never printed TDISP-LOSS-READY:\n{}",
-        run.dump()
-    );
     let (ok4, msg4) = &arming[0];
     assert!(
         !ok4 && msg4.contains("no SECURE IDE stream has Stream ID 4 (SECURE: 5)"),

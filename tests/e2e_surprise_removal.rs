@@ -19,7 +19,6 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// The guest's whole run: boot, I/O, removal (the kernel's hot-plug path
@@ -78,54 +77,6 @@ impl Qmp {
     }
 }
 
-/// Waits until the serial log contains `marker` (the guest script's cue);
-/// fails the test if the run ends or the deadline passes first.
-fn wait_for_serial(
-    child: &mut Child,
-    log: &Path,
-    marker: &str,
-    deadline: Instant,
-    stderr: &support::Collector,
-) {
-    loop {
-        let serial = std::fs::read_to_string(log).unwrap_or_default();
-        if serial.lines().any(|l| l.trim_end() == marker) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the guest never printed {marker}:\n{serial}\n--- trustdev vm stderr\n{}",
-            stderr.text()
-        );
-        if child.try_wait().unwrap().is_some() {
-            // Let the collector catch the runner's last words.
-            std::thread::sleep(Duration::from_millis(300));
-            panic!(
-                "trustdev vm ended before {marker}:\n{serial}\n--- trustdev vm stderr\n{}",
-                stderr.text()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// `trustdev ctl -c SOCKET ARGS`: whether it succeeded and what it printed.
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(support::trustdev())
-        .arg("ctl")
-        .arg("-c")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run trustdev ctl");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The vfio-user socket of the run's NVMe server (from its command line).
 fn server_socket(vm_pid: u32) -> PathBuf {
     let kids = support::children_of(vm_pid);
@@ -165,21 +116,17 @@ struct Removal {
 /// Boots one NVMe behind a root port on `qemu`, arms `surprise-removal`
 /// when the guest asks, then does `then`.
 fn removal_run(qemu: &str, script: &Path, then: Then) -> Removal {
-    let _g = support::lock();
-    let tag = format!("{}-{qemu}", std::process::id());
-    let dir = std::env::temp_dir().join(format!("trustdev-e2e-surprise-{tag}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let qmp = dir.join("qmp.sock");
-    let serial = dir.join("serial.log");
+    let qmp = std::env::temp_dir().join(format!(
+        "trustdev-e2e-surprise-{}-{qemu}.qmp",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&qmp);
     let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());
     let args = [
         "--qemu",
         qemu,
         "-d",
         "nvme:root-port,serial=trustdev-hotplug,size=16M",
-        "--control-dir",
-        dir.to_str().unwrap(),
         "--script",
         script.to_str().unwrap(),
         "--qemu-arg",
@@ -189,71 +136,32 @@ fn removal_run(qemu: &str, script: &Path, then: Then) -> Removal {
         "--timeout",
         "400",
     ];
-    let mut child = support::vm_command(&args, &serial)
-        .env("TRUSTDEV_KEEP", "1")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start trustdev vm");
-    let out = support::Collector::start(child.stdout.take());
-    let err = support::Collector::start(child.stderr.take());
-    let deadline = Instant::now() + RUN_LIMIT;
-
-    wait_for_serial(&mut child, &serial, "ARM-REMOVAL", deadline, &err);
-    let socket = server_socket(child.id());
-    let mut q = Qmp::connect(&qmp, deadline);
-    let armed = ctl(
-        &dir.join("nvme0.ctl"),
-        &["arm", "nvme0", "surprise-removal"],
-    );
+    let mut vm = support::LiveVm::start(&format!("surprise-{qemu}"), &args, RUN_LIMIT);
+    vm.wait_for("ARM-REMOVAL");
+    let socket = server_socket(vm.pid());
+    let mut q = Qmp::connect(&qmp, Instant::now() + Duration::from_secs(60));
+    let armed = vm.ctl("nvme0", &["arm", "nvme0", "surprise-removal"]);
     let qmp_reply = match then {
         Then::Replug => {
-            wait_for_serial(&mut child, &serial, "REMOVED", deadline, &err);
+            vm.wait_for("REMOVED");
             q.execute(&format!(
                 r#"{{"execute":"device_add","arguments":{{"driver":"vfio-user-pci","id":"dev0","bus":"rp1","socket":{{"type":"unix","path":{:?}}}}}}}"#,
                 socket.display().to_string()
             ))
         }
         Then::Delete => {
-            wait_for_serial(&mut child, &serial, "DEL", deadline, &err);
+            vm.wait_for("DEL");
             q.execute(r#"{"execute":"device_del","arguments":{"id":"dev0"}}"#)
         }
     };
-    let status = support::wait_until(&mut child, deadline);
-    let output = std::process::Output {
-        status: status.unwrap_or_else(|| {
-            panic!(
-                "trustdev vm did not finish within {} s:\n{}\n{}",
-                RUN_LIMIT.as_secs(),
-                err.text(),
-                std::fs::read_to_string(&serial).unwrap_or_default()
-            )
-        }),
-        stdout: out.finish(),
-        stderr: err.finish(),
-    };
-    let run = support::finish(output, &serial);
-    let kept = run.stderr.lines().find_map(|l| {
-        l.split_once("logs kept in ")
-            .map(|(_, d)| PathBuf::from(d.trim()))
-    });
-    let read = |name: &str| {
-        kept.as_ref()
-            .and_then(|d| std::fs::read_to_string(d.join(name)).ok())
-            .unwrap_or_default()
-    };
-    let (server_log, qemu_log) = (read("nvme0.log"), read("qemu.log"));
-    if let Some(d) = kept {
-        let _ = std::fs::remove_dir_all(d);
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let done = vm.finish();
+    let _ = std::fs::remove_file(&qmp);
     Removal {
-        run,
         armed,
         qmp: qmp_reply,
-        server_log,
-        qemu_log,
+        server_log: done.log("nvme0.log"),
+        qemu_log: done.log("qemu.log"),
+        run: done.run.clone(),
     }
 }
 

@@ -241,6 +241,7 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration, what: &str) -> Outpu
 }
 
 /// Result of one `trustdev vm` run.
+#[derive(Clone, Debug)]
 pub struct VmRun {
     /// Exit code of `trustdev vm`.
     pub code: Option<i32>,
@@ -471,4 +472,203 @@ pub fn uio_sva_module() -> String {
         .find_map(|l| l.strip_prefix("TRUSTDEV_UIO_SVA_KO="))
         .unwrap_or_else(|| panic!("no TRUSTDEV_UIO_SVA_KO in:\n{stdout}"))
         .to_string()
+}
+
+/// A `trustdev vm` run that a test acts on while the guest runs: each
+/// server gets a control socket `NAME.ctl` and a trace in a fresh control
+/// directory (`--control-dir`), logs at info level, and its log is kept for
+/// [`Finished::log`]. The test waits for the guest script's cue lines
+/// ([`LiveVm::wait_for`]) and arms faults ([`LiveVm::ctl`]) meanwhile. Holds
+/// the VM lock for its whole life.
+pub struct LiveVm {
+    _lock: std::sync::MutexGuard<'static, ()>,
+    child: Child,
+    serial: PathBuf,
+    control_dir: PathBuf,
+    out: Option<Collector>,
+    err: Option<Collector>,
+    limit: Duration,
+    deadline: Instant,
+}
+
+impl Drop for LiveVm {
+    /// A test that failed while the guest ran: stop the run (its servers
+    /// and QEMU die with it) and remove the control directory.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if !self.control_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.control_dir);
+        }
+    }
+}
+
+impl LiveVm {
+    /// Starts `trustdev vm ARGS --control-dir DIR --serial-log LOG`; the
+    /// whole run must end within `limit`. `tag` names the temporary files.
+    pub fn start(tag: &str, args: &[&str], limit: Duration) -> LiveVm {
+        let lock = lock();
+        let base = std::env::temp_dir().join(format!("trustdev-e2e-{tag}-{}", std::process::id()));
+        let control_dir = base.with_extension("ctl");
+        let serial = base.with_extension("log");
+        let _ = std::fs::remove_dir_all(&control_dir);
+        let _ = std::fs::remove_file(&serial);
+        std::fs::create_dir_all(&control_dir).expect("create the control directory");
+        let mut child = vm_command(args, &serial)
+            .arg("--control-dir")
+            .arg(&control_dir)
+            .env("TRUSTDEV_KEEP", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start trustdev vm");
+        let out = Collector::start(child.stdout.take());
+        let err = Collector::start(child.stderr.take());
+        LiveVm {
+            _lock: lock,
+            child,
+            serial,
+            control_dir,
+            out: Some(out),
+            err: Some(err),
+            limit,
+            deadline: Instant::now() + limit,
+        }
+    }
+
+    /// The `trustdev vm` process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the guest console has a line that is `cue` or starts
+    /// with `cue` and a space; fails the test (with the console and the
+    /// runner's output) if the run ends or the deadline passes first.
+    pub fn wait_for(&mut self, cue: &str) {
+        loop {
+            let serial = std::fs::read_to_string(&self.serial).unwrap_or_default();
+            let seen = serial.lines().map(|l| l.trim_end()).any(|l| {
+                l == cue
+                    || l.strip_prefix(cue)
+                        .is_some_and(|rest| rest.starts_with(' '))
+            });
+            if seen {
+                return;
+            }
+            let ended = !matches!(self.child.try_wait(), Ok(None));
+            if ended || Instant::now() > self.deadline {
+                // Let the collectors catch the runner's last words.
+                std::thread::sleep(Duration::from_millis(300));
+                panic!(
+                    "{} before the guest printed {cue}:\n{serial}\n--- trustdev vm stderr\n{}",
+                    if ended {
+                        "trustdev vm ended"
+                    } else {
+                        "time ran out"
+                    },
+                    self.err.as_ref().map(Collector::text).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The control socket of server `name` (KIND + index, e.g. `nvme0`).
+    pub fn control_socket(&self, name: &str) -> PathBuf {
+        self.control_dir.join(format!("{name}.ctl"))
+    }
+
+    /// `trustdev ctl -c <server's socket> WORDS...`: whether it succeeded,
+    /// and what it printed (stdout + stderr).
+    pub fn ctl(&self, server: &str, words: &[&str]) -> (bool, String) {
+        let out = Command::new(trustdev())
+            .arg("ctl")
+            .arg("-c")
+            .arg(self.control_socket(server))
+            .args(words)
+            .output()
+            .expect("run trustdev ctl");
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Waits for the run to end (killed at the deadline: the test fails).
+    pub fn finish(mut self) -> Finished {
+        let status = wait_until(&mut self.child, self.deadline);
+        let drain = |c: Option<Collector>| c.map(Collector::finish).unwrap_or_default();
+        let (stdout, stderr) = (drain(self.out.take()), drain(self.err.take()));
+        let Some(status) = status else {
+            panic!(
+                "trustdev vm: no result within {} s; killed\n--- stderr\n{}\n--- serial\n{}",
+                self.limit.as_secs(),
+                String::from_utf8_lossy(&stderr),
+                std::fs::read_to_string(&self.serial).unwrap_or_default()
+            );
+        };
+        let run = finish(
+            Output {
+                status,
+                stdout,
+                stderr,
+            },
+            &self.serial,
+        );
+        let kept = run.stderr.lines().find_map(|l| {
+            l.split_once("logs kept in ")
+                .map(|(_, d)| PathBuf::from(d.trim()))
+        });
+        Finished {
+            run,
+            kept,
+            control_dir: std::mem::take(&mut self.control_dir),
+        }
+    }
+}
+
+/// A finished [`LiveVm`] run; its kept logs and control directory are
+/// removed when it is dropped.
+pub struct Finished {
+    /// The run.
+    pub run: VmRun,
+    kept: Option<PathBuf>,
+    control_dir: PathBuf,
+}
+
+impl Finished {
+    /// A file of the kept work directory, e.g. `nvme0.log`, `qemu.log`
+    /// (empty if missing).
+    pub fn log(&self, name: &str) -> String {
+        self.kept
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join(name)).ok())
+            .unwrap_or_default()
+    }
+
+    /// A file of the control directory, e.g. `nvme0.trace.jsonl`.
+    pub fn control_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.control_dir.join(name)).unwrap_or_default()
+    }
+
+    /// The control directory (e.g. to decode a trace in it).
+    pub fn control_dir(&self) -> &Path {
+        &self.control_dir
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        if let Some(d) = &self.kept {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let _ = std::fs::remove_dir_all(&self.control_dir);
+    }
 }
