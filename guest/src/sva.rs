@@ -77,7 +77,7 @@ fn maps(uio: &str) -> Vec<(String, u64, u64)> {
 }
 
 /// BAR0 mapped from the uio device.
-struct Bar {
+pub(crate) struct Bar {
     ptr: *mut u32,
     len: usize,
 }
@@ -101,13 +101,13 @@ impl Bar {
         Ok(Bar { ptr: p.cast(), len })
     }
 
-    fn rd(&self, off: u64) -> u32 {
+    pub(crate) fn rd(&self, off: u64) -> u32 {
         assert!(off as usize + 4 <= self.len && off % 4 == 0);
         // SAFETY: in bounds and aligned (asserted), inside our MMIO mapping.
         unsafe { std::ptr::read_volatile(self.ptr.add(off as usize / 4)) }
     }
 
-    fn wr(&self, off: u64, v: u32) {
+    pub(crate) fn wr(&self, off: u64, v: u32) {
         assert!(off as usize + 4 <= self.len && off % 4 == 0);
         // SAFETY: in bounds and aligned (asserted), inside our MMIO mapping.
         unsafe { std::ptr::write_volatile(self.ptr.add(off as usize / 4), v) }
@@ -344,7 +344,23 @@ fn drive(bar: &Bar, pasid: u32) -> Result<Vec<String>, String> {
     Ok(done)
 }
 
-fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
+/// A function bound to uio_pci_sva and opened by this process: the open
+/// bound the process's address space to `pasid`; `bar` is BAR0 (uio map0).
+pub(crate) struct Opened {
+    pub bar: Bar,
+    pub pasid: u32,
+    // Closing the uio device unbinds the PASID: kept open with the mapping.
+    _file: std::fs::File,
+}
+
+/// Binds `bdf` to uio_pci_sva, opens its uio device (the PASID bind) and
+/// maps BAR0: the setup of `trustdev-guest sva`, for other subcommands.
+pub(crate) fn open(bdf: &str) -> Result<Opened, String> {
+    let mut r = Report::default();
+    open_reporting(bdf, &mut r).map_err(|e| format!("SVA setup stopped at {}: {e}", r.stage))
+}
+
+fn open_reporting(bdf: &str, r: &mut Report) -> Result<Opened, String> {
     r.stage = "bind";
     if !Path::new("/sys/bus/pci/drivers").join(DRIVER).exists() {
         return Err(format!(
@@ -394,7 +410,16 @@ fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
         .map(|m| m.2 as usize)
         .ok_or("uio device has no map0 (BAR0 is not 32-bit non-prefetchable?)")?;
     let bar = Bar::map(f.as_raw_fd(), len)?;
-    r.ops = drive(&bar, pasid)?;
+    Ok(Opened {
+        bar,
+        pasid,
+        _file: f,
+    })
+}
+
+fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
+    let o = open_reporting(bdf, r)?;
+    r.ops = drive(&o.bar, o.pasid)?;
     r.verified = true;
     r.stage = "done";
     Ok(())
