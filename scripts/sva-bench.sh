@@ -5,7 +5,7 @@
 # tool, same device model, same sizes, in one invocation.
 #
 # Usage: scripts/sva-bench.sh [--rounds N] [--sizes BYTES,BYTES,...] [--timeout S]
-#   defaults: --rounds 5 --sizes 4096,65536,1048576 --timeout 900 (per boot)
+#   defaults: --rounds 11 --sizes 4096,65536,1048576 --timeout 900 (per boot)
 #
 # Needs the patched QEMU (`trustdev vm --qemu patched`; honours
 # TRUSTDEV_QEMU_PATCHED=/path/to/wrapper) and uio_pci_generic_sva.ko
@@ -42,7 +42,7 @@
 # A boot or a path that fails stops the script with status 1 and the path
 # of its output: a failure is never a figure.
 set -euo pipefail
-ROUNDS=5
+ROUNDS=11
 SIZES=4096,65536,1048576
 TIMEOUT=900
 while [ $# -gt 0 ]; do
@@ -100,7 +100,7 @@ negotiated() { # NAME SERVER
 
 echo "sva-bench: trustdev $TD ($(basename "$(dirname "$TD")") build), sizes $SIZES, $ROUNDS rounds, outputs in $OUT"
 boot sva "sva iova" --qemu patched --sva
-grep -a -m1 'QEMU .*guest kernel' "$OUT/sva.out" | sed 's/^.*trustdev vm: /boot 1: /' || true
+grep -a -m1 '^trustdev vm: QEMU .*guest kernel' "$OUT/sva.out" | sed 's/^trustdev vm: /boot 1: --sva, /' || true
 grep -a '^BENCH-IOMMU\|^BENCH-INFO' "$OUT/sva.serial" | tr -d '\r' | sed 's/^/  /'
 SVA=$(results sva sva) || {
     echo "sva-bench: SVA path FAILED: $(fail_reason sva sva) (see $OUT/sva.serial)" >&2
@@ -111,7 +111,7 @@ if ! IOVA=$(results sva iova); then
     echo "  IOVA in the same guest: $(fail_reason sva iova)"
     echo "  -> boot 2 for the IOVA path: --iommu (second-stage) instead of --sva (first-stage)"
     boot iova "iova" --qemu patched --iommu
-    grep -a -m1 'QEMU .*guest kernel' "$OUT/iova.out" | sed 's/^.*trustdev vm: /boot 2: /' || true
+    grep -a -m1 '^trustdev vm: QEMU .*guest kernel' "$OUT/iova.out" | sed 's/^trustdev vm: /boot 2: --iommu, /' || true
     grep -a '^BENCH-IOMMU\|^BENCH-INFO' "$OUT/iova.serial" | tr -d '\r' | sed 's/^/  /'
     IOVA=$(results iova iova) || {
         echo "sva-bench: IOVA path FAILED: $(fail_reason iova iova) (see $OUT/iova.serial)" >&2
@@ -151,7 +151,7 @@ END {
         printf "%-9s %12.2f %19s %12.2f %19s %9.3f %7d\n", human(s),
             sm, sprintf("%.2f..%.2f", mbs(s, hi["S", s]), mbs(s, lo["S", s])),
             im, sprintf("%.2f..%.2f", mbs(s, hi["I", s]), mbs(s, lo["I", s])),
-            im > 0 ? sm / im : 0, rounds
+            (im > 0 ? sm / im : 0), rounds
     }
     print "MB/s: median (min..max) over the rounds, each round verified; SVA/IOVA: ratio of the medians."
 }'

@@ -7,7 +7,7 @@
 # accel-bench` (what is timed: guest/src/accel_bench.rs). The host script
 # sets the three lines below (sed) before the boot.
 SIZES=${BENCH_SIZES:-4096,65536,1048576}
-ROUNDS=${BENCH_ROUNDS:-5}
+ROUNDS=${BENCH_ROUNDS:-11}
 PATHS=${BENCH_PATHS:-"sva iova"}
 #
 # Prints:
