@@ -74,6 +74,8 @@ pub struct Args {
 
 const MAX_SIZE: usize = 16 << 20;
 const MAX_ROUNDS: u32 = 10_000;
+/// The round number of the untimed warm-up memmoves.
+const WARM_UP: u64 = u64::MAX;
 /// After this long without a completion the poll also reads the queue's
 /// STATUS (a halted queue never completes).
 const HALT_CHECK_AFTER: Duration = Duration::from_secs(1);
@@ -268,8 +270,13 @@ impl Bench<'_> {
         self.mem.read(self.dst, &mut got)?;
         if got != *src {
             let at = got.iter().zip(src.iter()).position(|(a, b)| a != b);
+            let which = if round == WARM_UP {
+                "warm-up".to_string()
+            } else {
+                format!("round {round}")
+            };
             return Err(format!(
-                "memmove {size}, round {round}: destination differs from the source (first at byte {})",
+                "memmove {size}, {which}: destination differs from the source (first at byte {})",
                 at.unwrap_or(0)
             ));
         }
@@ -311,7 +318,7 @@ fn measure(port: &dyn Port, mem: &Anon, dst: usize, a: &Args) -> Result<Vec<Size
         // Warm-up: one untimed, verified memmove per size (first-touch
         // costs: translation caches, QEMU's and the server's lookups).
         for r in &out {
-            b.round(r.size, u64::MAX, &mut src)?;
+            b.round(r.size, WARM_UP, &mut src)?;
         }
         for round in 0..u64::from(a.rounds) {
             for r in out.iter_mut() {
