@@ -84,7 +84,15 @@ pub(crate) struct Bar {
 
 impl Bar {
     fn map(fd: i32, len: usize) -> Result<Bar, String> {
-        // SAFETY: maps uio map0 (offset 0) of an open uio fd; checked below.
+        Bar::map_at(fd, len, 0).map_err(|e| format!("mmap map0: {e}"))
+    }
+
+    /// Maps `len` bytes of MMIO at `offset` of `fd` (a uio device, or a
+    /// vfio device fd's BAR region).
+    pub(crate) fn map_at(fd: i32, len: usize, offset: u64) -> Result<Bar, String> {
+        let off = libc::off_t::try_from(offset).map_err(|_| format!("offset {offset:#x}"))?;
+        // SAFETY: a new shared mapping of an open fd with no address hint;
+        // the result is checked against MAP_FAILED before use.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -92,11 +100,11 @@ impl Bar {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
-                0,
+                off,
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap map0: {}", std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error().to_string());
         }
         Ok(Bar { ptr: p.cast(), len })
     }
