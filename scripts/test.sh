@@ -63,6 +63,9 @@ if [[ $skip_e2e != 1 ]]; then
     # cached by source version + patch series) rather than inside a test.
     step "patched QEMU: qemu-configs/patches (provision-qemu-patched.sh)"
     bash qemu-configs/provision-qemu-patched.sh
+    # tests/e2e_virtme.rs runs the virtme-ng recipe of docs/CONTROL.md.
+    step "virtme-ng (provision-vng.sh)"
+    bash qemu-configs/provision-vng.sh
     # nvme-cli runs inside the NVMe guest test (copied in with its libraries).
     if ! command -v nvme >/dev/null 2>&1 && [[ $skip_cli != 1 ]]; then
         step "host package: nvme-cli (Debian 12)"

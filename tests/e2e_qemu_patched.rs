@@ -356,9 +356,20 @@ fn sva_process_pointers_through_the_pasid_dma_extension() {
     if support::skip() {
         return;
     }
+    // ATS turned off on QEMU's side (x-pasid-ats=off): the extension's
+    // PASID_DMA messages carry every access, as without ATS support.
     let (run, accel0, qemu_log) = sva_run(
         "patched",
-        &["--qemu-arg", "-trace", "--qemu-arg", "vfio_user_pasid_dma*"],
+        &[
+            "--qemu-arg",
+            "-global",
+            "--qemu-arg",
+            "vfio-user-pci.x-pasid-ats=off",
+            "--qemu-arg",
+            "-trace",
+            "--qemu-arg",
+            "vfio_user_pasid_dma*",
+        ],
     );
     // The bind: SMPWC (patch 0202) lets iommu_sva_bind_device() succeed,
     // the process gets a PASID.
@@ -417,6 +428,191 @@ fn sva_process_pointers_through_the_pasid_dma_extension() {
             .lines()
             .any(|l| l.contains(&format!("vfio_user_pasid_dma_fault pasid {pasid} 0x1000 "))),
         "no fault for the unmapped address\n{qemu_log}"
+    );
+}
+
+/// The accelerator's translation counters, from its "queue N: disabled;
+/// PasidStats { .. }" log line (the last one): `field` of it.
+fn pasid_stat(accel0: &str, field: &str) -> Option<u64> {
+    let line = accel0
+        .lines()
+        .rev()
+        .find(|l| l.contains("disabled; PasidStats"))?;
+    let at = line.find(&format!("{field}: "))? + field.len() + 2;
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// QEMU trace lines of `event` for `pasid`.
+fn traced(qemu_log: &str, event: &str, pasid: &str) -> usize {
+    let needle = format!("{event} pasid {pasid} ");
+    qemu_log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// The common part of the ATS runs: the bind, the verified results, and
+/// that the extension's ATS and PRI were negotiated and used instead of
+/// PASID_DMA messages. Returns the PASID.
+fn expect_sva_over_ats(run: &support::VmRun, accel0: &str, qemu_log: &str) -> String {
+    for l in accel0
+        .lines()
+        .filter(|l| l.contains("PASID") || l.contains("PasidStats"))
+    {
+        eprintln!("accel0: {l}");
+    }
+    for l in run.lines("FACT ") {
+        eprintln!("{l}");
+    }
+    for event in [
+        "vfio_user_translated_dma_map",
+        "vfio_user_ats_translate ",
+        "vfio_user_ats_invalidate",
+        "vfio_user_page_request ",
+        "vfio_user_page_response",
+        "vfio_user_pasid_dma ",
+    ] {
+        let n = qemu_log.lines().filter(|l| l.contains(event)).count();
+        eprintln!("qemu trace {}: {n}", event.trim());
+    }
+    let pasid = fact(run, "sva-pasid").unwrap_or_default();
+    assert!(
+        pasid.parse::<u32>().is_ok_and(|p| p > 0),
+        "PASID {pasid:?}\n{}",
+        run.dump()
+    );
+    expect_fact(run, "sva-verified", "true");
+    expect_fact(run, "sva-stage", "done");
+    assert!(
+        accel0.contains("PASID extension negotiated: ats true, pri true, dma true"),
+        "{accel0}"
+    );
+    // The guest enabled ATS (XLAT bit 15) and PRI (bit 16) on the device.
+    let xlat: u32 = fact(run, "sva-xlat")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(xlat & 0x1_8000, 0x1_8000, "XLAT {xlat:#x}\n{}", run.dump());
+    // QEMU shared system memory as the translated space and answered
+    // translation requests for the PASID through the vIOMMU.
+    assert!(
+        qemu_log.contains("vfio_user_translated_dma_map iova 0x100000 "),
+        "no TRANSLATED_DMA_MAP of RAM\n{qemu_log}"
+    );
+    assert!(
+        traced(qemu_log, "vfio_user_ats_translate", &pasid) > 0,
+        "no ATS_TRANSLATE for PASID {pasid}\n{qemu_log}"
+    );
+    // The device reached the process's memory through its ATC, not by
+    // PASID_DMA messages.
+    let translations = pasid_stat(accel0, "translations").unwrap_or(0);
+    let hits = pasid_stat(accel0, "atc_hits").unwrap_or(0);
+    assert!(translations > 0 && hits > 0, "{accel0}");
+    assert_eq!(
+        pasid_stat(accel0, "pasid_dma_messages"),
+        Some(0),
+        "{accel0}"
+    );
+    assert_eq!(
+        traced(qemu_log, "vfio_user_pasid_dma", &pasid),
+        0,
+        "{qemu_log}"
+    );
+    pasid
+}
+
+const ATS_TRACES: &[&str] = &[
+    "--qemu-arg",
+    "-trace",
+    "--qemu-arg",
+    "vfio_user_ats*",
+    "--qemu-arg",
+    "-trace",
+    "--qemu-arg",
+    "vfio_user_page*",
+    "--qemu-arg",
+    "-trace",
+    "--qemu-arg",
+    "vfio_user_translated*",
+    "--qemu-arg",
+    "-trace",
+    "--qemu-arg",
+    "vfio_user_pasid_dma*",
+];
+
+#[test]
+fn sva_process_pointers_through_ats_translations() {
+    if support::skip() {
+        return;
+    }
+    let (run, accel0, qemu_log) = sva_run("patched", ATS_TRACES);
+    let pasid = expect_sva_over_ats(&run, &accel0, &qemu_log);
+    expect_fact(&run, "sva-prefault", "true");
+    // Pre-faulted buffers: every translation succeeds at once, no page
+    // requests; the unmapped source still faults.
+    expect_fact(&run, "sva-page-requests", "0");
+    let ops = fact(&run, "sva-ops").unwrap_or_default();
+    assert!(ops.contains("unmapped-source=page fault"), "{ops}");
+    // The process freeing its heap makes Linux invalidate the device TLB
+    // for the PASID, which reaches the server as ATS_INVALIDATE.
+    assert!(
+        qemu_log.contains(&format!(
+            "vfio_user_ats_invalidate flags 0x1 pasid {pasid} "
+        )),
+        "no ATS_INVALIDATE for PASID {pasid}\n{qemu_log}"
+    );
+}
+
+#[test]
+fn sva_fresh_pages_come_in_through_page_requests() {
+    if support::skip() {
+        return;
+    }
+    let mut args = ATS_TRACES.to_vec();
+    args.extend_from_slice(&["--append", "trustdev.sva=noprefault"]);
+    let (run, accel0, qemu_log) = sva_run("patched", &args);
+    let pasid = expect_sva_over_ats(&run, &accel0, &qemu_log);
+    expect_fact(&run, "sva-prefault", "false");
+    // Destination pages the process never touched: the translations came
+    // back not present, the device asked for the pages (PRI), the VT-d
+    // queued the page requests and interrupted the guest, whose I/O page
+    // fault handler faulted them in and answered each group with Success.
+    let requests: u64 = fact(&run, "sva-page-requests")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(requests > 0, "no page requests\n{}", run.dump());
+    let irqs: u64 = fact(&run, "prq-irqs")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(irqs > 0, "no page request interrupt\n{}", run.dump());
+    let delivered = qemu_log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("vfio_user_page_request pasid {pasid} ")) && l.ends_with(" ret 0")
+        })
+        .count() as u64;
+    assert_eq!(delivered, requests, "page requests delivered\n{qemu_log}");
+    let answered = qemu_log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("vfio_user_page_response pasid {pasid} ")) && l.ends_with(" code 0")
+        })
+        .count() as u64;
+    assert!(answered > 0, "no successful page response\n{qemu_log}");
+    assert_eq!(
+        pasid_stat(&accel0, "page_requests"),
+        Some(requests),
+        "{accel0}"
+    );
+    assert_eq!(
+        pasid_stat(&accel0, "page_responses"),
+        Some(answered),
+        "{accel0}"
+    );
+    assert_eq!(
+        pasid_stat(&accel0, "unexpected_responses"),
+        Some(0),
+        "{accel0}"
     );
 }
 

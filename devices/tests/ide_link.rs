@@ -182,6 +182,8 @@ fn one_flipped_bit_on_the_wire() {
     rig.ide.inject_fault(WireFault {
         towards: LinkEnd::Host,
         sub_stream: Some(SubStream::Posted),
+        stream_id: None,
+        skip: 0,
         target: FaultTarget::Payload(1000),
     });
     let s = copy(host.access(), 0x1000, 0x9000, 4096);

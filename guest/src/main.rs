@@ -9,7 +9,7 @@
 //! trustdev-guest doe [BDF] [--bench N] [--json]
 //! trustdev-guest spdm --bdf BDF --root PEM [--root PEM...] [--version V] [--asym p256|p384] [--slot N] [--session-only] [--json]
 //! trustdev-guest ide --bdf BDF [--root PEM|DIR]... [--stream I] [--stream-id ID] [--io auto|nvme|dma-copy|none] [--ios N] [--no-refresh] [--run CMD] [--insecure-test-keys SEED]
-//! trustdev-guest tdisp --bdf BDF --root PEM [--stream-id N] [--stream-index N] [--mmio-offset A] [--io FILE] [--touch command|msix] [--keep] [--json]
+//! trustdev-guest tdisp --bdf BDF --root PEM [--stream-id N] [--stream-index N] [--mmio-offset A] [--io FILE] [--touch command|msix] [--keep | --expect-loss SECS] [--json]
 //! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! trustdev-guest accel --bdf BDF [--size N] [--poll] [--timeout S] [--json]
 //! trustdev-guest sva --bdf BDF [--json]

@@ -34,6 +34,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Leave the destination buffers as fresh, never touched pages (not
+    /// present in the process's page table): the accelerator's translations
+    /// for them fail and only page requests (PRI) get them faulted in.
+    #[arg(long)]
+    pub no_prefault: bool,
 }
 
 /// How far SVA got.
@@ -46,6 +51,10 @@ struct Report {
     pasid: Option<u32>,
     verified: bool,
     ops: Vec<String>,
+    /// The accelerator's page request counter (BAR0 0x38) before and after.
+    page_requests: Option<(u64, u64)>,
+    /// The accelerator's XLAT register: PASID/ATS/PRI control as set.
+    xlat: Option<u32>,
     detail: String,
 }
 
@@ -197,7 +206,7 @@ const PT: usize = CT + LEN;
 /// memmove, CRC-32C, AES-GCM encrypt and decrypt (checked against software)
 /// and a memmove from an address the process has not mapped, whose fault
 /// must come back in the completion record. Returns what ran.
-fn drive(bar: &Bar, pasid: u32) -> Result<Vec<String>, String> {
+fn drive(bar: &Bar, pasid: u32, prefault: bool) -> Result<Vec<String>, String> {
     if bar.rd(global::ID) != regs::ID_VALUE {
         return Err(format!(
             "ID register {:#x} through map0",
@@ -206,8 +215,13 @@ fn drive(bar: &Bar, pasid: u32) -> Result<Vec<String>, String> {
     }
     let m = Heap::new(PT + LEN);
     // Pre-fault every page (a fresh large allocation is not present until
-    // touched, and without PRI the device cannot ask for it).
-    m.write(0, &vec![0u8; PT + LEN])?;
+    // touched, and without PRI the device cannot ask for it) — or, without
+    // `prefault`, only the ones this process writes: ring, records, AES
+    // parameters and the source; DST, CT and PT stay fresh pages the device
+    // must ask for.
+    if prefault {
+        m.write(0, &vec![0u8; PT + LEN])?;
+    }
     let src: Vec<u8> = (0..LEN as u32).map(|i| (i * 31 % 251) as u8).collect();
     m.write(SRC, &src)?;
     let q = QUEUE_BASE;
@@ -425,9 +439,17 @@ fn open_reporting(bdf: &str, r: &mut Report) -> Result<Opened, String> {
     })
 }
 
-fn attempt(bdf: &str, r: &mut Report) -> Result<(), String> {
+fn attempt(bdf: &str, prefault: bool, r: &mut Report) -> Result<(), String> {
     let o = open_reporting(bdf, r)?;
-    r.ops = drive(&o.bar, o.pasid)?;
+    let (bar, pasid) = (&o.bar, o.pasid);
+    let page_requests = |b: &Bar| {
+        u64::from(b.rd(global::PAGE_REQUESTS)) | u64::from(b.rd(global::PAGE_REQUESTS + 4)) << 32
+    };
+    let before = page_requests(bar);
+    let ops = drive(bar, pasid, prefault);
+    r.page_requests = Some((before, page_requests(bar)));
+    r.xlat = Some(bar.rd(global::XLAT));
+    r.ops = ops?;
     r.verified = true;
     r.stage = "done";
     Ok(())
@@ -438,7 +460,7 @@ pub fn run(a: Args) -> Result<(), String> {
     let bdf =
         sysfs::normalize_bdf(&a.bdf).ok_or_else(|| format!("'{}' is not a PCI address", a.bdf))?;
     let mut r = Report::default();
-    let res = attempt(&bdf, &mut r);
+    let res = attempt(&bdf, !a.no_prefault, &mut r);
     if let Err(e) = &res {
         r.detail = e.clone();
     }
@@ -449,7 +471,9 @@ pub fn run(a: Args) -> Result<(), String> {
                    "maps": r.maps.iter().map(|m| json!({"name": m.0, "addr": m.1, "size": m.2}))
                        .collect::<Vec<_>>(),
                    "open_errno": r.open_errno, "pasid": r.pasid, "verified": r.verified,
-                   "ops": r.ops,
+                   "ops": r.ops, "prefault": !a.no_prefault,
+                   "page_requests": r.page_requests.map(|(b, a)| a.saturating_sub(b)),
+                   "xlat": r.xlat,
                    "detail": r.detail})
         );
     } else {

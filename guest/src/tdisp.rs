@@ -15,6 +15,15 @@
 //! 5. a locked register touched (Command register, INTx Disable toggled;
 //!    or with `--touch msix` MSI-X Message Control's Function Mask): the
 //!    TDI reads ERROR and refuses the report; the register restored;
+//!    or, with `--expect-loss SECS` (an NVMe function bound to the nvme
+//!    driver), the stream lost under I/O: verified O_DIRECT I/O kept
+//!    running on a thread, `TDISP-LOSS-READY <bdf> stream <id>` printed
+//!    (the host then injects an IDE integrity failure on the stream), the
+//!    Stream Status read INSECURE and the TDI ERROR, STOP, the stream
+//!    disabled, the I/O in flight waited for (its outcome reported: the
+//!    kernel's timeout and controller reset run meanwhile), then new keys,
+//!    SECURE, LOCK, report, START, the blocks written before the loss and
+//!    new I/O verified;
 //! 6. STOP_INTERFACE: CONFIG_UNLOCKED; then the stream disabled, its keys
 //!    retired, the session ended.
 //!
@@ -30,9 +39,11 @@
 //! don't run this while a TSM driver talks to the same device.
 
 use crate::doe::{mailboxes, Mailbox, DISCOVERY_VERSION};
+use crate::ide::io::{NvmeIo, Workload};
 use crate::spdm::load_roots;
 use crate::sysfs;
 use serde_json::{json, Value};
+use spdm_responder::idekm::regs::{ctl, state_name, sts};
 use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
 use spdm_responder::rng::{EntropySource, OsEntropy};
 use spdm_responder::tdisp::{
@@ -43,24 +54,13 @@ use spdm_responder::{Requester, RequesterConfig};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
-/// The IDE extended capability and its selective stream registers (PCIe
-/// 6.x §7.9.26), as far as this flow writes them.
-mod ide_regs {
-    /// Extended capability ID.
-    pub const CAP_ID: u16 = 0x30;
-    /// Stream Control: Enable.
-    pub const CTL_EN: u32 = 1;
-    /// Stream Control: Default Stream.
-    pub const CTL_DEFAULT: u32 = 1 << 22;
-    /// Stream Control: Stream ID shift.
-    pub const CTL_ID_SHIFT: u32 = 24;
-    /// Stream Status: State field, and its SECURE value.
-    pub const STS_STATE: u32 = 0xf;
-    /// SECURE.
-    pub const STS_SECURE: u32 = 2;
-}
+/// The IDE extended capability ID (PCIe 6.x §7.9.26); its selective stream
+/// registers' fields are spdm_responder's (`idekm::regs`).
+const IDE_CAP_ID: u16 = 0x30;
 
 /// Options of `trustdev-guest tdisp`.
 #[derive(clap::Args, Debug)]
@@ -93,6 +93,15 @@ pub struct Args {
     /// Leave the TDI in RUN and the stream SECURE (skip steps 5 and 6).
     #[arg(long)]
     pub keep: bool,
+    /// In RUN, keep verified 4 KiB O_DIRECT I/O running on the function's
+    /// NVMe namespace, print `TDISP-LOSS-READY <bdf> stream <id>` and wait
+    /// up to this many seconds for the stream to be lost (an IDE integrity
+    /// failure injected from the host): then the stream must read INSECURE
+    /// and the TDI ERROR; STOP, the stream disabled, what the I/O in flight
+    /// did; then recovery (new keys, SECURE, LOCK, START, RUN), the blocks
+    /// written before the loss and new I/O verified. Replaces step 5.
+    #[arg(long, value_name = "SECS", conflicts_with = "keep")]
+    pub expect_loss: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -403,6 +412,339 @@ fn io_check(path: &Path, seed: u8) -> Result<(), String> {
     Ok(())
 }
 
+/// The TDI this flow drives: its session, interface, function.
+#[derive(Clone, Copy)]
+struct Tdi<'a> {
+    sid: u32,
+    iface: InterfaceId,
+    bdf: &'a str,
+    cfg: &'a Config,
+}
+
+/// The selective stream's register block and its Control value without
+/// Enable.
+#[derive(Clone, Copy)]
+struct Stream {
+    sel: u16,
+    ctl: u32,
+}
+
+/// IDE_KM KEY_PROG + K_SET_GO of fresh random K0 keys for every sub-stream
+/// in both directions of Stream ID `id`.
+fn program_keys(r: &mut Req, sid: u32, id: u8, step: &'static str) -> StepResult<()> {
+    let mut rng = OsEntropy;
+    for d in [KeyDirection::Rx, KeyDirection::Tx] {
+        for ss in SubStream::ALL {
+            let slot = KeySlot::new(KeySet::K0, d, ss);
+            let mut k = zeroize::Zeroizing::new([0u8; 32]);
+            rng.fill(&mut k[..]);
+            let key = IdeKey::new(*k, 1);
+            match r
+                .ide_km_key_prog(sid, id, slot, 0, &key)
+                .map_err(spdm_err(step))?
+            {
+                Ok(KpAckStatus::Success) => {}
+                other => return Err((step, format!("KP_ACK {other:?} for {}", slot.name()))),
+            }
+            r.ide_km_key_set_go(sid, id, slot, 0)
+                .map_err(spdm_err(step))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the selective stream's Enable; it must read SECURE. Returns its
+/// Stream Status.
+fn enable_stream(cfg: &Config, sel: u16, ctl: u32, step: &'static str) -> StepResult<u32> {
+    cfg.wr(sel + 4, ctl | ctl::EN).map_err(|e| (step, e))?;
+    let st = cfg.rd(sel + 8).map_err(|e| (step, e))?;
+    if st & sts::STATE != sts::SECURE {
+        return Err((step, format!("Stream Status {st:#010x}: not SECURE")));
+    }
+    Ok(st)
+}
+
+/// LOCK_INTERFACE (`lock_flags`, the stream as default), the interface
+/// report checked against the function's BARs and MSI-X, START_INTERFACE:
+/// RUN. `again` names the steps of a second pass.
+fn lock_and_start(
+    r: &mut Req,
+    t: Tdi<'_>,
+    o: &Args,
+    lock_flags: u16,
+    flow: &mut Flow,
+    again: bool,
+) -> StepResult<LockParams> {
+    let step = if again {
+        "LOCK_INTERFACE (again)"
+    } else {
+        "LOCK_INTERFACE"
+    };
+    let params = LockParams {
+        flags: lock_flags,
+        default_stream_id: o.stream_id,
+        mmio_reporting_offset: o.mmio_offset,
+        bind_p2p_address_mask: 0,
+    };
+    let nonce = r
+        .tdisp_lock(t.sid, t.iface, &params)
+        .map_err(tdisp_err(step))?;
+    expect_state(r, t.sid, t.iface, TdiState::ConfigLocked, step)?;
+    flow.ok(
+        step,
+        format!(
+            "flags {:#06x}, stream {}: CONFIG_LOCKED",
+            params.flags, o.stream_id
+        ),
+    );
+    let step = if again {
+        "GET_DEVICE_INTERFACE_REPORT (again)"
+    } else {
+        "GET_DEVICE_INTERFACE_REPORT"
+    };
+    let rep = r
+        .tdisp_get_report(t.sid, t.iface)
+        .map_err(tdisp_err(step))?;
+    let msix = match t.cfg.std_cap(0x11).map_err(|e| (step, e))? {
+        Some(m) => {
+            let tbl = t.cfg.rd(m + 4).map_err(|e| (step, e))?;
+            let pba = t.cfg.rd(m + 8).map_err(|e| (step, e))?;
+            Some(((tbl & 7) as u8, tbl & !7, (pba & 7) as u8, pba & !7))
+        }
+        None => None,
+    };
+    let b = bars(t.bdf).map_err(|e| (step, e))?;
+    check_report(&rep, &b, msix, o.mmio_offset).map_err(|e| (step, e))?;
+    let ranges: Vec<String> = rep
+        .ranges
+        .iter()
+        .map(|r| {
+            format!(
+                "BAR{}:{:#x}+{}p/{:#x}",
+                r.range_id,
+                r.first_page << 12,
+                r.number_of_pages,
+                r.attributes
+            )
+        })
+        .collect();
+    flow.ok(
+        step,
+        format!(
+            "{} range(s) match the BARs and MSI-X: {}",
+            rep.ranges.len(),
+            ranges.join(" ")
+        ),
+    );
+    let step = if again {
+        "START_INTERFACE (again)"
+    } else {
+        "START_INTERFACE"
+    };
+    r.tdisp_start(t.sid, t.iface, &nonce)
+        .map_err(tdisp_err(step))?;
+    expect_state(r, t.sid, t.iface, TdiState::Run, step)?;
+    flow.ok(step, "RUN".into());
+    Ok(params)
+}
+
+/// What the I/O thread of the loss phase saw.
+struct LossIo {
+    io: NvmeIo,
+    /// I/Os 0..done completed and verified before the end.
+    done: u64,
+    /// The I/O in flight when the loss phase stopped the thread (its
+    /// number, its outcome, how long it took), if one was.
+    in_flight: Option<(u64, Result<(), String>, Duration)>,
+}
+
+/// Verified I/O until `stop` is set or an I/O fails; `done` counts the
+/// I/Os completed.
+fn loss_io(mut io: NvmeIo, stop: &AtomicBool, done: &AtomicU64) -> LossIo {
+    let mut n = 0;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return LossIo {
+                io,
+                done: n,
+                in_flight: None,
+            };
+        }
+        let t = Instant::now();
+        let r = io.one(n);
+        let dt = t.elapsed();
+        if r.is_err() || stop.load(Ordering::Acquire) {
+            return LossIo {
+                io,
+                done: n,
+                in_flight: Some((n, r, dt)),
+            };
+        }
+        n += 1;
+        done.store(n, Ordering::Release);
+    }
+}
+
+/// How long the I/O in flight at the loss may take to come back (the
+/// kernel's I/O timeout, abort and controller reset included).
+const LOSS_IO_WAIT: Duration = Duration::from_secs(300);
+
+/// Step 5': the stream lost under I/O, and the TDI brought back.
+#[allow(clippy::too_many_arguments)]
+fn loss_and_recovery(
+    r: &mut Req,
+    t: Tdi<'_>,
+    o: &Args,
+    s: Stream,
+    lock_flags: u16,
+    flow: &mut Flow,
+    wait: Duration,
+) -> StepResult<()> {
+    let step = "I/O running in RUN";
+    let io = NvmeIo::open(t.bdf).map_err(|e| (step, e))?;
+    let describe = io.describe();
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = mpsc::channel();
+    {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        std::thread::Builder::new()
+            .name("loss-io".into())
+            .spawn(move || {
+                let _ = tx.send(loss_io(io, &stop, &done));
+            })
+            .map_err(|e| (step, format!("I/O thread: {e}")))?;
+    }
+    let started = Instant::now();
+    while done.load(Ordering::Acquire) == 0 {
+        if let Ok(l) = rx.try_recv() {
+            let why = match l.in_flight {
+                Some((n, Err(e), _)) => format!("I/O {n} failed: {e}"),
+                _ => "the I/O thread ended".into(),
+            };
+            return Err((step, format!("before any I/O completed: {why}")));
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err((step, "no I/O completed within 60 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    flow.ok(step, describe);
+    println!("TDISP-LOSS-READY {} stream {}", t.bdf, o.stream_id);
+
+    // The stream leaves SECURE (the host injects the integrity failure).
+    let step = "IDE stream lost";
+    let st = loop {
+        let st = t.cfg.rd(s.sel + 8).map_err(|e| (step, e))?;
+        if st & sts::STATE != sts::SECURE {
+            break st;
+        }
+        if let Ok(l) = rx.try_recv() {
+            let why = match l.in_flight {
+                Some((n, Err(e), _)) => format!("I/O {n} failed: {e}"),
+                _ => "the I/O thread ended".into(),
+            };
+            return Err((step, format!("while the stream was SECURE: {why}")));
+        }
+        if started.elapsed() > wait {
+            stop.store(true, Ordering::Release);
+            return Err((
+                step,
+                format!(
+                    "the stream stayed SECURE for {} s ({} I/Os)",
+                    wait.as_secs(),
+                    done.load(Ordering::Acquire)
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    stop.store(true, Ordering::Release);
+    let before = done.load(Ordering::Acquire);
+    flow.ok(
+        step,
+        format!(
+            "Stream Status {st:#010x}: {}{}, after {before} verified I/Os",
+            state_name(st),
+            if st & sts::IDE_FAIL != 0 {
+                " with IDE Fail"
+            } else {
+                ""
+            }
+        ),
+    );
+    let step = "TDI state after the loss";
+    let state = r.tdisp_get_state(t.sid, t.iface).map_err(tdisp_err(step))?;
+    if state != TdiState::Error {
+        return Err((step, format!("the TDI is in {state}, expected ERROR")));
+    }
+    flow.ok(step, format!("{state}"));
+    let step = "STOP after the loss";
+    r.tdisp_stop(t.sid, t.iface).map_err(tdisp_err(step))?;
+    expect_state(r, t.sid, t.iface, TdiState::ConfigUnlocked, step)?;
+    flow.ok(step, "CONFIG_UNLOCKED".into());
+    // Enable clear (the device's DMA goes in the clear again), IDE Fail
+    // cleared (RW1C).
+    let step = "IDE stream disabled";
+    t.cfg.wr(s.sel + 4, s.ctl).map_err(|e| (step, e))?;
+    t.cfg.wr(s.sel + 8, sts::IDE_FAIL).map_err(|e| (step, e))?;
+    let st = t.cfg.rd(s.sel + 8).map_err(|e| (step, e))?;
+    flow.ok(step, format!("Stream Status {st:#010x}"));
+    // What the kernel made of the I/O in flight.
+    let step = "I/O when the stream was lost";
+    let LossIo {
+        mut io,
+        done: done_before,
+        in_flight,
+    } = rx.recv_timeout(LOSS_IO_WAIT).map_err(|_| {
+        (
+            step,
+            format!(
+                "the I/O in flight did not come back within {} s",
+                LOSS_IO_WAIT.as_secs()
+            ),
+        )
+    })?;
+    let (last, what) = match &in_flight {
+        Some((n, Err(e), dt)) => (
+            *n,
+            format!("I/O {n} failed after {} ms: {e}", dt.as_millis()),
+        ),
+        Some((n, Ok(()), dt)) => (
+            *n,
+            format!("I/O {n} completed and verified after {} ms", dt.as_millis()),
+        ),
+        None => (done_before, "no I/O was in flight".into()),
+    };
+    flow.ok(step, what);
+
+    // Recovery: new keys, SECURE, LOCK, START.
+    let step = "IDE_KM new keys";
+    program_keys(r, t.sid, o.stream_id, step)?;
+    flow.ok(step, "fresh K0 keys, armed".into());
+    let step = "IDE stream re-enabled";
+    let st = enable_stream(t.cfg, s.sel, s.ctl, step)?;
+    flow.ok(step, format!("Stream Status {st:#010x}: SECURE"));
+    lock_and_start(r, t, o, lock_flags, flow, true)?;
+    // The blocks written before the loss are intact (the place of the I/O
+    // in flight, whose write may or may not have landed, excepted).
+    let step = "data before the loss";
+    let first = (last + 1).saturating_sub(NvmeIo::PLACES);
+    for n in first..last {
+        io.verify(n).map_err(|e| (step, e))?;
+    }
+    flow.ok(
+        step,
+        format!("I/Os {first}..{last}: blocks read back intact"),
+    );
+    let step = "I/O after recovery";
+    for n in last + 1..last + 33 {
+        io.one(n).map_err(|e| (step, format!("I/O {n}: {e}")))?;
+    }
+    flow.ok(step, "32 verified I/Os in RUN".into());
+    Ok(())
+}
+
 fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepResult<String> {
     let iface = interface_of(bdf);
     let cfg_path = sysfs::dev_dir(bdf).join("config");
@@ -446,11 +788,11 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     );
     let step = "IDE stream setup";
     let ide = cfg
-        .ext_cap(ide_regs::CAP_ID)
+        .ext_cap(IDE_CAP_ID)
         .map_err(|e| (step, e))?
         .ok_or((step, format!("{bdf} has no IDE capability")))?;
     let sel = cfg.sel_stream(ide, o.stream_index).map_err(|e| (step, e))?;
-    let ctl = (u32::from(o.stream_id) << ide_regs::CTL_ID_SHIFT) | ide_regs::CTL_DEFAULT;
+    let ctl = (u32::from(o.stream_id) << ctl::ID_SHIFT) | ctl::DEFAULT;
     cfg.wr(sel + 4, ctl).map_err(|e| (step, e))?;
     flow.ok(
         step,
@@ -460,32 +802,10 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         ),
     );
     let step = "IDE_KM KEY_PROG+K_SET_GO";
-    let mut rng = OsEntropy;
-    for d in [KeyDirection::Rx, KeyDirection::Tx] {
-        for ss in SubStream::ALL {
-            let slot = KeySlot::new(KeySet::K0, d, ss);
-            let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            rng.fill(&mut k[..]);
-            let key = IdeKey::new(*k, 1);
-            match r
-                .ide_km_key_prog(sid, o.stream_id, slot, 0, &key)
-                .map_err(spdm_err(step))?
-            {
-                Ok(KpAckStatus::Success) => {}
-                other => return Err((step, format!("KP_ACK {other:?} for {}", slot.name()))),
-            }
-            r.ide_km_key_set_go(sid, o.stream_id, slot, 0)
-                .map_err(spdm_err(step))?;
-        }
-    }
+    program_keys(&mut r, sid, o.stream_id, step)?;
     flow.ok(step, "fresh K0 keys, RX and TX × PR/NPR/CPL, armed".into());
     let step = "IDE stream enable";
-    cfg.wr(sel + 4, ctl | ide_regs::CTL_EN)
-        .map_err(|e| (step, e))?;
-    let st = cfg.rd(sel + 8).map_err(|e| (step, e))?;
-    if st & ide_regs::STS_STATE != ide_regs::STS_SECURE {
-        return Err((step, format!("Stream Status {st:#010x}: not SECURE")));
-    }
+    let st = enable_stream(&cfg, sel, ctl, step)?;
     flow.ok(step, format!("Stream Status {st:#010x}: SECURE"));
 
     // 3. TDISP.
@@ -530,59 +850,19 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
             }
         ),
     );
-    let step = "LOCK_INTERFACE";
-    let params = LockParams {
-        flags: caps.lock_flags_supported,
-        default_stream_id: o.stream_id,
-        mmio_reporting_offset: o.mmio_offset,
-        bind_p2p_address_mask: 0,
-    };
-    let nonce = r.tdisp_lock(sid, iface, &params).map_err(tdisp_err(step))?;
-    expect_state(&mut r, sid, iface, TdiState::ConfigLocked, step)?;
-    flow.ok(
-        step,
-        format!(
-            "flags {:#06x}, stream {}: CONFIG_LOCKED",
-            params.flags, o.stream_id
-        ),
-    );
-    let step = "GET_DEVICE_INTERFACE_REPORT";
-    let rep = r.tdisp_get_report(sid, iface).map_err(tdisp_err(step))?;
-    let msix = match cfg.std_cap(0x11).map_err(|e| (step, e))? {
-        Some(m) => {
-            let t = cfg.rd(m + 4).map_err(|e| (step, e))?;
-            let p = cfg.rd(m + 8).map_err(|e| (step, e))?;
-            Some(((t & 7) as u8, t & !7, (p & 7) as u8, p & !7))
-        }
-        None => None,
-    };
-    let b = bars(bdf).map_err(|e| (step, e))?;
-    check_report(&rep, &b, msix, o.mmio_offset).map_err(|e| (step, e))?;
-    let ranges: Vec<String> = rep
-        .ranges
-        .iter()
-        .map(|r| {
-            format!(
-                "BAR{}:{:#x}+{}p/{:#x}",
-                r.range_id,
-                r.first_page << 12,
-                r.number_of_pages,
-                r.attributes
-            )
-        })
-        .collect();
-    flow.ok(
-        step,
-        format!(
-            "{} range(s) match the BARs and MSI-X: {}",
-            rep.ranges.len(),
-            ranges.join(" ")
-        ),
-    );
-    let step = "START_INTERFACE";
-    r.tdisp_start(sid, iface, &nonce).map_err(tdisp_err(step))?;
-    expect_state(&mut r, sid, iface, TdiState::Run, step)?;
-    flow.ok(step, "RUN".into());
+    let params = lock_and_start(
+        &mut r,
+        Tdi {
+            sid,
+            iface,
+            bdf,
+            cfg: &cfg,
+        },
+        o,
+        caps.lock_flags_supported,
+        flow,
+        false,
+    )?;
     if let Some(p) = &o.io {
         let step = "I/O in RUN";
         io_check(p, 0x5a).map_err(|e| (step, e))?;
@@ -598,44 +878,64 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         ));
     }
 
-    // 5. A locked register.
-    let step = "touch a locked register";
-    let (off, bit, what) = if o.touch == "msix" {
-        if params.flags & spdm_responder::tdisp::lock_flags::LOCK_MSIX == 0 {
-            return Err((step, "the device does not offer LOCK_MSIX".into()));
-        }
-        let m = cfg
-            .std_cap(0x11)
-            .map_err(|e| (step, e))?
-            .ok_or((step, "no MSI-X capability".to_string()))?;
-        (m + 2, 0x4000u16, "MSI-X Message Control (Function Mask)")
+    let what = if let Some(secs) = o.expect_loss {
+        // 5'. The stream lost under I/O, and recovery.
+        loss_and_recovery(
+            &mut r,
+            Tdi {
+                sid,
+                iface,
+                bdf,
+                cfg: &cfg,
+            },
+            o,
+            Stream { sel, ctl },
+            caps.lock_flags_supported,
+            flow,
+            Duration::from_secs(secs),
+        )?;
+        "LOCK, report, RUN, the stream lost under I/O (INSECURE, ERROR), STOP, new keys, RUN again, I/O verified, STOP"
     } else {
-        (4, 0x400u16, "Command (INTx Disable)")
+        // 5. A locked register.
+        let step = "touch a locked register";
+        let (off, bit, what) = if o.touch == "msix" {
+            if params.flags & spdm_responder::tdisp::lock_flags::LOCK_MSIX == 0 {
+                return Err((step, "the device does not offer LOCK_MSIX".into()));
+            }
+            let m = cfg
+                .std_cap(0x11)
+                .map_err(|e| (step, e))?
+                .ok_or((step, "no MSI-X capability".to_string()))?;
+            (m + 2, 0x4000u16, "MSI-X Message Control (Function Mask)")
+        } else {
+            (4, 0x400u16, "Command (INTx Disable)")
+        };
+        let old = (cfg.rd(off & !3).map_err(|e| (step, e))? >> ((off & 3) * 8)) as u16;
+        cfg.wr16(off, old ^ bit).map_err(|e| (step, e))?;
+        let s = r.tdisp_get_state(sid, iface).map_err(tdisp_err(step));
+        cfg.wr16(off, old).map_err(|e| (step, e))?;
+        if s? != TdiState::Error {
+            return Err((step, "the TDI did not go to ERROR".into()));
+        }
+        flow.ok(
+            step,
+            format!("{what} {old:#06x} -> {:#06x}: ERROR; restored", old ^ bit),
+        );
+        let step = "report in ERROR";
+        match r.tdisp_get_report(sid, iface) {
+            Err(e) if e.code() == Some(ErrorCode::InvalidInterfaceState) => {
+                flow.ok(step, format!("refused: {e}"))
+            }
+            other => {
+                return Err((
+                    step,
+                    format!("expected INVALID_INTERFACE_STATE, got {other:?}"),
+                ))
+            }
+        }
+        expect_state(&mut r, sid, iface, TdiState::Error, step)?;
+        "LOCK, report, RUN, ERROR on a locked register, STOP"
     };
-    let old = (cfg.rd(off & !3).map_err(|e| (step, e))? >> ((off & 3) * 8)) as u16;
-    cfg.wr16(off, old ^ bit).map_err(|e| (step, e))?;
-    let s = r.tdisp_get_state(sid, iface).map_err(tdisp_err(step));
-    cfg.wr16(off, old).map_err(|e| (step, e))?;
-    if s? != TdiState::Error {
-        return Err((step, "the TDI did not go to ERROR".into()));
-    }
-    flow.ok(
-        step,
-        format!("{what} {old:#06x} -> {:#06x}: ERROR; restored", old ^ bit),
-    );
-    let step = "report in ERROR";
-    match r.tdisp_get_report(sid, iface) {
-        Err(e) if e.code() == Some(ErrorCode::InvalidInterfaceState) => {
-            flow.ok(step, format!("refused: {e}"))
-        }
-        other => {
-            return Err((
-                step,
-                format!("expected INVALID_INTERFACE_STATE, got {other:?}"),
-            ))
-        }
-    }
-    expect_state(&mut r, sid, iface, TdiState::Error, step)?;
 
     // 6. STOP and teardown.
     let step = "STOP_INTERFACE";
@@ -652,9 +952,7 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
     }
     r.end_session(sid).map_err(spdm_err(step))?;
     flow.ok(step, "stream disabled, keys retired, session ended".into());
-    Ok(format!(
-        "interface {iface}: LOCK, report, RUN, ERROR on a locked register, STOP"
-    ))
+    Ok(format!("interface {iface}: {what}"))
 }
 
 #[cfg(test)]

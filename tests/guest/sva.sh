@@ -13,6 +13,13 @@
 #   FACT sva-bind-ret <n>          iommu_sva_bind_device()'s return (kprobe)
 #   FACT sva-stage / sva-open-errno / sva-pasid / sva-ops / sva-verified
 #   FACT pasid-attr <n>            the uio device's pasid attribute in sysfs
+#   FACT sva-prefault <true|false> buffers pre-faulted (kernel command line
+#                                  trustdev.sva=noprefault: fresh pages only)
+#   FACT sva-page-requests <n>     the accelerator's page request counter delta
+#   FACT sva-xlat <n>              the accelerator's XLAT register (PASID/ATS/PRI
+#                                  control as the guest set them)
+#   FACT prq-irqs <n>              page request interrupts of the VT-d (dmar*-prq)
+#   FACT prq-events <n>            intel_iommu:prq_report tracepoint hits (-1: none)
 #   FACT sva-bench <size:rounds:verified>...  `trustdev-guest accel-bench --path sva`, tiny
 fail=0
 ok() { echo "CHECK-OK $*"; }
@@ -35,9 +42,24 @@ for d in /sys/bus/pci/devices/*; do
 done
 [ -n "$bdf" ] || { bad device "no accelerator"; exit 1; }
 echo "DEVICE $bdf"
+prq_irqs() { awk '/prq/ { n = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i; s += n } END { print s + 0 }' /proc/interrupts; }
+opt=""
+case " $(cat /proc/cmdline) " in *" trustdev.sva=noprefault "*) opt="--no-prefault" ;; esac
+prq_ev=-1
+if [ -d $T/events/intel_iommu/prq_report ]; then
+    echo 1 >$T/events/intel_iommu/prq_report/enable && prq_ev=0
+fi
+irq0=$(prq_irqs)
 echo >$T/trace
-out=$(trustdev-guest sva --bdf "$bdf" --json 2>&1)
+out=$(trustdev-guest sva --bdf "$bdf" --json $opt 2>&1)
 echo "SVA-JSON $out"
+fact prq-irqs "$(( $(prq_irqs) - irq0 ))"
+[ "$prq_ev" = 0 ] && prq_ev=$(grep -c 'prq_report:' $T/trace)
+fact prq-events "$prq_ev"
+grep 'prq_report:' $T/trace | head -n 3
+fact sva-prefault "$(json prefault "$out")"
+fact sva-page-requests "$(json page_requests "$out")"
+fact sva-xlat "$(json xlat "$out")"
 fact sva-bind-ret "$(sed -n 's/.*svabind:.*ret=\(-*[0-9]*\).*/\1/p' $T/trace | tail -n 1)"
 fact sva-stage "$(json stage "$out")"
 fact sva-open-errno "$(json open_errno "$out")"

@@ -346,6 +346,11 @@ impl AccelDevice {
                     qr.tail.store(0, Ordering::Release);
                 }
                 qr.ctrl.store(want, Ordering::Release);
+                if enabled && want & ctrl::ENABLE == 0 {
+                    // What the queue's work cost in translations, ATC hits,
+                    // page requests and PASID DMA messages so far.
+                    info!("queue {q}: disabled; {:?}", self.ctx.pasid.stats());
+                }
                 self.engine.kick(q);
             }
             qreg::PASID => qr.pasid.store(

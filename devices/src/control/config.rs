@@ -124,6 +124,36 @@ fn relative_to(base: &Path, p: &Path) -> PathBuf {
     std::path::absolute(&p).unwrap_or(p)
 }
 
+/// A device option's value with the file path in it resolved relative to
+/// the configuration file, like `socket`: `identity-dir`, `ide-trace` and
+/// `file` are paths, `psk` may be `@FILE`, `ns` may be `file:PATH[:SIZE]`.
+/// Other values are returned as they are.
+fn option_value_relative(base: &Path, key: &str, value: &str) -> String {
+    let resolve = |p: &str| relative_to(base, Path::new(p)).display().to_string();
+    match key.replace('_', "-").as_str() {
+        "identity-dir" | "ide-trace" | "file" => resolve(value),
+        "psk" => match value.strip_prefix('@') {
+            Some(f) => format!("@{}", resolve(f)),
+            None => value.to_string(),
+        },
+        "ns" => match value.strip_prefix("file:") {
+            Some(rest) => {
+                // file:PATH or file:PATH:SIZE (as NsBacking parses it).
+                let (p, size) = match rest.rsplit_once(':') {
+                    Some((p, sz)) if crate::nvme::options::parse_size(sz).is_ok() => (p, Some(sz)),
+                    _ => (rest, None),
+                };
+                match size {
+                    Some(sz) => format!("file:{}:{sz}", resolve(p)),
+                    None => format!("file:{}", resolve(p)),
+                }
+            }
+            None => value.to_string(),
+        },
+        _ => value.to_string(),
+    }
+}
+
 impl Config {
     /// Reads and checks `path`.
     pub fn load(path: &Path, validate: Validator<'_>) -> Result<Config, ConfigError> {
@@ -248,8 +278,13 @@ impl Config {
                         }
                     }
                     _ => {
-                        let words =
+                        let mut words =
                             option_args(key, v.get_ref()).map_err(|m| at(k.span(), &kp, m))?;
+                        // [--key, value]*: values naming files are relative
+                        // to this file, like `socket`.
+                        for w in words.iter_mut().skip(1).step_by(2) {
+                            *w = option_value_relative(path, key, w);
+                        }
                         validate(kind, &words).map_err(|m| at(k.span(), &kp, m))?;
                         conf.args.extend(words);
                     }
@@ -404,6 +439,49 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/td.toml"), text, &validate)
+    }
+
+    #[test]
+    fn file_paths_in_options_are_relative_to_the_file() {
+        let any = |_: &'static DeviceKind, _: &[String]| Ok(());
+        let c = Config::parse(
+            Path::new("/etc/td/devices.toml"),
+            r#"[[device]]
+kind = "nvme"
+identity-dir = "identity/disk"
+ide-trace = "/var/ide.pcap"
+psk = "@psk.bin"
+file = "disk.img"
+ns = ["file:ns1.img:16M", "file:ns2.img", "ram:1M"]
+
+[[device]]
+kind = "dma-copy"
+psk = "00112233"
+"#,
+            &any,
+        )
+        .unwrap();
+        assert_eq!(
+            c.devices[0].args,
+            [
+                "--file",
+                "/etc/td/disk.img",
+                "--ide-trace",
+                "/var/ide.pcap",
+                "--identity-dir",
+                "/etc/td/identity/disk",
+                "--ns",
+                "file:/etc/td/ns1.img:16M",
+                "--ns",
+                "file:/etc/td/ns2.img",
+                "--ns",
+                "ram:1M",
+                "--psk",
+                "@/etc/td/psk.bin",
+            ]
+        );
+        // A key, not a file: left alone.
+        assert_eq!(c.devices[1].args, ["--psk", "00112233"]);
     }
 
     #[test]

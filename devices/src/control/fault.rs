@@ -105,6 +105,17 @@ pub enum Fault {
         /// The receiving end that detects it.
         #[serde(default = "host_end")]
         towards: End,
+        /// Only TLPs of the SECURE stream with this Stream ID (default: the
+        /// next IDE TLP of any stream). Arming is refused unless a stream
+        /// with this ID is SECURE; the fault is dropped if that stream
+        /// leaves SECURE before it hit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stream: Option<u8>,
+        /// Matching TLPs let through before the one that fails (default 0:
+        /// the next one), so the failure lands inside a transfer already
+        /// under way.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        skip: u32,
     },
     /// IDE_KM K_SET_GO (switching a stream to a key set) is refused with an
     /// SPDM ERROR; the keys stay as they were.
@@ -128,6 +139,10 @@ pub enum End {
 
 fn host_end() -> End {
     End::Host
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 fn one() -> u32 {
@@ -237,6 +252,22 @@ impl FaultSpec {
                     .ok_or_else(|| err(format!("for_ms {w}: expected 1 to 86400000")))?,
             )),
         };
+        if map.get("fault").and_then(Value::as_str) == Some("ide-integrity") {
+            if let Some(s) = map.get("stream") {
+                if !s.as_u64().is_some_and(|s| s <= 255) {
+                    return Err(err(format!(
+                        "ide-integrity stream {s}: expected a Stream ID, 0 to 255"
+                    )));
+                }
+            }
+            if let Some(n) = map.get("skip") {
+                if !n.as_u64().is_some_and(|n| u32::try_from(n).is_ok()) {
+                    return Err(err(format!(
+                        "ide-integrity skip {n}: expected a TLP count, 0 to 4294967295"
+                    )));
+                }
+            }
+        }
         if !map.contains_key("fault") {
             return Err(err(format!(
                 "no \"fault\" key (one of: {})",
@@ -459,10 +490,38 @@ mod tests {
             json!({"fault": "spdm-error", "request": "CHALLENGE", "code": 1, "nth": 0}),
             json!({"fault": "nvme-media-error", "lba": [9, 1]}),
             json!({"fault": "spdm-cert", "cert": "expired-yesterday"}),
+            json!({"fault": "ide-integrity", "stream": 256}),
+            json!({"fault": "ide-integrity", "stream": -1}),
+            json!({"fault": "ide-integrity", "stream": "5"}),
+            json!({"fault": "ide-integrity", "skip": 4294967296u64}),
+            json!({"fault": "ide-integrity", "skip": 1.5}),
+            json!({"fault": "ide-integrity", "towards": "sideways"}),
         ] {
             let e = spec(bad.clone()).unwrap_err();
             assert!(e.to_string().starts_with("bad fault spec"), "{bad}: {e}");
         }
+        // ide-integrity: per stream, with a skip count; the defaults stay
+        // out of the spec as shown.
+        let s = spec(json!({"fault": "ide-integrity", "stream": 5, "skip": 300})).unwrap();
+        assert_eq!(
+            s.fault,
+            Fault::IdeIntegrity {
+                towards: End::Host,
+                stream: Some(5),
+                skip: 300
+            }
+        );
+        assert_eq!(spec(s.to_value()).unwrap(), s);
+        let s = spec(json!({"fault": "ide-integrity"})).unwrap();
+        assert_eq!(
+            s.to_value(),
+            json!({"fault": "ide-integrity", "towards": "host", "count": 1})
+        );
+        let e = spec(json!({"fault": "ide-integrity", "stream": 300})).unwrap_err();
+        assert!(
+            e.to_string().contains("stream 300: expected a Stream ID"),
+            "{e}"
+        );
         assert!(spec(json!({"fault": "bogus"}))
             .unwrap_err()
             .to_string()

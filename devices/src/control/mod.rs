@@ -26,8 +26,10 @@ use vfio_user_server::pci::{ext_cap_id, ExtCap};
 pub type Probe = Box<dyn Fn() -> Value + Send + Sync>;
 
 /// Acts on a fault at arming time (NVMe namespace change, surprise
-/// removal); returns whether it did.
-pub type Action = Box<dyn Fn(&Fault) -> bool + Send + Sync>;
+/// removal); returns whether it did (`Ok(false)`: not its fault, or the
+/// device is not in a state for it), or why it refused the fault's
+/// parameters in the device's present state.
+pub type Action = Box<dyn Fn(&Fault) -> Result<bool, String> + Send + Sync>;
 
 /// Everything the control plane knows about one served device.
 pub struct DeviceControl {
@@ -44,7 +46,12 @@ pub struct DeviceControl {
     supported: Mutex<Vec<&'static str>>,
     probes: Mutex<Vec<(&'static str, Probe)>>,
     actions: Mutex<Vec<Action>>,
+    clears: Mutex<Vec<Clear>>,
 }
+
+/// Drops what an immediate fault left queued in a device block (an IDE
+/// corruption waiting for its TLP); returns how many it dropped.
+pub type Clear = Box<dyn Fn() -> usize + Send + Sync>;
 
 impl std::fmt::Debug for DeviceControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,6 +110,7 @@ impl DeviceControl {
             supported: Mutex::new(Vec::new()),
             probes: Mutex::new(Vec::new()),
             actions: Mutex::new(Vec::new()),
+            clears: Mutex::new(Vec::new()),
         })
     }
 
@@ -127,6 +135,21 @@ impl DeviceControl {
         lock(&self.actions).push(a);
     }
 
+    /// Adds what `disarm` of all faults also drops (see [`Clear`]).
+    pub fn on_disarm_all(&self, c: Clear) {
+        lock(&self.clears).push(c);
+    }
+
+    /// Disarms fault `id`, or all of them and whatever immediate faults
+    /// left queued (`None`); returns how many.
+    pub fn disarm(&self, id: Option<u64>) -> usize {
+        let n = self.faults.disarm(id);
+        if id.is_some() {
+            return n;
+        }
+        n + lock(&self.clears).iter().map(|c| c()).sum::<usize>()
+    }
+
     /// Arms a fault (immediate ones act now); returns its id (0 for an
     /// immediate fault).
     pub fn arm(&self, spec: FaultSpec) -> Result<u64, ControlError> {
@@ -144,19 +167,24 @@ impl DeviceControl {
             "ev": "fault", "armed": spec.to_value(),
         }));
         if spec.fault.immediate() {
-            let done = lock(&self.actions).iter().any(|a| a(&spec.fault));
-            return if done {
-                Ok(0)
-            } else {
-                Err(ControlError::NotNow {
-                    dev: self.name.clone(),
-                    fault: name,
-                    why: "the device is not in a state for it (REQ interrupt not enabled by \
-                          the client, no SECURE IDE stream, TDI not CONFIG_LOCKED or RUN, \
-                          NVMe controller not ready)"
-                        .into(),
-                })
-            };
+            let mut refused = None;
+            for a in lock(&self.actions).iter() {
+                match a(&spec.fault) {
+                    Ok(true) => return Ok(0),
+                    Ok(false) => {}
+                    Err(why) => refused = refused.or(Some(why)),
+                }
+            }
+            return Err(ControlError::NotNow {
+                dev: self.name.clone(),
+                fault: name,
+                why: refused.unwrap_or_else(|| {
+                    "the device is not in a state for it (REQ interrupt not enabled by \
+                     the client, no SECURE IDE stream, TDI not CONFIG_LOCKED or RUN, \
+                     NVMe controller not ready)"
+                        .into()
+                }),
+            });
         }
         Ok(self.faults.arm(spec))
     }
@@ -197,7 +225,7 @@ impl DeviceControl {
             &["surprise-removal"],
             Box::new(move |f| {
                 if *f != Fault::SurpriseRemoval {
-                    return false;
+                    return Ok(false);
                 }
                 let sent = irqs.request();
                 log::warn!(
@@ -208,7 +236,7 @@ impl DeviceControl {
                         "not enabled by the client"
                     }
                 );
-                sent
+                Ok(sent)
             }),
         );
     }

@@ -54,7 +54,7 @@ pub fn tdi(ctl: &DeviceControl, tdi: &Arc<Tdi>) {
     let t = Arc::clone(tdi);
     ctl.action(
         &["tdi-error"],
-        Box::new(move |f| *f == Fault::TdiError && t.inject_error()),
+        Box::new(move |f| Ok(*f == Fault::TdiError && t.inject_error())),
     );
     let t = Arc::clone(tdi);
     ctl.probe(
@@ -92,7 +92,18 @@ pub fn ide(ctl: &Arc<DeviceControl>, ide: &Arc<Ide>) {
                     })
                 })
                 .collect();
-            json!({"link_active": port.link_active(), "streams": streams})
+            let pending: Vec<_> = port
+                .pending_faults()
+                .iter()
+                .map(|f| {
+                    json!({
+                        "towards": format!("{:?}", f.towards),
+                        "stream_id": f.stream_id,
+                        "skip": f.skip,
+                    })
+                })
+                .collect();
+            json!({"link_active": port.link_active(), "streams": streams, "pending_faults": pending})
         }),
     );
     ctl.support(&["ide-key-set-refusal"]);
@@ -100,11 +111,28 @@ pub fn ide(ctl: &Arc<DeviceControl>, ide: &Arc<Ide>) {
     ctl.action(
         &["ide-integrity"],
         Box::new(move |f| {
-            let Fault::IdeIntegrity { towards } = f else {
-                return false;
+            let Fault::IdeIntegrity {
+                towards,
+                stream,
+                skip,
+            } = *f
+            else {
+                return Ok(false);
             };
-            if port.secure_stream_ids().is_empty() {
-                return false;
+            let secure = port.secure_stream_ids();
+            match stream {
+                _ if secure.is_empty() => return Err("no IDE stream is SECURE".into()),
+                Some(id) if !secure.contains(&id) => {
+                    return Err(format!(
+                        "no SECURE IDE stream has Stream ID {id} (SECURE: {})",
+                        secure
+                            .iter()
+                            .map(u8::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                }
+                _ => {}
             }
             port.inject_fault(WireFault {
                 towards: match towards {
@@ -112,11 +140,15 @@ pub fn ide(ctl: &Arc<DeviceControl>, ide: &Arc<Ide>) {
                     End::Device => LinkEnd::Device,
                 },
                 sub_stream: None,
+                stream_id: stream,
+                skip,
                 target: FaultTarget::Mac(5),
             });
-            true
+            Ok(true)
         }),
     );
+    let port = Arc::clone(ide);
+    ctl.on_disarm_all(Box::new(move || port.clear_faults()));
     let weak = Arc::downgrade(ctl);
     ide.subscribe(move |e| {
         let Some(ctl) = weak.upgrade() else { return };

@@ -201,7 +201,7 @@ fn handle(req: &Value, registry: &Registry) -> Result<Value, String> {
                 Value::Null => None,
                 v => Some(v.as_u64().ok_or_else(|| format!("disarm: bad id {v}"))?),
             };
-            let n = d.faults.disarm(id);
+            let n = d.disarm(id);
             if id.is_some() && n == 0 {
                 return Err(format!(
                     "disarm: no armed fault {} on {}",

@@ -152,10 +152,10 @@ pub(crate) fn attach(ctrl: &Arc<Ctrl>, ctl: &Arc<DeviceControl>) {
         &["nvme-ns-change"],
         Box::new(move |f| {
             let Some(c) = weak.upgrade() else {
-                return false;
+                return Ok(false);
             };
             if *f != Fault::NvmeNsChange || c.csts.load(Ordering::SeqCst) & csts::RDY == 0 {
-                return false;
+                return Ok(false);
             }
             // Notice: Namespace Attribute Changed, log page 04h.
             c.post_event(Event {
@@ -163,7 +163,7 @@ pub(crate) fn attach(ctrl: &Arc<Ctrl>, ctl: &Arc<DeviceControl>) {
                 info: 0,
                 log: 0x04,
             });
-            true
+            Ok(true)
         }),
     );
     let weak = Arc::downgrade(ctrl);

@@ -122,15 +122,21 @@ impl NvmeIo {
     }
 }
 
-impl Workload for NvmeIo {
-    fn one(&mut self, n: u64) -> Result<(), String> {
-        let at = BASE + (n % BLOCKS) * BLOCK as u64;
+impl NvmeIo {
+    /// Where I/O `n`'s block lives (I/Os `BLOCKS` apart share a place).
+    fn place(n: u64) -> u64 {
+        BASE + (n % BLOCKS) * BLOCK as u64
+    }
+
+    /// How many I/Os in a row have places of their own.
+    pub const PLACES: u64 = BLOCKS;
+
+    /// Reads block `n`'s place back with O_DIRECT and checks that it holds
+    /// what I/O `n` wrote.
+    pub fn verify(&mut self, n: u64) -> Result<(), String> {
+        let at = Self::place(n);
         let want = block_pattern(n);
         let buf = &mut self.buf.0;
-        buf.copy_from_slice(&want);
-        self.file
-            .write_all_at(buf, at)
-            .map_err(|e| format!("O_DIRECT write at {at:#x}: {e}"))?;
         buf.fill(0);
         self.file
             .read_exact_at(buf, at)
@@ -139,10 +145,22 @@ impl Workload for NvmeIo {
         if got != &want[..] {
             let first = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
             return Err(format!(
-                "block at {at:#x} read back differs from what was written (first at byte {first})"
+                "block at {at:#x} read back differs from what I/O {n} wrote (first at byte {first})"
             ));
         }
         Ok(())
+    }
+}
+
+impl Workload for NvmeIo {
+    fn one(&mut self, n: u64) -> Result<(), String> {
+        let at = Self::place(n);
+        let buf = &mut self.buf.0;
+        buf.copy_from_slice(&block_pattern(n));
+        self.file
+            .write_all_at(buf, at)
+            .map_err(|e| format!("O_DIRECT write at {at:#x}: {e}"))?;
+        self.verify(n)
     }
     fn unit(&self) -> &'static str {
         "I/Os"

@@ -27,7 +27,7 @@
 //! seed (so a test can decrypt the device server's `--ide-trace`); no key is
 //! ever printed.
 
-mod io;
+pub(crate) mod io;
 
 use crate::sysfs::{self, ConfigFile};
 use io::{DmaCopyIo, NvmeIo, Workload};

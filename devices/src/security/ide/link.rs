@@ -58,15 +58,29 @@ pub enum FaultTarget {
 }
 
 /// A one-shot corruption of the next IDE TLP travelling towards `towards`
-/// (on `sub_stream`, if given).
+/// (on `sub_stream` and the stream with Stream ID `stream_id`, if given),
+/// after `skip` such TLPs went through unharmed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WireFault {
     /// The receiving end.
     pub towards: LinkEnd,
     /// Only TLPs of this sub-stream.
     pub sub_stream: Option<SubStream>,
+    /// Only TLPs of the stream with this Stream ID. Such a fault is
+    /// dropped when that stream leaves SECURE before it hit.
+    pub stream_id: Option<u8>,
+    /// Matching TLPs to let through first.
+    pub skip: u32,
     /// What to flip.
     pub target: FaultTarget,
+}
+
+impl WireFault {
+    fn matches(&self, towards: LinkEnd, ss: SubStream, id: u8) -> bool {
+        self.towards == towards
+            && self.sub_stream.map_or(true, |s| s == ss)
+            && self.stream_id.map_or(true, |s| s == id)
+    }
 }
 
 /// Counters of the link.
@@ -104,17 +118,43 @@ impl LinkShared {
         self.tag.fetch_add(1, Ordering::Relaxed) as u8
     }
 
-    fn take_fault(&self, towards: LinkEnd, ss: SubStream) -> Option<FaultTarget> {
+    /// The corruption for this TLP (towards `towards`, sub-stream `ss`,
+    /// Stream ID `id`), if one is queued and its skip count is used up; a
+    /// matching fault with TLPs left to skip counts this one.
+    fn take_fault(&self, towards: LinkEnd, ss: SubStream, id: u8) -> Option<FaultTarget> {
         if !self.faults_pending.load(Ordering::Acquire) {
             return None;
         }
         let mut q = self.faults.lock().unwrap_or_else(|p| p.into_inner());
-        let i = q
-            .iter()
-            .position(|f| f.towards == towards && f.sub_stream.map_or(true, |s| s == ss))?;
+        let i = q.iter().position(|f| f.matches(towards, ss, id))?;
+        if let Some(f) = q.get_mut(i).filter(|f| f.skip > 0) {
+            f.skip -= 1;
+            return None;
+        }
         let f = q.remove(i)?;
         self.faults_pending.store(!q.is_empty(), Ordering::Release);
         Some(f.target)
+    }
+
+    /// Drops the queued faults aimed at Stream ID `id` (it left SECURE).
+    pub(crate) fn drop_faults_for(&self, id: u8) -> usize {
+        if !self.faults_pending.load(Ordering::Acquire) {
+            return 0;
+        }
+        let mut q = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let before = q.len();
+        q.retain(|f| f.stream_id != Some(id));
+        self.faults_pending.store(!q.is_empty(), Ordering::Release);
+        before - q.len()
+    }
+
+    fn pending(&self) -> Vec<WireFault> {
+        self.faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 }
 
@@ -171,6 +211,21 @@ impl Ide {
             .unwrap_or_else(|p| p.into_inner())
             .push_back(f);
         self.link.faults_pending.store(true, Ordering::Release);
+    }
+
+    /// Drops every queued corruption; returns how many.
+    pub fn clear_faults(&self) -> usize {
+        let mut q = self.link.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let n = q.len();
+        q.clear();
+        self.link.faults_pending.store(false, Ordering::Release);
+        n
+    }
+
+    /// The corruptions queued and not yet applied (with their remaining
+    /// skip counts).
+    pub fn pending_faults(&self) -> Vec<WireFault> {
+        self.link.pending()
     }
 
     /// The link's counters.
@@ -256,7 +311,7 @@ impl IdeLink {
             LinkEnd::Device => LinkEnd::Host,
             LinkEnd::Host => LinkEnd::Device,
         };
-        if let Some(t) = self.ide.link.take_fault(towards, ss) {
+        if let Some(t) = self.ide.link.take_fault(towards, ss, s.id) {
             match t {
                 FaultTarget::Payload(n) if !sc.wire.is_empty() => {
                     let bit = n % (sc.wire.len() * 8);

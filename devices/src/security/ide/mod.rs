@@ -316,7 +316,11 @@ impl Ide {
                     log::info!("IDE: {stream} (ID {id}) is SECURE")
                 }
                 IdeEvent::StreamInsecure { stream, id, reason } => {
-                    log::info!("IDE: {stream} (ID {id}) is INSECURE: {reason:?}; keys zeroized")
+                    log::info!("IDE: {stream} (ID {id}) is INSECURE: {reason:?}; keys zeroized");
+                    let n = self.link.drop_faults_for(*id);
+                    if n > 0 {
+                        log::info!("IDE: {n} wire fault(s) aimed at Stream ID {id} dropped");
+                    }
                 }
                 IdeEvent::IntegrityFailure {
                     stream,

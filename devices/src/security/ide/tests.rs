@@ -420,6 +420,8 @@ fn flipped_bit_is_caught_and_data_never_lands() {
     r.ide.inject_fault(WireFault {
         towards: LinkEnd::Host,
         sub_stream: Some(SubStream::Posted),
+        stream_id: None,
+        skip: 0,
         target: link::FaultTarget::Payload(77),
     });
     let e = r.mem.write(MEM, &fill(512, 9)).unwrap_err();
@@ -454,6 +456,8 @@ fn flipped_bit_is_caught_and_data_never_lands() {
     r.ide.inject_fault(WireFault {
         towards: LinkEnd::Device,
         sub_stream: Some(SubStream::Completion),
+        stream_id: None,
+        skip: 0,
         target: link::FaultTarget::Mac(3),
     });
     let mut got = vec![0u8; 64];
@@ -472,6 +476,96 @@ fn flipped_bit_is_caught_and_data_never_lands() {
     assert_eq!(r.rd(aer_base + 0x1c) >> 24, 0x4a, "header log: CplD");
     assert_eq!(r.rd(aer_base + 0x38) >> 24, 0x92, "prefix log: IDE prefix");
     assert_eq!(r.ide.link_stats().integrity_failures, 2);
+}
+
+#[test]
+fn wire_fault_chosen_by_stream_after_a_skip_count() {
+    let mut r = Rig::new(IdeConfig::default());
+    const MEM2: u64 = MEM + 0x10_0000;
+    r.mem
+        .map(
+            &DmaMapRequest {
+                prot: DmaProt {
+                    read: true,
+                    write: true,
+                },
+                offset: 0,
+                address: MEM2,
+                size: 0x10_0000,
+            },
+            Some(memfd(0x10_0000)),
+        )
+        .unwrap();
+    // Stream ID 6 (selective stream 1) covers MEM's MiB by address; Stream
+    // ID 5 (selective stream 0, Default Stream) carries the rest.
+    r.wr(
+        SEL1 + 0x14,
+        1 | (((MEM >> 20) as u32) << 8) | ((((MEM + 0xf_ffff) >> 20) as u32) << 20),
+    );
+    r.wr(SEL1 + 4, 0x0600_0000);
+    r.program(6, KeySet::K0);
+    r.wr(SEL1 + 4, 0x0600_0001);
+    r.secure_stream0(5);
+    assert_eq!(r.sel_state(SEL1) & sts::STATE, sts::SECURE);
+    r.take_events();
+    r.ide.inject_fault(WireFault {
+        towards: LinkEnd::Host,
+        sub_stream: None,
+        stream_id: Some(5),
+        skip: 2,
+        target: link::FaultTarget::Mac(1),
+    });
+    // Stream ID 6's TLPs are neither hit nor counted.
+    for _ in 0..5 {
+        r.mem.write(MEM, &[1; 64]).unwrap();
+    }
+    assert_eq!(r.ide.pending_faults()[0].skip, 2);
+    // Stream ID 5: two TLPs go through, the third fails.
+    r.mem.write(MEM2, &[2; 64]).unwrap();
+    assert_eq!(r.ide.pending_faults()[0].skip, 1);
+    r.mem.write(MEM2, &[2; 64]).unwrap();
+    assert!(r.mem.write(MEM2, &[3; 64]).is_err());
+    assert!(r.ide.pending_faults().is_empty());
+    let mut got = [0u8; 64];
+    r.mem.direct().read(MEM2, &mut got).unwrap();
+    assert_eq!(got, [2; 64], "the failed write did not land");
+    assert_ne!(r.sel_state(SEL0) & sts::STATE, sts::SECURE);
+    assert_eq!(
+        r.sel_state(SEL1) & sts::STATE,
+        sts::SECURE,
+        "the other stream"
+    );
+    r.mem.write(MEM, &[4; 64]).unwrap();
+    let ev = r.take_events();
+    assert!(ev.iter().any(|e| matches!(
+        e,
+        IdeEvent::IntegrityFailure {
+            id: 5,
+            detected_by: LinkEnd::Host,
+            ..
+        }
+    )));
+    assert!(!ev
+        .iter()
+        .any(|e| matches!(e, IdeEvent::IntegrityFailure { id: 6, .. })));
+    // A fault aimed at a stream goes away with the stream's SECURE state:
+    // it never hits a stream later set up with that Stream ID.
+    r.ide.inject_fault(WireFault {
+        towards: LinkEnd::Host,
+        sub_stream: None,
+        stream_id: Some(6),
+        skip: 1000,
+        target: link::FaultTarget::Mac(1),
+    });
+    assert_eq!(r.ide.pending_faults().len(), 1);
+    r.wr(SEL1 + 4, 0x0600_0000);
+    assert!(r.ide.pending_faults().is_empty());
+    r.program(6, KeySet::K0);
+    r.wr(SEL1 + 4, 0x0600_0001);
+    assert_eq!(r.sel_state(SEL1) & sts::STATE, sts::SECURE);
+    for _ in 0..1001 {
+        r.mem.write(MEM, &[5; 64]).unwrap();
+    }
 }
 
 #[test]

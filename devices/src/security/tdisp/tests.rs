@@ -487,11 +487,39 @@ fn control_plane_faults_tdi_error_and_ide_integrity() {
     assert_eq!(r.ide.secure_stream_ids(), vec![1]);
     let n = r.lock(0, 1).unwrap();
     r.tdi.start(SESSION, &n).unwrap();
-    arm(serde_json::json!({"fault": "ide-integrity", "towards": "device"})).unwrap();
+    // Chosen by stream: refused for a Stream ID no SECURE stream has, with
+    // the reason.
+    let e = arm(serde_json::json!({"fault": "ide-integrity", "stream": 2}))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no SECURE IDE stream has Stream ID 2 (SECURE: 1)"),
+        "{e}"
+    );
+    assert_eq!(r.tdi.state(), TdiState::Run);
+    // Queued for later (a large skip count): disarming all of the
+    // device's faults drops it.
+    arm(serde_json::json!({"fault": "ide-integrity", "stream": 1, "skip": 1000})).unwrap();
+    assert_eq!(r.ide.pending_faults().len(), 1);
+    assert_eq!(ctl.disarm(Some(7)), 0, "an id names a table fault only");
+    assert_eq!(r.ide.pending_faults().len(), 1);
+    assert_eq!(ctl.disarm(None), 1);
+    assert!(r.ide.pending_faults().is_empty());
+    // On the bound stream, after one TLP let through (in the state until
+    // it hits).
+    arm(serde_json::json!({"fault": "ide-integrity", "towards": "device", "stream": 1, "skip": 1}))
+        .unwrap();
+    assert_eq!(
+        ctl.state()["ide"]["pending_faults"],
+        serde_json::json!([{"towards": "Device", "stream_id": 1, "skip": 1}])
+    );
+    assert!(r.ide.link_model().host_write(0x1000, &[6u8; 64]), "skipped");
+    assert_eq!(r.tdi.state(), TdiState::Run);
     assert!(
         !r.ide.link_model().host_write(0x1000, &[7u8; 64]),
         "dropped"
     );
+    assert_eq!(ctl.state()["ide"]["pending_faults"], serde_json::json!([]));
     assert!(r.ide.secure_stream_ids().is_empty(), "stream INSECURE");
     assert_eq!(r.tdi.state(), TdiState::Error);
     assert!(matches!(
@@ -500,6 +528,7 @@ fn control_plane_faults_tdi_error_and_ide_integrity() {
     ));
     let trace = ctl.trace.lines(0, 100).0.join("\n");
     assert!(trace.contains("integrity-failure"), "{trace}");
+    assert!(trace.contains(r#""skip":1,"stream":1"#), "{trace}");
     assert!(
         arm(serde_json::json!({"fault": "ide-integrity"})).is_err(),
         "no SECURE stream left"
