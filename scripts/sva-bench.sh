@@ -5,7 +5,11 @@
 # tool, same device model, same sizes, in one invocation.
 #
 # Usage: scripts/sva-bench.sh [--rounds N] [--boots K] [--sizes BYTES,...] [--timeout S]
+#                             [--qemu-arg ARG]...
 #   defaults: --rounds 11 --boots 1 --sizes 4096,65536,1048576 --timeout 900 (per boot)
+#   --qemu-arg: passed to every boot's QEMU (`trustdev vm --qemu-arg`), e.g.
+#   `--qemu-arg -global --qemu-arg vfio-user-pci.x-pasid-ats=off` keeps a
+#   QEMU with ATS support on PASID_DMA messages.
 #
 # Needs the patched QEMU (`trustdev vm --qemu patched`; honours
 # TRUSTDEV_QEMU_PATCHED=/path/to/wrapper) and uio_pci_generic_sva.ko
@@ -46,12 +50,14 @@
 set -euo pipefail
 ROUNDS=11
 BOOTS=1
+QARGS=()
 SIZES=4096,65536,1048576
 TIMEOUT=900
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --boots) BOOTS=$2; shift 2 ;;
+        --qemu-arg) QARGS+=(--qemu-arg "$2"); shift 2 ;;
         --sizes) SIZES=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
@@ -74,7 +80,7 @@ boot() {
     local name=$1 paths=$2 dir; shift 2
     sed -e "s/^SIZES=.*/SIZES=$SIZES/" -e "s/^ROUNDS=.*/ROUNDS=$ROUNDS/" \
         -e "s/^PATHS=.*/PATHS=\"$paths\"/" "$ROOT/tests/guest/sva_bench.sh" >"$OUT/$name.sh"
-    TRUSTDEV_KEEP=1 RUST_LOG=info "$TD" vm "$@" -d accel -d accel \
+    TRUSTDEV_KEEP=1 RUST_LOG=info "$TD" vm "$@" ${QARGS[@]+"${QARGS[@]}"} -d accel -d accel \
         --file "$KO:/lib/modules/uio_pci_generic_sva.ko" --script "$OUT/$name.sh" \
         --serial-log "$OUT/$name.serial" --timeout "$TIMEOUT" >"$OUT/$name.out" 2>&1 || true
     dir=$(sed -n 's/.*logs kept in //p' "$OUT/$name.out" | tail -n 1)
@@ -101,6 +107,7 @@ fail_reason() { grep -a "^BENCH-FAIL path=$2 " "$OUT/$1.serial" | tr -d '\r' | h
 num() { local x; x=$(sed -n "s/.*[{ ]$1: \([0-9]*\).*/\1/p" <<<"$STATS"); echo "${x:-0}"; }
 
 echo "sva-bench: trustdev $TD ($(basename "$(dirname "$TD")") build), sizes $SIZES, $ROUNDS rounds, $BOOTS boot(s) per path, outputs in $OUT"
+[ ${#QARGS[@]} -eq 0 ] || echo "sva-bench: extra QEMU arguments:${QARGS[*]//--qemu-arg/}"
 SVA="" IOVA="" IOVA_FROM="" SVA_PATHS=""
 for k in $(seq 1 "$BOOTS"); do
     boot "sva$k" "sva iova" --qemu patched --sva
