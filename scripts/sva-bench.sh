@@ -107,7 +107,7 @@ fail_reason() { grep -a "^BENCH-FAIL path=$2 " "$OUT/$1.serial" | tr -d '\r' | h
 num() { local x; x=$(sed -n "s/.*[{ ]$1: \([0-9]*\).*/\1/p" <<<"$STATS"); echo "${x:-0}"; }
 
 echo "sva-bench: trustdev $TD ($(basename "$(dirname "$TD")") build), sizes $SIZES, $ROUNDS rounds, $BOOTS boot(s) per path, outputs in $OUT"
-[ ${#QARGS[@]} -eq 0 ] || echo "sva-bench: extra QEMU arguments:${QARGS[*]//--qemu-arg/}"
+[ ${#QARGS[@]} -eq 0 ] || echo "sva-bench: extra QEMU arguments: $(for ((i = 1; i < ${#QARGS[@]}; i += 2)); do printf '%s ' "${QARGS[i]}"; done)"
 SVA="" IOVA="" IOVA_FROM="" SVA_PATHS=""
 for k in $(seq 1 "$BOOTS"); do
     boot "sva$k" "sva iova" --qemu patched --sva
