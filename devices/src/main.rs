@@ -323,7 +323,7 @@ fn port_type(rciep: bool) -> PortType {
 fn run_server<D: vfio_user_server::Device>(
     dev: D,
     socket: &Path,
-    control: &DeviceControl,
+    control: &Arc<DeviceControl>,
 ) -> Result<(), String> {
     // Server errors name the socket path themselves.
     let mut server = Server::new(dev, socket).map_err(|e| e.to_string())?;

@@ -2,7 +2,8 @@
 //! file, their control socket, and the control protocol's hostile-input
 //! catalogue (malformed JSON, unknown device, bad fault spec, huge lines,
 //! many clients) with the daemon and its devices unaffected; surprise
-//! removal through the REQ interrupt; `trustdev ctl`, `trustdev trace` and
+//! removal through the REQ interrupt; the vfio-user connection drop (at
+//! arming, at a message, after a delay) and reconnecting; `trustdev ctl`, `trustdev trace` and
 //! `trustdev qemu-args` on it.
 
 mod nvme_common;
@@ -25,6 +26,9 @@ struct Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- daemon log\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -50,6 +54,7 @@ impl Daemon {
             )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
             .spawn()
             .unwrap();
         let d = Daemon { child, dir };
@@ -71,6 +76,11 @@ impl Daemon {
 
     fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The daemon's log (stderr) so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
 }
 
@@ -420,5 +430,187 @@ fn nvme_faults_media_latency_fatal_and_admin_trace() {
             "CREATE_SQ",
             "ASYNC_EVENT_REQUEST"
         ]
+    );
+}
+
+/// A vfio-user client, retried while the server finishes the previous
+/// connection (it accepts the next client once the device is reset).
+fn reconnect(sock: &Path) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Client::connect(sock).and_then(|mut c| c.read32(region::CONFIG, 0).map(|_| c)) {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no reconnect: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn vfio_user_drop_closes_the_connection_and_the_device_comes_back() {
+    let mut d = Daemon::start("drop", CONFIG);
+    let mut c = d.ctl();
+    let sock = d.path("dc.sock");
+    let arm = |c: &mut Conn, f: Value| c.req(json!({"cmd": "arm", "device": "dc", "fault": f}));
+    // No client: the immediate form is refused with a reason.
+    let r = arm(&mut c, json!({"fault": "vfio-user-drop"}));
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("could not act"),
+        "{r}"
+    );
+    // At arming: the client's next request fails, the device is reset (the
+    // Command register written before reads 0 again), the next client works.
+    let mut v = reconnect(&sock);
+    v.write32(region::CONFIG, 4, 0x0006).unwrap();
+    assert_eq!(v.read32(region::CONFIG, 4).unwrap() & 0x6, 0x6);
+    let r = arm(&mut c, json!({"fault": "vfio-user-drop"}));
+    assert_eq!(
+        (r["ok"].clone(), r["id"].clone()),
+        (json!(true), json!(0)),
+        "{r}"
+    );
+    assert!(v.read32(region::CONFIG, 0).is_err(), "connection closed");
+    drop(v);
+    let mut v = reconnect(&sock);
+    assert_eq!(
+        v.read32(region::CONFIG, 4).unwrap() & 0x6,
+        0,
+        "device reset"
+    );
+    // At the 3rd message from arming: two requests answered, the third not.
+    let r = arm(&mut c, json!({"fault": "vfio-user-drop", "after": 3}));
+    assert_eq!(r["ok"], true, "{r}");
+    v.read32(region::CONFIG, 0).unwrap();
+    v.read32(region::CONFIG, 0).unwrap();
+    assert!(v.read32(region::CONFIG, 0).is_err(), "closed at message 3");
+    drop(v);
+    let mut v = reconnect(&sock);
+    v.read32(region::CONFIG, 0).unwrap();
+    v.read32(region::CONFIG, 0).unwrap();
+    v.read32(region::CONFIG, 0).unwrap();
+    // After a delay: fine before it, closed after it.
+    let r = arm(&mut c, json!({"fault": "vfio-user-drop", "delay_ms": 300}));
+    assert_eq!(r["ok"], true, "{r}");
+    v.read32(region::CONFIG, 0).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(v.read32(region::CONFIG, 0).is_err(), "closed after 300 ms");
+    drop(v);
+    vfio_works(&sock);
+    // The trace and the log say what happened; nothing is left armed.
+    let tr = c.req(json!({"cmd": "trace", "device": "dc"}));
+    let effects: Vec<&str> = tr["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["fault"] == "vfio-user-drop")
+        .filter_map(|l| l["effect"].as_str())
+        .collect();
+    assert_eq!(
+        effects,
+        [
+            "connection closed at arming",
+            "connection closed at message 3 since arming (6 of the connection)",
+            "connection closed 300 ms after arming"
+        ]
+    );
+    let st = c.req(json!({"cmd": "state", "device": "dc"}));
+    assert!(
+        !st["state"]["faults"].to_string().contains("vfio-user-drop"),
+        "{st}"
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("closed the client connection: dc: fault vfio-user-drop")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "closing the client connection at message 6 (RegionRead): \
+             dc: fault vfio-user-drop (message 3 since arming)"
+        ),
+        "{log}"
+    );
+    // The other device never noticed.
+    vfio_works(&d.path("nvme0.sock"));
+    assert!(d.alive());
+}
+
+#[test]
+fn state_lists_nvme_queues_and_dma_windows() {
+    let d = Daemon::start("state", CONFIG);
+    let mut c = d.ctl();
+    // NVMe: the admin queue pair and one I/O pair, with their positions.
+    let (mut drv, _vec) = nvme_common::connect(&d.path("nvme0.sock"), 4 << 20);
+    let q = drv.create_io_queues(1, 32).unwrap();
+    let data = vec![0x5au8; 4 * 512];
+    drv.write_blocks(q, 1, 0, &data).unwrap();
+    drv.write_blocks(q, 1, 8, &data).unwrap();
+    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+    let queues = &st["state"]["nvme"]["queues"];
+    let sq = queues["sq"].as_array().unwrap();
+    let cq = queues["cq"].as_array().unwrap();
+    assert_eq!(
+        sq.iter()
+            .map(|s| s["qid"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1],
+        "{queues}"
+    );
+    assert_eq!(sq[0]["size"], 32, "admin SQ (HostDriver::enable(.., 32))");
+    let io = &sq[1];
+    assert_eq!(
+        (io["size"].clone(), io["cqid"].clone()),
+        (json!(32), json!(1))
+    );
+    assert_eq!(io["tail"], 2, "two commands submitted: {io}");
+    assert_eq!(io["head"], 2, "{io}");
+    assert_eq!(io["completed"], 2, "{io}");
+    let icq = cq.iter().find(|c| c["qid"] == 1).unwrap();
+    assert_eq!(
+        (
+            icq["size"].clone(),
+            icq["vector"].clone(),
+            icq["ien"].clone()
+        ),
+        (json!(32), json!(1), json!(true)),
+        "{icq}"
+    );
+    assert_eq!(
+        (icq["tail"].clone(), icq["phase"].clone()),
+        (json!(2), json!(true)),
+        "{icq}"
+    );
+    // The DMA windows: the driver's memfd window.
+    let w = &st["state"]["dma"]["windows"];
+    assert_eq!(
+        w,
+        &json!([{"iova": format!("{:#x}", nvme_common::IOVA), "size": 4 << 20, "prot": "rw", "fd_backed": true}]),
+        "{w}"
+    );
+    // A window without an fd (served by DMA_READ/WRITE messages), read-only.
+    let v = &mut drv.bar;
+    v.dma_map(
+        0x7000_0000,
+        0x2000,
+        0,
+        vfio_user_server::protocol::DmaProt {
+            read: true,
+            write: false,
+        },
+        None,
+    )
+    .unwrap();
+    let st = c.req(json!({"cmd": "state", "device": "nvme0"}));
+    let w = st["state"]["dma"]["windows"].as_array().unwrap().clone();
+    assert_eq!(st["state"]["dma"]["maps"], 2);
+    assert_eq!(
+        w[0],
+        json!({"iova": "0x70000000", "size": 0x2000, "prot": "r", "fd_backed": false}),
+        "IOVA order"
     );
 }

@@ -19,6 +19,7 @@
 //!   for clients of the PASID extension.
 
 pub mod client;
+pub mod connection;
 pub mod device;
 pub mod dma;
 mod extension;
@@ -30,5 +31,6 @@ pub mod server;
 pub mod stats;
 pub mod transport;
 
+pub use connection::ConnectionControl;
 pub use device::{Device, DeviceContext, DeviceError, RegionMmap};
 pub use server::{RequestError, Server, ServerError, StopHandle};

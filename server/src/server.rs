@@ -1,6 +1,7 @@
 //! The server core: accepts one client at a time on a UNIX socket, decodes
 //! its messages, dispatches them to the device, and answers.
 
+use crate::connection::ConnectionControl;
 use crate::device::{Device, DeviceError};
 use crate::dma::{DmaError, Requester};
 use crate::irq::IrqError;
@@ -166,6 +167,7 @@ pub struct Server<D: Device> {
     caps: ServerCaps,
     stop: Arc<EventFd>,
     stats: Arc<Stats>,
+    conn: ConnectionControl,
 }
 
 impl<D: Device> std::fmt::Debug for Server<D> {
@@ -190,7 +192,14 @@ impl<D: Device> Server<D> {
             caps: ServerCaps::default(),
             stop: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             stats: Arc::new(Stats::default()),
+            conn: ConnectionControl::default(),
         })
+    }
+
+    /// Closes the client's connection from outside, now or at a message
+    /// (see [`ConnectionControl`]).
+    pub fn connection(&self) -> ConnectionControl {
+        self.conn.clone()
     }
 
     /// Overrides the advertised capabilities (limits).
@@ -297,10 +306,23 @@ impl<D: Device> Server<D> {
                 return;
             }
         };
+        match stream.try_clone() {
+            Ok(s) => self.conn.attach(Some(s)),
+            Err(e) => warn!("cannot share the client socket (no connection drops): {e}"),
+        }
         let mut rx = Receiver::new(stream, max_payload);
+        let mut received = 0u64;
         loop {
             let msg = match rx.recv() {
                 Ok(m) => m,
+                Err(_)
+                    if self.conn.take_reason().is_some_and(|r| {
+                        warn!("closed the client connection: {r}");
+                        true
+                    }) =>
+                {
+                    break;
+                }
                 Err(TransportError::Closed) if self.stopped() => {
                     info!("server stopping; closing the client connection");
                     break;
@@ -355,11 +377,25 @@ impl<D: Device> Server<D> {
                     break;
                 }
             };
+            received += 1;
+            if let Some(r) = self.conn.check_message(received) {
+                let cmd = msg.header.command;
+                match Command::from_raw(cmd) {
+                    Some(c) => {
+                        warn!("closing the client connection at message {received} ({c:?}): {r}")
+                    }
+                    None => warn!(
+                        "closing the client connection at message {received} (command {cmd}): {r}"
+                    ),
+                }
+                break;
+            }
             match self.handle(&mut sess, msg) {
                 Flow::Continue => {}
                 Flow::Disconnect => break,
             }
         }
+        self.conn.attach(None);
         watcher.finish();
         self.disconnect(&sess);
     }

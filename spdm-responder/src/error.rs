@@ -103,6 +103,22 @@ pub enum IdentityError {
     },
     #[error("certificate: {0}")]
     Cert(String),
+    /// A certificate's validity ended before the verifier's clock.
+    #[error("certificate expired: certificate {index} ({role}) was valid until {not_after}, the clock says {now}")]
+    Expired {
+        index: usize,
+        role: &'static str,
+        not_after: String,
+        now: String,
+    },
+    /// A certificate's validity starts after the verifier's clock.
+    #[error("certificate not yet valid: certificate {index} ({role}) is valid from {not_before}, the clock says {now}")]
+    NotYetValid {
+        index: usize,
+        role: &'static str,
+        not_before: String,
+        now: String,
+    },
     #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("slot {0} is out of range or empty")]

@@ -9,6 +9,9 @@
 #    CHALLENGE_AUTH signature, then authenticates;
 #  - dc-cert (spdm-cert unknown-root, 1): trustdev-guest spdm refuses the
 #    chain, then authenticates;
+#  - dc-expired (spdm-cert expired, 1): trustdev-guest spdm refuses the
+#    leaf as expired (at the guest's clock), then authenticates and opens a
+#    session with the device's good chain;
 #  - nvme-media (nvme-media-error on LBAs 4096-4103, 1): a direct read there
 #    is an I/O error, data written elsewhere reads back intact, the read
 #    then succeeds;
@@ -21,14 +24,15 @@ bad() { echo "CHECK-FAIL $1: $2"; fail=1; }
 
 roots=""
 for r in /etc/trustdev/roots/dma-copy-*.pem; do roots="$roots --root $r"; done
-# DMA-copy devices in slot order: dc-doe, dc-sig, dc-cert.
+# DMA-copy devices in slot order: dc-doe, dc-sig, dc-cert, dc-expired.
 dcs=""
 for d in /sys/bus/pci/devices/*; do
     [ "$(cat "$d/vendor")" = 0x7d0c ] && [ "$(cat "$d/device")" = 0xd3a0 ] && dcs="$dcs ${d##*/}"
 done
 set -- $dcs
-doe=$1 sig=$2 cert=$3
-echo "DEVICES dc-doe=$doe dc-sig=$sig dc-cert=$cert"
+doe=$1 sig=$2 cert=$3 expired=$4
+echo "DEVICES dc-doe=$doe dc-sig=$sig dc-cert=$cert dc-expired=$expired"
+echo "GUEST-CLOCK $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 dmesg >/tmp/dmesg.txt
 
 # --- DOE: the kernel's timeout and abort
@@ -50,7 +54,7 @@ spdm_fail_then_ok() { # name bdf pattern
     # shellcheck disable=SC2086
     out=$(trustdev-guest spdm --bdf "$2" $roots 2>&1)
     st=$?
-    echo "$out" | sed "s/^/SPDM-$1 /"
+    echo "$out" | sed "s/^/SPDM-$1-refused /"
     if [ $st -ne 0 ] && echo "$out" | grep -q -i -E "$3"; then ok "$1-refused"; else
         bad "$1-refused" "status $st, want a failure matching '$3'"; fi
     # shellcheck disable=SC2086
@@ -59,6 +63,12 @@ spdm_fail_then_ok() { # name bdf pattern
 }
 spdm_fail_then_ok bad-signature "$sig" "signature"
 spdm_fail_then_ok bad-chain "$cert" "root is not trusted|chain"
+spdm_fail_then_ok expired-cert "$expired" "certificate expired"
+# The good chain after the fault: authenticated, and a secured session.
+# shellcheck disable=SC2086
+out=$(trustdev-guest spdm --bdf "$expired" $roots 2>&1)
+if echo "$out" | grep -q "session 0x[0-9a-f]* established"; then ok expired-cert-session-after; else
+    echo "$out" | sed 's/^/SPDM-expired-session /'; bad expired-cert-session-after "no session established"; fi
 
 # --- NVMe: which namespace is which (serial numbers in the config)
 media="" fatal=""

@@ -11,13 +11,15 @@ use serde_json::json;
 use std::sync::Arc;
 use vfio_user_server::Server;
 
-/// The vfio-user message counters of `server` in `ctl`'s state.
-pub fn probe_server<D: vfio_user_server::Device>(ctl: &DeviceControl, server: &Server<D>) {
+/// The vfio-user message counters of `server` in `ctl`'s state, and the
+/// `vfio-user-drop` fault on its client connection.
+pub fn probe_server<D: vfio_user_server::Device>(ctl: &Arc<DeviceControl>, server: &Server<D>) {
     let stats = server.stats();
     ctl.probe(
         "vfio_user",
         Box::new(move || json!({"messages": stats.summary()})),
     );
+    ctl.attach_connection(server.connection());
 }
 
 /// Builds one configured device with its control (the binary provides it:
@@ -66,11 +68,7 @@ impl Daemon {
             let dev = build(d, &ctl).map_err(|e| format!("device {}: {e}", d.name))?;
             let server = Server::new(dev, &socket)
                 .map_err(|e| format!("device {}: {}: {e}", d.name, socket.display()))?;
-            let stats = server.stats();
-            ctl.probe(
-                "vfio_user",
-                Box::new(move || json!({"messages": stats.summary()})),
-            );
+            probe_server(&ctl, &server);
             for f in &d.faults {
                 ctl.arm(f.clone())
                     .map_err(|e| format!("device {}: fault at start: {e}", d.name))?;

@@ -64,6 +64,8 @@ impl AltIdentity {
                 other.serial = Some(other.serial.unwrap_or(1) ^ 0xdead_beef);
                 crate::security::cma::load_identity(&self.dir, &other).map_err(|e| e.to_string())?
             }
+            CertFault::Expired => crate::security::cma::expired_identity(&self.dir, &self.name)
+                .map_err(|e| e.to_string())?,
         };
         let r = Responder::new(self.config.clone(), identity);
         Ok(Box::new(DoeMailbox::new(vec![Box::new(r)])))

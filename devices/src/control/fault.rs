@@ -26,6 +26,9 @@ pub enum CertFault {
     /// A chain under the device's real root whose leaf names another device
     /// (the CMA subject-alt-name does not match the function).
     WrongSan,
+    /// The device's own chain (its real CAs, its own subject-alt-name) with
+    /// a leaf whose validity ended on 2025-01-01: only the date is wrong.
+    Expired,
 }
 
 /// One kind of fault, with its parameters.
@@ -125,6 +128,19 @@ pub enum Fault {
     /// The device asks the client to release it through the REQ interrupt
     /// (QEMU unplugs it from the guest), on arming.
     SurpriseRemoval,
+    /// The server closes the client's vfio-user connection: at arming
+    /// (neither parameter), when the `after`-th message from the client
+    /// (counted from arming) arrives (instead of handling it), or
+    /// `delay_ms` after arming. The server resets the device and accepts
+    /// the next client.
+    VfioUserDrop {
+        /// Close at this message (1 = the next one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<u32>,
+        /// Close this long after arming.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+    },
 }
 
 /// An end of the IDE link.
@@ -172,6 +188,7 @@ impl Fault {
             self,
             Fault::NvmeNsChange
                 | Fault::SurpriseRemoval
+                | Fault::VfioUserDrop { after: None, .. }
                 | Fault::IdeIntegrity { .. }
                 | Fault::TdiError
         )
@@ -284,6 +301,21 @@ impl FaultSpec {
         if let Fault::SpdmError { nth: 0, .. } = &fault {
             return Err(err("nth counts from 1".into()));
         }
+        match &fault {
+            Fault::VfioUserDrop { after: Some(0), .. } => {
+                return Err(err("after counts messages from 1".into()))
+            }
+            Fault::VfioUserDrop {
+                after: Some(_),
+                delay_ms: Some(_),
+            } => return Err(err("give after or delay_ms, not both".into())),
+            Fault::VfioUserDrop {
+                delay_ms: Some(d), ..
+            } if *d > 86_400_000 => {
+                return Err(err(format!("delay_ms {d}: expected at most 86400000")))
+            }
+            _ => {}
+        }
         Ok(FaultSpec {
             count: count.or(if window.is_some() { None } else { Some(1) }),
             window,
@@ -323,6 +355,7 @@ pub const FAULT_NAMES: &[&str] = &[
     "ide-key-set-refusal",
     "tdi-error",
     "surprise-removal",
+    "vfio-user-drop",
 ];
 
 struct Armed {
@@ -490,6 +523,9 @@ mod tests {
             json!({"fault": "spdm-error", "request": "CHALLENGE", "code": 1, "nth": 0}),
             json!({"fault": "nvme-media-error", "lba": [9, 1]}),
             json!({"fault": "spdm-cert", "cert": "expired-yesterday"}),
+            json!({"fault": "vfio-user-drop", "after": 0}),
+            json!({"fault": "vfio-user-drop", "after": 3, "delay_ms": 5}),
+            json!({"fault": "vfio-user-drop", "delay_ms": -1}),
             json!({"fault": "ide-integrity", "stream": 256}),
             json!({"fault": "ide-integrity", "stream": -1}),
             json!({"fault": "ide-integrity", "stream": "5"}),

@@ -242,6 +242,87 @@ impl DeviceControl {
     }
 }
 
+impl DeviceControl {
+    /// The `vfio-user-drop` fault on the server's client connection: the
+    /// message hook (the `after` form) and the action (at arming, or a
+    /// timer for `delay_ms`).
+    pub fn attach_connection(self: &Arc<Self>, conn: vfio_user_server::ConnectionControl) {
+        let weak = Arc::downgrade(self);
+        conn.set_message_hook(Box::new(move |n| {
+            let ctl = weak.upgrade()?;
+            let hit = ctl.faults.hit(|f, seen| match f {
+                Fault::VfioUserDrop { after: Some(a), .. } if seen + 1 >= *a => fault::Match::Hit,
+                Fault::VfioUserDrop { after: Some(_), .. } => fault::Match::Counted,
+                _ => fault::Match::No,
+            })?;
+            let since = match hit {
+                Fault::VfioUserDrop { after: Some(a), .. } => a,
+                _ => 0,
+            };
+            let effect = format!(
+                "connection closed at message {since} since arming ({n} of the connection)"
+            );
+            ctl.trace.record(json!({
+                "ev": "fault", "fault": "vfio-user-drop", "effect": effect,
+            }));
+            Some(format!(
+                "{}: fault vfio-user-drop (message {since} since arming)",
+                ctl.name
+            ))
+        }));
+        let weak = Arc::downgrade(self);
+        self.action(
+            &["vfio-user-drop"],
+            Box::new(move |f| {
+                let Fault::VfioUserDrop {
+                    after: None,
+                    delay_ms,
+                } = f
+                else {
+                    return Ok(false);
+                };
+                let Some(ctl) = weak.upgrade() else {
+                    return Ok(false);
+                };
+                let reason = format!("{}: fault vfio-user-drop", ctl.name);
+                let note = |ctl: &DeviceControl, effect: String| {
+                    ctl.trace.record(json!({
+                        "ev": "fault", "fault": "vfio-user-drop", "effect": effect,
+                    }));
+                };
+                match *delay_ms {
+                    None => {
+                        if !conn.drop_client(&reason) {
+                            return Err("no vfio-user client is connected".into());
+                        }
+                        note(&ctl, "connection closed at arming".into());
+                        Ok(true)
+                    }
+                    Some(ms) => {
+                        let (conn, weak) = (conn.clone(), weak.clone());
+                        std::thread::Builder::new()
+                            .name("vfio-user-drop".into())
+                            .spawn(move || {
+                                std::thread::sleep(std::time::Duration::from_millis(ms));
+                                let effect = if conn.drop_client(&reason) {
+                                    format!("connection closed {ms} ms after arming")
+                                } else {
+                                    log::warn!("{reason}: no client connected after {ms} ms");
+                                    format!("no client connected {ms} ms after arming")
+                                };
+                                if let Some(ctl) = weak.upgrade() {
+                                    note(&ctl, effect);
+                                }
+                            })
+                            .map(|_| true)
+                            .map_err(|e| format!("cannot start the drop timer: {e}"))
+                    }
+                }
+            }),
+        );
+    }
+}
+
 /// The devices of one daemon, by name.
 #[derive(Default, Debug, Clone)]
 pub struct Registry {

@@ -18,11 +18,33 @@ use vfio_user_server::pci::ExtCap;
 use vfio_user_server::DeviceContext;
 
 /// What every device has: its DMA windows in the state, surprise removal
-/// through its REQ interrupt.
+/// through its REQ interrupt, the vfio-user connection drop (acted on by
+/// the server's connection, attached with the server:
+/// [`super::daemon::probe_server`]).
 pub fn device(ctl: &DeviceControl, ctx: &DeviceContext) {
     let mem: Arc<GuestMemory> = Arc::clone(&ctx.memory);
-    ctl.probe("dma", Box::new(move || json!({"maps": mem.map_count()})));
+    ctl.probe(
+        "dma",
+        Box::new(move || {
+            let w = mem.windows();
+            json!({
+                "maps": w.len(),
+                "windows": w.iter().map(|w| json!({
+                    "iova": format!("{:#x}", w.iova),
+                    "size": w.size,
+                    "prot": match (w.read, w.write) {
+                        (true, true) => "rw",
+                        (true, false) => "r",
+                        (false, true) => "w",
+                        (false, false) => "-",
+                    },
+                    "fd_backed": w.fd_backed,
+                })).collect::<Vec<_>>(),
+            })
+        }),
+    );
     ctl.attach_interrupts(Arc::clone(&ctx.irqs));
+    ctl.support(&["vfio-user-drop"]);
 }
 
 /// The security blocks of a device: its DOE mailbox behind the controlled

@@ -268,6 +268,13 @@ fn wrong_certificates() {
     let wrong = leaf_san(doe);
     assert_ne!(good, wrong);
     assert_eq!(leaf_san(doe), good, "one negotiation only");
+    // Expired: the device's own CAs and name, a leaf past its validity.
+    arm(&t.ctl, json!({"fault": "spdm-cert", "cert": "expired"}));
+    let e = authenticate(doe).unwrap_err();
+    assert!(e.contains("certificate expired"), "{e}");
+    assert!(e.contains("2025-01-01"), "{e}");
+    assert_eq!(leaf_san(doe), good, "used up: the good chain again");
+    authenticate(doe).unwrap();
 }
 
 #[test]

@@ -181,6 +181,7 @@ pub(crate) fn attach(ctrl: &Arc<Ctrl>, ctl: &Arc<DeviceControl>) {
                     "cfs": csts & csts::CFS != 0,
                 },
                 "io_queues_created": c.io_queues_created.load(Ordering::SeqCst),
+                "queues": c.queues.describe(),
                 "namespaces": c.namespaces.iter().map(|ns| json!({
                     "nsid": ns.nsid, "blocks": ns.blocks, "lba_bytes": 1u64 << ns.lba_shift,
                 })).collect::<Vec<_>>(),

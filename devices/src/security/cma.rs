@@ -37,6 +37,16 @@ pub enum CmaError {
 /// with the same directory: this happens under an exclusive lock, so they
 /// all share the same CAs.
 pub fn load_identity(dir: &Path, name: &CmaDeviceName) -> Result<Identity, CmaError> {
+    locked(dir, |dir| {
+        Identity::load_or_generate(dir, name, &mut OsEntropy)
+    })
+}
+
+/// `f(dir)` under the directory's exclusive lock (created if needed).
+fn locked(
+    dir: &Path,
+    f: impl FnOnce(&Path) -> Result<Identity, spdm_responder::error::IdentityError>,
+) -> Result<Identity, CmaError> {
     let derr = |source| CmaError::Dir {
         dir: dir.to_path_buf(),
         source,
@@ -45,9 +55,18 @@ pub fn load_identity(dir: &Path, name: &CmaDeviceName) -> Result<Identity, CmaEr
     let lock = File::create(dir.join(".lock")).map_err(derr)?;
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| derr(std::io::Error::from(e)))?;
-    Identity::load_or_generate(dir, name, &mut OsEntropy).map_err(|source| CmaError::Identity {
+    f(dir).map_err(|source| CmaError::Identity {
         dir: dir.to_path_buf(),
         source,
+    })
+}
+
+/// The identity of `name` in `dir` with leaves that expired on 2025-01-01
+/// (the `spdm-cert` fault `expired`): the directory's real CAs, issued in
+/// memory, the cached leaves untouched.
+pub fn expired_identity(dir: &Path, name: &CmaDeviceName) -> Result<Identity, CmaError> {
+    locked(dir, |dir| {
+        spdm_responder::identity::store::expired_identity(dir, name, &mut OsEntropy)
     })
 }
 

@@ -76,21 +76,25 @@ pub struct Args {
     pub insecure_test_keys: Option<String>,
 }
 
-/// How the tool's keys are made.
+/// How the tool's keys are made (also `trustdev-guest tdisp`'s).
 #[derive(Clone)]
-enum Keys {
+pub(crate) enum Keys {
     Random,
     Test(String),
 }
 
 impl Keys {
-    fn key(&self, stream_id: u8, slot: KeySlot) -> IdeKey {
+    /// `--insecure-test-keys SEED`, or random keys.
+    pub(crate) fn from_seed(seed: Option<&str>) -> Keys {
+        seed.map_or(Keys::Random, |s| Keys::Test(s.to_string()))
+    }
+    pub(crate) fn key(&self, stream_id: u8, slot: KeySlot) -> IdeKey {
         match self {
             Keys::Random => IdeKey::random(),
             Keys::Test(seed) => IdeKey::test_key(seed, stream_id, slot),
         }
     }
-    fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         match self {
             Keys::Random => "random keys",
             Keys::Test(_) => "INSECURE test keys derived from the --insecure-test-keys seed",
@@ -234,10 +238,7 @@ fn io_phase(
 }
 
 fn flow(bdf: &str, a: &Args, w: &mut dyn Workload) -> Result<(), String> {
-    let keys = match &a.insecure_test_keys {
-        Some(seed) => Keys::Test(seed.clone()),
-        None => Keys::Random,
-    };
+    let keys = Keys::from_seed(a.insecure_test_keys.as_deref());
     let (index, sid) = (a.stream, a.stream_id);
     let roots = load_roots(&a.roots)?;
 

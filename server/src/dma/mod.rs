@@ -184,6 +184,22 @@ impl DirectMemory<'_> {
     }
 }
 
+/// One DMA window as [`GuestMemory::windows`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaWindow {
+    /// First IOVA.
+    pub iova: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// The device may read it.
+    pub read: bool,
+    /// The device may write it.
+    pub write: bool,
+    /// Backed by the client's fd (mapped here); false: served by
+    /// DMA_READ/DMA_WRITE messages.
+    pub fd_backed: bool,
+}
+
 /// Client memory as the device sees it.
 pub struct GuestMemory {
     table: RwLock<BTreeMap<u64, Arc<DmaRegion>>>,
@@ -314,6 +330,22 @@ impl GuestMemory {
         for r in all.values() {
             retire(r);
         }
+    }
+
+    /// The windows, in IOVA order (what a control plane shows; no data).
+    pub fn windows(&self) -> Vec<DmaWindow> {
+        self.table
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|r| DmaWindow {
+                iova: r.iova,
+                size: r.len,
+                read: r.prot.read,
+                write: r.prot.write,
+                fd_backed: matches!(r.backing, Backing::Mapped(_)),
+            })
+            .collect()
     }
 
     /// Number of windows.
@@ -611,6 +643,36 @@ pub(crate) mod tests {
         );
         assert_eq!(mem.unmap(0x10000, 0x2000).unwrap(), 1);
         assert!(mem.read(0x10ffe, &mut b).is_err());
+    }
+
+    #[test]
+    fn windows_list_iova_size_prot_and_backing() {
+        let mem = GuestMemory::new(8);
+        mem.map(&req(0x20000, 0x3000), Some(memfd(0x3000))).unwrap();
+        let mut ro = req(0x1000, 0x1000);
+        ro.prot.write = false;
+        mem.map(&ro, None).unwrap();
+        assert_eq!(
+            mem.windows(),
+            [
+                DmaWindow {
+                    iova: 0x1000,
+                    size: 0x1000,
+                    read: true,
+                    write: false,
+                    fd_backed: false
+                },
+                DmaWindow {
+                    iova: 0x20000,
+                    size: 0x3000,
+                    read: true,
+                    write: true,
+                    fd_backed: true
+                },
+            ]
+        );
+        mem.unmap_all();
+        assert!(mem.windows().is_empty());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use x509_cert::name::Name;
 
-use super::x509::{build_cert, cert_subject, Kind};
+use super::x509::{build_cert, cert_subject, validity, Kind, NOT_AFTER_NEVER, NOT_BEFORE};
 use super::{cert_err, AlgoIdentity, CertSlot, CmaDeviceName};
 use crate::crypto::{AsymAlgo, SigningKey};
 use crate::error::IdentityError;
@@ -38,7 +38,8 @@ impl Ca {
     ) -> Result<(Ca, SigningKey), IdentityError> {
         let root_key = SigningKey::generate(algo, rng);
         let root_subj = format!("CN=trustdev CMA root CA {},O=trustdev", bits(algo));
-        let root = build_cert(Kind::Root, &root_subj, None, &root_key, rng)?;
+        let forever = validity(NOT_BEFORE, NOT_AFTER_NEVER)?;
+        let root = build_cert(Kind::Root, &root_subj, None, &root_key, forever, rng)?;
         let inter_key = SigningKey::generate(algo, rng);
         let inter_subj = format!("CN=trustdev CMA intermediate CA {},O=trustdev", bits(algo));
         let root_name = Name::from_str(&root_subj).map_err(cert_err)?;
@@ -47,6 +48,7 @@ impl Ca {
             &inter_subj,
             Some((&root_name, &root_key)),
             &inter_key,
+            forever,
             rng,
         )?;
         Ok((
@@ -67,6 +69,18 @@ impl Ca {
         slots: usize,
         rng: &mut dyn EntropySource,
     ) -> Result<AlgoIdentity, IdentityError> {
+        self.issue_valid(name, slots, (NOT_BEFORE, NOT_AFTER_NEVER), rng)
+    }
+
+    /// [`Ca::issue`] with leaves valid `not_before ..= not_after` (seconds
+    /// since the epoch).
+    pub fn issue_valid(
+        &self,
+        name: &CmaDeviceName,
+        slots: usize,
+        (not_before, not_after): (u64, u64),
+        rng: &mut dyn EntropySource,
+    ) -> Result<AlgoIdentity, IdentityError> {
         let inter_name = cert_subject(&self.inter)?;
         let mut out = AlgoIdentity {
             algo: self.algo,
@@ -83,6 +97,7 @@ impl Ca {
                 &leaf_subj,
                 Some((&inter_name, &self.inter_key)),
                 &leaf_key,
+                validity(not_before, not_after)?,
                 rng,
             )?;
             *slot = Some(CertSlot {

@@ -26,7 +26,7 @@ mod x509;
 pub use cma_name::CmaDeviceName;
 pub use x509::{
     cert_spki, der_tlv_len, leaf_other_name, parse_certs, parse_spdm_chain, pem_encode, split_der,
-    verify_chain,
+    verify_chain, verify_chain_at, EXPIRED_NOT_AFTER,
 };
 
 /// Number of certificate slots SPDM defines.

@@ -66,6 +66,28 @@ pub fn load_or_generate(
     Ok(out)
 }
 
+/// Like [`load_or_generate`], but the leaves naming `name` expired on
+/// 2025-01-01 ([`super::x509::EXPIRED_NOT_AFTER`]): a chain under the
+/// directory's real CAs, correct but for the date. Issued in memory each
+/// time, never cached (the cached leaves stay the device's good ones).
+pub fn expired_identity(
+    dir: &Path,
+    name: &CmaDeviceName,
+    rng: &mut dyn EntropySource,
+) -> Result<Identity, IdentityError> {
+    let mut out = Identity::default();
+    for algo in [AsymAlgo::EcdsaP256, AsymAlgo::EcdsaP384] {
+        let ca = load_or_create_ca(&dir.join(algo_dir(algo)), algo, rng)?;
+        out.algos.push(ca.issue_valid(
+            name,
+            LEAF_SLOTS,
+            (super::x509::NOT_BEFORE, super::x509::EXPIRED_NOT_AFTER),
+            rng,
+        )?);
+    }
+    Ok(out)
+}
+
 fn mkdir(dir: &Path) -> Result<(), IdentityError> {
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -222,3 +222,62 @@ fn user_chain_der_and_pem() {
         .unwrap();
     assert!(Identity::from_chain_and_key(&der_chain, &other, 0).is_err());
 }
+
+#[test]
+fn expired_leaf_is_refused_by_date_only() {
+    let dir = Scratch::new("expired");
+    let mut rng = DeterministicEntropy::new(b"expired");
+    let name = CmaDeviceName::default();
+    let good = Identity::load_or_generate(&dir.0, &name, &mut rng).unwrap();
+    let old = store::expired_identity(&dir.0, &name, &mut rng).unwrap();
+    let day = std::time::Duration::from_secs(86_400);
+    let expired_at = std::time::Duration::from_secs(EXPIRED_NOT_AFTER);
+    for (g, o) in good.algos.iter().zip(old.algos.iter()) {
+        let gs = g.slots[0].as_ref().unwrap();
+        let os = o.slots[0].as_ref().unwrap();
+        // The same CAs, the same subject-alt-name: only the leaf differs.
+        assert_eq!(gs.certs[..2], os.certs[..2]);
+        assert_eq!(leaf_other_name(os.leaf()), leaf_other_name(gs.leaf()));
+        let roots = vec![gs.certs[0].clone()];
+        // Inside its validity the expired leaf verifies: the chain is sound.
+        let vk = verify_chain_at(&os.certs, &roots, expired_at - day).unwrap();
+        assert_eq!(vk, os.key.verifying_key());
+        // Past it (and at this clock), it is refused as expired.
+        for e in [
+            verify_chain_at(&os.certs, &roots, expired_at + day).unwrap_err(),
+            verify_chain(&os.certs, &roots).unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    IdentityError::Expired {
+                        index: 2,
+                        role: "leaf",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("certificate expired"), "{e}");
+            assert!(e.to_string().contains("2025-01-01T00:00:00Z"), "{e}");
+        }
+        // The good chain verifies now, and is not yet valid before 2024.
+        verify_chain(&gs.certs, &roots).unwrap();
+        let e = verify_chain_at(&gs.certs, &roots, std::time::Duration::from_secs(1_000_000))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IdentityError::NotYetValid {
+                    index: 0,
+                    role: "root",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    // The cache still holds the good leaves.
+    let again = Identity::load_or_generate(&dir.0, &name, &mut rng).unwrap();
+    assert!(same_slots(&good, &again));
+}

@@ -97,15 +97,28 @@ fn serial(rng: &mut dyn EntropySource) -> Result<SerialNumber, IdentityError> {
     SerialNumber::new(&b).map_err(cert_err)
 }
 
-fn validity() -> Result<Validity, IdentityError> {
-    // 2024-01-01T00:00:00Z .. 9999-12-31T23:59:59Z (RFC 5280 "no well-defined expiration").
-    let nb = der::asn1::UtcTime::from_unix_duration(Duration::from_secs(1_704_067_200))
-        .map_err(cert_err)?;
-    let na = der::asn1::GeneralizedTime::from_unix_duration(Duration::from_secs(253_402_300_799))
-        .map_err(cert_err)?;
+/// 2024-01-01T00:00:00Z: the start of every certificate's validity.
+pub(super) const NOT_BEFORE: u64 = 1_704_067_200;
+/// 9999-12-31T23:59:59Z (RFC 5280 "no well-defined expiration").
+pub(super) const NOT_AFTER_NEVER: u64 = 253_402_300_799;
+/// 2025-01-01T00:00:00Z: the end of an expired leaf's validity
+/// ([`super::store::expired_identity`]).
+pub const EXPIRED_NOT_AFTER: u64 = 1_735_689_600;
+
+/// The validity `not_before ..= not_after` (seconds since the epoch).
+pub(super) fn validity(not_before: u64, not_after: u64) -> Result<Validity, IdentityError> {
+    let time = |secs: u64| -> Result<Time, IdentityError> {
+        // RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime after.
+        let d = Duration::from_secs(secs);
+        Ok(if secs < 2_524_608_000 {
+            Time::UtcTime(der::asn1::UtcTime::from_unix_duration(d).map_err(cert_err)?)
+        } else {
+            Time::GeneralTime(der::asn1::GeneralizedTime::from_unix_duration(d).map_err(cert_err)?)
+        })
+    };
     Ok(Validity {
-        not_before: Time::UtcTime(nb),
-        not_after: Time::GeneralTime(na),
+        not_before: time(not_before)?,
+        not_after: time(not_after)?,
     })
 }
 
@@ -121,6 +134,7 @@ pub(super) fn build_cert(
     subject: &str,
     issuer: Option<(&Name, &SigningKey)>,
     subject_key: &SigningKey,
+    validity: Validity,
     rng: &mut dyn EntropySource,
 ) -> Result<Vec<u8>, IdentityError> {
     let subject = Name::from_str(subject).map_err(cert_err)?;
@@ -131,7 +145,6 @@ pub(super) fn build_cert(
     };
     let issuer_spki = spki_of(signer)?;
     let serial = serial(rng)?;
-    let validity = validity()?;
     macro_rules! go {
         ($k:expr, $sig:ty) => {{
             let mut b = CertificateBuilder::new(
@@ -215,11 +228,24 @@ where
 
 /// Verify a DER chain (root first) with this crate's own X.509 signature checks:
 /// every certificate's signature with its issuer's key (the root's with its own),
-/// CA basicConstraints on issuers, and that the root is one of `trusted_roots`
-/// (byte-equal) or is signed by one. Returns the leaf's public key.
+/// CA basicConstraints on issuers, that the root is one of `trusted_roots`
+/// (byte-equal) or is signed by one, and that every certificate is inside its
+/// validity period at this system's clock. Returns the leaf's public key.
 pub fn verify_chain(
     certs: &[Vec<u8>],
     trusted_roots: &[Vec<u8>],
+) -> Result<VerifyingKey, IdentityError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    verify_chain_at(certs, trusted_roots, now)
+}
+
+/// [`verify_chain`] with the validity checked at `now` (since the epoch).
+pub fn verify_chain_at(
+    certs: &[Vec<u8>],
+    trusted_roots: &[Vec<u8>],
+    now: Duration,
 ) -> Result<VerifyingKey, IdentityError> {
     if certs.is_empty() {
         return Err(IdentityError::Cert("empty chain".into()));
@@ -262,12 +288,65 @@ pub fn verify_chain(
             check_sig(&parsed[i], issuer)?;
         }
     }
+    // Dates after signatures: a forged certificate is reported as such,
+    // whatever dates it claims.
+    for (i, c) in parsed.iter().enumerate() {
+        check_validity(c, i, parsed.len(), now)?;
+    }
     let leaf_spki = parsed[parsed.len() - 1]
         .tbs_certificate
         .subject_public_key_info
         .to_der()
         .map_err(cert_err)?;
     Ok(VerifyingKey::from_spki_der(&leaf_spki)?)
+}
+
+/// The role of certificate `i` of `n` (root first), for messages.
+fn role(i: usize, n: usize) -> &'static str {
+    if i + 1 == n {
+        "leaf"
+    } else if i == 0 {
+        "root"
+    } else {
+        "intermediate"
+    }
+}
+
+/// RFC 3339 UTC text of seconds since the epoch.
+fn utc(secs: Duration) -> String {
+    der::DateTime::from_unix_duration(secs)
+        .map(|d| d.to_string())
+        .unwrap_or_else(|_| format!("{}s after the epoch", secs.as_secs()))
+}
+
+fn check_validity(
+    c: &Certificate,
+    index: usize,
+    n: usize,
+    now: Duration,
+) -> Result<(), IdentityError> {
+    let v = &c.tbs_certificate.validity;
+    let (nb, na) = (
+        v.not_before.to_unix_duration(),
+        v.not_after.to_unix_duration(),
+    );
+    if now > na {
+        return Err(IdentityError::Expired {
+            index,
+            role: role(index, n),
+            not_after: utc(na),
+            now: utc(now),
+        });
+    }
+    if now < nb {
+        return Err(IdentityError::NotYetValid {
+            index,
+            role: role(index, n),
+            not_before: utc(nb),
+            now: utc(now),
+        });
+    }
+    Ok(())
 }
 
 fn is_ca(c: &Certificate) -> bool {

@@ -212,6 +212,49 @@ impl Queues {
         self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every live queue, for the control plane's state: submission queues
+    /// (ID, size, its CQ, head, tail doorbell, commands completed, worker)
+    /// and completion queues (ID, size, vector, interrupts enabled, head
+    /// doorbell, tail, phase tag, SQs on it). No queue contents.
+    pub(crate) fn describe(&self) -> serde_json::Value {
+        use serde_json::json;
+        let t = self.table();
+        let sq: Vec<serde_json::Value> = t
+            .sqs
+            .iter()
+            .flatten()
+            .filter(|s| !s.deleted.load(Ordering::Relaxed))
+            .map(|s| {
+                json!({
+                    "qid": s.qid, "size": s.size, "cqid": s.cq.qid,
+                    "base": format!("{:#x}", s.base),
+                    "head": s.head.load(Ordering::Relaxed),
+                    "tail": s.tail_db.load(Ordering::Relaxed),
+                    "completed": s.completed.load(Ordering::Relaxed),
+                    "worker": s.worker,
+                })
+            })
+            .collect();
+        let cq: Vec<serde_json::Value> = t
+            .cqs
+            .iter()
+            .flatten()
+            .filter(|c| !c.deleted.load(Ordering::Relaxed))
+            .map(|c| {
+                let st = c.st.lock().unwrap_or_else(|p| p.into_inner());
+                json!({
+                    "qid": c.qid, "size": c.size, "vector": c.vector, "ien": c.ien,
+                    "base": format!("{:#x}", c.base),
+                    "head": c.head_db.load(Ordering::Relaxed),
+                    "tail": st.tail, "phase": st.phase,
+                    "sqs": c.sqs.load(Ordering::Relaxed),
+                    "worker": c.worker,
+                })
+            })
+            .collect();
+        json!({"sq": sq, "cq": cq})
+    }
+
     /// Changes the table; workers see the change after [`Queues::publish`].
     fn edit<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
         f(&mut self.table.write().unwrap_or_else(|p| p.into_inner()))

@@ -3,7 +3,8 @@
 //! `config`):
 //!
 //! 1. an SPDM session (the device authenticated to a `--root`);
-//! 2. IDE: IDE_KM QUERY, KEY_PROG + K_SET_GO of fresh random K0 keys for
+//! 2. IDE: IDE_KM QUERY, KEY_PROG + K_SET_GO of fresh random K0 keys (or,
+//!    for tests, keys from `--insecure-test-keys SEED`) for
 //!    every sub-stream in both directions, the selective stream's registers
 //!    (Stream ID, Default Stream, Enable) — the stream reads SECURE;
 //! 3. TDISP: GET_TDISP_VERSION, GET_TDISP_CAPABILITIES, LOCK_INTERFACE
@@ -38,14 +39,15 @@
 //! The first step aborts the mailbox, which resets the device's SPDM state:
 //! don't run this while a TSM driver talks to the same device.
 
+mod loss;
+
 use crate::doe::{mailboxes, Mailbox, DISCOVERY_VERSION};
 use crate::ide::io::{NvmeIo, Workload};
 use crate::spdm::load_roots;
 use crate::sysfs;
 use serde_json::{json, Value};
 use spdm_responder::idekm::regs::{ctl, state_name, sts};
-use spdm_responder::idekm::{IdeKey, KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
-use spdm_responder::rng::{EntropySource, OsEntropy};
+use spdm_responder::idekm::{KeyDirection, KeySet, KeySlot, KpAckStatus, SubStream};
 use spdm_responder::tdisp::{
     range_attr, ErrorCode, InterfaceId, InterfaceReport, LockParams, TdiState, TdispError,
 };
@@ -105,6 +107,11 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// INSECURE, for tests: derive the IDE keys from SEED (as
+    /// `trustdev-guest ide --insecure-test-keys`) instead of the random
+    /// source, so a test knows the keys it must never find in a trace.
+    #[arg(long, value_name = "SEED")]
+    pub insecure_test_keys: Option<String>,
 }
 
 /// Parses a decimal or `0x` hexadecimal number.
@@ -431,14 +438,17 @@ struct Stream {
 
 /// IDE_KM KEY_PROG + K_SET_GO of fresh random K0 keys for every sub-stream
 /// in both directions of Stream ID `id`.
-fn program_keys(r: &mut Req, sid: u32, id: u8, step: &'static str) -> StepResult<()> {
-    let mut rng = OsEntropy;
+fn program_keys(
+    r: &mut Req,
+    sid: u32,
+    id: u8,
+    keys: &crate::ide::Keys,
+    step: &'static str,
+) -> StepResult<()> {
     for d in [KeyDirection::Rx, KeyDirection::Tx] {
         for ss in SubStream::ALL {
             let slot = KeySlot::new(KeySet::K0, d, ss);
-            let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            rng.fill(&mut k[..]);
-            let key = IdeKey::new(*k, 1);
+            let key = keys.key(id, slot);
             match r
                 .ide_km_key_prog(sid, id, slot, 0, &key)
                 .map_err(spdm_err(step))?
@@ -548,203 +558,6 @@ fn lock_and_start(
     Ok(params)
 }
 
-/// What the I/O thread of the loss phase saw.
-struct LossIo {
-    io: NvmeIo,
-    /// I/Os 0..done completed and verified before the end.
-    done: u64,
-    /// The I/O in flight when the loss phase stopped the thread (its
-    /// number, its outcome, how long it took), if one was.
-    in_flight: Option<(u64, Result<(), String>, Duration)>,
-}
-
-/// Verified I/O until `stop` is set or an I/O fails; `done` counts the
-/// I/Os completed.
-fn loss_io(mut io: NvmeIo, stop: &AtomicBool, done: &AtomicU64) -> LossIo {
-    let mut n = 0;
-    loop {
-        if stop.load(Ordering::Acquire) {
-            return LossIo {
-                io,
-                done: n,
-                in_flight: None,
-            };
-        }
-        let t = Instant::now();
-        let r = io.one(n);
-        let dt = t.elapsed();
-        if r.is_err() || stop.load(Ordering::Acquire) {
-            return LossIo {
-                io,
-                done: n,
-                in_flight: Some((n, r, dt)),
-            };
-        }
-        n += 1;
-        done.store(n, Ordering::Release);
-    }
-}
-
-/// How long the I/O in flight at the loss may take to come back (the
-/// kernel's I/O timeout, abort and controller reset included).
-const LOSS_IO_WAIT: Duration = Duration::from_secs(300);
-
-/// Step 5': the stream lost under I/O, and the TDI brought back.
-#[allow(clippy::too_many_arguments)]
-fn loss_and_recovery(
-    r: &mut Req,
-    t: Tdi<'_>,
-    o: &Args,
-    s: Stream,
-    lock_flags: u16,
-    flow: &mut Flow,
-    wait: Duration,
-) -> StepResult<()> {
-    let step = "I/O running in RUN";
-    let io = NvmeIo::open(t.bdf).map_err(|e| (step, e))?;
-    let describe = io.describe();
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let (tx, rx) = mpsc::channel();
-    {
-        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
-        std::thread::Builder::new()
-            .name("loss-io".into())
-            .spawn(move || {
-                let _ = tx.send(loss_io(io, &stop, &done));
-            })
-            .map_err(|e| (step, format!("I/O thread: {e}")))?;
-    }
-    let started = Instant::now();
-    while done.load(Ordering::Acquire) == 0 {
-        if let Ok(l) = rx.try_recv() {
-            let why = match l.in_flight {
-                Some((n, Err(e), _)) => format!("I/O {n} failed: {e}"),
-                _ => "the I/O thread ended".into(),
-            };
-            return Err((step, format!("before any I/O completed: {why}")));
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err((step, "no I/O completed within 60 s".into()));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    flow.ok(step, describe);
-    println!("TDISP-LOSS-READY {} stream {}", t.bdf, o.stream_id);
-
-    // The stream leaves SECURE (the host injects the integrity failure).
-    let step = "IDE stream lost";
-    let st = loop {
-        let st = t.cfg.rd(s.sel + 8).map_err(|e| (step, e))?;
-        if st & sts::STATE != sts::SECURE {
-            break st;
-        }
-        if let Ok(l) = rx.try_recv() {
-            let why = match l.in_flight {
-                Some((n, Err(e), _)) => format!("I/O {n} failed: {e}"),
-                _ => "the I/O thread ended".into(),
-            };
-            return Err((step, format!("while the stream was SECURE: {why}")));
-        }
-        if started.elapsed() > wait {
-            stop.store(true, Ordering::Release);
-            return Err((
-                step,
-                format!(
-                    "the stream stayed SECURE for {} s ({} I/Os)",
-                    wait.as_secs(),
-                    done.load(Ordering::Acquire)
-                ),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    stop.store(true, Ordering::Release);
-    let before = done.load(Ordering::Acquire);
-    flow.ok(
-        step,
-        format!(
-            "Stream Status {st:#010x}: {}{}, after {before} verified I/Os",
-            state_name(st),
-            if st & sts::IDE_FAIL != 0 {
-                " with IDE Fail"
-            } else {
-                ""
-            }
-        ),
-    );
-    let step = "TDI state after the loss";
-    let state = r.tdisp_get_state(t.sid, t.iface).map_err(tdisp_err(step))?;
-    if state != TdiState::Error {
-        return Err((step, format!("the TDI is in {state}, expected ERROR")));
-    }
-    flow.ok(step, format!("{state}"));
-    let step = "STOP after the loss";
-    r.tdisp_stop(t.sid, t.iface).map_err(tdisp_err(step))?;
-    expect_state(r, t.sid, t.iface, TdiState::ConfigUnlocked, step)?;
-    flow.ok(step, "CONFIG_UNLOCKED".into());
-    // Enable clear (the device's DMA goes in the clear again), IDE Fail
-    // cleared (RW1C).
-    let step = "IDE stream disabled";
-    t.cfg.wr(s.sel + 4, s.ctl).map_err(|e| (step, e))?;
-    t.cfg.wr(s.sel + 8, sts::IDE_FAIL).map_err(|e| (step, e))?;
-    let st = t.cfg.rd(s.sel + 8).map_err(|e| (step, e))?;
-    flow.ok(step, format!("Stream Status {st:#010x}"));
-    // What the kernel made of the I/O in flight.
-    let step = "I/O when the stream was lost";
-    let LossIo {
-        mut io,
-        done: done_before,
-        in_flight,
-    } = rx.recv_timeout(LOSS_IO_WAIT).map_err(|_| {
-        (
-            step,
-            format!(
-                "the I/O in flight did not come back within {} s",
-                LOSS_IO_WAIT.as_secs()
-            ),
-        )
-    })?;
-    let (last, what) = match &in_flight {
-        Some((n, Err(e), dt)) => (
-            *n,
-            format!("I/O {n} failed after {} ms: {e}", dt.as_millis()),
-        ),
-        Some((n, Ok(()), dt)) => (
-            *n,
-            format!("I/O {n} completed and verified after {} ms", dt.as_millis()),
-        ),
-        None => (done_before, "no I/O was in flight".into()),
-    };
-    flow.ok(step, what);
-
-    // Recovery: new keys, SECURE, LOCK, START.
-    let step = "IDE_KM new keys";
-    program_keys(r, t.sid, o.stream_id, step)?;
-    flow.ok(step, "fresh K0 keys, armed".into());
-    let step = "IDE stream re-enabled";
-    let st = enable_stream(t.cfg, s.sel, s.ctl, step)?;
-    flow.ok(step, format!("Stream Status {st:#010x}: SECURE"));
-    lock_and_start(r, t, o, lock_flags, flow, true)?;
-    // The blocks written before the loss are intact (the place of the I/O
-    // in flight, whose write may or may not have landed, excepted).
-    let step = "data before the loss";
-    let first = (last + 1).saturating_sub(NvmeIo::PLACES);
-    for n in first..last {
-        io.verify(n).map_err(|e| (step, e))?;
-    }
-    flow.ok(
-        step,
-        format!("I/Os {first}..{last}: blocks read back intact"),
-    );
-    let step = "I/O after recovery";
-    for n in last + 1..last + 33 {
-        io.one(n).map_err(|e| (step, format!("I/O {n}: {e}")))?;
-    }
-    flow.ok(step, "32 verified I/Os in RUN".into());
-    Ok(())
-}
-
 fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepResult<String> {
     let iface = interface_of(bdf);
     let cfg_path = sysfs::dev_dir(bdf).join("config");
@@ -802,8 +615,12 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         ),
     );
     let step = "IDE_KM KEY_PROG+K_SET_GO";
-    program_keys(&mut r, sid, o.stream_id, step)?;
-    flow.ok(step, "fresh K0 keys, RX and TX × PR/NPR/CPL, armed".into());
+    let keys = crate::ide::Keys::from_seed(o.insecure_test_keys.as_deref());
+    program_keys(&mut r, sid, o.stream_id, &keys, step)?;
+    flow.ok(
+        step,
+        format!("K0 {}, RX and TX × PR/NPR/CPL, armed", keys.describe()),
+    );
     let step = "IDE stream enable";
     let st = enable_stream(&cfg, sel, ctl, step)?;
     flow.ok(step, format!("Stream Status {st:#010x}: SECURE"));
@@ -880,7 +697,7 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
 
     let what = if let Some(secs) = o.expect_loss {
         // 5'. The stream lost under I/O, and recovery.
-        loss_and_recovery(
+        loss::loss_and_recovery(
             &mut r,
             Tdi {
                 sid,
