@@ -80,6 +80,7 @@ fn accelerator_in_a_real_guest() {
             "spdm",
             "accel-msix",
             "accel-poll",
+            "accel-bench-iova",
             "sva-bound",
         ] {
             assert!(

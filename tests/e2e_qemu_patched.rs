@@ -404,6 +404,9 @@ fn sva_process_pointers_through_the_pasid_dma_extension() {
     ] {
         assert!(ops.contains(op), "{op} not in {ops}\n{}", run.dump());
     }
+    // The benchmark mode (scripts/sva-bench.sh) through the same PASID: its
+    // output parses, every round verified, a non-zero time.
+    expect_fact(&run, "sva-bench", "4096:1:1 65536:1:1");
     // The device side: the extension was negotiated (patch 0301 proposes
     // "dma"), the guest enabled PASID, and QEMU translated the PASID's
     // addresses through the vIOMMU (its trace), faulting the unmapped one.
@@ -545,6 +548,8 @@ fn sva_process_pointers_through_ats_translations() {
     let (run, accel0, qemu_log) = sva_run("patched", ATS_TRACES);
     let pasid = expect_sva_over_ats(&run, &accel0, &qemu_log);
     expect_fact(&run, "sva-prefault", "true");
+    // The benchmark mode (scripts/sva-bench.sh) over ATS: parses, verified.
+    expect_fact(&run, "sva-bench", "4096:1:1 65536:1:1");
     // Pre-faulted buffers: every translation succeeds at once, no page
     // requests; the unmapped source still faults.
     expect_fact(&run, "sva-page-requests", "0");

@@ -13,6 +13,7 @@
 //! trustdev-guest tsm-agent [--root PEM|DIR]... [--san enforce|warn|off] [--hang-after STEP]
 //! trustdev-guest accel --bdf BDF [--size N] [--poll] [--timeout S] [--json]
 //! trustdev-guest sva --bdf BDF [--json]
+//! trustdev-guest accel-bench --bdf BDF --path sva|iova [--sizes N,N..] [--rounds R] [--timeout S]
 //! ```
 //!
 //! Exit status: 0 success, 1 failure (a message on stderr), 2 usage error.
@@ -27,6 +28,7 @@
 //! one is that module plus one line in [`subcommands!`] below.
 
 mod accel;
+mod accel_bench;
 mod dma_copy;
 mod doe;
 mod ide;
@@ -100,6 +102,7 @@ subcommands! {
     /// addressing: report how far it gets; drive it with process addresses
     /// if the PASID bind succeeds.
     Sva => sva,
+    AccelBench => accel_bench,
 }
 
 #[derive(Parser, Debug)]

@@ -86,14 +86,22 @@ fn maps(uio: &str) -> Vec<(String, u64, u64)> {
 }
 
 /// BAR0 mapped from the uio device.
-struct Bar {
+pub(crate) struct Bar {
     ptr: *mut u32,
     len: usize,
 }
 
 impl Bar {
     fn map(fd: i32, len: usize) -> Result<Bar, String> {
-        // SAFETY: maps uio map0 (offset 0) of an open uio fd; checked below.
+        Bar::map_at(fd, len, 0).map_err(|e| format!("mmap map0: {e}"))
+    }
+
+    /// Maps `len` bytes of MMIO at `offset` of `fd` (a uio device, or a
+    /// vfio device fd's BAR region).
+    pub(crate) fn map_at(fd: i32, len: usize, offset: u64) -> Result<Bar, String> {
+        let off = libc::off_t::try_from(offset).map_err(|_| format!("offset {offset:#x}"))?;
+        // SAFETY: a new shared mapping of an open fd with no address hint;
+        // the result is checked against MAP_FAILED before use.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -101,22 +109,22 @@ impl Bar {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
-                0,
+                off,
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(format!("mmap map0: {}", std::io::Error::last_os_error()));
+            return Err(std::io::Error::last_os_error().to_string());
         }
         Ok(Bar { ptr: p.cast(), len })
     }
 
-    fn rd(&self, off: u64) -> u32 {
+    pub(crate) fn rd(&self, off: u64) -> u32 {
         assert!(off as usize + 4 <= self.len && off % 4 == 0);
         // SAFETY: in bounds and aligned (asserted), inside our MMIO mapping.
         unsafe { std::ptr::read_volatile(self.ptr.add(off as usize / 4)) }
     }
 
-    fn wr(&self, off: u64, v: u32) {
+    pub(crate) fn wr(&self, off: u64, v: u32) {
         assert!(off as usize + 4 <= self.len && off % 4 == 0);
         // SAFETY: in bounds and aligned (asserted), inside our MMIO mapping.
         unsafe { std::ptr::write_volatile(self.ptr.add(off as usize / 4), v) }
@@ -358,7 +366,23 @@ fn drive(bar: &Bar, pasid: u32, prefault: bool) -> Result<Vec<String>, String> {
     Ok(done)
 }
 
-fn attempt(bdf: &str, prefault: bool, r: &mut Report) -> Result<(), String> {
+/// A function bound to uio_pci_sva and opened by this process: the open
+/// bound the process's address space to `pasid`; `bar` is BAR0 (uio map0).
+pub(crate) struct Opened {
+    pub bar: Bar,
+    pub pasid: u32,
+    // Closing the uio device unbinds the PASID: kept open with the mapping.
+    _file: std::fs::File,
+}
+
+/// Binds `bdf` to uio_pci_sva, opens its uio device (the PASID bind) and
+/// maps BAR0: the setup of `trustdev-guest sva`, for other subcommands.
+pub(crate) fn open(bdf: &str) -> Result<Opened, String> {
+    let mut r = Report::default();
+    open_reporting(bdf, &mut r).map_err(|e| format!("SVA setup stopped at {}: {e}", r.stage))
+}
+
+fn open_reporting(bdf: &str, r: &mut Report) -> Result<Opened, String> {
     r.stage = "bind";
     if !Path::new("/sys/bus/pci/drivers").join(DRIVER).exists() {
         return Err(format!(
@@ -408,12 +432,22 @@ fn attempt(bdf: &str, prefault: bool, r: &mut Report) -> Result<(), String> {
         .map(|m| m.2 as usize)
         .ok_or("uio device has no map0 (BAR0 is not 32-bit non-prefetchable?)")?;
     let bar = Bar::map(f.as_raw_fd(), len)?;
+    Ok(Opened {
+        bar,
+        pasid,
+        _file: f,
+    })
+}
+
+fn attempt(bdf: &str, prefault: bool, r: &mut Report) -> Result<(), String> {
+    let o = open_reporting(bdf, r)?;
+    let (bar, pasid) = (&o.bar, o.pasid);
     let page_requests = |b: &Bar| {
         u64::from(b.rd(global::PAGE_REQUESTS)) | u64::from(b.rd(global::PAGE_REQUESTS + 4)) << 32
     };
-    let before = page_requests(&bar);
-    let ops = drive(&bar, pasid, prefault);
-    r.page_requests = Some((before, page_requests(&bar)));
+    let before = page_requests(bar);
+    let ops = drive(bar, pasid, prefault);
+    r.page_requests = Some((before, page_requests(bar)));
     r.xlat = Some(bar.rd(global::XLAT));
     r.ops = ops?;
     r.verified = true;

@@ -284,6 +284,11 @@ pub struct Device {
 }
 
 impl Device {
+    /// The device fd (for mmap of a region).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     pub fn region_info(&self, index: u32) -> io::Result<RegionInfo> {
         let mut r = RegionInfo {
             argsz: argsz::<RegionInfo>(),

@@ -407,6 +407,11 @@ impl<D: Device> Server<D> {
         // Workers waiting for a DMA reply fail now rather than after the
         // timeout (the device reset below waits for them).
         sess.requester.cancel_all();
+        if ctx.pasid.features().any() {
+            // Which translation path the connection used (PASID_DMA
+            // messages, ATS/ATC, page requests): benchmarks quote it.
+            info!("PASID so far: {:?}", ctx.pasid.stats());
+        }
         ctx.pasid.disconnect();
         self.device.config().reset();
         self.device.reset();

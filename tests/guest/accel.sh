@@ -8,6 +8,7 @@
 #  - what the IOMMU driver wrote to PASID/ATS/PRI at probe;
 #  - DOE discovery and CMA/SPDM authentication with the device's root;
 #  - every operation from user space through vfio-pci, with MSI-X and polled;
+#  - `trustdev-guest accel-bench --path iova` (scripts/sva-bench.sh), tiny;
 #  - uio_pci_generic_sva: bind, open, and where SVA stops (a kprobe on
 #    iommu_sva_bind_device records its return value; the IOMMU's ecap SMPWC).
 # Prints "CHECK-OK <bdf> <what>" / "CHECK-FAIL <bdf> <what>: <detail>",
@@ -126,6 +127,14 @@ for bdf in $bdfs; do
     else
         echo "$out"; bad accel-poll "$(echo "$out" | tail -n 1)"
     fi
+    # The benchmark mode of scripts/sva-bench.sh, IOVA path, tiny (a smoke
+    # run: it must parse and verify; not a figure).
+    out=$(trustdev-guest accel-bench --path iova --bdf "$bdf" --sizes 4096 --rounds 1 2>&1)
+    line=$(echo "$out" | grep '^BENCH path=iova size=4096 ')
+    case "$line" in
+        *" rounds=1 verified=1 median_ns="[1-9]*) ok "accel-bench-iova ${line#BENCH }" ;;
+        *) echo "$out"; bad accel-bench-iova "$(echo "$out" | tail -n 1)" ;;
+    esac
     state "$d" after-vfio
     # uio_pci_generic_sva: bind, open, and where SVA stops.
     [ -e $T/trace ] && echo >$T/trace

@@ -20,6 +20,7 @@
 #                                  control as the guest set them)
 #   FACT prq-irqs <n>              page request interrupts of the VT-d (dmar*-prq)
 #   FACT prq-events <n>            intel_iommu:prq_report tracepoint hits (-1: none)
+#   FACT sva-bench <size:rounds:verified>...  `trustdev-guest accel-bench --path sva`, tiny
 fail=0
 ok() { echo "CHECK-OK $*"; }
 bad() { echo "CHECK-FAIL $1: $2"; fail=1; }
@@ -67,6 +68,11 @@ fact sva-verified "$(json verified "$out")"
 fact sva-ops "$(echo "$out" | sed -n 's/.*"ops":\[\([^]]*\)\].*/\1/p' | tr -d '"' | tr ',' ' ')"
 uio=$(ls "/sys/bus/pci/devices/$bdf/uio" 2>/dev/null | head -n1)
 fact uio "$uio"
+# The benchmark mode of scripts/sva-bench.sh on the same binding, tiny (a
+# smoke run: it must parse and verify; not a figure).
+bench=$(trustdev-guest accel-bench --path sva --bdf "$bdf" --sizes 4096,65536 --rounds 1 2>&1)
+echo "$bench" | sed 's/^/SVA-BENCH /'
+fact sva-bench "$(echo "$bench" | sed -n 's/^BENCH path=sva size=\([0-9]*\) rounds=\([0-9]*\) verified=\([0-9]*\) median_ns=[1-9][0-9]* .*/\1:\2:\3/p' | tr '\n' ' ' | sed 's/ $//')"
 if kmsg | grep -q 'BUG:\|Oops\|WARNING:'; then
     bad no-oops "$(kmsg | grep -A5 'BUG:\|Oops\|WARNING:' | head -n 20)"
 else
