@@ -667,14 +667,15 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
             }
         ),
     );
+    let tdi = Tdi {
+        sid,
+        iface,
+        bdf,
+        cfg: &cfg,
+    };
     let params = lock_and_start(
         &mut r,
-        Tdi {
-            sid,
-            iface,
-            bdf,
-            cfg: &cfg,
-        },
+        tdi,
         o,
         caps.lock_flags_supported,
         flow,
@@ -699,12 +700,7 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         // 5'. The stream lost under I/O, and recovery.
         loss::loss_and_recovery(
             &mut r,
-            Tdi {
-                sid,
-                iface,
-                bdf,
-                cfg: &cfg,
-            },
+            tdi,
             o,
             Stream { sel, ctl },
             caps.lock_flags_supported,
