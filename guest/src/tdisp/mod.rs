@@ -673,14 +673,7 @@ fn run_inner(o: &Args, bdf: &str, roots: Vec<Vec<u8>>, flow: &mut Flow) -> StepR
         bdf,
         cfg: &cfg,
     };
-    let params = lock_and_start(
-        &mut r,
-        tdi,
-        o,
-        caps.lock_flags_supported,
-        flow,
-        false,
-    )?;
+    let params = lock_and_start(&mut r, tdi, o, caps.lock_flags_supported, flow, false)?;
     if let Some(p) = &o.io {
         let step = "I/O in RUN";
         io_check(p, 0x5a).map_err(|e| (step, e))?;
