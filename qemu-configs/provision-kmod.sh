@@ -132,6 +132,11 @@ private_apt() {
 clean_apt() {
     rm -rf "$APTDIR"/lists/* "$APTDIR"/*.bin "$APTDIR"/archives/*.deb "$APTDIR"/debs/*.deb
     mkdir -p "$APTDIR/lists/partial"
+    # The package lists are gone: the next private_apt must update again
+    # (without this, a cold cache that fetched the headers first failed the
+    # linux-source download: "'trixie-backports' is invalid for
+    # APT::Default-Release").
+    apt_ready=0
 }
 
 # ---------------------------------------------------------------- Debian toolchain
