@@ -33,8 +33,8 @@ use trustdev_devices::accel::regs::{ctrl, queue};
 use trustdev_devices::accel::{AccelConfig, AccelDevice};
 use vfio_user_server::dma::{Access, GuestMemory};
 use vfio_user_server::iommu::{IommuModel, PTE_W};
+use vfio_user_server::protocol::DmaMapRequest;
 use vfio_user_server::protocol::{irq_index, IrqAction, IrqData};
-use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
 use vfio_user_server::Server;
 
 const IOVA: u64 = 0x1_0000_0000;
@@ -295,18 +295,7 @@ fn main() {
         .try_clone_to_owned()
         .expect("memfd");
     base_mem
-        .map(
-            &DmaMapRequest {
-                prot: DmaProt {
-                    read: true,
-                    write: true,
-                },
-                offset: 0,
-                address: IOVA,
-                size: mem_len as u64,
-            },
-            Some(fd),
-        )
+        .map(&DmaMapRequest::read_write(IOVA, mem_len as u64), Some(fd))
         .expect("baseline mapping");
     let mut arena: Vec<u8> = (0..REGION).map(|i| (i * 131 % 251) as u8).collect();
     let mut b = Bench {

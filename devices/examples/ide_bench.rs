@@ -47,7 +47,7 @@ use trustdev_devices::security::ide::km::IdeKmPorts;
 use trustdev_devices::security::ide::{Ide, IdeConfig};
 use vfio_user_server::client::Client;
 use vfio_user_server::dma::GuestMemory;
-use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
+use vfio_user_server::protocol::DmaMapRequest;
 
 /// CPU time of the calling thread.
 fn thread_cpu() -> f64 {
@@ -106,15 +106,7 @@ fn link_bench(secs: f64, sizes: &[usize]) {
     let f = std::fs::File::from(fd);
     f.set_len(1 << 20).unwrap();
     mem.map(
-        &DmaMapRequest {
-            prot: DmaProt {
-                read: true,
-                write: true,
-            },
-            offset: 0,
-            address: 0x1000_0000,
-            size: 1 << 20,
-        },
+        &DmaMapRequest::read_write(0x1000_0000, 1 << 20),
         Some(f.into()),
     )
     .unwrap();

@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 use vfio_user_server::client::Client;
 use vfio_user_server::dma::{Access, GuestMemory};
 use vfio_user_server::pci::PortType;
-use vfio_user_server::protocol::{region, DmaMapRequest, DmaProt, FLAG_NO_REPLY, HEADER_SIZE};
+use vfio_user_server::protocol::{region, DmaMapRequest, FLAG_NO_REPLY, HEADER_SIZE};
 use vfio_user_server::Server;
 
 /// Round trips timed one by one (per round and target) for each synchronous
@@ -779,15 +779,7 @@ impl Aligned {
 fn copy_bench(reps: usize) -> Result<(), BoxError> {
     let mem = GuestMemory::new(16);
     let fd = memfd(GUEST_SIZE)?;
-    let req = DmaMapRequest {
-        prot: DmaProt {
-            read: true,
-            write: true,
-        },
-        offset: 0,
-        address: GUEST_BASE,
-        size: GUEST_SIZE,
-    };
+    let req = DmaMapRequest::read_write(GUEST_BASE, GUEST_SIZE);
     mem.map(&req, Some(fd.as_fd().try_clone_to_owned()?))?;
     drop(fd);
     // Fault the whole window in once.

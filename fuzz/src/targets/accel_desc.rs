@@ -26,7 +26,7 @@ use trustdev_devices::accel::desc::{
 use trustdev_devices::accel::exec::{execute, Limits, Scratch};
 use trustdev_devices::nvme::host::HostMemory;
 use vfio_user_server::dma::{GuestMemory, PasidMemory};
-use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
+use vfio_user_server::protocol::DmaMapRequest;
 
 /// Guest address of the mapped window.
 pub const WIN: u64 = 0x4000_0000;
@@ -80,19 +80,8 @@ impl AccelDesc {
             .fd()
             .try_clone_to_owned()
             .map_err(|e| format!("dup: {e}"))?;
-        mem.map(
-            &DmaMapRequest {
-                prot: DmaProt {
-                    read: true,
-                    write: true,
-                },
-                offset: 0,
-                address: WIN,
-                size: WIN_MAP as u64,
-            },
-            Some(fd),
-        )
-        .map_err(|e| format!("DMA map: {e}"))?;
+        mem.map(&DmaMapRequest::read_write(WIN, WIN_MAP as u64), Some(fd))
+            .map_err(|e| format!("DMA map: {e}"))?;
         let pasid = PasidMemory::new(mem, 4);
         let limits = Limits::default();
         let (a, b, p, aad) = (WIN, WIN + 0x8000, WIN + 0x4000, WIN + 0x4100);

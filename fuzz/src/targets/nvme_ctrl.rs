@@ -29,7 +29,7 @@ use trustdev_devices::nvme::host::{Bar0, HostDriver, HostMemory};
 use trustdev_devices::nvme::spec::{admin, csts, io, reg, Command, Status, SQE_SIZE};
 use trustdev_devices::nvme::{NvmeArgs, NvmeConfig, NvmeDevice, NvmeSecurity};
 use vfio_user_server::pci::PortType;
-use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
+use vfio_user_server::protocol::DmaMapRequest;
 use vfio_user_server::Device;
 
 /// The NVMe device every NVMe-facing target serves: a 4 MiB RAM namespace,
@@ -78,18 +78,7 @@ fn map(dev: &NvmeDevice, mem: &HostMemory, iova: u64) -> Result<(), String> {
         .map_err(|e| format!("dup: {e}"))?;
     dev.context()
         .memory
-        .map(
-            &DmaMapRequest {
-                prot: DmaProt {
-                    read: true,
-                    write: true,
-                },
-                offset: 0,
-                address: iova,
-                size: mem.len() as u64,
-            },
-            Some(fd),
-        )
+        .map(&DmaMapRequest::read_write(iova, mem.len() as u64), Some(fd))
         .map_err(|e| format!("DMA map: {e}"))
 }
 

@@ -104,6 +104,20 @@ impl DmaMapRequest {
     /// Size of the fixed structure.
     pub const SIZE: usize = 32;
 
+    /// A readable and writable window of `size` bytes at DMA address
+    /// `address`, from offset 0 of its fd (what a client maps for guest RAM).
+    pub fn read_write(address: u64, size: u64) -> Self {
+        DmaMapRequest {
+            prot: DmaProt {
+                read: true,
+                write: true,
+            },
+            offset: 0,
+            address,
+            size,
+        }
+    }
+
     /// Decodes and validates a DMA_MAP payload.
     pub fn decode(payload: &[u8]) -> Result<Self, ProtocolError> {
         let what = "DMA_MAP";

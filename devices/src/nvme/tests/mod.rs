@@ -9,9 +9,7 @@ use super::NvmeDevice;
 use std::os::fd::{AsFd, OwnedFd};
 use vfio_user_server::irq::IrqInfo;
 use vfio_user_server::pci::PortType;
-use vfio_user_server::protocol::{
-    irq_index, DmaMapRequest, DmaProt, IrqAction, IrqData, SetIrqsRequest,
-};
+use vfio_user_server::protocol::{irq_index, DmaMapRequest, IrqAction, IrqData, SetIrqsRequest};
 use vfio_user_server::Device;
 use vmm_eventfd::Efd;
 
@@ -75,18 +73,7 @@ pub(super) fn rig_with(a: &NvmeArgs) -> Rig {
     let fd: OwnedFd = mem.fd().try_clone_to_owned().unwrap();
     dev.context()
         .memory
-        .map(
-            &DmaMapRequest {
-                prot: DmaProt {
-                    read: true,
-                    write: true,
-                },
-                offset: 0,
-                address: BASE,
-                size: mem.len() as u64,
-            },
-            Some(fd),
-        )
+        .map(&DmaMapRequest::read_write(BASE, mem.len() as u64), Some(fd))
         .unwrap();
     let n = u32::from(a.queues) + 1;
     let vectors: Vec<Efd> = (0..n).map(|_| Efd::new()).collect();

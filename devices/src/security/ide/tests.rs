@@ -10,7 +10,7 @@ use spdm_responder::idekm::{KeyDirection, KeySet, SubStream};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use vfio_user_server::dma::GuestMemory;
-use vfio_user_server::protocol::{DmaMapRequest, DmaProt};
+use vfio_user_server::protocol::DmaMapRequest;
 
 type Gcm96 =
     aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U12, aes_gcm::aead::consts::U12>;
@@ -44,15 +44,7 @@ impl Rig {
         let cfg = ide.function_config_space().unwrap();
         let mem = Arc::new(GuestMemory::new(16));
         mem.map(
-            &DmaMapRequest {
-                prot: DmaProt {
-                    read: true,
-                    write: true,
-                },
-                offset: 0,
-                address: MEM,
-                size: 0x10_0000,
-            },
+            &DmaMapRequest::read_write(MEM, 0x10_0000),
             Some(memfd(0x10_0000)),
         )
         .unwrap();
@@ -484,15 +476,7 @@ fn wire_fault_chosen_by_stream_after_a_skip_count() {
     const MEM2: u64 = MEM + 0x10_0000;
     r.mem
         .map(
-            &DmaMapRequest {
-                prot: DmaProt {
-                    read: true,
-                    write: true,
-                },
-                offset: 0,
-                address: MEM2,
-                size: 0x10_0000,
-            },
+            &DmaMapRequest::read_write(MEM2, 0x10_0000),
             Some(memfd(0x10_0000)),
         )
         .unwrap();
