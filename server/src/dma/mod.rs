@@ -604,15 +604,7 @@ pub(crate) mod tests {
     }
 
     fn req(address: u64, size: u64) -> DmaMapRequest {
-        DmaMapRequest {
-            prot: DmaProt {
-                read: true,
-                write: true,
-            },
-            offset: 0,
-            address,
-            size,
-        }
+        DmaMapRequest::read_write(address, size)
     }
 
     #[test]
